@@ -1,0 +1,32 @@
+# fedgrid: `make demo`, `make test`, `make bench`. Each creates .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned: 2.13.0 is the CPU wheel on local disk; a bare `torch` pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,endpoint]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedgrid run examples/quickstart.yaml --fresh
+
+lint: $(STAMP)
+	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg
+
+test: lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

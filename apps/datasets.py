@@ -1,0 +1,218 @@
+"""Datasets as a site sees them: arrays loaded where the data lives, cached per worker process.
+
+Three sources: ``digits`` (ships inside scikit-learn), ``fashion_mnist`` (the four original idx
+``.gz`` files, by default from Debian's ``dataset-fashion-mnist``) and ``parquet`` (a site's own
+shard, or one file that is partitioned like the built-ins). Everything here is numpy; torch is only
+touched in :mod:`fedgrid.apps.train`, so the driver can validate a job without importing it.
+
+The driver only ever calls :func:`load_test`; training rows are read by :func:`client_arrays` inside
+the train app at the client's site.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.partition import partition
+
+FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# Per-channel statistics of the training split, so inputs are roughly zero-mean unit-variance.
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Features (float32, N x shape) and integer labels, plus what a model needs to know."""
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _cached(key: str, make):  # noqa: ANN001 - small memo used by persistent workers
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _spec_key(kind: str, spec: dict[str, Any]) -> str:
+    return kind + ":" + hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("FEDGRID_CACHE", Path.home() / ".cache" / "fedgrid"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# -- sources --------------------------------------------------------------------------------------
+
+
+def fashion_mnist_missing(root: str) -> str | None:
+    """Why the Fashion-MNIST files cannot be read from `root`, or None when they can."""
+    missing = [f for pair in FMNIST_FILES.values() for f in pair if not (Path(root) / f).is_file()]
+    if not missing:
+        return None
+    return (f"Fashion-MNIST files not found in {root} (missing {', '.join(missing)}); install them "
+            f"with `apt-get install dataset-fashion-mnist` or set data.root to a folder holding them")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist(root: str, split: str) -> Arrays:
+    """Decode the idx files once into a normalised .npy cache, then memory-map it on every load."""
+    images, labels = (Path(root) / f for f in FMNIST_FILES[split])
+    stamp = hashlib.sha1(f"{images.resolve()}:{images.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    cx, cy = cache_dir() / f"fmnist-{split}-{stamp}-x.npy", cache_dir() / f"fmnist-{split}-{stamp}-y.npy"
+    if not (cx.exists() and cy.exists()):
+        x = ((_read_idx(images).astype(np.float32) / 255.0 - FMNIST_MEAN) / FMNIST_STD)[:, None]
+        y = _read_idx(labels).astype(np.int64)
+        for target, arr in ((cx, x), (cy, y)):
+            tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, target)
+    return Arrays(np.load(cx, mmap_mode="r"), np.load(cy), 10)
+
+
+def _digits(seed: int, test_fraction: float, split: str) -> Arrays:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    idx = np.sort(perm[:n_test] if split == "test" else perm[n_test:])
+    return Arrays(x[idx], y[idx], 10)
+
+
+def read_parquet(path: str, spec: dict[str, Any]) -> tuple[Arrays, np.ndarray | None]:
+    """Features and labels from a Parquet file; also the natural-partition column when asked."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    label = spec.get("label", "label")
+    if label not in table.column_names:
+        raise ValueError(f"{path}: no label column {label!r} (columns: {table.column_names})")
+    group_col = (spec.get("partition") or {}).get("column")
+    feats = spec.get("features") or [c for c in table.column_names if c not in (label, group_col)]
+    cols = []
+    for name in feats:
+        col = table.column(name).combine_chunks()
+        if hasattr(col.type, "value_type"):  # list or fixed-size list column: one row per sample
+            width = len(col.values) // max(len(col), 1)
+            cols.append(np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), width))
+        else:
+            cols.append(np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)[:, None])
+    x = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+    meta = table.schema.metadata or {}
+    shape = spec.get("shape") or json.loads(meta.get(b"fedgrid.shape", b"null")) or [x.shape[1]]
+    num_classes = spec.get("num_classes") or json.loads(meta.get(b"fedgrid.num_classes", b"0")) or 0
+    y = np.asarray(table.column(label).to_numpy(zero_copy_only=False), dtype=np.int64)
+    num_classes = int(num_classes or (int(y.max()) + 1 if len(y) else 2))
+    groups = (np.asarray(table.column(group_col).to_numpy(zero_copy_only=False))
+              if group_col and group_col in table.column_names else None)
+    return Arrays(x.reshape(len(x), *shape), y, num_classes), groups
+
+
+# -- what sites and the driver call ---------------------------------------------------------------
+
+
+def load_pool(data: dict[str, Any], seed: int) -> tuple[Arrays, np.ndarray | None]:
+    """The training pool a partitioner splits (digits, fashion_mnist, or one parquet file)."""
+    ds = data["dataset"]
+    if ds == "digits":
+        return _digits(seed, data.get("test_fraction", 0.2), "train"), None
+    if ds == "fashion_mnist":
+        root = data.get("root") or FMNIST_DEFAULT_ROOT
+        if why := fashion_mnist_missing(root):
+            raise FileNotFoundError(why)
+        return _fashion_mnist(root, "train"), None
+    return read_parquet(data["path"], data)
+
+
+def load_test(data: dict[str, Any], seed: int) -> Arrays | None:
+    """The held-out set for central evaluation, or None when the job has none."""
+    ds = data["dataset"]
+    if ds == "digits":
+        return _digits(seed, data.get("test_fraction", 0.2), "test")
+    if ds == "fashion_mnist":
+        return _fashion_mnist(data.get("root") or FMNIST_DEFAULT_ROOT, "test")
+    if data.get("test_path"):
+        return read_parquet(data["test_path"], data)[0]
+    return None
+
+
+def client_arrays(data: dict[str, Any], client: int, clients: int, seed: int) -> Arrays:
+    """One client's rows; the pool and its split are cached so a worker pays for them once."""
+    if data["dataset"] == "parquet" and "{client" in (data.get("path") or ""):
+        path = data["path"].format(client=client)
+        return _cached(_spec_key("file", {"p": path, **data}), lambda: read_parquet(path, data)[0])
+    pool_key = _spec_key("pool", {"seed": seed, **data})
+    pool, groups = _cached(pool_key, lambda: load_pool(data, seed))
+    parts = _cached(_spec_key("split", {"c": clients, "seed": seed, **data}),
+                    lambda: partition(pool.y, clients, data.get("partition") or {}, seed, groups))
+    idx = parts[client]
+    return Arrays(np.ascontiguousarray(pool.x[idx]), pool.y[idx], pool.num_classes)
+
+
+def meta(data: dict[str, Any], test: Arrays | None) -> tuple[tuple[int, ...], int]:
+    """Input shape and class count, known without reading any training rows on the driver."""
+    ds = data["dataset"]
+    if ds == "digits":
+        return (1, 8, 8), 10
+    if ds == "fashion_mnist":
+        return (1, 28, 28), 10
+    shape, classes = data.get("shape"), data.get("num_classes")
+    if test is not None:
+        return tuple(shape or test.shape), int(classes or test.num_classes)
+    if not (shape and classes):
+        import pyarrow.parquet as pq
+
+        path = data["path"].format(client=0) if "{client" in data["path"] else data["path"]
+        md = pq.read_schema(path).metadata or {}
+        shape = shape or json.loads(md.get(b"fedgrid.shape", b"null"))
+        classes = classes or json.loads(md.get(b"fedgrid.num_classes", b"null"))
+    if not (shape and classes):
+        raise ValueError("parquet data without a test_path needs data.shape and data.num_classes")
+    return tuple(shape), int(classes)
+
+
+def describe(data: dict[str, Any]) -> str:
+    ds = data["dataset"]
+    part = data.get("partition") or {}
+    how = part.get("kind", "iid")
+    if how == "dirichlet":
+        how += f"(alpha={part.get('alpha')})"
+    elif how == "shards":
+        how += f"({part.get('shards_per_client')} per client)"
+    elif how == "natural":
+        how += f"(by {part.get('column')})"
+    if ds == "parquet":
+        return f"parquet {data.get('path')} ({how})"
+    return f"{ds} ({how})"

@@ -1,0 +1,47 @@
+"""`htex`: Parsl HighThroughputExecutor with a LocalProvider on this machine.
+
+Workers are persistent processes, so a site's data, model and torch import are paid once per
+worker (see fedgrid.apps.train). Settings come from REFERENCE.md's measurements: one block started
+at once and never scaled (``init_blocks=1``, ``max_blocks=1``) so the first task runs ~2 s after
+start, and a short heartbeat so a pool whose driver was SIGKILLed exits by itself within seconds.
+Both the interchange and the worker pool are launched with this interpreter (``python -m ...``)
+rather than by name from PATH, so a venv's `fedgrid` works without activating the venv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
+INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
+
+
+def launch_cmd() -> str:
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+    return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f"{sys.executable} -m {POOL_MODULE}", 1)
+
+
+def build(site: Any, run_dir: Path):
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    ex = site.executor
+    return HighThroughputExecutor(
+        label=site.name,
+        address=ex.address,
+        max_workers_per_node=ex.workers,
+        cores_per_worker=1,
+        heartbeat_period=2,
+        heartbeat_threshold=10,
+        poll_period=5,
+        launch_cmd=launch_cmd(),
+        interchange_launch_cmd=[sys.executable, "-m", INTERCHANGE_MODULE],
+        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, nodes_per_block=1),
+    )
+
+
+def describe(site: Any) -> str:
+    return f"Parsl HighThroughputExecutor, LocalProvider, {site.executor.workers} worker(s)"

@@ -1,0 +1,1 @@
+"""The driver: job config, round loop, strategies, checkpoints and the CLI."""

@@ -1,0 +1,240 @@
+"""Checkpoints: one Arrow IPC file per round plus a rounds table, written so no round is ever lost.
+
+Layout of a run directory::
+
+    rounds/round-000000.arrow   initial model (round 0), then one file per finished round
+    rounds.parquet              one row per round: metrics, participants, failures, bytes, timings
+    fedgrid.log                 the driver's log
+
+A round file is a table of arrays — ``section`` (params | strategy | profiles), ``name``, ``dtype``,
+``shape`` and the raw little-endian bytes — with the round number, job fingerprint, RNG state (JSON)
+and the round's metrics row in the schema metadata, and a sha256 over all of it. Arrays come back
+bit-exact; nothing is pickled, so reading a checkpoint never runs code.
+
+Writes go to a temporary name, are fsynced, renamed into place and the directory fsynced: a crash
+leaves either the old state or the new one. On load the checksum is verified; a torn or corrupted
+file is moved to ``rounds/corrupt/`` with the reason and the run resumes from the newest valid round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+FORMAT = "fedgrid.round.v1"
+log = logging.getLogger("fedgrid")
+
+Arrays = dict[str, np.ndarray]
+
+_SCHEMA = pa.schema([
+    ("section", pa.string()), ("name", pa.string()), ("dtype", pa.string()),
+    ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()),
+])
+
+ROWS_SCHEMA = pa.schema([
+    ("round", pa.int64()), ("attempt", pa.int64()), ("started_at", pa.float64()), ("seconds", pa.float64()),
+    ("test_accuracy", pa.float64()), ("test_loss", pa.float64()),
+    ("train_loss", pa.float64()), ("train_accuracy", pa.float64()),
+    ("clients_selected", pa.int64()), ("clients_ok", pa.int64()), ("clients_failed", pa.int64()),
+    ("participants", pa.list_(pa.int64())),
+    ("failures", pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))),
+    ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()),
+    ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
+    ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
+])
+
+
+class CheckpointError(Exception):
+    """A round file that cannot be trusted (torn, corrupted, or of another format)."""
+
+
+@dataclass
+class RoundState:
+    """Everything needed to continue after `round`."""
+
+    round: int
+    params: Arrays
+    strategy: Arrays = field(default_factory=OrderedDict)
+    profiles: Arrays = field(default_factory=OrderedDict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    job: dict[str, Any] = field(default_factory=dict)
+
+
+def round_path(run_dir: Path, r: int) -> Path:
+    return run_dir / "rounds" / f"round-{r:06d}.arrow"
+
+
+def _digest(table: pa.Table, meta: dict[bytes, bytes]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(meta):
+        if k != b"fedgrid.sha256":
+            h.update(k + b"=" + meta[k] + b"\n")
+    for sec, name, dt, shape, data in zip(*(table.column(c).to_pylist() for c in _SCHEMA.names), strict=True):
+        h.update(f"{sec}|{name}|{dt}|{shape}|{len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) fills the file
+    """Write via `write(tmp)`, fsync, rename over `path`, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _sections(state: RoundState) -> pa.Table:
+    cols: dict[str, list] = {n: [] for n in _SCHEMA.names}
+    for sec, arrays in (("params", state.params), ("strategy", state.strategy), ("profiles", state.profiles)):
+        for name, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            if a.dtype.byteorder == ">":
+                a = a.astype(a.dtype.newbyteorder("<"))
+            cols["section"].append(sec)
+            cols["name"].append(name)
+            cols["dtype"].append(a.dtype.str)
+            cols["shape"].append(list(a.shape))
+            cols["data"].append(a.tobytes())
+    return pa.table(cols, schema=_SCHEMA)
+
+
+def write_round(run_dir: Path, state: RoundState) -> Path:
+    table = _sections(state)
+    meta = {
+        b"fedgrid.format": FORMAT.encode(), b"fedgrid.round": str(state.round).encode(),
+        b"fedgrid.fingerprint": state.fingerprint.encode(),
+        b"fedgrid.rng": json.dumps(state.rng).encode(), b"fedgrid.row": json.dumps(state.row).encode(),
+        b"fedgrid.job": json.dumps(state.job, sort_keys=True).encode(),
+    }
+    meta[b"fedgrid.sha256"] = _digest(table, meta).encode()
+    table = table.replace_schema_metadata(meta)
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+
+    path = round_path(run_dir, state.round)
+    atomic_write(path, write)
+    return path
+
+
+def read_round(path: Path) -> RoundState:
+    """Load and verify one round file; raises CheckpointError when it cannot be trusted."""
+    try:
+        with pa.memory_map(str(path), "r") as src:
+            table = ipc.open_file(src).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CheckpointError(f"unreadable Arrow file ({e})") from None
+    meta = table.schema.metadata or {}
+    if meta.get(b"fedgrid.format") != FORMAT.encode():
+        raise CheckpointError(f"not a {FORMAT} file")
+    if _digest(table, meta) != meta.get(b"fedgrid.sha256", b"").decode():
+        raise CheckpointError("checksum mismatch (file corrupted)")
+    out: dict[str, Arrays] = {"params": OrderedDict(), "strategy": OrderedDict(), "profiles": OrderedDict()}
+    for sec, name, dt, shape, data in zip(*(table.column(c).to_pylist() for c in _SCHEMA.names), strict=True):
+        out[sec][name] = np.frombuffer(data, dtype=np.dtype(dt)).reshape(shape).copy()
+    return RoundState(
+        round=int(meta[b"fedgrid.round"]), params=out["params"], strategy=out["strategy"],
+        profiles=out["profiles"], rng=json.loads(meta[b"fedgrid.rng"]), row=json.loads(meta[b"fedgrid.row"]),
+        fingerprint=meta[b"fedgrid.fingerprint"].decode(), job=json.loads(meta[b"fedgrid.job"]),
+    )
+
+
+def round_files(run_dir: Path) -> list[tuple[int, Path]]:
+    d = run_dir / "rounds"
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.glob("round-*.arrow"):
+        try:
+            found.append((int(p.stem.split("-")[1]), p))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def latest_valid(run_dir: Path, quarantine: bool = True) -> tuple[RoundState | None, list[tuple[Path, str]]]:
+    """The newest round that verifies, and the (path, reason) of every newer file that did not."""
+    skipped: list[tuple[Path, str]] = []
+    for _, path in reversed(round_files(run_dir)):
+        try:
+            return read_round(path), skipped
+        except CheckpointError as e:
+            skipped.append((path, str(e)))
+            if quarantine:
+                bad = path.parent / "corrupt"
+                bad.mkdir(exist_ok=True)
+                os.replace(path, bad / path.name)
+    return None, skipped
+
+
+# -- rounds table ---------------------------------------------------------------------------------
+
+
+def rows_path(run_dir: Path) -> Path:
+    return run_dir / "rounds.parquet"
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    p = rows_path(run_dir)
+    if not p.exists():
+        return []
+    try:
+        return pq.read_table(p).to_pylist()
+    except (pa.ArrowInvalid, OSError) as e:
+        log.warning("rounds table %s unreadable (%s); rebuilding from round files", p, e)
+        return []
+
+
+def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    rows = [{k: r.get(k) for k in ROWS_SCHEMA.names} for r in rows if r.get("round", 0) > 0]
+    table = pa.Table.from_pylist(rows, schema=ROWS_SCHEMA)
+    atomic_write(rows_path(run_dir), lambda tmp: pq.write_table(table, tmp))
+
+
+def reconcile_rows(run_dir: Path, upto: int) -> list[dict[str, Any]]:
+    """Rows for rounds 1..upto: the table's, with any missing row restored from its round file."""
+    rows = {r["round"]: r for r in read_rows(run_dir) if 0 < r["round"] <= upto}
+    for r, path in round_files(run_dir):
+        if 0 < r <= upto and r not in rows:
+            try:
+                rows[r] = read_round(path).row
+            except CheckpointError:
+                continue
+    return [rows[k] for k in sorted(rows)]
+
+
+def prune(run_dir: Path, keep: int, newest: int) -> None:
+    """Keep round 0 and the newest `keep` round files (0 keeps all); the rows stay in the table."""
+    if keep <= 0:
+        return
+    for r, path in round_files(run_dir):
+        if 0 < r <= newest - keep:
+            path.unlink(missing_ok=True)

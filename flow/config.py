@@ -1,0 +1,337 @@
+"""The job file: one YAML document validated into typed settings.
+
+Every way a user can get a job wrong is turned into a :class:`ConfigError` that names the file, the
+dotted key and what was expected, so the CLI can print one line and exit 2 instead of a traceback.
+Validation is pydantic's (``extra="forbid"`` catches misspelled keys); the cross-field rules that
+pydantic cannot express alone (quorum against client count, sites against clients) live in
+:func:`_check_consistency`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """A problem in a job file that the user must fix; printed as one line, exit code 2."""
+
+    def __init__(self, file: str | Path, key: str, expected: str):
+        self.file, self.key, self.expected = str(file), key, expected
+        super().__init__(f"{file}: {key}: {expected}" if key else f"{file}: {expected}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PartitionSpec(_Strict):
+    """How a pooled dataset is split into clients (simulation and `fedgrid partition`)."""
+
+    kind: Literal["iid", "dirichlet", "shards", "natural", "none"] = "iid"
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    shards_per_client: Annotated[int, Field(ge=1)] = 2
+    column: str | None = None
+    min_size: Annotated[int, Field(ge=0)] = 2
+
+
+class DataSpec(_Strict):
+    """What data each client trains on and what the driver evaluates on."""
+
+    dataset: Literal["digits", "fashion_mnist", "parquet"] = "digits"
+    clients: Annotated[int, Field(ge=1)] = 10
+    partition: PartitionSpec = PartitionSpec()
+    root: str | None = None  # fashion_mnist folder of idx .gz files
+    path: str | None = None  # parquet: one file to partition, or a template with {client}
+    test_path: str | None = None  # parquet: held-out test set for central evaluation
+    features: list[str] | None = None  # parquet: feature columns (default: every column but label)
+    label: str = "label"
+    shape: list[int] | None = None  # parquet: input shape, e.g. [1, 28, 28]
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits: held-out share
+
+
+class TrainSpec(_Strict):
+    epochs: Annotated[int, Field(ge=1)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    threads: Annotated[int, Field(ge=1)] = 1  # torch threads per worker
+
+
+class StrategySpec(_Strict):
+    name: Literal["fedavg"] = "fedavg"
+
+
+class RoundSpec(_Strict):
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    min_clients: Annotated[int, Field(ge=1)] = 1
+    deadline_s: Annotated[float, Field(gt=0)] = 600.0
+    retries: Annotated[int, Field(ge=0)] = 1  # times a round that missed its quorum is run again
+    eval_every: Annotated[int, Field(ge=1)] = 1
+
+
+class ExecutorSpec(_Strict):
+    """A site's Parsl executor; `kind` picks the module under fedgrid.executors."""
+
+    kind: Literal["local", "htex"] = "htex"
+    workers: Annotated[int, Field(ge=1)] = 1
+    address: str = "127.0.0.1"
+
+
+class SiteSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    executor: ExecutorSpec = ExecutorSpec()
+    clients: Annotated[int, Field(ge=1)] | None = None
+    data: dict[str, Any] = Field(default_factory=dict)  # per-site overrides of the data block
+
+    @field_validator("data")
+    @classmethod
+    def _known_data_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(DataSpec.model_fields))
+        if unknown:
+            raise ValueError(f"unknown data key(s) {unknown}; valid: {sorted(DataSpec.model_fields)}")
+        return v
+
+
+class CheckpointSpec(_Strict):
+    dir: str = "runs/{name}"
+    keep: Annotated[int, Field(ge=0)] = 0  # 0 keeps every round file
+
+
+class ModelSpec(_Strict):
+    name: str = "cnn"  # logreg | mlp | cnn | package.module:factory
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "job"
+    rounds: Annotated[int, Field(ge=1)] = 10
+    seed: int = 0
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    strategy: StrategySpec = StrategySpec()
+    round: RoundSpec = RoundSpec()
+    sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="local")])
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    # -- derived views -------------------------------------------------------------------------
+    def run_dir(self, base: Path) -> Path:
+        d = Path(self.checkpoint.dir.format(name=self.name))
+        return d if d.is_absolute() else (base / d)
+
+    def client_sites(self) -> list[str]:
+        """Site name of every client id, in id order (clients are numbered across sites)."""
+        out: list[str] = []
+        for s in self.sites:
+            out += [s.name] * (s.clients or 0)
+        return out
+
+    def site(self, name: str) -> SiteSpec:
+        return next(s for s in self.sites if s.name == name)
+
+    def site_data(self, name: str) -> DataSpec:
+        """The data block as a given site sees it (global block plus the site's overrides)."""
+        merged = self.data.model_dump()
+        merged.update(self.site(name).data)
+        return DataSpec.model_validate(merged)
+
+    def clients_per_round(self) -> int:
+        return max(self.round.min_clients, math.ceil(self.round.fraction * self.data.clients))
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: the model and the strategy."""
+        key = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+
+
+def _describe(err: dict[str, Any]) -> str:
+    t, msg, val = err["type"], err["msg"], err.get("input")
+    if t == "extra_forbidden":
+        return "unknown key"
+    if t == "missing":
+        return "required key is missing"
+    if t == "literal_error":
+        return f"{msg.replace('Input should be', 'expected')}, got {val!r}"
+    shown = repr(val) if not isinstance(val, dict | list) else type(val).__name__
+    return f"{msg.replace('Input should be', 'expected').replace('Value error, ', '')}, got {shown}"
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Keys valid at the parent of `loc`, to list them when a key is unknown."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cand = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cand:
+            return []
+        cur = cand[0]
+    return sorted(cur.model_fields) if isinstance(cur, type) and issubclass(cur, BaseModel) else []
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str | Path) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML (``8``, ``true``, ``[1,2]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(file, item, "--set expects dotted.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        cur: Any = raw
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(cur, list):
+                if not p.isdigit() or int(p) >= len(cur):
+                    raise ConfigError(file, key, f"index {p!r} is not a valid list index (0..{len(cur) - 1})")
+                if last:
+                    cur[int(p)] = yaml.safe_load(value)
+                else:
+                    cur = cur[int(p)]
+            elif isinstance(cur, dict):
+                if last:
+                    cur[p] = yaml.safe_load(value)
+                else:
+                    if not isinstance(cur.get(p), dict | list):
+                        cur[p] = {} if cur.get(p) is None else cur[p]
+                    if not isinstance(cur[p], dict | list):
+                        cur[p] = {}
+                    cur = cur[p]
+            else:
+                raise ConfigError(file, key, "cannot set a key inside a scalar value")
+    return raw
+
+
+def parse_job(raw: Any, file: str | Path = "<job>", overrides: list[str] | None = None) -> Job:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "", f"expected a mapping of job keys at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [], file)
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        what = _describe(err)
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(Job, tuple(err["loc"]))
+            if valid:
+                what += f"; valid keys: {', '.join(valid)}"
+        raise ConfigError(file, _loc(err), what) from None
+    _check_consistency(job, file)
+    return job
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(p, "", "job file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(p, "", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    job = parse_job(raw, p, overrides)
+    return job
+
+
+def _check_consistency(job: Job, file: str | Path) -> None:
+    names = [s.name for s in job.sites]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(file, "sites", f"site names must be unique, {dup} repeated")
+    if not job.sites:
+        raise ConfigError(file, "sites", "at least one site is required")
+    # clients: sites without a count share what is left evenly
+    given = sum(s.clients or 0 for s in job.sites)
+    open_sites = [s for s in job.sites if s.clients is None]
+    if open_sites:
+        rest = job.data.clients - given
+        if rest < len(open_sites):
+            raise ConfigError(file, "sites", f"data.clients ({job.data.clients}) leaves {rest} client(s) "
+                              f"for {len(open_sites)} site(s) without a clients count")
+        for i, s in enumerate(open_sites):
+            s.clients = rest // len(open_sites) + (1 if i < rest % len(open_sites) else 0)
+    elif given != job.data.clients:
+        raise ConfigError(file, "sites", f"site clients add up to {given}, expected data.clients "
+                          f"({job.data.clients})")
+    if job.round.min_clients > job.data.clients:
+        raise ConfigError(file, "round.min_clients", f"must be <= data.clients ({job.data.clients}), "
+                          f"got {job.round.min_clients}")
+    _check_data(job, file)
+    _check_model(job, file)
+
+
+def _check_data(job: Job, file: str | Path) -> None:
+    for site in job.sites:
+        d = job.site_data(site.name)
+        pre = "data" if not site.data else f"sites.{site.name}.data"
+        if d.dataset == "fashion_mnist":
+            from fedgrid.apps.datasets import FMNIST_DEFAULT_ROOT, fashion_mnist_missing
+
+            missing = fashion_mnist_missing(d.root or FMNIST_DEFAULT_ROOT)
+            if missing:
+                raise ConfigError(file, f"{pre}.root", missing)
+        if d.dataset == "parquet":
+            if not d.path:
+                raise ConfigError(file, f"{pre}.path", "dataset 'parquet' needs a path (a file, or a "
+                                  "template with {client})")
+            per_client = "{client" in d.path
+            if per_client and d.partition.kind not in ("none", "iid"):
+                raise ConfigError(file, f"{pre}.partition.kind", "per-client files ({client} in path) "
+                                  f"are already partitioned; expected 'none', got {d.partition.kind!r}")
+            paths = ([d.path.format(client=c) for c, s in enumerate(job.client_sites()) if s == site.name]
+                     if per_client else [d.path])
+            for pth in paths:
+                if not Path(pth).is_file():
+                    raise ConfigError(file, f"{pre}.path", f"parquet file not found: {pth}")
+        if d.partition.kind == "natural" and not d.partition.column:
+            raise ConfigError(file, f"{pre}.partition.column", "partition kind 'natural' needs a column")
+    d = job.data
+    if d.dataset == "parquet" and d.test_path and not Path(d.test_path).is_file():
+        raise ConfigError(file, "data.test_path", f"parquet file not found: {d.test_path}")
+
+
+def _check_model(job: Job, file: str | Path) -> None:
+    name = job.model.name
+    from fedgrid.apps.models import BUILTIN
+
+    if name in BUILTIN:
+        return
+    if ":" not in name:
+        raise ConfigError(file, "model", f"expected one of {sorted(BUILTIN)} or 'package.module:factory', "
+                          f"got {name!r}")
+    import importlib
+
+    mod, _, attr = name.partition(":")
+    try:
+        m = importlib.import_module(mod)
+    except ImportError as e:
+        raise ConfigError(file, "model", f"cannot import module {mod!r}: {e}") from None
+    if not callable(getattr(m, attr, None)):
+        raise ConfigError(file, "model", f"module {mod!r} has no callable {attr!r}")

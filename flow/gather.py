@@ -1,0 +1,68 @@
+"""The tolerant gather: wait for a round's train futures under a quorum and a deadline.
+
+Parsl cannot stop a running torch op (its walltime only interrupts Python code, REFERENCE.md), so
+the deadline is enforced here, by whoever waits. The futures are never passed to another app as
+data dependencies: one failed client would turn every downstream app into a DependencyError. This
+waits on them directly and turns each outcome into data — an update, or a failure with a reason.
+
+It returns when every selected client has answered, when the deadline passes, or as soon as the
+quorum can no longer be met (there is no point waiting for the stragglers of a doomed round).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedgrid.apps.update import ClientUpdate
+
+
+@dataclass
+class Gathered:
+    updates: list[ClientUpdate] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {client, site, reason}
+    seconds: float = 0.0
+
+    def quorum_met(self, quorum: int) -> bool:
+        return len(self.updates) >= quorum
+
+
+def reason_of(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
+           on_result: Callable[[int, bool], None] | None = None) -> Gathered:
+    """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client."""
+    t0 = time.monotonic()
+    out = Gathered()
+    pending = {fut: c for c, (_, fut) in futures.items()}
+    while pending:
+        remaining = deadline_s - (time.monotonic() - t0)
+        if remaining <= 0 or len(out.updates) + len(pending) < quorum:
+            break
+        done, _ = wait(list(pending), timeout=remaining, return_when=FIRST_COMPLETED)
+        for fut in done:
+            client = pending.pop(fut)
+            site = futures[client][0]
+            exc = fut.exception()
+            if exc is None:
+                out.updates.append(fut.result())
+            else:
+                out.failures.append({"client": client, "site": site, "reason": reason_of(exc)})
+            if on_result:
+                on_result(client, exc is None)
+    elapsed = time.monotonic() - t0
+    for fut, client in pending.items():
+        why = (f"late: no answer within round.deadline_s={deadline_s:g}" if elapsed >= deadline_s
+               else "abandoned: round could not reach its quorum")
+        out.failures.append({"client": client, "site": futures[client][0], "reason": why})
+        fut.add_done_callback(lambda f: f.exception())  # consume the late outcome quietly
+    out.updates.sort(key=lambda u: u.client)
+    out.failures.sort(key=lambda f: f["client"])
+    out.seconds = elapsed
+    return out

@@ -1,0 +1,46 @@
+"""Per-client profiles the scheduler learns from: examples, speed, reliability.
+
+Kept as arrays indexed by client id so they checkpoint to Arrow with the model and come back on
+resume. Speeds are exponential moving averages, so a site that slows down is noticed within a few
+rounds without forgetting its history at once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from fedgrid.flow.gather import Gathered
+
+EMA = 0.3
+FIELDS = ("examples", "samples_per_s", "train_s", "queue_s", "rounds_ok", "rounds_failed", "last_round")
+
+
+def empty(clients: int) -> OrderedDict[str, np.ndarray]:
+    out = OrderedDict((f, np.zeros(clients, dtype=np.float64)) for f in FIELDS)
+    out["samples_per_s"][:] = np.nan
+    out["train_s"][:] = np.nan
+    out["queue_s"][:] = np.nan
+    return out
+
+
+def compatible(p: dict[str, np.ndarray], clients: int) -> bool:
+    return set(FIELDS) <= set(p) and all(len(p[f]) == clients for f in FIELDS)
+
+
+def _ema(arr: np.ndarray, i: int, value: float) -> None:
+    arr[i] = value if np.isnan(arr[i]) else (1 - EMA) * arr[i] + EMA * value
+
+
+def update(p: dict[str, np.ndarray], rnd: int, g: Gathered) -> None:
+    for u in g.updates:
+        c = u.client
+        p["examples"][c] = u.num_examples
+        p["rounds_ok"][c] += 1
+        p["last_round"][c] = rnd
+        _ema(p["samples_per_s"], c, u.timings.get("samples_per_s", np.nan))
+        _ema(p["train_s"], c, u.timings.get("train", np.nan))
+        _ema(p["queue_s"], c, u.timings.get("queue", np.nan))
+    for f in g.failures:
+        p["rounds_failed"][f["client"]] += 1

@@ -1,0 +1,83 @@
+"""What a user sees while a job runs: a live bar on a terminal, plain lines elsewhere, and a log.
+
+On a terminal a rich progress bar shows the rounds done and, inside a round, the clients answered;
+each finished round prints one line above it. When stdout is not a terminal (CI, cron, pipes) the
+same round lines are printed plainly. `--quiet` keeps only the final summary. Everything also goes
+to ``fedgrid.log`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+log = logging.getLogger("fedgrid")
+
+
+def setup_log(run_dir: Path) -> logging.Handler:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "fedgrid.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def round_line(row: dict[str, Any], total: int) -> str:
+    acc = row.get("test_accuracy")
+    loss = row.get("test_loss")
+    acc_s = f"acc {acc:.4f}" if acc is not None else "acc   -   "
+    loss_s = f"loss {loss:.4f}" if loss is not None else f"train loss {row.get('train_loss') or 0:.4f}"
+    retry = f"  (attempt {row['attempt']})" if row.get("attempt", 1) > 1 else ""
+    return (f"round {row['round']:>4}/{total}  {acc_s}  {loss_s}  clients {row['clients_ok']} ok, "
+            f"{row['clients_failed']} failed  {row['seconds']:.2f} s{retry}")
+
+
+class RunProgress:
+    """Round progress for one run; a no-op bar when quiet or not on a terminal."""
+
+    def __init__(self, total_rounds: int, done: int, quiet: bool = False, stream=None):
+        self.total, self.quiet = total_rounds, quiet
+        self.console = Console(file=stream or sys.stdout, highlight=False)
+        self.live = self.console.is_terminal and not quiet
+        self._bar: Progress | None = None
+        if self.live:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.console, transient=True)
+            self._rounds = self._bar.add_task("rounds", total=total_rounds, completed=done)
+            self._clients = self._bar.add_task("clients", total=1, visible=False)
+            self._bar.start()
+
+    def say(self, text: str) -> None:
+        log.info(text)
+        if not self.quiet:
+            self.console.print(text)
+
+    def round_started(self, rnd: int, clients: int) -> None:
+        if self._bar:
+            self._bar.reset(self._clients, total=clients, description=f"round {rnd} clients", visible=True)
+
+    def client_done(self, client: int, ok: bool) -> None:
+        if self._bar:
+            self._bar.advance(self._clients)
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        self.say(round_line(row, self.total))
+        if self._bar:
+            self._bar.update(self._rounds, completed=row["round"])
+
+    def close(self) -> None:
+        if self._bar:
+            self._bar.stop()
+            self._bar = None
+
+    def summary(self, text: str) -> None:
+        self.close()
+        log.info(text)
+        self.console.print(text)

@@ -1,0 +1,128 @@
+"""One driver per run directory, and no worker pool outliving a dead driver.
+
+The lock is an OS file lock (fcntl), so it disappears with the process that held it: a driver
+killed with SIGKILL never leaves a stale lock behind. Whoever takes the lock next also owns every
+process still running for this run directory — Parsl interchanges and worker pools started by a dead
+driver, which would otherwise linger until their heartbeat times out — and ends them.
+
+Those processes cannot be found by command line (Parsl retitles them with setproctitle), so the
+driver records them in ``processes.json`` once its executors are up: each interchange's pid and each
+LocalProvider block's process group (Parsl starts blocks with ``setpgrp``), with creation times so a
+recycled pid is never mistaken for ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+
+class RunDirBusy(Exception):
+    pass
+
+
+class RunLock:
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirBusy(f"{self.run_dir}: another fedgrid run (pid {holder}) is using this run "
+                             f"directory; wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _ctime(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def record_processes(run_dir: Path, executors: list) -> dict:
+    """Write processes.json: interchange pids and provider block process groups of `executors`."""
+    pids, pgids = [], []
+    for ex in executors:
+        ic = getattr(ex, "interchange_proc", None)
+        if ic is not None and (ct := _ctime(ic.pid)) is not None:
+            pids.append([ic.pid, ct])
+        for job in getattr(getattr(ex, "provider", None), "resources", {}).values():
+            rp = job.get("remote_pid")
+            if rp:
+                try:
+                    pgids.append(os.getpgid(int(rp)))
+                except ProcessLookupError:
+                    continue
+    rec = {"driver": os.getpid(), "started": time.time() - 5.0, "pids": pids, "pgids": pgids}
+    tmp = run_dir / ".processes.json.tmp"
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, run_dir / "processes.json")
+    return rec
+
+
+def recorded_processes(run_dir: Path) -> list[psutil.Process]:
+    """Live processes that processes.json says belong to this run (never this process)."""
+    try:
+        rec = json.loads((run_dir / "processes.json").read_text())
+    except (OSError, ValueError):
+        return []
+    me, found = os.getpid(), {}
+    pids = {int(p): float(t) for p, t in rec.get("pids", [])}
+    pgids = set(rec.get("pgids", []))
+    for p in psutil.process_iter(["pid", "create_time"]):
+        try:
+            pid, ct = p.info["pid"], p.info["create_time"]
+            if pid == me:
+                continue
+            if (pid in pids and abs(ct - pids[pid]) < 1.0) or (os.getpgid(pid) in pgids and ct >= rec["started"]):
+                found[pid] = p
+                for child in p.children(recursive=True):
+                    found[child.pid] = child
+        except (psutil.Error, ProcessLookupError):
+            continue
+    found.pop(me, None)
+    return list(found.values())
+
+
+def reap(run_dir: Path, timeout: float = 5.0) -> int:
+    """Terminate, then kill, every process left for this run; returns how many there were."""
+    procs = recorded_processes(run_dir)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return len(procs)

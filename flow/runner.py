@@ -1,0 +1,280 @@
+"""The round loop: select -> train apps on their sites -> tolerant gather -> aggregate -> checkpoint.
+
+`run(job)` is what both the CLI and Python pipeline scripts call. It owns the run directory (one
+driver at a time, orphans of a dead driver reaped), resumes from the newest valid checkpoint, and
+overlaps the bookkeeping of round r (central evaluation, the Arrow checkpoint, the rounds table,
+the progress line) with the training of round r+1 on a single background thread, so the sites
+never wait for the driver's disk. Rounds are still written strictly in order, and a failed write
+stops the run before another round is started.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps import datasets
+from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow import profiles as prof
+from fedgrid.flow.config import Job
+from fedgrid.flow.gather import Gathered, gather
+from fedgrid.flow.progress import RunProgress, setup_log
+from fedgrid.flow.runlock import RunLock, reap
+from fedgrid.flow.strategies import make_strategy
+
+log = logging.getLogger("fedgrid")
+
+
+class RoundFailed(Exception):
+    """A round missed its quorum on every attempt; the run stops at the last good round."""
+
+
+class ResumeRefused(Exception):
+    """The run directory holds rounds of a job this one cannot continue."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    rounds_done: int
+    resumed_from: int | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.rows[-1] if self.rows else {}
+
+
+def model_spec(job: Job, shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    return {"name": job.model.name, "input_shape": list(shape), "num_classes": num_classes,
+            "kwargs": job.model.kwargs}
+
+
+def archive_rounds(run_dir: Path) -> Path | None:
+    """Move earlier rounds aside (never delete a user's results) so a --fresh run starts clean."""
+    items = [p for p in (run_dir / "rounds", ckpt.rows_path(run_dir)) if p.exists()]
+    if not items:
+        return None
+    dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in items:
+        shutil.move(str(p), dest / p.name)
+    return dest
+
+
+class _Driver:
+    """State of one run in progress; `run()` below is the public entry point."""
+
+    def __init__(self, job: Job, run_dir: Path, progress: RunProgress):
+        self.job, self.run_dir, self.progress = job, run_dir, progress
+        self.sites = job.client_sites()
+        self.site_data = {s.name: job.site_data(s.name).model_dump() for s in job.sites}
+        self.strategy = make_strategy(job.strategy)
+        self.rng = np.random.default_rng(job.seed)
+        self.profiles = prof.empty(job.data.clients)
+        self.rows: list[dict[str, Any]] = []
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt")
+        self.pending: Future | None = None
+
+    # -- tasks --------------------------------------------------------------------------------
+    def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | None,
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        site = self.sites[client]
+        return {"client": client, "site": site, "round": rnd, "clients": self.job.data.clients,
+                "seed": self.job.seed, "data": self.site_data[site], "model": self.mspec,
+                "train": {**self.job.train.model_dump(), **(extra or {})}, "params": params,
+                "submitted_at": time.time()}
+
+    def select(self) -> list[int]:
+        k = min(self.job.clients_per_round(), self.job.data.clients)
+        if k >= self.job.data.clients:
+            return list(range(self.job.data.clients))
+        return sorted(int(c) for c in self.rng.choice(self.job.data.clients, size=k, replace=False))
+
+    # -- one round ----------------------------------------------------------------------------
+    def play_round(self, runtime: Any, rnd: int, params: dict[str, np.ndarray]) -> tuple[dict, Gathered, int]:
+        rs = self.job.round
+        for attempt in range(1, rs.retries + 2):
+            clients = self.select()
+            quorum = min(rs.min_clients, len(clients))
+            instr = self.strategy.configure(rnd, clients, self.profiles)
+            self.progress.round_started(rnd, len(clients))
+            futs = {c: (self.sites[c], runtime.submit(self.sites[c], self.task(c, rnd, params, instr.get(c))))
+                    for c in clients}
+            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done)
+            prof.update(self.profiles, rnd, g)
+            if g.quorum_met(quorum):
+                return {"selected": clients, "attempt": attempt}, g, quorum
+            reasons = "; ".join(f"client {f['client']}@{f['site']}: {f['reason']}" for f in g.failures[:5])
+            msg = (f"round {rnd} attempt {attempt}: {len(g.updates)} of {len(clients)} clients answered, "
+                   f"quorum is {quorum} ({reasons})")
+            self.progress.say(msg)
+            if attempt > rs.retries:
+                raise RoundFailed(f"{msg}; gave up after {rs.retries} retr{'y' if rs.retries == 1 else 'ies'}. "
+                                  f"The run stopped at round {rnd - 1}; fix the failing sites and run again "
+                                  f"to resume")
+        raise AssertionError("unreachable")
+
+    def finalize(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+        """Background: evaluate, checkpoint, append the row, report. Runs strictly in round order."""
+        if self.test is not None and (rnd % self.job.round.eval_every == 0 or rnd == self.job.rounds):
+            t0 = time.perf_counter()
+            from fedgrid.apps.evaluate import evaluate
+
+            m = evaluate(self.model, params, self.test)
+            row.update(test_accuracy=m["accuracy"], test_loss=m["loss"], eval_s=time.perf_counter() - t0)
+        self.write(rnd, params, row)
+        self.rows.append(row)
+        ckpt.write_rows(self.run_dir, self.rows)
+        ckpt.prune(self.run_dir, self.job.checkpoint.keep, rnd)
+        self.progress.round_done(row)
+
+    def write(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+        ckpt.write_round(self.run_dir, ckpt.RoundState(
+            round=rnd, params=params, strategy=self.strategy.state(),
+            profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()),
+            rng=self.rng.bit_generator.state, row=row, fingerprint=self.job.fingerprint(),
+            job=self.job.model_dump(mode="json")))
+
+    def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+        if self.pending is not None:
+            self.pending.result()  # a failed write of the previous round stops the run here
+        self.pending = self.writer.submit(self.finalize, rnd, params, row)
+
+    def drain(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.writer.shutdown(wait=True)
+
+
+def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, started: float,
+         agg_s: float) -> dict[str, Any]:
+    n = sum(u.num_examples for u in g.updates)
+    wmean = (lambda k: float(sum(u.metrics.get(k, 0.0) * u.num_examples for u in g.updates) / n)) if n else None
+    return {
+        "round": rnd, "attempt": info["attempt"], "started_at": started, "seconds": time.time() - started,
+        "test_accuracy": None, "test_loss": None,
+        "train_loss": wmean("loss") if wmean else None, "train_accuracy": wmean("accuracy") if wmean else None,
+        "clients_selected": len(info["selected"]), "clients_ok": len(g.updates), "clients_failed": len(g.failures),
+        "participants": [u.client for u in g.updates], "failures": g.failures, "examples": n,
+        "bytes_down": params_bytes * len(info["selected"]), "bytes_up": sum(u.nbytes() for u in g.updates),
+        "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
+        "client_train_s_max": max((u.timings.get("train", 0.0) for u in g.updates), default=0.0),
+        "client_queue_s_max": max((u.timings.get("queue", 0.0) for u in g.updates), default=0.0),
+    }
+
+
+def _resume_point(job: Job, run_dir: Path, progress: RunProgress) -> ckpt.RoundState | None:
+    state, skipped = ckpt.latest_valid(run_dir)
+    for path, why in skipped:
+        progress.say(f"warning: skipped {path.name}: {why} (moved to rounds/corrupt/)")
+    if state is not None and state.fingerprint != job.fingerprint():
+        old = state.job
+        raise ResumeRefused(
+            f"{run_dir} holds rounds of a job with a different model or strategy (checkpoint: "
+            f"model={old.get('model', {}).get('name')} strategy={old.get('strategy', {}).get('name')}; this job: "
+            f"model={job.model.name} strategy={job.strategy.name}); run with --fresh to start over "
+            f"(earlier rounds are moved to {run_dir / 'archive'}) or use another checkpoint.dir")
+    return state
+
+
+def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = False, stream=None) -> RunResult:
+    """Run (or resume) `job` to `job.rounds` rounds; returns the rounds table rows."""
+    run_dir = job.run_dir(base or Path.cwd()).resolve()
+    lock = RunLock(run_dir)
+    lock.acquire()
+    handler = setup_log(run_dir)
+    t_start = time.time()
+    progress = RunProgress(job.rounds, 0, quiet=quiet, stream=stream)
+    runtime = drv = None
+    try:
+        if (n := reap(run_dir)):
+            progress.say(f"ended {n} process(es) left behind by an earlier driver of this run")
+        if fresh and (dest := archive_rounds(run_dir)):
+            progress.say(f"--fresh: earlier rounds moved to {dest}")
+        state = _resume_point(job, run_dir, progress)
+        done = state.round if state else 0
+        rows = ckpt.reconcile_rows(run_dir, done)
+        if state is not None and done >= job.rounds:
+            progress.summary(f"{job.name}: already complete ({done} rounds) in {run_dir}")
+            return RunResult(run_dir, done, done, rows)
+        progress.close()
+        progress = RunProgress(job.rounds, done, quiet=quiet, stream=stream)
+        if state:
+            progress.say(f"resuming {job.name} after round {done} from {run_dir}")
+
+        from fedgrid.flow.sites import SiteRuntime
+
+        runtime = SiteRuntime(job, run_dir)
+        drv = _Driver(job, run_dir, progress)
+        drv.rows = rows
+        drv.mspec = {}
+        warm = runtime.warm_up(lambda c: drv.task(c, 0, None))
+
+        # Driver-side setup overlaps with the workers' warm-up.
+        import torch
+
+        from fedgrid.apps.models import build, get_params, set_params
+
+        torch.set_num_threads(1)
+        drv.test = datasets.load_test(job.data.model_dump(), job.seed)
+        shape, num_classes = datasets.meta(job.data.model_dump(), drv.test)
+        drv.mspec = model_spec(job, shape, num_classes)
+        torch.manual_seed(job.seed)
+        drv.model = build(job.model.name, shape, num_classes, job.model.kwargs)
+        params = get_params(drv.model)
+        if state is None:
+            drv.write(0, params, {"round": 0})
+        else:
+            try:
+                set_params(drv.model, state.params)
+            except ValueError as e:
+                raise ResumeRefused(f"{run_dir}: checkpoint of round {done} does not fit this job's model "
+                                    f"({e}); run with --fresh to start over") from None
+            params = state.params
+            drv.strategy.load_state(state.strategy)
+            if prof.compatible(state.profiles, job.data.clients):
+                drv.profiles = OrderedDict((k, v.copy()) for k, v in state.profiles.items())
+            if state.rng:
+                drv.rng.bit_generator.state = state.rng
+        for f in warm:
+            if (exc := f.exception()) is not None:
+                progress.say(f"warning: warm-up failed on a worker: {exc}")
+        runtime.record()
+        params_bytes = int(sum(a.nbytes for a in params.values()))
+        for rnd in range(done + 1, job.rounds + 1):
+            started = time.time()
+            info, g, quorum = drv.play_round(runtime, rnd, params)
+            t0 = time.perf_counter()
+            params = drv.strategy.aggregate(rnd, params, g.updates, g.failures)
+            drv.hand_off(rnd, params, _row(rnd, info, g, quorum, params_bytes, started, time.perf_counter() - t0))
+        drv.drain()
+        last = drv.rows[-1] if drv.rows else {}
+        took = time.time() - t_start
+        acc = last.get("test_accuracy")
+        progress.summary(
+            f"{job.name}: {len(drv.rows)} rounds done"
+            + (f", test accuracy {acc:.4f}" if acc is not None else "")
+            + f", {took:.1f} s this run ({(took / max(job.rounds - done, 1)):.2f} s/round); results in "
+              f"{ckpt.rows_path(run_dir)}")
+        return RunResult(run_dir, job.rounds, done or None, drv.rows)
+    finally:
+        if drv is not None:
+            try:  # rounds already finished are written even when a later round fails
+                drv.drain()
+            except Exception as e:  # noqa: BLE001 - report, but keep the original error
+                log.error("checkpoint write failed: %s", e)
+        progress.close()
+        if runtime is not None:
+            runtime.close()
+        log.removeHandler(handler)
+        handler.close()
+        lock.release()
