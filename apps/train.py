@@ -9,6 +9,8 @@ weights are overwritten every round. A round then costs only the training itself
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from typing import Any
 
@@ -32,10 +34,13 @@ def _torch(threads: int):
 
 
 def cached_model(spec: dict[str, Any]):
-    """One model object per architecture per process; weights are loaded into it every round."""
+    """One model object per architecture per worker; weights are loaded into it every round."""
     from fedgrid.apps.models import build
 
-    key = (spec["name"], tuple(spec["input_shape"]), spec["num_classes"], repr(sorted(spec["kwargs"].items())))
+    # per thread too: a `local` site runs several clients at once in one process, and two of them
+    # training the same module object would corrupt each other's autograd state
+    key = (threading.get_ident(), spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
+           repr(sorted(spec["kwargs"].items())))
     if key not in _MODELS:
         _MODELS[key] = build(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec["kwargs"])
     return _MODELS[key]
@@ -105,5 +110,5 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
         metrics={"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)},
         timings={"queue": max(0.0, started - task["submitted_at"]), "load": t_load, "train": t_train,
                  "total": time.perf_counter() - t0, "samples_per_s": seen / max(t_train, 1e-9)},
-        extras={"steps": steps, "pid": os.getpid()},
+        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}"},
     )

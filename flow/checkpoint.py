@@ -49,6 +49,10 @@ ROWS_SCHEMA = pa.schema([
     ("clients_selected", pa.int64()), ("clients_ok", pa.int64()), ("clients_failed", pa.int64()),
     ("participants", pa.list_(pa.int64())),
     ("failures", pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))),
+    ("updates", pa.list_(pa.struct([
+        ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
+        ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
+        ("worker", pa.string())]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()),
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
@@ -114,7 +118,9 @@ def _sections(state: RoundState) -> pa.Table:
     cols: dict[str, list] = {n: [] for n in _SCHEMA.names}
     for sec, arrays in (("params", state.params), ("strategy", state.strategy), ("profiles", state.profiles)):
         for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
+            a = np.asarray(a)  # not ascontiguousarray: it turns 0-d arrays into 1-d
+            if not a.flags.c_contiguous:
+                a = a.copy(order="C")
             if a.dtype.byteorder == ">":
                 a = a.astype(a.dtype.newbyteorder("<"))
             cols["section"].append(sec)

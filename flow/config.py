@@ -120,7 +120,7 @@ class Job(_Strict):
     train: TrainSpec = TrainSpec()
     strategy: StrategySpec = StrategySpec()
     round: RoundSpec = RoundSpec()
-    sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="local")])
+    sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="here")])
     checkpoint: CheckpointSpec = CheckpointSpec()
 
     @field_validator("model", mode="before")
@@ -216,10 +216,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str | Path)
                 if last:
                     cur[p] = yaml.safe_load(value)
                 else:
-                    if not isinstance(cur.get(p), dict | list):
-                        cur[p] = {} if cur.get(p) is None else cur[p]
-                    if not isinstance(cur[p], dict | list):
+                    if cur.get(p) is None:
                         cur[p] = {}
+                    elif not isinstance(cur[p], dict | list):
+                        raise ConfigError(file, key, f"{'.'.join(parts[:i + 1])} is a value, not a mapping; "
+                                          "cannot set a key inside it")
                     cur = cur[p]
             else:
                 raise ConfigError(file, key, "cannot set a key inside a scalar value")

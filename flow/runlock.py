@@ -99,19 +99,27 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
     me, found = os.getpid(), {}
     pids = {int(p): float(t) for p, t in rec.get("pids", [])}
     pgids = set(rec.get("pgids", []))
-    for p in psutil.process_iter(["pid", "create_time"]):
+    for p in psutil.process_iter(["pid", "create_time", "status"]):
         try:
             pid, ct = p.info["pid"], p.info["create_time"]
-            if pid == me:
+            if pid == me or p.info["status"] == psutil.STATUS_ZOMBIE:  # exited, only not yet reaped
                 continue
             if (pid in pids and abs(ct - pids[pid]) < 1.0) or (os.getpgid(pid) in pgids and ct >= rec["started"]):
                 found[pid] = p
                 for child in p.children(recursive=True):
-                    found[child.pid] = child
+                    if child.status() != psutil.STATUS_ZOMBIE:
+                        found[child.pid] = child
         except (psutil.Error, ProcessLookupError):
             continue
     found.pop(me, None)
     return list(found.values())
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def reap(run_dir: Path, timeout: float = 5.0) -> int:

@@ -1,0 +1,38 @@
+"""Shared fixtures: small real jobs on real Parsl executors, written to tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# The HTEX worker pool and interchange are started with this interpreter; keep its bin on PATH too.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def job_dict(run_dir: Path, **over) -> dict:
+    job = {
+        "name": "t", "rounds": 3, "seed": 0, "model": "cnn",
+        "data": {"dataset": "digits", "clients": 6, "partition": {"kind": "dirichlet", "alpha": 0.5}},
+        "train": {"epochs": 5, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
+        "round": {"min_clients": 4, "deadline_s": 120},
+        "sites": [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 3},
+                  {"name": "b", "executor": {"kind": "htex", "workers": 1}, "clients": 3}],
+        "checkpoint": {"dir": str(run_dir)},
+    }
+    for k, v in over.items():
+        job[k] = v
+    return job
+
+
+@pytest.fixture
+def write_job(tmp_path):
+    def write(**over) -> Path:
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(job_dict(tmp_path / "run", **over)))
+        return path
+    return write

@@ -1,0 +1,116 @@
+"""Checkpoints: bit-exact round trip, torn and corrupted files, the rounds table."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fedgrid.flow import checkpoint as ckpt
+
+
+def _state(r: int, seed: int = 0) -> ckpt.RoundState:
+    rng = np.random.default_rng(seed)
+    params = OrderedDict([
+        ("conv.weight", rng.standard_normal((4, 1, 3, 3)).astype(np.float32)),
+        ("conv.bias", np.array([np.nan, -0.0, np.inf, 1e-38], dtype=np.float32)),
+        ("bn.num_batches_tracked", np.array(7, dtype=np.int64)),
+        ("fc.weight", rng.standard_normal((3, 5)).astype(np.float64)),
+        ("half", rng.standard_normal(6).astype(np.float16)),
+    ])
+    return ckpt.RoundState(
+        round=r, params=params, strategy=OrderedDict(m=np.arange(3, dtype=np.float32)),
+        profiles=OrderedDict(samples_per_s=np.array([1.5, np.nan])),
+        rng=np.random.default_rng(seed).bit_generator.state,
+        row={"round": r, "test_accuracy": 0.5, "participants": [0, 1], "failures": []},
+        fingerprint="abc", job={"name": "t"})
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    s = _state(3)
+    path = ckpt.write_round(tmp_path, s)
+    back = ckpt.read_round(path)
+    assert back.round == 3 and back.fingerprint == "abc" and back.job == {"name": "t"}
+    assert list(back.params) == list(s.params)
+    for k, a in s.params.items():
+        b = back.params[k]
+        assert b.dtype == a.dtype and b.shape == a.shape
+        assert a.tobytes() == b.tobytes(), k  # bit-exact, NaN and -0.0 included
+    assert back.strategy["m"].tobytes() == s.strategy["m"].tobytes()
+    assert back.profiles["samples_per_s"].tobytes() == s.profiles["samples_per_s"].tobytes()
+    # the RNG state restores the exact stream
+    g = np.random.default_rng()
+    g.bit_generator.state = back.rng
+    assert g.random() == np.random.default_rng(0).random()
+    assert back.row["participants"] == [0, 1]
+    assert not list(tmp_path.rglob("*.tmp")), "no temp file left behind"
+
+
+def test_arrow_file_is_plain_ipc(tmp_path):
+    import pyarrow as pa
+
+    path = ckpt.write_round(tmp_path, _state(1))
+    table = pa.ipc.open_file(str(path)).read_all()
+    assert table.column_names == ["section", "name", "dtype", "shape", "data"]
+    assert b"fedgrid.sha256" in table.schema.metadata
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+def test_torn_or_corrupted_newest_round_is_skipped(tmp_path, damage):
+    for r in range(3):
+        ckpt.write_round(tmp_path, _state(r, seed=r))
+    newest = ckpt.round_path(tmp_path, 2)
+    raw = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flip":
+        # flip a byte inside the array payload (not the footer): only the checksum can catch this
+        i = raw.find(_state(2, seed=2).params["fc.weight"].tobytes()[:8])
+        assert i > 0
+        raw[i + 3] ^= 0xFF
+    elif damage == "empty":
+        raw = bytearray()
+    else:
+        raw = bytearray(b"not arrow at all" * 10)
+    newest.write_bytes(bytes(raw))
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.read_round(newest)
+    state, skipped = ckpt.latest_valid(tmp_path)
+    assert state is not None and state.round == 1
+    assert [p.name for p, _ in skipped] == [newest.name]
+    assert (tmp_path / "rounds" / "corrupt" / newest.name).exists()
+    assert not newest.exists()
+
+
+def test_status_style_lookup_does_not_move_files(tmp_path):
+    ckpt.write_round(tmp_path, _state(0))
+    ckpt.round_path(tmp_path, 1).parent.mkdir(exist_ok=True)
+    ckpt.round_path(tmp_path, 1).write_bytes(b"torn")
+    state, skipped = ckpt.latest_valid(tmp_path, quarantine=False)
+    assert state.round == 0 and len(skipped) == 1 and ckpt.round_path(tmp_path, 1).exists()
+
+
+def test_rows_table_reconciles_with_round_files(tmp_path):
+    rows = []
+    for r in range(1, 4):
+        s = _state(r)
+        s.row = {"round": r, "seconds": float(r), "participants": [r], "failures": [
+            {"client": 9, "site": "x", "reason": "boom"}] if r == 2 else []}
+        ckpt.write_round(tmp_path, s)
+        rows.append(s.row)
+    ckpt.write_rows(tmp_path, rows[:2])  # crash between the round file and the table
+    got = ckpt.reconcile_rows(tmp_path, 3)
+    assert [r["round"] for r in got] == [1, 2, 3]
+    assert got[1]["failures"] == [{"client": 9, "site": "x", "reason": "boom"}]
+    ckpt.write_rows(tmp_path, got)
+    t = pq.read_table(ckpt.rows_path(tmp_path))
+    assert t.column("round").to_pylist() == [1, 2, 3]
+    # rows past the resume point are dropped (that round will be trained again)
+    assert [r["round"] for r in ckpt.reconcile_rows(tmp_path, 2)] == [1, 2]
+
+
+def test_prune_keeps_round_zero_and_newest(tmp_path):
+    for r in range(6):
+        ckpt.write_round(tmp_path, _state(r))
+    ckpt.prune(tmp_path, keep=2, newest=5)
+    assert [r for r, _ in ckpt.round_files(tmp_path)] == [0, 4, 5]

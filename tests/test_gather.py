@@ -1,0 +1,46 @@
+"""The tolerant gather on real futures: quorum, deadline, failures as data."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.gather import gather
+
+
+def _ok(c, delay=0.0):
+    time.sleep(delay)
+    return ClientUpdate(client=c, site="s", round=1, num_examples=1, params={})
+
+
+def _boom(c):
+    raise RuntimeError(f"client {c} exploded")
+
+
+def test_failures_are_recorded_and_round_goes_on():
+    with ThreadPoolExecutor(4) as ex:
+        futs = {0: ("a", ex.submit(_ok, 0)), 1: ("b", ex.submit(_boom, 1)), 2: ("a", ex.submit(_ok, 2))}
+        seen = []
+        g = gather(futs, quorum=2, deadline_s=10, on_result=lambda c, ok: seen.append((c, ok)))
+    assert [u.client for u in g.updates] == [0, 2]
+    assert g.failures == [{"client": 1, "site": "b", "reason": "RuntimeError: client 1 exploded"}]
+    assert sorted(seen) == [(0, True), (1, False), (2, True)]
+    assert g.quorum_met(2) and not g.quorum_met(3)
+
+
+def test_deadline_cuts_stragglers_and_marks_them_late():
+    with ThreadPoolExecutor(4) as ex:
+        futs = {0: ("a", ex.submit(_ok, 0)), 1: ("a", ex.submit(_ok, 1, 1.5))}
+        g = gather(futs, quorum=1, deadline_s=0.3)
+        assert not futs[1][1].done()  # returned at the deadline, not when the straggler finished
+        assert [u.client for u in g.updates] == [0]
+        assert g.failures[0]["client"] == 1 and g.failures[0]["reason"].startswith("late")
+
+
+def test_gives_up_as_soon_as_quorum_is_impossible():
+    with ThreadPoolExecutor(4) as ex:
+        futs = {0: ("a", ex.submit(_boom, 0)), 1: ("a", ex.submit(_boom, 1)), 2: ("a", ex.submit(_ok, 2, 1.5))}
+        g = gather(futs, quorum=2, deadline_s=30)
+        assert not futs[2][1].done()
+        assert not g.quorum_met(2)
+        reasons = {f["client"]: f["reason"] for f in g.failures}
+        assert reasons[2].startswith("abandoned")
