@@ -51,7 +51,9 @@ def _client_tensors(task: dict[str, Any]):
     key = (task["client"], repr(sorted(task["data"].items())), task["clients"], task["seed"])
     if key not in _TENSORS:
         arr = client_arrays(task["data"], task["client"], task["clients"], task["seed"])
-        _TENSORS[key] = (torch.from_numpy(np.ascontiguousarray(arr.x)), torch.from_numpy(arr.y))
+        x = arr.x if arr.x.flags.writeable and arr.x.flags.c_contiguous else np.array(arr.x, order="C")
+        y = arr.y if arr.y.flags.writeable else arr.y.copy()
+        _TENSORS[key] = (torch.from_numpy(x), torch.from_numpy(y))
     return _TENSORS[key]
 
 
@@ -96,7 +98,7 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
             loss = loss_fn(out, yb)
             loss.backward()
             opt.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
             steps += 1
