@@ -1,0 +1,102 @@
+"""fedgrid benchmarks (never run by `make test`). Results print as Markdown to paste in BENCHMARKS.md.
+
+    python bench/run.py                 # fmnist round throughput + compute floor
+    python bench/run.py --rounds 3      # shorter
+
+1. **fmnist**: `fedgrid run examples/fmnist.yaml --fresh` as a user runs it, in a subprocess.
+   Reports the time from the command's start until round 1 is checkpointed, median seconds per
+   round, and test accuracy per round (from rounds.parquet).
+2. **floor**: the same local training with no framework: every client's shard trained once, in
+   this process, one thread, the same model, batch size and optimiser; divided by the worker count
+   it is the least a round can take on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_fmnist(rounds: int, workdir: Path) -> dict:
+    job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
+    job["rounds"] = rounds
+    job["checkpoint"]["dir"] = str(workdir / "fmnist")
+    path = workdir / "fmnist.yaml"
+    path.write_text(yaml.safe_dump(job))
+    first = workdir / "fmnist" / "rounds" / "round-000001.arrow"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "fedgrid.flow.cli", "run", str(path), "--fresh", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t_first = None
+    while proc.poll() is None:
+        if t_first is None and first.exists():
+            t_first = time.perf_counter() - t0
+        time.sleep(0.02)
+    total = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"fedgrid run failed: {proc.stderr.read()}")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(workdir / "fmnist" / "rounds.parquet").to_pylist()
+    return {"first_round_s": t_first, "total_s": total,
+            "median_round_s": statistics.median(r["seconds"] for r in rows),
+            "accuracy": [r["test_accuracy"] for r in rows],
+            "workers": sum(s["executor"]["workers"] for s in job["sites"])}
+
+
+def bench_floor() -> dict:
+    """Train every client's shard once in this process, as the train app would, minus the framework."""
+    from fedgrid.apps import datasets
+    from fedgrid.apps.models import build, get_params
+    from fedgrid.apps.train import train_client
+    from fedgrid.flow.config import load_job
+
+    job = load_job(REPO / "examples" / "fmnist.yaml")
+    import torch
+
+    torch.set_num_threads(1)
+    data = job.data.model_dump()
+    shape, classes = datasets.meta(data, None)
+    torch.manual_seed(0)
+    params = get_params(build(job.model.name, shape, classes, job.model.kwargs))
+    spec = {"name": job.model.name, "input_shape": list(shape), "num_classes": classes, "kwargs": job.model.kwargs}
+    tasks = [{"client": c, "site": "x", "round": 1, "clients": job.data.clients, "seed": job.seed, "data": data,
+              "model": spec, "train": job.train.model_dump(), "params": params, "submitted_at": time.time()}
+             for c in range(job.data.clients)]
+    for t in tasks:  # load and cache every shard first: the floor is training only
+        datasets.client_arrays(data, t["client"], job.data.clients, job.seed)
+    train_client(tasks[0])
+    t0 = time.perf_counter()
+    n = sum(train_client(t).num_examples for t in tasks)
+    return {"train_all_s": time.perf_counter() - t0, "samples": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        fm = bench_fmnist(args.rounds, Path(d))
+    floor = bench_floor()
+    per_round_floor = floor["train_all_s"] / fm["workers"]
+    print("| metric | value |\n|---|---|")
+    print(f"| time to first finished round (command start to round-1 checkpoint) | {fm['first_round_s']:.1f} s |")
+    print(f"| median seconds per round | {fm['median_round_s']:.2f} s |")
+    print(f"| total wall time, {args.rounds} rounds | {fm['total_s']:.1f} s |")
+    print(f"| compute floor: {floor['samples']} samples trained once, 1 thread | {floor['train_all_s']:.2f} s |")
+    print(f"| floor per round with {fm['workers']} workers | {per_round_floor:.2f} s |")
+    print(f"| fedgrid round / floor | {fm['median_round_s'] / per_round_floor:.2f}x |")
+    print(f"| test accuracy per round | {', '.join(f'{a:.4f}' for a in fm['accuracy'])} |")
+
+
+if __name__ == "__main__":
+    main()
