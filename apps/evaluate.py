@@ -21,7 +21,7 @@ def evaluate(model: Any, params: dict[str, np.ndarray], data: Arrays, batch_size
     with torch.no_grad():
         for s in range(0, n, batch_size):
             xb = torch.from_numpy(np.array(data.x[s:s + batch_size], dtype=np.float32))
-            yb = torch.from_numpy(data.y[s:s + batch_size])
+            yb = torch.from_numpy(np.array(data.y[s:s + batch_size], dtype=np.int64))
             out = model(xb)
             total += float(loss_fn(out, yb))
             correct += int((out.argmax(1) == yb).sum())

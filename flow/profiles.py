@@ -44,3 +44,15 @@ def update(p: dict[str, np.ndarray], rnd: int, g: Gathered) -> None:
         _ema(p["queue_s"], c, u.timings.get("queue", np.nan))
     for f in g.failures:
         p["rounds_failed"][f["client"]] += 1
+
+
+def longest_first(p: dict[str, np.ndarray], clients: list[int]) -> list[int]:
+    """Submission order: clients expected to train longest go first (LPT scheduling).
+
+    Workers pull tasks in submission order, so starting the long ones first keeps a worker from
+    picking up a big shard last while the others sit idle. Clients never seen (no timing yet) go
+    first of all, since they may be the longest; ties keep client order.
+    """
+    t = p["train_s"][clients]
+    key = np.where(np.isnan(t), np.inf, t)
+    return [clients[i] for i in np.argsort(-key, kind="stable")]

@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -83,7 +82,9 @@ def record_processes(run_dir: Path, executors: list) -> dict:
                     pgids.append(os.getpgid(int(rp)))
                 except ProcessLookupError:
                     continue
-    rec = {"driver": os.getpid(), "started": time.time() - 5.0, "pids": pids, "pgids": pgids}
+    # anything in those process groups created after this driver started is ours
+    started = psutil.Process().create_time() - 1.0
+    rec = {"driver": os.getpid(), "started": started, "pids": pids, "pgids": pgids}
     tmp = run_dir / ".processes.json.tmp"
     tmp.write_text(json.dumps(rec))
     os.replace(tmp, run_dir / "processes.json")

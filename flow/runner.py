@@ -10,8 +10,10 @@ stops the run before another round is started.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,7 +110,7 @@ class _Driver:
             instr = self.strategy.configure(rnd, clients, self.profiles)
             self.progress.round_started(rnd, len(clients))
             futs = {c: (self.sites[c], runtime.submit(self.sites[c], self.task(c, rnd, params, instr.get(c))))
-                    for c in clients}
+                    for c in prof.longest_first(self.profiles, clients)}
             g = gather(futs, quorum, rs.deadline_s, self.progress.client_done)
             prof.update(self.profiles, rnd, g)
             if g.quorum_met(quorum):
@@ -194,6 +196,8 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
     run_dir = job.run_dir(base or Path.cwd()).resolve()
     lock = RunLock(run_dir)
     lock.acquire()
+    # torch's import (~1.5 s) overlaps with the executors starting up; the driver needs it later
+    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
     handler = setup_log(run_dir)
     t_start = time.time()
     progress = RunProgress(job.rounds, 0, quiet=quiet, stream=stream)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pyarrow.parquet as pq
 
 from fedgrid.flow import checkpoint as ckpt
@@ -29,12 +30,15 @@ def test_sigkill_driver_mid_run_then_resume(tmp_path, write_job):
     assert not ckpt.round_path(run_dir, 8).exists()
     orphans = recorded_processes(run_dir)
     assert orphans, "the killed driver's interchanges and worker pools are still running"
+    pools = _pools_of(run_dir)
+    assert pools, "the killed driver's worker pools are still running"
+    assert {p.pid for p in pools} <= {p.pid for p in orphans}, "every pool of the dead driver is on record"
 
     second = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "resuming t after round" in second.stdout
     assert "left behind by an earlier driver" in second.stdout
-    for p in orphans:
+    for p in orphans + pools:
         assert not alive(p), f"orphan {p.pid} survived"
 
     rounds = [r["round"] for r in pq.read_table(ckpt.rows_path(run_dir)).to_pylist()]
@@ -44,3 +48,16 @@ def test_sigkill_driver_mid_run_then_resume(tmp_path, write_job):
     for _, path in files:
         ckpt.read_round(path)  # every checkpoint verifies
     assert recorded_processes(run_dir) == [], "the second driver left processes behind"
+    assert _pools_of(run_dir) == [], "a worker pool of this run is still running"
+
+
+def _pools_of(run_dir):
+    """Worker pools found independently of processes.json: by the run's folder in their command line."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if alive(p) and any(str(run_dir) in a for a in (p.info["cmdline"] or [])) and p.pid != os.getpid():
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
