@@ -44,7 +44,7 @@ class RunProgress:
 
     def __init__(self, total_rounds: int, done: int, quiet: bool = False, stream=None):
         self.total, self.quiet = total_rounds, quiet
-        self.console = Console(file=stream or sys.stdout, highlight=False)
+        self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal and not quiet
         self._bar: Progress | None = None
         if self.live:

@@ -235,6 +235,9 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
 
         from fedgrid.flow.sites import SiteRuntime
 
+        progress.say(f"{job.name}: starting {len(job.sites)} site(s): "
+                     + ", ".join(f"{s.name} ({s.executor.kind}, {s.clients} clients)" for s in job.sites))
+
         runtime = SiteRuntime(job, run_dir)
         drv = _Driver(job, run_dir, progress)
         drv.rows = rows
