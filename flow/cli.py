@@ -84,14 +84,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RoundFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as e:  # bad data files, disk full, permissions: say what, not where
+        print(f"error: {e} (details in {job.run_dir(Path.cwd()) / 'fedgrid.log'})", file=sys.stderr)
+        return 2
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    job = _load(args)
+    try:
+        return _check(job)
+    except (OSError, ValueError) as e:
+        print(f"error: {args.job}: {e}", file=sys.stderr)
+        return 2
+
+
+def _check(job: Job) -> int:
     from fedgrid.apps import datasets
     from fedgrid.executors import describe
 
-    job = _load(args)
     sites = job.client_sites()
     print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}")
     shape, classes = datasets.meta(job.data.model_dump(), None) if job.data.dataset != "parquet" or \

@@ -11,6 +11,7 @@ stops the run before another round is started.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import logging
 import os
@@ -128,31 +129,39 @@ class _Driver:
                                   f"to resume")
         raise AssertionError("unreachable")
 
-    def finalize(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+    def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
+        """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
+        return ckpt.RoundState(
+            round=rnd, params=params, strategy=OrderedDict((k, v.copy()) for k, v in self.strategy.state().items()),
+            profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()),
+            rng=copy.deepcopy(self.rng.bit_generator.state), row=row, fingerprint=self.job.fingerprint(),
+            job=self.job.model_dump(mode="json"))
+
+    def finalize(self, state: ckpt.RoundState) -> None:
         """Background: evaluate, checkpoint, append the row, report. Runs strictly in round order."""
+        rnd, params, row = state.round, state.params, state.row
         if self.test is not None and (rnd % self.job.round.eval_every == 0 or rnd == self.job.rounds):
             t0 = time.perf_counter()
             from fedgrid.apps.evaluate import evaluate
 
             m = evaluate(self.model, params, self.test)
             row.update(test_accuracy=m["accuracy"], test_loss=m["loss"], eval_s=time.perf_counter() - t0)
-        self.write(rnd, params, row)
+        ckpt.write_round(self.run_dir, state)
         self.rows.append(row)
         ckpt.write_rows(self.run_dir, self.rows)
         ckpt.prune(self.run_dir, self.job.checkpoint.keep, rnd)
         self.progress.round_done(row)
 
-    def write(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
-        ckpt.write_round(self.run_dir, ckpt.RoundState(
-            round=rnd, params=params, strategy=self.strategy.state(),
-            profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()),
-            rng=self.rng.bit_generator.state, row=row, fingerprint=self.job.fingerprint(),
-            job=self.job.model_dump(mode="json")))
-
     def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+        state = self.snapshot(rnd, params, row)
         if self.pending is not None:
             self.pending.result()  # a failed write of the previous round stops the run here
-        self.pending = self.writer.submit(self.finalize, rnd, params, row)
+        self.pending = self.writer.submit(self.finalize, state)
+
+    def check_writes(self) -> None:
+        """Raise now if a background write already failed, before another round is started."""
+        if self.pending is not None and self.pending.done():
+            self.pending.result()
 
     def drain(self) -> None:
         if self.pending is not None:
@@ -211,9 +220,24 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
     run_dir = job.run_dir(base or Path.cwd()).resolve()
     lock = RunLock(run_dir)
     lock.acquire()
+    handler: logging.Handler | None = None
+    try:
+        handler = setup_log(run_dir)
+        return _run_locked(job, run_dir, fresh, quiet, stream)
+    except Exception:
+        log.exception("run stopped")
+        raise
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        lock.release()
+
+
+def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> RunResult:
+    """The run itself, with the lock held and the log open (run() releases both whatever happens)."""
     # torch's import (~1.5 s) overlaps with the executors starting up; the driver needs it later
     threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
-    handler = setup_log(run_dir)
     t_start = time.time()
     progress = RunProgress(job.rounds, 0, quiet=quiet, stream=stream)
     runtime = drv = None
@@ -257,7 +281,7 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
         drv.model = build(job.model.name, shape, num_classes, job.model.kwargs)
         params = get_params(drv.model)
         if state is None:
-            drv.write(0, params, {"round": 0})
+            ckpt.write_round(run_dir, drv.snapshot(0, params, {"round": 0}))
         else:
             try:
                 set_params(drv.model, state.params)
@@ -276,6 +300,7 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
         runtime.record()
         params_bytes = int(sum(a.nbytes for a in params.values()))
         for rnd in range(done + 1, job.rounds + 1):
+            drv.check_writes()
             started = time.time()
             info, g, quorum = drv.play_round(runtime, rnd, params)
             t0 = time.perf_counter()
@@ -292,14 +317,13 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
               f"{ckpt.rows_path(run_dir)}")
         return RunResult(run_dir, job.rounds, done or None, drv.rows)
     finally:
-        if drv is not None:
-            try:  # rounds already finished are written even when a later round fails
-                drv.drain()
-            except Exception as e:  # noqa: BLE001 - report, but keep the original error
-                log.error("checkpoint write failed: %s", e)
-        progress.close()
-        if runtime is not None:
-            runtime.close()
-        log.removeHandler(handler)
-        handler.close()
-        lock.release()
+        try:
+            if drv is not None:
+                try:  # rounds already finished are written even when a later round fails
+                    drv.drain()
+                except Exception as e:  # noqa: BLE001 - report, but keep the original error
+                    log.error("checkpoint write failed: %s", e)
+        finally:  # a second Ctrl-C during the drain must still stop the executors
+            progress.close()
+            if runtime is not None:
+                runtime.close()
