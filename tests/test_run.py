@@ -103,3 +103,22 @@ def test_cli_run_status_and_exit_codes(tmp_path, write_job):
     assert info["rounds_done"] == 2 and info["rounds_target"] == 2 and info["running_pid"] is None
     bad = subprocess.run(cli + ["run", str(job), "--set", "model=mlp"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "different model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, write_job):
+    """Round 3 after stopping at 2 and resuming is bit-identical to 3 rounds in one go (RNG, selection)."""
+    sites = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]
+    rnd = {"fraction": 0.5, "min_clients": 2}
+    whole = run(load_job(write_job(rounds=3, sites=sites, round=rnd,
+                                   checkpoint={"dir": str(tmp_path / "whole")})), quiet=True)
+    run(load_job(write_job(rounds=2, sites=sites, round=rnd, checkpoint={"dir": str(tmp_path / "split")})),
+        quiet=True)
+    split = run(load_job(write_job(rounds=3, sites=sites, round=rnd, checkpoint={"dir": str(tmp_path / "split")})),
+                quiet=True)
+    assert split.resumed_from == 2
+    a = ckpt.read_round(ckpt.round_path(whole.run_dir, 3))
+    b = ckpt.read_round(ckpt.round_path(split.run_dir, 3))
+    assert a.row["participants"] == b.row["participants"] and len(a.row["participants"]) == 3
+    assert a.rng == b.rng
+    for k in a.params:
+        assert a.params[k].tobytes() == b.params[k].tobytes(), k
