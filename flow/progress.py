@@ -54,6 +54,11 @@ class RunProgress:
             self._clients = self._bar.add_task("clients", total=1, visible=False)
             self._bar.start()
 
+    def resume_at(self, done: int) -> None:
+        """Start the rounds bar at the rounds a resumed run already has."""
+        if self._bar:
+            self._bar.update(self._rounds, completed=done)
+
     def say(self, text: str) -> None:
         log.info(text)
         if not self.quiet:

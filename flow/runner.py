@@ -89,6 +89,10 @@ class _Driver:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
                                          initializer=_background_priority)
         self.pending: Future | None = None
+        # set once the driver has the test set and model (overlapping the workers' warm-up)
+        self.mspec: dict[str, Any] = {}
+        self.test: datasets.Arrays | None = None
+        self.model: Any = None
 
     # -- tasks --------------------------------------------------------------------------------
     def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | None,
@@ -252,8 +256,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
         if state is not None and done >= job.rounds:
             progress.summary(f"{job.name}: already complete ({done} rounds) in {run_dir}")
             return RunResult(run_dir, done, done, rows)
-        progress.close()
-        progress = RunProgress(job.rounds, done, quiet=quiet, stream=stream)
+        progress.resume_at(done)
         if state:
             progress.say(f"resuming {job.name} after round {done} from {run_dir}")
 
@@ -265,7 +268,6 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
         runtime = SiteRuntime(job, run_dir)
         drv = _Driver(job, run_dir, progress)
         drv.rows = rows
-        drv.mspec = {}
         warm = runtime.warm_up(lambda c: drv.task(c, 0, None))
 
         # Driver-side setup overlaps with the workers' warm-up.
