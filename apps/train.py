@@ -17,11 +17,34 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps.datasets import client_arrays
+from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.update import ClientUpdate
 
 _MODELS: dict[tuple, Any] = {}
 _TENSORS: dict[tuple, Any] = {}
 _THREADS: list[int] = []
+_GLOBAL: dict[str, Any] = {}  # sha256 -> params: the round's global model, fetched once per worker
+_GLOBAL_LOCK = threading.Lock()
+
+
+def global_params(params: Any) -> dict[str, np.ndarray]:
+    """The task's global params: inline, or fetched (and verified) from the store once per worker."""
+    if not isinstance(params, Ref):
+        return params
+    with _GLOBAL_LOCK:  # clients sharing a worker process (threads) fetch the round's model once
+        if params.sha256 not in _GLOBAL:
+            _GLOBAL.clear()
+            _GLOBAL[params.sha256] = fetch(params)
+        return _GLOBAL[params.sha256]
+
+
+def send_back(task: dict[str, Any], params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Ref | None]:
+    """Inline when small; through the store when over the site's limit (e.g. Globus Compute's 10 MB)."""
+    above = task.get("ref_above")
+    nbytes = sum(a.nbytes for a in params.values())
+    if above is None or nbytes <= above or not task.get("store"):
+        return params, None
+    return {}, Store(task["store"]).put(params, task["update_key"])
 
 
 def _torch(threads: int):
@@ -75,7 +98,7 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
 
     x, y = _client_tensors(task)
     model = cached_model(task["model"])
-    set_params(model, task["params"])
+    set_params(model, global_params(task["params"]))
     t_load = time.perf_counter() - t0
 
     tr = task["train"]
@@ -107,10 +130,13 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     if not all(np.isfinite(a).all() for a in params.values()):
         raise FloatingPointError(f"client {task['client']}: training diverged (non-finite weights); "
                                  f"lower train.lr")
+    t2 = time.perf_counter()
+    params, ref = send_back(task, params)
     return ClientUpdate(
-        client=task["client"], site=task["site"], round=task["round"], num_examples=n, params=params,
+        client=task["client"], site=task["site"], round=task["round"], num_examples=n, params=params, ref=ref,
         metrics={"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)},
         timings={"queue": max(0.0, started - task["submitted_at"]), "load": t_load, "train": t_train,
-                 "total": time.perf_counter() - t0, "samples_per_s": seen / max(t_train, 1e-9)},
+                 "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
+                 "samples_per_s": seen / max(t_train, 1e-9)},
         extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}"},
     )

@@ -7,14 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from fedgrid.apps.store import Ref, fetch
+
 
 @dataclass
 class ClientUpdate:
     """One client's answer for one round.
 
-    `params` are the client's new weights (inline for now; the data plane will send a Ref instead
-    when they are large). `timings` holds seconds: queue (submit to start), load, train, total.
-    `extras` carries strategy-specific payloads (control variates, step counts).
+    `params` are the client's new weights, or empty with `ref` pointing at them in the store when
+    they were too large to send back inline (the driver fetches and verifies them: `resolve`).
+    `timings` holds seconds: queue (submit to start), load, train, upload, total. `extras` carries
+    strategy-specific payloads (control variates, step counts).
     """
 
     client: int
@@ -25,6 +28,13 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    ref: Ref | None = None
 
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self.params.values()))
+        return self.ref.nbytes if self.ref is not None else int(sum(a.nbytes for a in self.params.values()))
+
+    def resolve(self) -> ClientUpdate:
+        """Fetch by-reference params into `params` (verified against the ref's size and sha256)."""
+        if self.ref is not None and not self.params:
+            self.params = fetch(self.ref)
+        return self

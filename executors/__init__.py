@@ -1,22 +1,42 @@
 """Site kinds: each module turns a site's YAML `executor` block into a Parsl executor.
 
-Add a kind by writing a module with ``build(site, run_dir) -> parsl executor`` and listing it in
-:data:`KINDS`; modules are imported only when a job uses them, so optional packages stay optional.
+A kind is a module under this package with ``Spec`` (its options), ``build(site, run_dir,
+dry_run=False)`` and ``describe(site)``; see :mod:`fedgrid.executors.common`. Modules are imported
+for their ``Spec`` when a job is validated, but Parsl providers and optional packages (kubernetes,
+boto3) are imported only inside ``build``, so a job that does not use a kind never needs them.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-KINDS = {"local": "fedgrid.executors.local", "htex": "fedgrid.executors.htex"}
+from fedgrid.executors.common import MissingExtra
+
+KINDS = ("local", "htex", "slurm", "pbs", "kubernetes", "aws", "globus_compute")
+
+__all__ = ["KINDS", "MissingExtra", "build_executor", "describe", "kind_module", "specs"]
 
 
-def build_executor(site: Any, run_dir: Path):
-    """The Parsl executor for one site, labelled with the site's name."""
-    return importlib.import_module(KINDS[site.executor.kind]).build(site, run_dir)
+def kind_module(kind: str) -> ModuleType:
+    return importlib.import_module(f"fedgrid.executors.{kind}")
+
+
+def specs() -> list[type]:
+    """The ``Spec`` class of every kind, for the job schema's discriminated union."""
+    return [kind_module(k).Spec for k in KINDS]
+
+
+def build_executor(site: Any, run_dir: Path, dry_run: bool = False):
+    """The (unstarted) Parsl executor for one site, labelled with the site's name.
+
+    ``dry_run`` builds everything a real run would but never contacts a remote service (used by
+    `fedgrid check`): a Globus Compute site gets an sdk client that has not logged in.
+    """
+    return kind_module(site.executor.kind).build(site, run_dir, dry_run=dry_run)
 
 
 def describe(site: Any) -> str:
-    return importlib.import_module(KINDS[site.executor.kind]).describe(site)
+    return kind_module(site.executor.kind).describe(site)

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from fedgrid.executors.common import SpecBase
 
 POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
 INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
+
+
+class Spec(SpecBase):
+    kind: Literal["htex"] = "htex"
+    workers: Annotated[int, Field(ge=1)] = 1  # worker processes (one client at a time each)
+    address: str = "127.0.0.1"  # where the workers reach the interchange
 
 
 def launch_cmd() -> str:
@@ -24,7 +34,7 @@ def launch_cmd() -> str:
     return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f"{sys.executable} -m {POOL_MODULE}", 1)
 
 
-def build(site: Any, run_dir: Path):
+def build(site: Any, run_dir: Path, dry_run: bool = False):
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
@@ -39,7 +49,9 @@ def build(site: Any, run_dir: Path):
         poll_period=5,
         launch_cmd=launch_cmd(),
         interchange_launch_cmd=[sys.executable, "-m", INTERCHANGE_MODULE],
-        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, nodes_per_block=1),
+        # min_blocks=1: when a job mixes in batch sites the DFK runs the "simple" strategy, which
+        # must never scale this machine's only block in
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, nodes_per_block=1),
     )
 
 

@@ -7,10 +7,19 @@ torch's own threading does the parallel work; a crashing client takes the driver
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from fedgrid.executors.common import SpecBase
 
 
-def build(site: Any, run_dir: Path):
+class Spec(SpecBase):
+    kind: Literal["local"] = "local"
+    workers: Annotated[int, Field(ge=1)] = 1  # threads
+
+
+def build(site: Any, run_dir: Path, dry_run: bool = False):
     from parsl.executors import ThreadPoolExecutor
 
     return ThreadPoolExecutor(label=site.name, max_threads=site.executor.workers)

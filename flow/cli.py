@@ -1,4 +1,4 @@
-"""`fedgrid` command line: run, check, status, partition.
+"""`fedgrid` command line: run, check, status, partition, endpoint-config.
 
 Exit codes: 0 success; 1 a run stopped (a round missed its quorum on every attempt); 2 the job file,
 run directory or arguments are wrong (one line naming file, key and expectation, no traceback);
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from fedgrid.executors import MissingExtra
 from fedgrid.flow.config import ConfigError, Job, load_job
 
 
@@ -34,12 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="print only the final summary")
     c = sub.add_parser("check", help="validate a job and print its plan; starts nothing")
     _job_args(c)
+    c.add_argument("--strict", action="store_true",
+                   help="fail when a site's provider cannot be set up from this machine (no kubeconfig, "
+                        "no AWS credentials)")
     s = sub.add_parser("status", help="show the rounds of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("partition", help="write per-client Parquet shards (and test.parquet) for a job's data")
     _job_args(p)
     p.add_argument("--out", required=True, help="folder for client-NNN.parquet files")
+    e = sub.add_parser("endpoint-config", help="print a Globus Compute endpoint config for a globus_compute site")
+    e.add_argument("site", help="name of a globus_compute site in the job")
+    e.add_argument("--job", required=True, help="job YAML file")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return ap
 
 
@@ -52,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (scheduler, kill) unwinds like Ctrl-C, so executors are shut down and the lock released.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return {"run": cmd_run, "check": cmd_check, "status": cmd_status, "partition": cmd_partition}[args.cmd](args)
-    except ConfigError as e:
+        return {"run": cmd_run, "check": cmd_check, "status": cmd_status, "partition": cmd_partition,
+                "endpoint-config": cmd_endpoint_config}[args.cmd](args)
+    except (ConfigError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -91,48 +99,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from fedgrid.flow.plan import print_plan
+
     job = _load(args)
     try:
-        return _check(job)
+        warnings = print_plan(job, args.job, Path.cwd())
     except (OSError, ValueError) as e:
         print(f"error: {args.job}: {e}", file=sys.stderr)
         return 2
-
-
-def _check(job: Job) -> int:
-    from fedgrid.apps import datasets
-    from fedgrid.executors import describe
-
-    sites = job.client_sites()
-    print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}")
-    shape, classes = datasets.meta(job.data.model_dump(), None) if job.data.dataset != "parquet" or \
-        not job.data.test_path else datasets.meta(job.data.model_dump(),
-                                                  datasets.load_test(job.data.model_dump(), job.seed))
-    n_params = _count_params(job, shape, classes)
-    mb = n_params * 4 / 1e6
-    print(f"model {job.model.name}: input {list(shape)}, {classes} classes, {n_params:,} params ({mb:.2f} MB)")
-    print(f"data: {datasets.describe(job.data.model_dump())}, {job.data.clients} clients; "
-          f"training rows are read only at their site")
-    per_round = job.clients_per_round()
-    print(f"rounds: {per_round} of {job.data.clients} clients per round, quorum {job.round.min_clients}, "
-          f"deadline {job.round.deadline_s:g} s, {job.round.retries} retr{'y' if job.round.retries == 1 else 'ies'}")
-    print(f"params travel inline with each task: {mb:.2f} MB down and up per client per round "
-          f"({2 * mb * per_round:.1f} MB a round)")
-    print("sites:")
-    for s in job.sites:
-        ids = [i for i, n in enumerate(sites) if n == s.name]
-        d = job.site_data(s.name).model_dump()
-        print(f"  {s.name:<14} {s.executor.kind:<6} {describe(s)}; clients {ids[0]}..{ids[-1]} "
-              f"({len(ids)}); data {datasets.describe(d)}")
-    print(f"checkpoints: {job.run_dir(Path.cwd())}")
+    if warnings and args.strict:
+        print(f"error: {len(warnings)} site(s) cannot be set up from this machine (--strict)", file=sys.stderr)
+        return 2
     return 0
 
 
-def _count_params(job: Job, shape: tuple[int, ...], classes: int) -> int:
-    from fedgrid.apps.models import build
+def cmd_endpoint_config(args: argparse.Namespace) -> int:
+    from fedgrid.flow.endpoint_config import endpoint_config
 
-    model = build(job.model.name, shape, classes, job.model.kwargs)
-    return int(sum(math.prod(p.shape) for p in model.state_dict().values()))
+    job = _load(args)
+    print(endpoint_config(job, args.site, args.job), end="")
+    return 0
 
 
 def status_info(run_dir: Path) -> dict[str, Any]:

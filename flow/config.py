@@ -13,10 +13,12 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedgrid.executors import KINDS, kind_module, specs
 
 
 class ConfigError(Exception):
@@ -78,19 +80,26 @@ class RoundSpec(_Strict):
     eval_every: Annotated[int, Field(ge=1)] = 1
 
 
-class ExecutorSpec(_Strict):
-    """A site's Parsl executor; `kind` picks the module under fedgrid.executors."""
-
-    kind: Literal["local", "htex"] = "htex"
-    workers: Annotated[int, Field(ge=1)] = 1
-    address: str = "127.0.0.1"
+# A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the
+# kind's options (so each kind documents and validates its own keys in one place).
+ExecutorSpec = Annotated[Union[tuple(specs())], Field(discriminator="kind")]  # noqa: UP007 - built at runtime
 
 
 class SiteSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    executor: ExecutorSpec = ExecutorSpec()
+    executor: ExecutorSpec = Field(default_factory=lambda: kind_module("htex").Spec())
     clients: Annotated[int, Field(ge=1)] | None = None
     data: dict[str, Any] = Field(default_factory=dict)  # per-site overrides of the data block
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_shorthand(cls, v: Any) -> Any:
+        """`executor: slurm` means the kind with its defaults; a block without `kind` is `htex`."""
+        if isinstance(v, str):
+            return {"kind": v}
+        if isinstance(v, dict) and "kind" not in v:
+            return {"kind": "htex", **v}
+        return v
 
     @field_validator("data")
     @classmethod
@@ -104,6 +113,14 @@ class SiteSpec(_Strict):
 class CheckpointSpec(_Strict):
     dir: str = "runs/{name}"
     keep: Annotated[int, Field(ge=0)] = 0  # 0 keeps every round file
+
+
+class StoreSpec(_Strict):
+    """The data plane: where params go when they are too big to ride inside a task."""
+
+    url: str | None = None  # a directory every site can reach, or an fsspec URL; default <run_dir>/store
+    mode: Literal["auto", "always", "never"] = "auto"  # auto: by reference above the inline limit
+    inline_max_mb: Annotated[float, Field(gt=0)] = 8.0
 
 
 class ModelSpec(_Strict):
@@ -122,6 +139,7 @@ class Job(_Strict):
     round: RoundSpec = RoundSpec()
     sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="here")])
     checkpoint: CheckpointSpec = CheckpointSpec()
+    store: StoreSpec = StoreSpec()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -162,7 +180,19 @@ class Job(_Strict):
 
 
 def _loc(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    return ".".join(str(p) for p in _path(err["loc"]))
+
+
+def _path(loc: tuple[Any, ...]) -> list[Any]:
+    """The user's key path: pydantic adds validator names and the union tag (`executor.slurm.x`)."""
+    out: list[Any] = []
+    for p in loc:
+        if str(p).startswith("function-"):
+            continue
+        if out and out[-1] == "executor" and p in KINDS:
+            continue
+        out.append(p)
+    return out
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -171,24 +201,34 @@ def _describe(err: dict[str, Any]) -> str:
         return "unknown key"
     if t == "missing":
         return "required key is missing"
+    if t == "union_tag_invalid":
+        return f"unknown executor kind {err.get('ctx', {}).get('tag')!r}; expected one of {', '.join(KINDS)}"
     if t == "literal_error":
         return f"{msg.replace('Input should be', 'expected')}, got {val!r}"
+    msg = msg.replace("Input should be", "expected").replace("Value error, ", "")
+    if t == "value_error" and (isinstance(val, dict | list) or "got " in msg):
+        return msg  # our validators already say what they got
     shown = repr(val) if not isinstance(val, dict | list) else type(val).__name__
-    return f"{msg.replace('Input should be', 'expected').replace('Value error, ', '')}, got {shown}"
+    return f"{msg}, got {shown}"
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Keys valid at the parent of `loc`, to list them when a key is unknown."""
     cur: Any = model
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or str(part).startswith("function-"):
+            continue
+        if part in KINDS and cur is model:
+            continue
+        if part in KINDS:  # the union tag pydantic puts after `executor`: pick that kind's Spec
+            cur = kind_module(part).Spec
             continue
         field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
         if field is None:
             return []
         ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        cand = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        args = [a for x in (ann, *getattr(ann, "__args__", ())) for a in (x, *getattr(x, "__args__", ()))]
+        cand = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if not cand:
             return []
         cur = cand[0]
@@ -288,10 +328,21 @@ def _check_consistency(job: Job, file: str | Path) -> None:
     _check_model(job, file)
 
 
+def on_this_machine(site: SiteSpec) -> bool:
+    """A site whose processes run here (so its data paths can be checked from here)."""
+    ex = site.executor
+    return ex.kind in ("local", "htex") or (ex.kind == "globus_compute" and getattr(ex, "emulate", False))
+
+
 def _check_data(job: Job, file: str | Path) -> None:
     for site in job.sites:
         d = job.site_data(site.name)
         pre = "data" if not site.data else f"sites.{site.name}.data"
+        if not on_this_machine(site):  # its paths are on the site's filesystem; the site checks them
+            if d.dataset == "parquet" and not d.path:
+                raise ConfigError(file, f"{pre}.path", "dataset 'parquet' needs a path (a file, or a "
+                                  "template with {client})")
+            continue
         if d.dataset == "fashion_mnist":
             from fedgrid.apps.datasets import FMNIST_DEFAULT_ROOT, fashion_mnist_missing
 

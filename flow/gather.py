@@ -36,8 +36,13 @@ def reason_of(exc: BaseException) -> str:
 
 
 def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
-           on_result: Callable[[int, bool], None] | None = None) -> Gathered:
-    """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client."""
+           on_result: Callable[[int, bool], None] | None = None,
+           accept: Callable[[ClientUpdate], ClientUpdate] | None = None) -> Gathered:
+    """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client.
+
+    `accept` runs on each update as it arrives, while other clients are still training (fetching a
+    by-reference update, checking it); if it raises, that client is a failure with the reason.
+    """
     t0 = time.monotonic()
     out = Gathered()
     pending = {fut: c for c, (_, fut) in futures.items()}
@@ -50,9 +55,14 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
             client = pending.pop(fut)
             site = futures[client][0]
             exc = fut.exception()
-            if exc is None:
+            if exc is None and accept is not None:
+                try:
+                    out.updates.append(accept(fut.result()))
+                except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
+                    exc = e
+            elif exc is None:
                 out.updates.append(fut.result())
-            else:
+            if exc is not None:
                 out.failures.append({"client": client, "site": site, "reason": reason_of(exc)})
             if on_result:
                 on_result(client, exc is None)

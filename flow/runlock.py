@@ -19,6 +19,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -68,10 +69,16 @@ def _ctime(pid: int) -> float | None:
         return None
 
 
+def _local_htex(ex: Any) -> Any:
+    """The executor whose processes run here: an emulated Globus Compute endpoint's engine HTEX."""
+    inner = getattr(getattr(ex, "executor", None), "local_executor", None)
+    return (inner() or ex) if callable(inner) else ex
+
+
 def record_processes(run_dir: Path, executors: list) -> dict:
     """Write processes.json: interchange pids and provider block process groups of `executors`."""
     pids, pgids = [], []
-    for ex in executors:
+    for ex in map(_local_htex, executors):
         ic = getattr(ex, "interchange_proc", None)
         if ic is not None and (ct := _ctime(ic.pid)) is not None:
             pids.append([ic.pid, ct])

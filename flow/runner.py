@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import datasets
+from fedgrid.apps.store import Ref, Store
+from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow import dataplane
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
 from fedgrid.flow.gather import Gathered, gather
@@ -93,15 +96,29 @@ class _Driver:
         self.mspec: dict[str, Any] = {}
         self.test: datasets.Arrays | None = None
         self.model: Any = None
+        self.transfer: dataplane.TransferPlan | None = None
+        self.store: Store | None = None
 
     # -- tasks --------------------------------------------------------------------------------
-    def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | None,
+    def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
         site = self.sites[client]
-        return {"client": client, "site": site, "round": rnd, "clients": self.job.data.clients,
-                "seed": self.job.seed, "data": self.site_data[site], "model": self.mspec,
-                "train": {**self.job.train.model_dump(), **(extra or {})}, "params": params,
-                "submitted_at": time.time()}
+        t = {"client": client, "site": site, "round": rnd, "clients": self.job.data.clients,
+             "seed": self.job.seed, "data": self.site_data[site], "model": self.mspec,
+             "train": {**self.job.train.model_dump(), **(extra or {})}, "params": params,
+             "submitted_at": time.time()}
+        if self.transfer is not None and self.store is not None:
+            t.update(store=self.store.url, ref_above=self.transfer.ref_above[site],
+                     update_key=f"{_round_key(rnd)}/client-{client:05d}")
+        return t
+
+    def outgoing(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        """What each site receives as the global params: the arrays, or a Ref written once a round."""
+        tp = self.transfer
+        if tp is None or not tp.any_ref() or self.store is None:
+            return {s: params for s in self.site_data}
+        ref = self.store.put(params, f"{_round_key(rnd)}/global")
+        return {s: (ref if tp.by_ref[s] else params) for s in self.site_data}
 
     def select(self) -> list[int]:
         k = min(self.job.clients_per_round(), self.job.data.clients)
@@ -112,17 +129,20 @@ class _Driver:
     # -- one round ----------------------------------------------------------------------------
     def play_round(self, runtime: Any, rnd: int, params: dict[str, np.ndarray]) -> tuple[dict, Gathered, int]:
         rs = self.job.round
+        sent = self.outgoing(rnd, params)
         for attempt in range(1, rs.retries + 2):
             clients = self.select()
             quorum = min(rs.min_clients, len(clients))
             instr = self.strategy.configure(rnd, clients, self.profiles)
             self.progress.round_started(rnd, len(clients))
-            futs = {c: (self.sites[c], runtime.submit(self.sites[c], self.task(c, rnd, params, instr.get(c))))
+            futs = {c: (self.sites[c], runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]],
+                                                                               instr.get(c))))
                     for c in prof.longest_first(self.profiles, clients)}
-            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done)
+            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=ClientUpdate.resolve)
             prof.update(self.profiles, rnd, g)
             if g.quorum_met(quorum):
-                return {"selected": clients, "attempt": attempt}, g, quorum
+                ref_down = sum(r.nbytes for c in clients if isinstance(r := sent[self.sites[c]], Ref))
+                return {"selected": clients, "attempt": attempt, "ref_down": ref_down}, g, quorum
             reasons = "; ".join(f"client {f['client']}@{f['site']}: {f['reason']}" for f in g.failures[:5])
             msg = (f"round {rnd} attempt {attempt}: {len(g.updates)} of {len(clients)} clients answered, "
                    f"quorum is {quorum} ({reasons})")
@@ -154,6 +174,8 @@ class _Driver:
         self.rows.append(row)
         ckpt.write_rows(self.run_dir, self.rows)
         ckpt.prune(self.run_dir, self.job.checkpoint.keep, rnd)
+        if self.store is not None:  # the round's objects are in the checkpoint now (or were transient)
+            self.store.delete(_round_key(rnd))
         self.progress.round_done(row)
 
     def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
@@ -171,6 +193,10 @@ class _Driver:
         if self.pending is not None:
             self.pending.result()
         self.writer.shutdown(wait=True)
+
+
+def _round_key(rnd: int) -> str:
+    return f"round-{rnd:06d}"
 
 
 def _background_priority() -> None:
@@ -199,10 +225,26 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
                      "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
                      "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker")} for u in g.updates],
         "bytes_down": params_bytes * len(info["selected"]), "bytes_up": sum(u.nbytes() for u in g.updates),
+        "bytes_by_ref": info.get("ref_down", 0) + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
         "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
         "client_train_s_max": max((u.timings.get("train", 0.0) for u in g.updates), default=0.0),
         "client_queue_s_max": max((u.timings.get("queue", 0.0) for u in g.updates), default=0.0),
     }
+
+
+def open_store(job: Job, run_dir: Path, params: dict[str, np.ndarray],
+               progress: RunProgress) -> tuple[dataplane.TransferPlan, Store | None]:
+    """Decide how params travel; open (and clear out) this job's area of the store if one is used."""
+    nbytes = int(sum(a.nbytes for a in params.values()))
+    tp = dataplane.plan(job, nbytes, run_dir)
+    if not tp.any_ref() or tp.store_url is None:
+        return tp, None
+    dataplane.check_store(tp.store_url)
+    store = Store(f"{tp.store_url.rstrip('/')}/{job.name}")
+    store.delete("")  # objects a crashed driver left behind
+    refs = [s for s, r in tp.by_ref.items() if r]
+    progress.say(f"params ({nbytes / 2**20:.1f} MB) travel by reference to {', '.join(refs)} through {store.url}")
+    return tp, store
 
 
 def _resume_point(job: Job, run_dir: Path, progress: RunProgress) -> ckpt.RoundState | None:
@@ -282,6 +324,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
         torch.manual_seed(job.seed)
         drv.model = build(job.model.name, shape, num_classes, job.model.kwargs)
         params = get_params(drv.model)
+        drv.transfer, drv.store = open_store(job, run_dir, params, progress)
         if state is None:
             ckpt.write_round(run_dir, drv.snapshot(0, params, {"round": 0}))
         else:
@@ -309,6 +352,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
             params = drv.strategy.aggregate(rnd, params, g.updates, g.failures)
             drv.hand_off(rnd, params, _row(rnd, info, g, quorum, params_bytes, started, time.perf_counter() - t0))
         drv.drain()
+        if drv.store is not None:
+            drv.store.delete("")
         last = drv.rows[-1] if drv.rows else {}
         took = time.time() - t_start
         acc = last.get("test_accuracy")

@@ -21,6 +21,16 @@ from fedgrid.flow.runlock import record_processes
 
 log = logging.getLogger("fedgrid")
 
+SCALED_KINDS = {"slurm", "pbs", "kubernetes", "aws"}
+
+
+def warm_slots(site: Any) -> int:
+    """Workers to warm before round 1: every local worker; none on batch sites (their blocks may
+    still be queued, and a warm task must not be what asks the scheduler for nodes)."""
+    if site.executor.kind in SCALED_KINDS:
+        return 0
+    return getattr(site.executor, "workers", 1)
+
 
 class SiteRuntime:
     """Started executors for every site of a job, and a `submit` that routes by site."""
@@ -35,7 +45,11 @@ class SiteRuntime:
         self.job = job
         self.run_dir = run_dir
         executors = [build_executor(s, run_dir) for s in job.sites]
-        config = Config(executors=executors, strategy="none", strategy_period=0.2, retries=0,
+        # Sites on this machine start their one block at once and never scale ("none": fastest first
+        # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
+        scaled = [s for s in job.sites if s.executor.kind in SCALED_KINDS]
+        config = Config(executors=executors, strategy="simple" if scaled else "none",
+                        strategy_period=1.0 if scaled else 0.2, retries=0,
                         run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=True)
         t0 = time.perf_counter()
         self.dfk = DataFlowKernel(config)
@@ -51,7 +65,7 @@ class SiteRuntime:
         futs = []
         for s in self.job.sites:
             first = self.job.client_sites().index(s.name)
-            futs += [self._warm[s.name](task_for(first)) for _ in range(s.executor.workers)]
+            futs += [self._warm[s.name](task_for(first)) for _ in range(warm_slots(s))]
         return futs
 
     def record(self) -> None:

@@ -36,3 +36,9 @@ def write_job(tmp_path):
         path.write_text(yaml.safe_dump(job_dict(tmp_path / "run", **over)))
         return path
     return write
+
+
+@pytest.fixture
+def make_job():
+    """`job_dict` itself, for tests that build several jobs (tests is not an importable package)."""
+    return job_dict

@@ -149,8 +149,11 @@ CASES = {
     "duplicate_site_names": (
         BASE.replace("{name: b,", "{name: a,"), "sites", ["unique", "'a'"]),
     "unknown_executor_kind": (
-        BASE.replace("{name: b, executor: {kind: local}", "{name: b, executor: {kind: slurm}"),
-        "sites.1.executor.kind", ["'local'", "'htex'", "'slurm'"]),
+        BASE.replace("{name: b, executor: {kind: local}", "{name: b, executor: {kind: slurmm}"),
+        "sites.1.executor", ["unknown executor kind 'slurmm'", "htex", "slurm", "globus_compute"]),
+    "misspelled_slurm_option": (
+        BASE.replace("{name: b, executor: {kind: local}", "{name: b, executor: {kind: slurm, partitoin: x}"),
+        "sites.1.executor.partitoin", ["unknown key", "partition", "account", "walltime"]),
     "parquet_without_path": (
         BASE.replace("dataset: digits", "dataset: parquet"), "data.path", ["parquet", "needs a path"]),
     "parquet_path_not_found": (

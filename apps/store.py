@@ -1,0 +1,186 @@
+"""The data plane: params that are too big to ride inside a task travel by reference.
+
+``Store(url).put(params, key) -> Ref`` writes one object; ``Store.get(ref)`` (or :func:`fetch`)
+reads it back and verifies it. A :class:`Ref` is the object's URI plus its sha256 and byte size,
+so whoever reads it (a site reading the global model, the driver reading an update) knows it got
+exactly what was written: a short read, a stale file on a lagging shared filesystem or a corrupted
+object fails with a clear error instead of training on garbage.
+
+The URL is a directory every site can reach (a shared filesystem path) or any fsspec URL
+(``s3://bucket/prefix``, ``gs://...``; their packages are optional extras). Local paths use plain
+file I/O: one write, one read, no copies beyond the hash.
+
+Object format (deliberately trivial, so any language can read it and a local read is one syscall):
+``FGPARAMS1\\n``, an 8-byte little-endian header length, a JSON header ``[[name, dtype, shape,
+offset, nbytes], ...]``, then the arrays' raw bytes, each aligned to 64 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"FGPARAMS1\n"
+ALIGN = 64
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+class StoreError(Exception):
+    """An object is missing, truncated or does not match its reference."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where an object is and what it must be: the reader verifies both size and sha256."""
+
+    uri: str
+    sha256: str
+    nbytes: int
+
+    def short(self) -> str:
+        return f"{self.uri} ({self.nbytes / 2**20:.1f} MB, sha256 {self.sha256[:12]})"
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s and not s.startswith("file://")
+
+
+def _local(s: str) -> str:
+    return s[len("file://"):] if s.startswith("file://") else s
+
+
+def filesystem(url: str) -> Any:
+    """The fsspec filesystem of a URL, or a clear error naming the extra to install."""
+    try:
+        import fsspec
+    except ImportError:
+        raise StoreError(f"{url}: URLs need the fsspec package (pip install fsspec)") from None
+    proto = url.split("://", 1)[0]
+    try:
+        return fsspec.filesystem(proto)
+    except (ImportError, ValueError) as e:
+        extra = EXTRAS.get(proto)
+        hint = f"pip install 'fedgrid[{extra}]'" if extra else str(e)
+        raise StoreError(f"{url}: no filesystem for {proto}:// ({hint})") from None
+
+
+def encode(params: dict[str, np.ndarray]) -> list[Any]:
+    """The object as a list of buffers (header, then each array, padded): written without joining."""
+    entries, off = [], 0
+    arrays = [np.asarray(a) if np.asarray(a).flags.c_contiguous else np.asarray(a).copy(order="C")
+              for a in params.values()]  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+    for name, a in zip(params, arrays, strict=True):
+        entries.append([name, a.dtype.str, list(a.shape), off, a.nbytes])
+        off += a.nbytes + (-a.nbytes) % ALIGN
+    header = json.dumps(entries).encode()
+    pre = MAGIC + struct.pack("<Q", len(header)) + header
+    pre += b"\0" * ((-len(pre)) % ALIGN)
+    bufs: list[Any] = [pre]
+    for (_, _, _, _, n), a in zip(entries, arrays, strict=True):
+        bufs.append(a.reshape(-1).view(np.uint8).data)
+        if n % ALIGN:
+            bufs.append(b"\0" * ((-n) % ALIGN))
+    return bufs
+
+
+def decode(buf: bytes | bytearray | memoryview) -> OrderedDict[str, np.ndarray]:
+    mv = memoryview(buf)
+    if bytes(mv[:len(MAGIC)]) != MAGIC:
+        raise StoreError("not a fedgrid params object (bad magic)")
+    (hlen,) = struct.unpack("<Q", mv[len(MAGIC):len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    entries = json.loads(bytes(mv[start:start + hlen]))
+    base = start + hlen + (-(start + hlen)) % ALIGN
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, dtype, shape, off, n in entries:
+        out[name] = np.frombuffer(mv, dtype=np.dtype(dtype), count=n // max(np.dtype(dtype).itemsize, 1),
+                                  offset=base + off).reshape(shape)
+    return out
+
+
+class Store:
+    """Objects under one root URL; keys are relative paths such as ``round-000003/global``."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.remote = _is_url(self.url)
+        self._fs = filesystem(self.url) if self.remote else None
+
+    def _uri(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    def put(self, params: dict[str, np.ndarray], key: str) -> Ref:
+        bufs = encode(params)
+        h, size = hashlib.sha256(), 0
+        for b in bufs:
+            h.update(b)
+            size += len(b) if isinstance(b, bytes) else b.nbytes
+        uri = self._uri(key)
+        if self.remote:
+            with self._fs.open(uri, "wb") as f:
+                for b in bufs:
+                    f.write(b)
+        else:
+            path = Path(_local(uri))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as f:
+                f.writelines(bufs)
+            os.replace(tmp, path)  # readers never see a half-written object
+        return Ref(uri, h.hexdigest(), size)
+
+    def delete(self, prefix: str) -> None:
+        """Remove every object under a key prefix (a finished round's objects)."""
+        uri = self._uri(prefix)
+        if self.remote:
+            if self._fs.exists(uri):
+                self._fs.rm(uri, recursive=True)
+            return
+        import shutil
+
+        shutil.rmtree(_local(uri), ignore_errors=True)
+
+    def probe(self) -> None:
+        """Write, read back and delete a small object: proves the store is reachable and writable."""
+        key = f".probe-{uuid.uuid4().hex[:8]}"
+        ref = self.put({"probe": np.arange(4, dtype=np.int32)}, key)
+        try:
+            fetch(ref)
+        finally:
+            if self.remote:
+                self._fs.rm(ref.uri)
+            else:
+                Path(_local(ref.uri)).unlink(missing_ok=True)
+
+
+def read_bytes(uri: str) -> bytes | bytearray:
+    """The whole object; a local file is read straight into one writeable buffer (no extra copy)."""
+    if _is_url(uri):
+        return filesystem(uri).cat_file(uri)
+    with open(_local(uri), "rb") as f:
+        buf = bytearray(os.fstat(f.fileno()).st_size)
+        n = f.readinto(buf)
+    return buf if n == len(buf) else buf[:n]
+
+
+def fetch(ref: Ref) -> OrderedDict[str, np.ndarray]:
+    """Read and verify an object (any reader: a site or the driver)."""
+    try:
+        data = read_bytes(ref.uri)
+    except FileNotFoundError:
+        raise StoreError(f"{ref.uri}: object not found (is the store reachable from here?)") from None
+    if len(data) != ref.nbytes:
+        raise StoreError(f"{ref.uri}: {len(data)} bytes, expected {ref.nbytes} (truncated or replaced)")
+    got = hashlib.sha256(data).hexdigest()
+    if got != ref.sha256:
+        raise StoreError(f"{ref.uri}: sha256 {got[:12]} does not match the reference {ref.sha256[:12]}")
+    return decode(data)

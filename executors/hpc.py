@@ -1,0 +1,164 @@
+"""What the remote-HTEX kinds (slurm, pbs, kubernetes, aws) share: options, the executor, launchers.
+
+Workers run on machines this process does not own, so unlike `htex` the worker pool is started by
+name (``process_worker_pool.py`` from the remote PATH, which ``worker_init`` sets up by activating
+an environment where fedgrid is installed) and heartbeats are Parsl's defaults, tolerant of a busy
+login node. ``dry_run`` (``fedgrid check``) must not touch the network or the scheduler, but two
+Parsl constructors do: HTEX with ``address=None`` probes the machine's addresses, including an HTTP
+query to api.ipify.org (up to 30 s offline), and SlurmProvider runs ``sacct -X`` to pick its status
+command. :func:`remote_htex` and :func:`construct` replace exactly those steps in a dry run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+from unittest import mock
+
+from pydantic import Field, model_validator
+
+from fedgrid.executors.common import SpecBase
+from fedgrid.executors.htex import INTERCHANGE_MODULE
+
+LauncherName = Literal["srun", "mpiexec", "mpirun", "aprun", "simple", "single"]
+LAUNCHERS = {"srun": "SrunLauncher", "mpiexec": "MpiExecLauncher", "mpirun": "MpiRunLauncher",
+             "aprun": "AprunLauncher", "simple": "SimpleLauncher", "single": "SingleNodeLauncher"}
+TAKES_OVERRIDES = frozenset({"srun", "mpiexec", "mpirun", "aprun"})  # launchers with an ``overrides`` argument
+Walltime = Annotated[str, Field(pattern=r"^\d{1,3}:[0-5]\d:[0-5]\d$", description="HH:MM:SS")]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(ge=1)]
+
+
+class RemoteHtexSpec(SpecBase):
+    """Options of every HTEX site whose workers run on provisioned nodes (batch jobs, pods, VMs)."""
+
+    workers_per_node: PosInt | None = None  # default: node cores / cores_per_worker when known, else 1
+    cores_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_node: NonNegInt = 0  # one GPU per worker (CUDA_VISIBLE_DEVICES); caps the workers per node
+    address: str | None = None  # interchange address workers connect to; None = Parsl's auto-discovery
+    worker_init: str = ""  # shell lines run before the pool starts: module loads, venv activation
+    worker_logdir_root: str | None = None  # where pools write logs on the nodes (default: Parsl's)
+    init_blocks: NonNegInt = 0
+    min_blocks: NonNegInt = 0
+    max_blocks: PosInt = 1
+    nodes_per_block: PosInt = 1
+
+    @model_validator(mode="after")
+    def _blocks_ordered(self):
+        if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
+            raise ValueError(f"need min_blocks ({self.min_blocks}) and init_blocks ({self.init_blocks}) "
+                             f"<= max_blocks ({self.max_blocks})")
+        return self
+
+    def node_cores(self) -> int | None:
+        """Cores per node when the kind knows them (slurm cores_per_node, pbs cpus_per_node)."""
+        return None
+
+    def workers(self) -> int:
+        if self.workers_per_node is not None:
+            return self.workers_per_node
+        cores = self.node_cores()
+        return max(1, int(cores // self.cores_per_worker)) if cores else 1
+
+
+class BatchHtexSpec(RemoteHtexSpec):
+    """A batch scheduler's extras: walltime, its own directives, and how a job starts its pools."""
+
+    walltime: Walltime = "01:00:00"
+    scheduler_options: str = ""  # extra scheduler directive lines (#SBATCH ..., #PBS ...) for the job script
+    launcher: LauncherName = "single"
+    launcher_options: str = ""  # extra arguments for srun/mpiexec/mpirun/aprun (Parsl's ``overrides``)
+
+    @model_validator(mode="after")
+    def _options_need_overrides(self):
+        if self.launcher_options and self.launcher not in TAKES_OVERRIDES:
+            raise ValueError(f"launcher_options needs one of {sorted(TAKES_OVERRIDES)}, not {self.launcher!r}")
+        return self
+
+
+def make_launcher(name: str, options: str = ""):
+    """The Parsl launcher for a YAML launcher name (``srun``, ``mpiexec``, ..., ``single``)."""
+    import parsl.launchers
+
+    cls = getattr(parsl.launchers, LAUNCHERS[name])
+    return cls(overrides=options) if name in TAKES_OVERRIDES else cls()
+
+
+def block_kwargs(spec: RemoteHtexSpec) -> dict[str, Any]:
+    """Provider arguments every remote kind takes the same way."""
+    return {"nodes_per_block": spec.nodes_per_block, "init_blocks": spec.init_blocks,
+            "min_blocks": spec.min_blocks, "max_blocks": spec.max_blocks, "worker_init": spec.worker_init}
+
+
+def provider_config(provider_cls_name: str, kwargs: dict[str, Any], launcher_name: str | None = None,
+                    launcher_options: str = "") -> dict[str, Any]:
+    """A provider as a Globus Compute endpoint's config.yaml wants it under ``engine.provider``."""
+    cfg: dict[str, Any] = {"type": provider_cls_name, **kwargs}  # the same arguments build() passes
+    if launcher_name:
+        cfg["launcher"] = {"type": LAUNCHERS[launcher_name]}
+        if launcher_options:
+            cfg["launcher"]["overrides"] = launcher_options
+    return cfg
+
+
+@contextmanager
+def _no_commands(provider_cls: type) -> Iterator[None]:
+    """Scheduler commands a constructor runs (SlurmProvider's ``sacct -X``) fail without running."""
+    def refuse(self, cmd: str, timeout: int | None = None) -> tuple[int, str, str]:
+        return 1, "", f"fedgrid dry run: {cmd!r} not executed"
+
+    with mock.patch.object(provider_cls, "execute_wait", refuse):
+        yield
+
+
+def construct(provider_cls: type, kwargs: dict[str, Any], dry_run: bool):
+    """``provider_cls(**kwargs)``; in a dry run, scheduler commands in the constructor are not run."""
+    if not dry_run or not hasattr(provider_cls, "execute_wait"):
+        return provider_cls(**kwargs)
+    with _no_commands(provider_cls):
+        return provider_cls(**kwargs)
+
+
+def _interface_addresses() -> set[str]:
+    """Parsl's address discovery without its hostname lookup, route probe and api.ipify.org query."""
+    import psutil
+    from parsl.addresses import address_by_interface
+
+    found = set()
+    for name in psutil.net_if_addrs():
+        try:
+            found.add(address_by_interface(name))
+        except Exception:  # no IPv4 on this interface; Parsl skips these the same way
+            continue
+    return found
+
+
+def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool = False):
+    """The HTEX for a remote site; in a dry run, ``address=None`` discovers only local interfaces."""
+    from parsl.executors import HighThroughputExecutor
+
+    kwargs = dict(label=site.name, provider=provider, address=spec.address,
+                  max_workers_per_node=spec.workers(), cores_per_worker=spec.cores_per_worker,
+                  available_accelerators=spec.gpus_per_node, heartbeat_period=30, heartbeat_threshold=120,
+                  worker_logdir_root=spec.worker_logdir_root,
+                  interchange_launch_cmd=[sys.executable, "-m", INTERCHANGE_MODULE])
+    if dry_run and spec.address is None:
+        with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
+            return HighThroughputExecutor(**kwargs)
+    return HighThroughputExecutor(**kwargs)
+
+
+def describe_htex(where: str, spec: RemoteHtexSpec, settings: dict[str, Any], node: str = "node") -> str:
+    """``Parsl HTEX on <where>: k=v ..., N node(s)/block, blocks a..b, ...`` for `fedgrid check`."""
+    parts = [" ".join(f"{k}={v}" for k, v in settings.items() if v not in (None, "", False))]
+    parts.append(f"{spec.nodes_per_block} {node}(s)/block, blocks {spec.min_blocks}..{spec.max_blocks}"
+                 f" (init {spec.init_blocks})")
+    if isinstance(spec, BatchHtexSpec):
+        parts += [f"walltime {spec.walltime}", spec.launcher]
+    parts.append(f"{spec.workers()} worker(s)/{node}" + (f", {spec.gpus_per_node} GPU(s)/{node}"
+                                                        if spec.gpus_per_node else ""))
+    if spec.address:
+        parts.append(f"interchange at {spec.address}")
+    return f"Parsl HTEX on {where}: " + ", ".join(p for p in parts if p)

@@ -1,0 +1,60 @@
+"""`slurm`: Parsl HTEX whose worker pools run in Slurm batch jobs (SlurmProvider).
+
+The driver (or a Globus Compute endpoint, via :func:`provider_config`) submits blocks with
+``sbatch``; each block's pools start with ``srun`` by default so one pool runs per node.
+``SlurmProvider.__init__`` runs ``sacct -X`` (a call to the cluster's accounting daemon) to choose
+between sacct and squeue for status polling; a dry run builds it without running that command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from fedgrid.executors import hpc
+
+
+class Spec(hpc.BatchHtexSpec):
+    kind: Literal["slurm"] = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None  # --constraint, e.g. "gpu" or "a100"
+    clusters: str | None = None  # --clusters, for a federated Slurm
+    cores_per_node: hpc.PosInt | None = None  # --cpus-per-task for the pool; default workers_per_node derives from it
+    mem_per_node: hpc.PosInt | None = None  # GB (--mem)
+    exclusive: bool = True  # whole nodes (--exclusive), so pools do not share nodes with other jobs
+    launcher: hpc.LauncherName = "srun"
+
+    def node_cores(self) -> int | None:
+        return self.cores_per_node
+
+
+def provider_kwargs(spec: Spec) -> dict[str, Any]:
+    """SlurmProvider's arguments other than the launcher, as plain (YAML-able) values."""
+    return {"partition": spec.partition, "account": spec.account, "qos": spec.qos, "constraint": spec.constraint,
+            "clusters": spec.clusters, "cores_per_node": spec.cores_per_node, "mem_per_node": spec.mem_per_node,
+            "gpus_per_node": spec.gpus_per_node or None, "exclusive": spec.exclusive, "walltime": spec.walltime,
+            "scheduler_options": spec.scheduler_options, **hpc.block_kwargs(spec)}
+
+
+def provider(spec: Spec, dry_run: bool = False):
+    from parsl.providers import SlurmProvider
+
+    kwargs = {**provider_kwargs(spec), "launcher": hpc.make_launcher(spec.launcher, spec.launcher_options)}
+    return hpc.construct(SlurmProvider, kwargs, dry_run)
+
+
+def provider_config(spec: Spec) -> dict[str, Any]:
+    """``engine.provider`` of a Globus Compute endpoint's config.yaml for this site."""
+    return hpc.provider_config("SlurmProvider", provider_kwargs(spec), spec.launcher, spec.launcher_options)
+
+
+def build(site: Any, run_dir: Path, dry_run: bool = False):
+    return hpc.remote_htex(site, provider(site.executor, dry_run), site.executor, dry_run=dry_run)
+
+
+def describe(site: Any) -> str:
+    s: Spec = site.executor
+    return hpc.describe_htex("Slurm", s, {"partition": s.partition, "account": s.account, "qos": s.qos,
+                                      "constraint": s.constraint, "clusters": s.clusters})

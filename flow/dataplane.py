@@ -1,0 +1,89 @@
+"""How params travel to each site and back: inline in the task, or by reference through a Store.
+
+Decided once per run from the model's size and each site's kind, before any executor is used, so
+a job that cannot work (a Globus Compute site with a model over the service's 10 MB limit and no
+store, or a remote site with no store it can reach) fails at `fedgrid check`, not in round 7.
+
+Rules: ``store.mode: never`` sends everything inline; ``always`` sends everything by reference;
+``auto`` (default) sends by reference to a site when the params exceed that site's inline limit —
+``store.inline_max_mb``, and for ``globus_compute`` sites also the service's payload limit less the
+serializer's overhead. Updates come back the same way the params went. Without ``store.url`` the
+store defaults to ``<run_dir>/store``, which only sites on this machine can reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedgrid.executors.globus_compute import PAYLOAD_LIMIT
+from fedgrid.flow.config import ConfigError, Job, on_this_machine
+
+# ComputeSerializer sends numpy arrays base64-encoded pickles: ~1.37x the raw bytes (REFERENCE.md ~35%),
+# plus the task's other fields.
+GC_OVERHEAD = 1.4
+
+
+@dataclass
+class TransferPlan:
+    params_bytes: int
+    store_url: str | None = None
+    by_ref: dict[str, bool] = field(default_factory=dict)  # site -> params travel by reference
+    ref_above: dict[str, int | None] = field(default_factory=dict)  # site -> update bytes that go by ref
+    why: dict[str, str] = field(default_factory=dict)
+
+    def any_ref(self) -> bool:
+        return any(self.by_ref.values())
+
+
+def site_limit(job: Job, site) -> int:
+    limit = int(job.store.inline_max_mb * 2**20)
+    if site.executor.kind == "globus_compute":
+        limit = min(limit, int(PAYLOAD_LIMIT / GC_OVERHEAD))
+    return limit
+
+
+def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>") -> TransferPlan:
+    st = job.store
+    out = TransferPlan(params_bytes)
+    mb = params_bytes / 2**20
+    for s in job.sites:
+        limit = site_limit(job, s)
+        if st.mode == "always":
+            ref, why = True, "store.mode is always"
+        elif st.mode == "never":
+            ref, why = False, "store.mode is never"
+            if s.executor.kind == "globus_compute" and params_bytes * GC_OVERHEAD > PAYLOAD_LIMIT:
+                raise ConfigError(file, "store.mode", f"is never, but the model's params are {mb:.1f} MB and "
+                                  f"site {s.name!r} is a Globus Compute endpoint, which accepts at most "
+                                  f"{PAYLOAD_LIMIT / 2**20:.0f} MB per task and per result (about "
+                                  f"{PAYLOAD_LIMIT / GC_OVERHEAD / 2**20:.1f} MB of params once serialized); "
+                                  f"expected store.mode auto or always with a store the endpoint can reach")
+        else:
+            ref = params_bytes > limit
+            why = f"{mb:.1f} MB {'>' if ref else '<='} inline limit {limit / 2**20:.1f} MB"
+        out.by_ref[s.name] = ref
+        out.ref_above[s.name] = (0 if st.mode == "always" else limit) if st.mode != "never" else None
+        out.why[s.name] = why
+    needs_store = [s for s in job.sites if out.by_ref[s.name]]
+    if needs_store:
+        if st.url:
+            out.store_url = st.url
+        else:
+            remote = [s.name for s in needs_store if not on_this_machine(s)]
+            if remote:
+                raise ConfigError(file, "store.url", f"site(s) {remote} get the params ({mb:.1f} MB) by reference "
+                                  "but no store.url is set; expected a directory every site can reach (shared "
+                                  "filesystem) or an fsspec URL such as s3://bucket/fedgrid")
+            out.store_url = str(run_dir / "store")
+    return out
+
+
+def check_store(url: str, file: str | Path = "<job>") -> None:
+    """Prove the store is writable and readable from the driver (sites verify what they read)."""
+    from fedgrid.apps.store import Store, StoreError
+
+    try:
+        Store(url).probe()
+    except (StoreError, OSError) as e:
+        raise ConfigError(file, "store.url", f"store {url!r} is not usable from the driver: {e}") from None

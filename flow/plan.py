@@ -1,0 +1,97 @@
+"""`fedgrid check`: validate a job and print its plan without starting anything.
+
+Everything a run would decide before round 1 is decided here the same way: the model is built (so
+its size is known), the transfer plan is made (inline or by reference, per site), the store is
+probed, and every site's Parsl executor is constructed with ``dry_run`` — providers, launchers and
+optional packages included — then thrown away. What fails here would have failed in the run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fedgrid.flow.config import Job
+
+
+def count_params(job: Job) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, classes, parameter bytes) of the job's model, built as a site would build it."""
+    from fedgrid.apps import datasets
+    from fedgrid.apps.models import build
+
+    d = job.data.model_dump()
+    test = datasets.load_test(d, job.seed) if job.data.dataset == "parquet" and job.data.test_path else None
+    shape, classes = datasets.meta(d, test)
+    model = build(job.model.name, shape, classes, job.model.kwargs)
+    nbytes = int(sum(math.prod(p.shape) * p.element_size() for p in model.state_dict().values()))
+    return shape, classes, nbytes
+
+
+def dry_build(site: Any, run_dir: Path) -> Any:
+    """Construct a site's executor as a run would, and release it; returns it for inspection."""
+    from fedgrid.executors import build_executor, kind_module
+
+    ex = build_executor(site, run_dir, dry_run=True)
+    dispose = getattr(kind_module(site.executor.kind), "dispose", None)
+    if dispose is not None:
+        dispose(ex)
+    return ex
+
+
+def try_build(site: Any, run_dir: Path) -> tuple[Any, str | None]:
+    """(executor, None), or (None, why) when the site's provider cannot be set up from this machine.
+
+    A missing kubeconfig or AWS credentials on the machine where `check` runs is reported, not
+    fatal: a job is often checked on a laptop and run from a login node that has them. A missing
+    package (:class:`MissingExtra`) and a bad option are still errors.
+    """
+    from fedgrid.executors import MissingExtra
+
+    try:
+        return dry_build(site, run_dir), None
+    except MissingExtra:
+        raise
+    except Exception as e:  # noqa: BLE001 - provider constructors raise their own types (kube, boto, parsl)
+        return None, f"{type(e).__name__}: {e}".strip()
+
+
+def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
+    """Print the plan; returns warnings (sites whose provider could not be set up from here)."""
+    from fedgrid.apps import datasets
+    from fedgrid.executors import describe
+    from fedgrid.flow import dataplane
+
+    run_dir = job.run_dir(base)
+    shape, classes, nbytes = count_params(job)
+    mb = nbytes / 2**20
+    print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}")
+    print(f"model {job.model.name}: input {list(shape)}, {classes} classes, {nbytes // 4:,} params ({mb:.2f} MB)")
+    print(f"data: {datasets.describe(job.data.model_dump())}, {job.data.clients} clients; "
+          f"training rows are read only at their site")
+    per_round = job.clients_per_round()
+    print(f"rounds: {per_round} of {job.data.clients} clients per round, quorum {job.round.min_clients}, "
+          f"deadline {job.round.deadline_s:g} s, {job.round.retries} retr{'y' if job.round.retries == 1 else 'ies'}")
+    tp = dataplane.plan(job, nbytes, run_dir, file)
+    if tp.store_url and job.store.url:
+        dataplane.check_store(tp.store_url, file)
+    print(f"params: {mb:.2f} MB down and up per client per round ({2 * mb * per_round:.1f} MB a round)"
+          + (f"; store {tp.store_url}" if tp.store_url else "; no store needed"))
+    sites = job.client_sites()
+    warnings = []
+    print("sites:")
+    for s in job.sites:
+        ex, why = try_build(s, run_dir)
+        ids = [i for i, n in enumerate(sites) if n == s.name]
+        how = "by reference" if tp.by_ref[s.name] else "inline"
+        built = type(ex).__name__ if ex is not None else "not buildable here"
+        print(f"  {s.name}: {s.executor.kind} -> {built}; {describe(s)}")
+        data = datasets.describe(job.site_data(s.name).model_dump())
+        print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")
+        print(f"    params travel {how} ({tp.why[s.name]})")
+        if why:
+            warnings.append(f"site {s.name!r} ({s.executor.kind}): a run from this machine would fail: {why}")
+    print(f"checkpoints: {run_dir}")
+    for w in warnings:
+        print(f"warning: {w}")
+    return warnings

@@ -1,0 +1,143 @@
+"""Globus Compute sites: the real sdk objects for a deployed endpoint, and the emulated endpoint
+(a real GlobusComputeEngine on this machine) enforcing the hosted service's limits."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fedgrid.executors import globus_compute as gc
+from fedgrid.executors.gc_emulator import EmulatedEndpoint, TaskPayloadTooLarge
+from fedgrid.flow.cli import main
+from fedgrid.flow.config import ConfigError, parse_job
+from fedgrid.flow.plan import dry_build
+
+EP = "5e6f5f7c-1111-4a2b-9c3d-0123456789ab"
+
+
+def _site(**spec):
+    return types.SimpleNamespace(name="gc", executor=gc.Spec(**spec))
+
+
+def test_deployed_endpoint_builds_parsl_globus_compute_executor_without_logging_in(tmp_path, monkeypatch) -> None:
+    from globus_compute_sdk import Executor
+    from parsl.executors import GlobusComputeExecutor
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no stored tokens: a login attempt would fail the test
+    site = _site(endpoint=EP, user_endpoint_config={"account": "abc", "walltime": "00:30:00"},
+                 resource_specification={"num_nodes": 1})
+    ex = dry_build(site, tmp_path)
+    assert isinstance(ex, GlobusComputeExecutor) and ex.label == "gc"
+    assert type(ex.executor) is Executor
+    assert str(ex.executor.endpoint_id) == EP
+    assert ex.user_endpoint_config == {"account": "abc", "walltime": "00:30:00"}
+    assert ex.resource_specification == {"num_nodes": 1}
+
+
+def test_spec_validation(make_job) -> None:
+    with pytest.raises(ValueError, match="UUID"):
+        gc.Spec(endpoint="not-a-uuid")
+    with pytest.raises(ValueError, match="required"):
+        gc.Spec()
+    with pytest.raises(ValueError, match="valid keys"):
+        gc.Spec(emulate=True, provider={"kind": "slurm", "partitoin": "x"})
+    assert gc.Spec(emulate=True).endpoint is None
+    raw = make_job(Path("/tmp/r"), sites=[{"name": "g", "executor": {"kind": "globus_compute", "endpoint": "x"}}])
+    with pytest.raises(ConfigError, match=r"sites\.0\.executor\.endpoint: expected an endpoint UUID"):
+        parse_job(raw, "job.yaml")
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """A DataFlowKernel with one emulated Globus Compute site."""
+    from parsl.config import Config
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    run = tmp_path_factory.mktemp("gc")
+    ex = gc.build(_site(emulate=True, workers=1), run)
+    assert isinstance(ex.executor, EmulatedEndpoint)
+    dfk = DataFlowKernel(Config(executors=[ex], strategy="none", run_dir=str(run / "parsl")))
+    yield dfk
+    dfk.cleanup()
+
+
+def _app(dfk, fn):
+    from parsl.app.app import python_app
+
+    return python_app(fn, executors=["gc"], data_flow_kernel=dfk)
+
+
+def test_emulated_endpoint_runs_tasks_and_returns_remote_errors(emulated) -> None:
+    assert _app(emulated, np.add)(np.ones(3), 2).result().tolist() == [3.0, 3.0, 3.0]
+    # functions travel by reference (the endpoint imports them), so use an importable one
+    with pytest.raises(ValueError, match="cannot reshape"):
+        _app(emulated, np.reshape)(np.ones(3), (2, 2)).result()
+
+
+def test_emulated_endpoint_enforces_the_service_payload_and_result_limits(emulated) -> None:
+    from globus_compute_sdk.errors import TaskExecutionFailed
+
+    big = np.ones(3 * 2**20, dtype=np.float32)  # 12 MB of arguments
+    with pytest.raises(TaskPayloadTooLarge, match="TASK_PAYLOAD_TOO_LARGE"):
+        _app(emulated, np.add)(big, 1).result()
+    with pytest.raises(TaskExecutionFailed, match="MaxResultSizeExceeded"):
+        _app(emulated, np.zeros)(4 * 2**20).result()  # a 32 MB result
+    assert _app(emulated, np.add)(np.ones(2), 1).result().tolist() == [2.0, 2.0]  # the site still works
+
+
+def test_mixed_sites_train_exactly_like_all_htex(tmp_path: Path, make_job) -> None:
+    from fedgrid.flow.runner import run
+
+    mixed = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 2},
+             {"name": "b", "executor": {"kind": "local", "workers": 1}, "clients": 2},
+             {"name": "g", "executor": {"kind": "globus_compute", "emulate": True}, "clients": 2}]
+    plain = [{"name": n, "executor": {"kind": "htex", "workers": 1}, "clients": 2} for n in "abg"]
+    acc = {}
+    for name, sites in (("mixed", mixed), ("htex", plain)):
+        job = parse_job(make_job(tmp_path / name, sites=sites, rounds=2))
+        rows = run(job, quiet=True).rows
+        assert [r["clients_ok"] for r in rows] == [6, 6]
+        acc[name] = [r["test_accuracy"] for r in rows]
+        workers = {u["site"]: u["worker"] for u in rows[-1]["updates"]}
+        assert len(set(workers.values())) == 3  # three different processes
+    assert acc["mixed"] == acc["htex"]
+    assert acc["mixed"][-1] > 0.6
+
+
+def _big_job(job_dict, tmp_path: Path, **store) -> Path:
+    # mlp on 8x8 digits with 56,000 hidden units: 4.2 M float32 params, 16.8 MB (> the 10 MB limit)
+    raw = job_dict(tmp_path / "run", rounds=2, model={"name": "mlp", "kwargs": {"hidden": 56000}},
+                   train={"epochs": 1, "batch_size": 64, "lr": 0.01},
+                   data={"dataset": "digits", "clients": 2, "partition": {"kind": "iid"}},
+                   round={"min_clients": 2, "deadline_s": 300},
+                   sites=[{"name": "g", "executor": {"kind": "globus_compute", "emulate": True}}], store=store)
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_large_model_trains_through_emulated_globus_compute_by_reference(tmp_path: Path, capsys, make_job) -> None:
+    from fedgrid.flow.checkpoint import read_rows
+
+    job = _big_job(make_job, tmp_path)
+    assert main(["check", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "4,200,010 params" in out and "by reference" in out
+    assert main(["run", str(job), "--quiet"]) == 0
+    rows = read_rows(tmp_path / "run")
+    assert [r["clients_ok"] for r in rows] == [2, 2]
+    assert all(r["bytes_by_ref"] >= 4 * 4_200_010 * 4 for r in rows)  # 2 params down + 2 updates up
+    assert rows[-1]["test_accuracy"] > 0.5
+    assert not any((tmp_path / "run/store").rglob("client-*"))  # the rounds' objects were cleaned up
+
+
+def test_large_model_without_references_fails_with_the_payload_limit(tmp_path: Path, capsys, make_job) -> None:
+    job = _big_job(make_job, tmp_path, mode="never")
+    assert main(["run", str(job), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "store.mode" in err and "16.0 MB" in err and "10 MB per task" in err
+    assert "Traceback" not in err
