@@ -184,3 +184,18 @@ def fetch(ref: Ref) -> OrderedDict[str, np.ndarray]:
     if got != ref.sha256:
         raise StoreError(f"{ref.uri}: sha256 {got[:12]} does not match the reference {ref.sha256[:12]}")
     return decode(data)
+
+
+def relay(ref: Ref, url: str, key: str) -> tuple[Ref, tuple[float, float]]:
+    """Fetch an object and write it back under `key`, timing both: a site's round trip to the store.
+
+    Runs at a site as a task (the data-plane benchmark; also a quick way to measure a new site's
+    path to a shared store). Returns the new ref and (fetch+verify seconds, write+hash seconds).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    params = fetch(ref)
+    t1 = time.perf_counter()
+    back = Store(url).put(params, key)
+    return back, (t1 - t0, time.perf_counter() - t1)

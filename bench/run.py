@@ -26,13 +26,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_fmnist(rounds: int, workdir: Path) -> dict:
+def bench_fmnist(rounds: int, workdir: Path, executor: dict | None = None, tag: str = "fmnist") -> dict:
+    """The fmnist example as a user runs it; `executor` replaces its site's executor block."""
     job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
     job["rounds"] = rounds
-    job["checkpoint"]["dir"] = str(workdir / "fmnist")
-    path = workdir / "fmnist.yaml"
+    job["checkpoint"]["dir"] = str(workdir / tag)
+    if executor:
+        job["sites"][0]["executor"] = executor
+    path = workdir / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(job))
-    first = workdir / "fmnist" / "rounds" / "round-000001.arrow"
+    first = workdir / tag / "rounds" / "round-000001.arrow"
     t0, wall0 = time.perf_counter(), time.time()
     proc = subprocess.Popen([sys.executable, "-m", "fedgrid.flow.cli", "run", str(path), "--fresh", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -46,7 +49,7 @@ def bench_fmnist(rounds: int, workdir: Path) -> dict:
         raise SystemExit(f"fedgrid run failed: {proc.stderr.read()}")
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(workdir / "fmnist" / "rounds.parquet").to_pylist()
+    rows = pq.read_table(workdir / tag / "rounds.parquet").to_pylist()
     return {"first_round_s": t_first, "total_s": total,
             "first_trained_s": rows[0]["started_at"] + rows[0]["seconds"] - wall0,
             "median_round_s": statistics.median(r["seconds"] for r in rows),

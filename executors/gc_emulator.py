@@ -66,6 +66,8 @@ class EmulatedEndpoint(Executor):
         self._fn_cache: dict[int, str] = {}
         if start:  # the engine's processes start in the background while the driver sets up
             threading.Thread(target=self._start, name=f"gc-emulated-{label}", daemon=True).start()
+        else:  # a dry run (`fedgrid check`): nothing to start, nothing to wait for
+            self._ready.set()
 
     def __repr__(self) -> str:
         return f"EmulatedEndpoint<{self.label}; ep_id:{self.endpoint_id}>"
