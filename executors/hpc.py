@@ -162,3 +162,16 @@ def describe_htex(where: str, spec: RemoteHtexSpec, settings: dict[str, Any], no
     if spec.address:
         parts.append(f"interchange at {spec.address}")
     return f"Parsl HTEX on {where}: " + ", ".join(p for p in parts if p)
+
+
+def batch_provider(provider_cls_name: str, kwargs: dict[str, Any], spec: BatchHtexSpec, dry_run: bool):
+    """A batch-scheduler provider (``parsl.providers.<name>``) with the spec's launcher."""
+    import parsl.providers
+
+    cls = getattr(parsl.providers, provider_cls_name)
+    return construct(cls, {**kwargs, "launcher": make_launcher(spec.launcher, spec.launcher_options)}, dry_run)
+
+
+def batch_provider_config(provider_cls_name: str, kwargs: dict[str, Any], spec: BatchHtexSpec) -> dict[str, Any]:
+    """``engine.provider`` of a Globus Compute endpoint's config.yaml for a batch-scheduler site."""
+    return provider_config(provider_cls_name, kwargs, spec.launcher, spec.launcher_options)

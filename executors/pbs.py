@@ -41,15 +41,12 @@ def provider_kwargs(spec: Spec) -> dict[str, Any]:
 
 
 def provider(spec: Spec, dry_run: bool = False):
-    from parsl.providers import PBSProProvider
-
-    kwargs = {**provider_kwargs(spec), "launcher": hpc.make_launcher(spec.launcher, spec.launcher_options)}
-    return hpc.construct(PBSProProvider, kwargs, dry_run)
+    return hpc.batch_provider("PBSProProvider", provider_kwargs(spec), spec, dry_run)
 
 
 def provider_config(spec: Spec) -> dict[str, Any]:
     """``engine.provider`` of a Globus Compute endpoint's config.yaml for this site."""
-    return hpc.provider_config("PBSProProvider", provider_kwargs(spec), spec.launcher, spec.launcher_options)
+    return hpc.batch_provider_config("PBSProProvider", provider_kwargs(spec), spec)
 
 
 def build(site: Any, run_dir: Path, dry_run: bool = False):

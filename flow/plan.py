@@ -84,7 +84,10 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         ex, why = try_build(s, run_dir)
         ids = [i for i, n in enumerate(sites) if n == s.name]
         how = "by reference" if tp.by_ref[s.name] else "inline"
-        built = type(ex).__name__ if ex is not None else "not buildable here"
+        built = "not buildable here"
+        if ex is not None:
+            prov = getattr(ex, "provider", None)
+            built = type(ex).__name__ + (f" + {type(prov).__name__}" if prov is not None else "")
         print(f"  {s.name}: {s.executor.kind} -> {built}; {describe(s)}")
         data = datasets.describe(job.site_data(s.name).model_dump())
         print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")
