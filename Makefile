@@ -27,6 +27,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/sites.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
