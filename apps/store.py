@@ -149,6 +149,26 @@ class Store:
 
         shutil.rmtree(_local(uri), ignore_errors=True)
 
+    def sweep(self, upto: int) -> None:
+        """Remove every ``round-NNNNNN`` folder up to round `upto`, including objects a late client
+        of an earlier round wrote after that round was cleaned."""
+        for key in self._round_keys():
+            if int(key.rsplit("-", 1)[1]) <= upto:
+                self.delete(key)
+
+    def _round_keys(self) -> list[str]:
+        if self.remote:
+            try:
+                names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(self.url, detail=False)]
+            except FileNotFoundError:
+                return []
+        else:
+            try:
+                names = os.listdir(_local(self.url))
+            except FileNotFoundError:
+                return []
+        return [n for n in names if n.startswith("round-") and n[6:].isdigit()]
+
     def probe(self) -> None:
         """Write, read back and delete a small object: proves the store is reachable and writable."""
         key = f".probe-{uuid.uuid4().hex[:8]}"
@@ -165,7 +185,7 @@ class Store:
 def read_bytes(uri: str) -> bytes | bytearray:
     """The whole object; a local file is read straight into one writeable buffer (no extra copy)."""
     if _is_url(uri):
-        return filesystem(uri).cat_file(uri)
+        return bytearray(filesystem(uri).cat_file(uri))  # writeable arrays: torch loads them as they are
     with open(_local(uri), "rb") as f:
         buf = bytearray(os.fstat(f.fileno()).st_size)
         n = f.readinto(buf)

@@ -50,6 +50,11 @@ class EmulatedEndpoint(Executor):
                  resource_specification: dict | None = None, user_endpoint_config: dict | None = None,
                  label: str = "", start: bool = True):
         # Deliberately not Executor.__init__ (see the module docstring); only the state Parsl reads.
+        # Everything the start thread and submit() import is imported here first: two threads
+        # importing the same package for the first time can deadlock on its module lock.
+        import globus_compute_common.messagepack  # noqa: F401
+        import globus_compute_endpoint.engines  # noqa: F401
+        import globus_compute_endpoint.engines.base  # noqa: F401
         from globus_compute_sdk.serialize import ComputeSerializer
 
         self.endpoint_id = endpoint_id
@@ -64,6 +69,8 @@ class EmulatedEndpoint(Executor):
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._fn_cache: dict[int, str] = {}
+        self._pending: set[Future] = set()
+        self._lock = threading.Lock()
         if start:  # the engine's processes start in the background while the driver sets up
             threading.Thread(target=self._start, name=f"gc-emulated-{label}", daemon=True).start()
         else:  # a dry run (`fedgrid check`): nothing to start, nothing to wait for
@@ -89,14 +96,20 @@ class EmulatedEndpoint(Executor):
                 provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1),
                 job_status_kwargs={"strategy": "none", "strategy_period": 0.5})
             engine.start(endpoint_id=self.endpoint_id, run_dir=str(self.run_dir))
-            self.engine = engine
+            with self._lock:
+                stopped = self._stopped
+                self.engine = None if stopped else engine
+            if stopped:  # shut down while starting: stop what was started, leave nothing behind
+                engine.shutdown()
         except BaseException as e:  # noqa: BLE001 - surfaced to every submit
             self._start_error = e
         finally:
             self._ready.set()
 
     def _engine(self) -> Any:
-        if self.engine is None and not self._ready.is_set() and not self._stopped:
+        if self._stopped:
+            raise RuntimeError(f"emulated endpoint {self.label!r} is shut down")
+        if self.engine is None and not self._ready.is_set():
             self._ready.wait()
         if self._start_error is not None:
             raise RuntimeError(f"emulated endpoint {self.label!r} did not start: {self._start_error}")
@@ -114,8 +127,11 @@ class EmulatedEndpoint(Executor):
         fut: Future = Future()
         ser = self._serde
         key = id(fn)
-        if key not in self._fn_cache:  # the sdk registers a function once and sends only its id after
-            self._fn_cache[key] = ser.serialize(fn)
+        with self._lock:
+            if key not in self._fn_cache:  # the sdk registers a function once, then sends only its id
+                self._fn_cache[key] = ser.serialize(fn)
+            self._pending.add(fut)
+        fut.add_done_callback(self._forget)
         buf_args, buf_kwargs = ser.serialize(args), ser.serialize(kwargs)
         size = len(buf_args) + len(buf_kwargs)
         if size > PAYLOAD_LIMIT:
@@ -152,12 +168,22 @@ class EmulatedEndpoint(Executor):
             if not fut.done():
                 fut.set_exception(e)
 
+    def _forget(self, fut: Future) -> None:
+        with self._lock:
+            self._pending.discard(fut)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        if self.engine is None and not self._ready.is_set():
-            self._ready.wait(timeout=30)
+        """Stop the engine; tasks still running fail (their futures never hang)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            pending = list(self._pending)
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"emulated endpoint {self.label!r} shut down before the task "
+                                               "finished"))
+        # an engine still starting is stopped by _start itself once it is up (see above)
         if self.engine is not None:
             try:
                 self.engine.shutdown()

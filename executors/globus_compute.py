@@ -78,7 +78,7 @@ def endpoint_provider(block: dict[str, Any]) -> Any:
 
     kind = block.get("kind", "htex")
     if kind not in ENDPOINT_PROVIDER_KINDS:
-        raise ValueError(f"provider.kind: expected one of {', '.join(ENDPOINT_PROVIDER_KINDS)}, got {kind!r}")
+        raise ValueError(f"kind: expected one of {', '.join(ENDPOINT_PROVIDER_KINDS)}, got {kind!r}")
     spec_cls = kind_module(kind).Spec
     try:
         return spec_cls.model_validate({**block, "kind": kind})
@@ -88,7 +88,9 @@ def endpoint_provider(block: dict[str, Any]) -> Any:
         if err["type"] == "extra_forbidden":
             raise ValueError(f"{key}: unknown key for a {kind} provider; valid keys: "
                              f"{', '.join(sorted(spec_cls.model_fields))}") from None
-        raise ValueError(f"{key}: {err['msg']}") from None
+        got = err.get("input")
+        shown = f", got {got!r}" if not isinstance(got, dict | list) else ""
+        raise ValueError(f"{key}: {err['msg'].replace('Input should be', 'expected')}{shown}") from None
 
 
 def build(site: Any, run_dir: Path, dry_run: bool = False):

@@ -83,6 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = _load(args)
     try:
         run(job, base=Path.cwd(), fresh=args.fresh, quiet=args.quiet)
+    except ConfigError as e:  # found once the run knew the model's size: name the job file
+        raise ConfigError(args.job if e.file == "<job>" else e.file, e.key, e.expected) from None
     except ResumeRefused as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -276,7 +276,9 @@ def parse_job(raw: Any, file: str | Path = "<job>", overrides: list[str] | None 
     try:
         job = Job.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
+        errs = e.errors()
+        # a misspelled key shows up twice: as unknown, and as the required key it was meant to be
+        err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
         what = _describe(err)
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(Job, tuple(err["loc"]))

@@ -13,6 +13,7 @@ store defaults to ``<run_dir>/store``, which only sites on this machine can reac
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
     needs_store = [s for s in job.sites if out.by_ref[s.name]]
     if needs_store:
         if st.url:
-            out.store_url = st.url
+            out.store_url = store_url(st.url)
         else:
             remote = [s.name for s in needs_store if not on_this_machine(s)]
             if remote:
@@ -79,11 +80,27 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
     return out
 
 
+def store_url(url: str) -> str:
+    """A local store path made absolute (``~`` expanded): refs carry it to sites whose working
+    directory is not the driver's (Globus Compute workers, batch jobs, pods)."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    return str(Path(url.removeprefix("file://")).expanduser().resolve())
+
+
+def run_area(url: str, job: Job, run_dir: Path) -> str:
+    """This run's own folder in the store: two runs of one job name (other users, other run dirs)
+    never share objects, and each clears out only its own leftovers."""
+    tag = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{url.rstrip('/')}/{job.name}-{tag}"
+
+
 def check_store(url: str, file: str | Path = "<job>") -> None:
     """Prove the store is writable and readable from the driver (sites verify what they read)."""
-    from fedgrid.apps.store import Store, StoreError
+    from fedgrid.apps.store import Store
 
     try:
         Store(url).probe()
-    except (StoreError, OSError) as e:
-        raise ConfigError(file, "store.url", f"store {url!r} is not usable from the driver: {e}") from None
+    except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types (e.g. read-only http)
+        raise ConfigError(file, "store.url", f"store {url!r} is not usable from the driver: "
+                          f"{type(e).__name__}: {e or 'this filesystem cannot write'}") from None

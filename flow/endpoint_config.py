@@ -32,6 +32,20 @@ def _provider(site: Any) -> dict[str, Any]:
     return kind_module(pspec.kind).provider_config(pspec)
 
 
+def _workers(site: Any) -> int:
+    """Workers per node: the site's `workers` when set, else what the provider block implies."""
+    from fedgrid.executors.globus_compute import endpoint_provider
+
+    spec = site.executor
+    n = None
+    if spec.provider:
+        w = getattr(endpoint_provider(spec.provider), "workers", None)
+        n = w() if callable(w) else w  # remote kinds derive it from cores per node
+    if "workers" in spec.model_fields_set or not n:
+        return spec.workers
+    return int(n)
+
+
 def _worker_init(site: Any, provider: dict[str, Any]) -> str | None:
     lines = [ln for ln in str(provider.get("worker_init") or "").splitlines() if ln.strip()]
     env = site.executor.python_env
@@ -58,7 +72,7 @@ def endpoint_config(job: Job, site_name: str, file: str | Path) -> str:
     for key in uec:  # per-task values become placeholders the endpoint fills in
         if key in provider:
             provider[key] = f"{{{{ {key} }}}}"
-    engine: dict[str, Any] = {"type": "GlobusComputeEngine", "max_workers_per_node": spec.workers,
+    engine: dict[str, Any] = {"type": "GlobusComputeEngine", "max_workers_per_node": _workers(site),
                               "provider": provider}
     doc = {"display_name": f"fedgrid-{job.name}-{site.name}", "engine": engine}
     name = f"fedgrid-{site.name}"

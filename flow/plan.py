@@ -75,6 +75,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     tp = dataplane.plan(job, nbytes, run_dir, file)
     if tp.store_url and job.store.url:
         dataplane.check_store(tp.store_url, file)
+        print(f"store probed: {tp.store_url} is writable and readable from here")
     print(f"params: {mb:.2f} MB down and up per client per round ({2 * mb * per_round:.1f} MB a round)"
           + (f"; store {tp.store_url}" if tp.store_url else "; no store needed"))
     sites = job.client_sites()

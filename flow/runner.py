@@ -101,7 +101,7 @@ class _Driver:
 
     # -- tasks --------------------------------------------------------------------------------
     def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
-             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             extra: dict[str, Any] | None = None, attempt: int = 1) -> dict[str, Any]:
         site = self.sites[client]
         t = {"client": client, "site": site, "round": rnd, "clients": self.job.data.clients,
              "seed": self.job.seed, "data": self.site_data[site], "model": self.mspec,
@@ -109,7 +109,8 @@ class _Driver:
              "submitted_at": time.time()}
         if self.transfer is not None and self.store is not None:
             t.update(store=self.store.url, ref_above=self.transfer.ref_above[site],
-                     update_key=f"{_round_key(rnd)}/client-{client:05d}")
+                     # per attempt: a client abandoned by attempt 1 may still write after attempt 2 answers
+                     update_key=f"{_round_key(rnd)}/client-{client:05d}-a{attempt}")
         return t
 
     def outgoing(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -136,7 +137,7 @@ class _Driver:
             instr = self.strategy.configure(rnd, clients, self.profiles)
             self.progress.round_started(rnd, len(clients))
             futs = {c: (self.sites[c], runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]],
-                                                                               instr.get(c))))
+                                                                               instr.get(c), attempt)))
                     for c in prof.longest_first(self.profiles, clients)}
             g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=ClientUpdate.resolve)
             prof.update(self.profiles, rnd, g)
@@ -175,7 +176,7 @@ class _Driver:
         ckpt.write_rows(self.run_dir, self.rows)
         ckpt.prune(self.run_dir, self.job.checkpoint.keep, rnd)
         if self.store is not None:  # the round's objects are in the checkpoint now (or were transient)
-            self.store.delete(_round_key(rnd))
+            self.store.sweep(rnd)  # this round's objects, and any a late client wrote for an earlier one
         self.progress.round_done(row)
 
     def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
@@ -234,14 +235,15 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
 
 def open_store(job: Job, run_dir: Path, params: dict[str, np.ndarray],
                progress: RunProgress) -> tuple[dataplane.TransferPlan, Store | None]:
-    """Decide how params travel; open (and clear out) this job's area of the store if one is used."""
+    """Decide how params travel; open (and clear out) this run's area of the store if one is used."""
     nbytes = int(sum(a.nbytes for a in params.values()))
     tp = dataplane.plan(job, nbytes, run_dir)
     if not tp.any_ref() or tp.store_url is None:
         return tp, None
-    dataplane.check_store(tp.store_url)
-    store = Store(f"{tp.store_url.rstrip('/')}/{job.name}")
-    store.delete("")  # objects a crashed driver left behind
+    if not job.store.url:  # an explicit store was probed before the sites started
+        dataplane.check_store(tp.store_url)
+    store = Store(dataplane.run_area(tp.store_url, job, run_dir))
+    store.delete("")  # objects a crashed driver of this run left behind; other runs' areas are theirs
     refs = [s for s, r in tp.by_ref.items() if r]
     progress.say(f"params ({nbytes / 2**20:.1f} MB) travel by reference to {', '.join(refs)} through {store.url}")
     return tp, store
@@ -303,6 +305,9 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
             progress.say(f"resuming {job.name} after round {done} from {run_dir}")
 
         from fedgrid.flow.sites import SiteRuntime
+
+        if job.store.url:  # an unusable store fails now, before any batch job is queued
+            dataplane.check_store(dataplane.store_url(job.store.url))
 
         progress.say(f"{job.name}: starting {len(job.sites)} site(s): "
                      + ", ".join(f"{s.name} ({s.executor.kind}, {s.clients} clients)" for s in job.sites))

@@ -151,6 +151,9 @@ CASES = {
     "unknown_executor_kind": (
         BASE.replace("{name: b, executor: {kind: local}", "{name: b, executor: {kind: slurmm}"),
         "sites.1.executor", ["unknown executor kind 'slurmm'", "htex", "slurm", "globus_compute"]),
+    "misspelled_required_option": (  # reported as the typo, not as the required `image` missing
+        BASE.replace("{name: b, executor: {kind: local}", "{name: b, executor: {kind: kubernetes, imgae: x}"),
+        "sites.1.executor.imgae", ["unknown key", "image", "namespace"]),
     "misspelled_slurm_option": (
         BASE.replace("{name: b, executor: {kind: local}", "{name: b, executor: {kind: slurm, partitoin: x}"),
         "sites.1.executor.partitoin", ["unknown key", "partition", "account", "walltime"]),

@@ -141,3 +141,32 @@ def test_large_model_without_references_fails_with_the_payload_limit(tmp_path: P
     err = capsys.readouterr().err
     assert "store.mode" in err and "16.0 MB" in err and "10 MB per task" in err
     assert "Traceback" not in err
+
+
+def test_emulated_endpoint_lifecycle(tmp_path: Path) -> None:
+    """Submit right after construction (imports raced the start thread once), and a shutdown that
+    fails the tasks still running instead of leaving their futures hanging."""
+    import time
+
+    ep = EmulatedEndpoint(endpoint_id=EP, run_dir=tmp_path, label="lc")
+    assert ep.submit(np.add, np.ones(2), 1).result(timeout=120).tolist() == [2.0, 2.0]
+    slow = ep.submit(time.sleep, 60)
+    ep.shutdown()
+    with pytest.raises(RuntimeError, match="shut down before the task finished"):
+        slow.result(timeout=5)
+    with pytest.raises(RuntimeError, match="shut down"):
+        ep.submit(np.add, 1, 1).result(timeout=5)
+
+
+def test_relative_store_url_reaches_a_site_with_another_working_directory(tmp_path, monkeypatch, make_job) -> None:
+    """Globus Compute workers run in their own task directory: a relative store path must not
+    follow them there (refs carry absolute paths)."""
+    from fedgrid.flow.runner import run
+
+    monkeypatch.chdir(tmp_path)
+    raw = make_job(tmp_path / "run", rounds=1, model="logreg", store={"url": "shared", "mode": "always"},
+                   data={"dataset": "digits", "clients": 2}, round={"min_clients": 2, "deadline_s": 120},
+                   sites=[{"name": "g", "executor": {"kind": "globus_compute", "emulate": True}}])
+    rows = run(parse_job(raw), quiet=True).rows
+    assert rows[0]["clients_ok"] == 2 and rows[0]["bytes_by_ref"] > 0
+    assert (tmp_path / "shared").is_dir() and not any((tmp_path / "shared").rglob("client-*"))

@@ -78,3 +78,16 @@ def test_delete_and_probe(tmp_path: Path) -> None:
 def test_missing_fsspec_backend_names_the_extra() -> None:
     with pytest.raises(StoreError, match=r"fedgrid\[s3\]"):
         Store("s3://bucket/fedgrid")
+
+
+def test_sweep_removes_finished_rounds_and_late_writes(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    for key in ("round-000001/global", "round-000002/client-00003-a1", "round-000003/global"):
+        store.put(_params(), key)
+    store.sweep(2)  # round 2 finished; a late client of round 1 had written after its cleanup
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000003"]
+    mem = Store("memory://fedgrid-sweep")
+    mem.put(_params(), "round-000001/global")
+    mem.put(_params(), "round-000004/global")
+    mem.sweep(3)
+    assert [p.rsplit("/", 1)[-1] for p in mem._fs.ls("memory://fedgrid-sweep", detail=False)] == ["round-000004"]
