@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgrid.apps import faults
 from fedgrid.apps.datasets import client_arrays
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.update import ClientUpdate
@@ -96,6 +97,7 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     torch = _torch(task["train"]["threads"])
     from fedgrid.apps.models import get_params, set_params
 
+    faults.before_training(task)
     x, y = _client_tensors(task)
     model = cached_model(task["model"])
     set_params(model, global_params(task["params"]))
@@ -125,6 +127,8 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
             steps += 1
+    t_train = time.perf_counter() - t1
+    faults.after_training(task, t_train)
     t_train = time.perf_counter() - t1
     params = get_params(model)
     if not all(np.isfinite(a).all() for a in params.values()):

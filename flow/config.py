@@ -77,6 +77,7 @@ class RoundSpec(_Strict):
     min_clients: Annotated[int, Field(ge=1)] = 1
     deadline_s: Annotated[float, Field(gt=0)] = 600.0
     retries: Annotated[int, Field(ge=0)] = 1  # times a round that missed its quorum is run again
+    task_retries: Annotated[int, Field(ge=0)] = 1  # Parsl retries of a task, for transient causes only
     eval_every: Annotated[int, Field(ge=1)] = 1
 
 
@@ -110,6 +111,24 @@ class SiteSpec(_Strict):
         return v
 
 
+class FaultSpec(_Strict):
+    """One fault-injection rule (drills, tests, benchmarks): whom it hits and what happens.
+
+    Injected inside the real train app on the real executor, so the driver sees exactly what a
+    real failure looks like: an exception, a slow client, a dead worker process, a site with no
+    workers. Draws are seeded by (job seed, round, client), so a drill is reproducible.
+    """
+
+    site: str | None = None  # every client of this site ...
+    clients: list[int] | None = None  # ... or these client ids (neither: every client)
+    fail_p: Annotated[float, Field(ge=0, le=1)] = 0.0  # chance per client per round of an exception
+    slowdown: Annotated[float, Field(ge=1)] = 1.0  # training takes this many times as long
+    raise_at: list[int] = Field(default_factory=list)  # rounds in which the client raises
+    kill_worker_at: list[int] = Field(default_factory=list)  # rounds in which the worker process dies (once)
+    lost_from: Annotated[int, Field(ge=1)] | None = None  # the site's workers are gone from this round ...
+    lost_until: Annotated[int, Field(ge=1)] | None = None  # ... and come back at this round (none: never)
+
+
 class CheckpointSpec(_Strict):
     dir: str = "runs/{name}"
     keep: Annotated[int, Field(ge=0)] = 0  # 0 keeps every round file
@@ -140,6 +159,7 @@ class Job(_Strict):
     sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="here")])
     checkpoint: CheckpointSpec = CheckpointSpec()
     store: StoreSpec = StoreSpec()
+    faults: list[FaultSpec] = Field(default_factory=list)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -328,6 +348,26 @@ def _check_consistency(job: Job, file: str | Path) -> None:
                           f"got {job.round.min_clients}")
     _check_data(job, file)
     _check_model(job, file)
+    _check_faults(job, file)
+
+
+def _check_faults(job: Job, file: str | Path) -> None:
+    names = {s.name: s for s in job.sites}
+    for i, f in enumerate(job.faults):
+        key = f"faults.{i}"
+        if f.site is not None and f.site not in names:
+            raise ConfigError(file, f"{key}.site", f"no site named {f.site!r}; sites: {', '.join(names)}")
+        if f.clients and (bad := [c for c in f.clients if not 0 <= c < job.data.clients]):
+            raise ConfigError(file, f"{key}.clients", f"client ids run 0..{job.data.clients - 1}, got {bad}")
+        if f.lost_from is not None and f.site is None:
+            raise ConfigError(file, f"{key}.lost_from", "a lost site needs `site`")
+        if f.lost_until is not None and (f.lost_from is None or f.lost_until <= f.lost_from):
+            raise ConfigError(file, f"{key}.lost_until", "must come after lost_from")
+        sites = [names[f.site]] if f.site else [names[s] for s in {job.client_sites()[c] for c in f.clients or []}] \
+            if f.clients else list(job.sites)
+        if (f.kill_worker_at or f.lost_from) and (local := [s.name for s in sites if s.executor.kind == "local"]):
+            raise ConfigError(file, f"{key}", f"killing workers needs worker processes; site(s) {local} are "
+                              "`local` threads in the driver (use htex)")
 
 
 def on_this_machine(site: SiteSpec) -> bool:

@@ -30,6 +30,9 @@ class Gathered:
         return len(self.updates) >= quorum
 
 
+SITE_DOWN = "site down: it has no workers left (pool died or node lost); tried again next round"
+
+
 def reason_of(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text if len(text) <= 300 else text[:297] + "..."
@@ -37,11 +40,14 @@ def reason_of(exc: BaseException) -> str:
 
 def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
            on_result: Callable[[int, bool], None] | None = None,
-           accept: Callable[[ClientUpdate], ClientUpdate] | None = None) -> Gathered:
+           accept: Callable[[ClientUpdate], ClientUpdate] | None = None,
+           down: Callable[[], set[str]] | None = None, poll_s: float = 1.0) -> Gathered:
     """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client.
 
     `accept` runs on each update as it arrives, while other clients are still training (fetching a
     by-reference update, checking it); if it raises, that client is a failure with the reason.
+    `down` is polled every `poll_s` while waiting: the pending clients of a site it names (its
+    workers are gone) fail at once instead of holding the round until its deadline.
     """
     t0 = time.monotonic()
     out = Gathered()
@@ -50,7 +56,18 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
         remaining = deadline_s - (time.monotonic() - t0)
         if remaining <= 0 or len(out.updates) + len(pending) < quorum:
             break
-        done, _ = wait(list(pending), timeout=remaining, return_when=FIRST_COMPLETED)
+        done, _ = wait(list(pending), timeout=min(remaining, poll_s) if down else remaining,
+                       return_when=FIRST_COMPLETED)
+        if down and not done and (lost := down()):
+            for fut, client in list(pending.items()):
+                site = futures[client][0]
+                if site in lost:
+                    pending.pop(fut)
+                    fut.add_done_callback(lambda f: f.exception())
+                    out.failures.append({"client": client, "site": site, "reason": SITE_DOWN})
+                    if on_result:
+                        on_result(client, False)
+            continue
         for fut in done:
             client = pending.pop(fut)
             site = futures[client][0]

@@ -30,10 +30,10 @@ from fedgrid.apps import datasets
 from fedgrid.apps.store import Ref, Store
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow import dataplane
+from fedgrid.flow import dataplane, faults
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
-from fedgrid.flow.gather import Gathered, gather
+from fedgrid.flow.gather import SITE_DOWN, Gathered, gather
 from fedgrid.flow.progress import RunProgress, setup_log
 from fedgrid.flow.runlock import RunLock, reap
 from fedgrid.flow.strategies import make_strategy
@@ -43,6 +43,16 @@ log = logging.getLogger("fedgrid")
 
 class RoundFailed(Exception):
     """A round missed its quorum on every attempt; the run stops at the last good round."""
+
+
+class SiteDown(Exception):
+    """A client was not sent: its site has no workers (recorded as the client's failure)."""
+
+
+def _failed(exc: BaseException) -> Future:
+    fut: Future = Future()
+    fut.set_exception(exc)
+    return fut
 
 
 class ResumeRefused(Exception):
@@ -107,6 +117,9 @@ class _Driver:
              "seed": self.job.seed, "data": self.site_data[site], "model": self.mspec,
              "train": {**self.job.train.model_dump(), **(extra or {})}, "params": params,
              "submitted_at": time.time()}
+        if self.job.faults and (f := faults.for_task(self.job, client, site, rnd, str(self.run_dir / "faults"),
+                                                             attempt)):
+            t["faults"] = f
         if self.transfer is not None and self.store is not None:
             t.update(store=self.store.url, ref_above=self.transfer.ref_above[site],
                      # per attempt: a client abandoned by attempt 1 may still write after attempt 2 answers
@@ -131,15 +144,19 @@ class _Driver:
     def play_round(self, runtime: Any, rnd: int, params: dict[str, np.ndarray]) -> tuple[dict, Gathered, int]:
         rs = self.job.round
         sent = self.outgoing(rnd, params)
+        if self.job.faults:
+            runtime.apply_drills(faults.lost_sites(self.job, rnd))
         for attempt in range(1, rs.retries + 2):
             clients = self.select()
             quorum = min(rs.min_clients, len(clients))
             instr = self.strategy.configure(rnd, clients, self.profiles)
             self.progress.round_started(rnd, len(clients))
-            futs = {c: (self.sites[c], runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]],
-                                                                               instr.get(c), attempt)))
+            down = runtime.down_sites()
+            futs = {c: (self.sites[c], _failed(SiteDown(SITE_DOWN)) if self.sites[c] in down else
+                        runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]], instr.get(c), attempt)))
                     for c in prof.longest_first(self.profiles, clients)}
-            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=ClientUpdate.resolve)
+            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=ClientUpdate.resolve,
+                       down=runtime.down_sites)
             prof.update(self.profiles, rnd, g)
             if g.quorum_met(quorum):
                 ref_down = sum(r.nbytes for c in clients if isinstance(r := sent[self.sites[c]], Ref))

@@ -9,7 +9,10 @@ recorded failure; the round decides what to do about it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -22,6 +25,18 @@ from fedgrid.flow.runlock import record_processes
 log = logging.getLogger("fedgrid")
 
 SCALED_KINDS = {"slurm", "pbs", "kubernetes", "aws"}
+
+
+TRANSIENT = ("WorkerLost", "ManagerLost", "ConnectionError", "TimeoutError", "ConnectionResetError",
+             "CommandClientTimeoutError", "BrokenPipeError")
+
+
+def retry_cost(exc: BaseException, task_record: Any) -> float:
+    """Parsl retries a task only for causes that a second try can fix: a lost worker or manager, a
+    dropped connection, a timeout. A deterministic error (bad data, a shape mismatch, an injected
+    fault) is final at once; re-running it would only burn the round's deadline."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    return 1.0 if names & set(TRANSIENT) else float("inf")
 
 
 def warm_slots(site: Any) -> int:
@@ -49,12 +64,16 @@ class SiteRuntime:
         # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
         scaled = [s for s in job.sites if s.executor.kind in SCALED_KINDS]
         config = Config(executors=executors, strategy="simple" if scaled else "none",
-                        strategy_period=1.0 if scaled else 0.2, retries=0,
+                        strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
+                        retry_handler=retry_cost,
                         run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=True)
         t0 = time.perf_counter()
         self.dfk = DataFlowKernel(config)
         self.start_s = time.perf_counter() - t0
         self.executors = executors
+        self.by_site = dict(zip([s.name for s in job.sites], executors, strict=True))
+        self._seen_workers: set[str] = set()  # sites that have had workers (so none now means lost)
+        self._taken_down: set[str] = set()
         record_processes(run_dir, executors)  # interchanges now; blocks once they are up (see warm_up)
         self._train = {s.name: python_app(train_client, executors=[s.name], data_flow_kernel=self.dfk)
                        for s in job.sites}
@@ -74,6 +93,62 @@ class SiteRuntime:
 
     def submit(self, site: str, task: dict[str, Any]) -> Future:
         return self._train[site](task)
+
+    # -- site health ----------------------------------------------------------------------------
+    def down_sites(self) -> set[str]:
+        """Sites on this machine that had workers and now have none (pool crashed, node gone).
+
+        Only `htex` sites are judged: a batch or cloud site with no workers is normal while its
+        block waits in a queue, and a Globus Compute endpoint's workers are not visible from here.
+        A dead pool stays listed until the interchange misses its heartbeats (heartbeat_threshold).
+        """
+        down = set()
+        for s in self.job.sites:
+            if s.executor.kind != "htex":
+                continue
+            try:
+                n = len(self.by_site[s.name].connected_managers())
+            except Exception:  # noqa: BLE001 - an interchange that cannot answer is down too
+                n = 0
+            if n:
+                self._seen_workers.add(s.name)
+            elif s.name in self._seen_workers:
+                down.add(s.name)
+        return down
+
+    def take_down(self, site: str) -> None:
+        """Drill: kill every worker process of a site at once, as when its node is lost."""
+        ex = self.by_site[site]
+        for job in list(getattr(ex.provider, "resources", {}).values()):
+            pid = job.get("remote_pid")
+            with contextlib.suppress(ProcessLookupError, ValueError, TypeError):
+                os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+        self._taken_down.add(site)
+
+    def bring_back(self, site: str, wait_s: float = 60.0) -> None:
+        """Drill: the lost site's scheduler gives it a new block; the drill's round starts once the
+        block's workers have registered (so "back from round r" means usable in round r)."""
+        if site not in self._taken_down:
+            return
+        ex = self.by_site[site]
+        ex.scale_out_facade(1)
+        self._taken_down.discard(site)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if ex.connected_managers():
+                    self.record()  # the new block's processes belong to this run too
+                    return
+            time.sleep(0.2)
+        log.warning("fault drill: site %s did not come back within %.0f s", site, wait_s)
+
+    def apply_drills(self, lost: set[str]) -> None:
+        for site in lost - self._taken_down:
+            log.warning("fault drill: site %s lost (its workers are killed)", site)
+            self.take_down(site)
+        for site in self._taken_down - lost:
+            log.warning("fault drill: site %s comes back (a new block)", site)
+            self.bring_back(site)
 
     def close(self) -> None:
         try:

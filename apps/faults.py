@@ -1,0 +1,46 @@
+"""Fault injection, site side: what a `faults:` rule does inside the real train app.
+
+An injected exception is an ordinary exception raised by the app, so it travels back through the
+executor like a real bug. A killed worker is a real ``os._exit`` of the worker process, which Parsl
+reports as a lost worker (a transient cause, so Parsl retries it): a marker file makes the kill
+happen once per (round, client), as a crash would, rather than on every retry. A slow client
+sleeps for ``(slowdown - 1)`` times its measured training time, so its site looks that much slower.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class InjectedFault(RuntimeError):
+    """A failure a `faults:` rule asked for (never raised outside a drill)."""
+
+
+def before_training(task: dict[str, Any]) -> None:
+    f = task.get("faults")
+    if not f:
+        return
+    rnd, client = task["round"], task["client"]
+    if f["kill"]:
+        marker = Path(f["marker_dir"]) / f"killed-r{rnd:06d}-c{client:05d}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            os._exit(137)  # the worker process dies mid-task, as on an OOM kill or a node failure
+    if f["raise"]:
+        raise InjectedFault(f"injected failure: client {client} raises at round {rnd}")
+    if f["fail_p"] > 0:
+        draw = np.random.default_rng([f["seed"], rnd, f["attempt"], client, 0xFA17]).random()
+        if draw < f["fail_p"]:
+            raise InjectedFault(f"injected failure: client {client}, round {rnd} (fail_p={f['fail_p']:.2f})")
+
+
+def after_training(task: dict[str, Any], train_s: float) -> None:
+    f = task.get("faults")
+    if f and f["slowdown"] > 1:
+        time.sleep((f["slowdown"] - 1.0) * train_s)

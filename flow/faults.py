@@ -1,0 +1,40 @@
+"""Fault injection, driver side: which faults a task carries, and which sites are down this round.
+
+The faults themselves happen at the site (:mod:`fedgrid.apps.faults`) or to the site's real
+processes (:meth:`fedgrid.flow.sites.SiteRuntime.take_down`), never by faking an outcome in the
+driver: the round loop, the gather and Parsl's retries see exactly what a real failure produces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedgrid.flow.config import FaultSpec, Job
+
+
+def _hits(f: FaultSpec, client: int, site: str) -> bool:
+    if f.site is not None and f.site != site:
+        return False
+    return f.clients is None or client in f.clients
+
+
+def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attempt: int = 1) -> dict[str, Any] | None:
+    """The faults a client's task injects this round (None when it has none)."""
+    p_ok, slow, raise_, kill = 1.0, 1.0, False, False
+    for f in job.faults:
+        if not _hits(f, client, site):
+            continue
+        p_ok *= 1.0 - f.fail_p
+        slow *= f.slowdown
+        raise_ |= rnd in f.raise_at
+        kill |= rnd in f.kill_worker_at
+    if p_ok == 1.0 and slow == 1.0 and not raise_ and not kill:
+        return None
+    return {"fail_p": 1.0 - p_ok, "slowdown": slow, "raise": raise_, "kill": kill, "seed": job.seed,
+            "attempt": attempt, "marker_dir": marker_dir}
+
+
+def lost_sites(job: Job, rnd: int) -> set[str]:
+    """Sites whose workers a drill has taken away in round `rnd`."""
+    return {f.site for f in job.faults if f.site and f.lost_from is not None
+            and f.lost_from <= rnd and (f.lost_until is None or rnd < f.lost_until)}

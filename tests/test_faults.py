@@ -1,0 +1,74 @@
+"""Fault drills: injected failures, a killed worker, a lost site that comes back — on real HTEX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedgrid.flow import faults
+from fedgrid.flow.config import ConfigError, parse_job
+from fedgrid.flow.sites import retry_cost
+
+
+def test_fault_rules_are_validated(make_job) -> None:
+    def bad(rules, key):
+        with pytest.raises(ConfigError, match=key):
+            parse_job(make_job(Path("/tmp/r"), faults=rules), "job.yaml")
+
+    bad([{"site": "zz", "fail_p": 0.1}], r"faults\.0\.site: no site named 'zz'")
+    bad([{"clients": [9]}], r"faults\.0\.clients: client ids run 0\.\.5")
+    bad([{"fail_p": 1.5}], r"faults\.0\.fail_p")
+    bad([{"lost_from": 2}], r"faults\.0\.lost_from: a lost site needs `site`")
+    bad([{"site": "a", "lost_from": 3, "lost_until": 2}], r"lost_until: must come after lost_from")
+    local = [{"name": "a", "executor": {"kind": "local"}, "clients": 3}, {"name": "b", "clients": 3}]
+    with pytest.raises(ConfigError, match="needs worker processes"):
+        parse_job(make_job(Path("/tmp/r"), sites=local, faults=[{"site": "a", "kill_worker_at": [2]}]), "j.yaml")
+
+
+def test_rules_combine_per_client(make_job) -> None:
+    job = parse_job(make_job(Path("/tmp/r"), faults=[
+        {"fail_p": 0.5}, {"site": "b", "fail_p": 0.5, "slowdown": 2}, {"clients": [4], "slowdown": 3, "raise_at": [2]},
+        {"site": "b", "lost_from": 3, "lost_until": 5}]))
+    assert faults.for_task(job, 0, "a", 1, "/m")["fail_p"] == 0.5
+    f4 = faults.for_task(job, 4, "b", 2, "/m")
+    assert f4["fail_p"] == 0.75 and f4["slowdown"] == 6 and f4["raise"] and not f4["kill"]
+    assert not faults.for_task(job, 4, "b", 3, "/m")["raise"]
+    assert [faults.lost_sites(job, r) for r in (2, 3, 4, 5)] == [set(), {"b"}, {"b"}, set()]
+    assert faults.for_task(parse_job(make_job(Path("/tmp/r"))), 0, "a", 1, "/m") is None
+
+
+def test_parsl_retries_only_transient_causes() -> None:
+    from parsl.executors.high_throughput.errors import WorkerLost
+
+    assert retry_cost(WorkerLost(1, "host"), None) == 1
+    assert retry_cost(ConnectionResetError(), None) == 1
+    assert retry_cost(ValueError("shape mismatch"), None) == float("inf")
+    assert retry_cost(FloatingPointError("diverged"), None) == float("inf")
+
+
+def test_drill_failures_killed_worker_and_lost_site_that_comes_back(tmp_path, make_job) -> None:
+    from fedgrid.flow.runner import run
+
+    rules = [{"fail_p": 0.3}, {"clients": [0], "slowdown": 2},
+             {"clients": [1], "raise_at": [2]},
+             {"clients": [4], "kill_worker_at": [2]},
+             {"site": "b", "lost_from": 3, "lost_until": 5}]
+    job = parse_job(make_job(tmp_path / "run", rounds=9, faults=rules, round={"min_clients": 2, "deadline_s": 60},
+                             train={"epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9}))
+    rows = run(job, quiet=True).rows
+    assert [r["round"] for r in rows] == list(range(1, 10))  # every round completed
+    reasons = {r["round"]: {f["client"]: f["reason"] for f in r["failures"]} for r in rows}
+    assert "raises at round 2" in reasons[2][1]
+    # client 4's worker process died mid-task in round 2; Parsl retried it (a transient cause)
+    assert 4 in rows[1]["participants"] and (tmp_path / "run/faults/killed-r000002-c00004").exists()
+    w = {r["round"]: {u["client"]: u["worker"] for u in r["updates"]} for r in rows}
+    assert w[1].get(4) is None or w[1][4] != w[2][4]
+    # site b (clients 3..5) lost in rounds 3-4: noticed and skipped with a reason, never hung on
+    for rnd in (3, 4):
+        assert all("site down" in reasons[rnd][c] for c in (3, 4, 5))
+    # ... and it is back from round 5 (a new block)
+    assert all(not any("site down" in x for x in reasons[rnd].values()) for rnd in range(5, 10))
+    assert any(c in r["participants"] for r in rows[4:] for c in (3, 4, 5))
+    injected = [x for r in reasons.values() for x in r.values() if "fail_p=0.30" in x]
+    assert injected and all(r["clients_ok"] >= 2 for r in rows)
