@@ -4,7 +4,8 @@ An injected exception is an ordinary exception raised by the app, so it travels 
 executor like a real bug. A killed worker is a real ``os._exit`` of the worker process, which Parsl
 reports as a lost worker (a transient cause, so Parsl retries it): a marker file makes the kill
 happen once per (round, client), as a crash would, rather than on every retry. A slow client
-sleeps for ``(slowdown - 1)`` times its measured training time, so its site looks that much slower.
+sleeps for ``(slowdown - 1)`` times its measured training time (so its site looks that much slower),
+plus ``delay_s``.
 """
 
 from __future__ import annotations
@@ -42,5 +43,5 @@ def before_training(task: dict[str, Any]) -> None:
 
 def after_training(task: dict[str, Any], train_s: float) -> None:
     f = task.get("faults")
-    if f and f["slowdown"] > 1:
-        time.sleep((f["slowdown"] - 1.0) * train_s)
+    if f:
+        time.sleep(max(0.0, (f["slowdown"] - 1.0) * train_s) + f.get("delay_s", 0.0))

@@ -29,6 +29,8 @@ class ClientUpdate:
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     ref: Ref | None = None
+    staleness: int = 0  # rounds between the global model it trained from and the one it joins
+    scale: float = 1.0  # aggregation weight multiplier (a carried late update weighs less)
 
     def nbytes(self) -> int:
         return self.ref.nbytes if self.ref is not None else int(sum(a.nbytes for a in self.params.values()))

@@ -11,7 +11,6 @@ command. :func:`remote_htex` and :func:`construct` replace exactly those steps i
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
@@ -20,7 +19,7 @@ from unittest import mock
 from pydantic import Field, model_validator
 
 from fedgrid.executors.common import SpecBase
-from fedgrid.executors.htex import INTERCHANGE_MODULE
+from fedgrid.executors.htex import interchange_cmd
 
 LauncherName = Literal["srun", "mpiexec", "mpirun", "aprun", "simple", "single"]
 LAUNCHERS = {"srun": "SrunLauncher", "mpiexec": "MpiExecLauncher", "mpirun": "MpiRunLauncher",
@@ -143,7 +142,7 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
                   max_workers_per_node=spec.workers(), cores_per_worker=spec.cores_per_worker,
                   available_accelerators=spec.gpus_per_node, heartbeat_period=30, heartbeat_threshold=120,
                   worker_logdir_root=spec.worker_logdir_root,
-                  interchange_launch_cmd=[sys.executable, "-m", INTERCHANGE_MODULE])
+                  interchange_launch_cmd=interchange_cmd())
     if dry_run and spec.address is None:
         with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
             return HighThroughputExecutor(**kwargs)

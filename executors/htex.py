@@ -10,6 +10,7 @@ rather than by name from PATH, so a venv's `fedgrid` works without activating th
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,13 +20,18 @@ from pydantic import Field
 from fedgrid.executors.common import SpecBase
 
 POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
-INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
 
 
 class Spec(SpecBase):
     kind: Literal["htex"] = "htex"
     workers: Annotated[int, Field(ge=1)] = 1  # worker processes (one client at a time each)
     address: str = "127.0.0.1"  # where the workers reach the interchange
+
+
+def interchange_cmd() -> list[str]:
+    """The interchange runs on the driver's machine and dies with the driver, even a SIGKILLed one
+    (see fedgrid.executors.ic_guard); started with this interpreter, so no PATH lookup."""
+    return [sys.executable, "-m", "fedgrid.executors.ic_guard", str(os.getpid())]
 
 
 def launch_cmd() -> str:
@@ -48,7 +54,7 @@ def build(site: Any, run_dir: Path, dry_run: bool = False):
         heartbeat_threshold=10,
         poll_period=5,
         launch_cmd=launch_cmd(),
-        interchange_launch_cmd=[sys.executable, "-m", INTERCHANGE_MODULE],
+        interchange_launch_cmd=interchange_cmd(),
         # min_blocks=1: when a job mixes in batch sites the DFK runs the "simple" strategy, which
         # must never scale this machine's only block in
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, nodes_per_block=1),

@@ -49,6 +49,7 @@ ROWS_SCHEMA = pa.schema([
     ("clients_selected", pa.int64()), ("clients_ok", pa.int64()), ("clients_failed", pa.int64()),
     ("participants", pa.list_(pa.int64())),
     ("failures", pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))),
+    ("carried", pa.list_(pa.struct([("client", pa.int64()), ("staleness", pa.int64())]))),
     ("updates", pa.list_(pa.struct([
         ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
         ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),

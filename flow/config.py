@@ -78,6 +78,9 @@ class RoundSpec(_Strict):
     deadline_s: Annotated[float, Field(gt=0)] = 600.0
     retries: Annotated[int, Field(ge=0)] = 1  # times a round that missed its quorum is run again
     task_retries: Annotated[int, Field(ge=0)] = 1  # Parsl retries of a task, for transient causes only
+    late: Literal["drop", "carry"] = "drop"  # an update past the deadline: ignored, or joins a later round
+    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried weight (1 + staleness) ** -exponent
+    max_staleness: Annotated[int, Field(ge=1)] = 2  # carried updates older than this are dropped
     eval_every: Annotated[int, Field(ge=1)] = 1
 
 
@@ -123,6 +126,7 @@ class FaultSpec(_Strict):
     clients: list[int] | None = None  # ... or these client ids (neither: every client)
     fail_p: Annotated[float, Field(ge=0, le=1)] = 0.0  # chance per client per round of an exception
     slowdown: Annotated[float, Field(ge=1)] = 1.0  # training takes this many times as long
+    delay_s: Annotated[float, Field(ge=0)] = 0.0  # and then this many seconds more (a slow link, a busy node)
     raise_at: list[int] = Field(default_factory=list)  # rounds in which the client raises
     kill_worker_at: list[int] = Field(default_factory=list)  # rounds in which the worker process dies (once)
     lost_from: Annotated[int, Field(ge=1)] | None = None  # the site's workers are gone from this round ...

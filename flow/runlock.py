@@ -119,8 +119,23 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
                         found[child.pid] = child
         except (psutil.Error, ProcessLookupError):
             continue
+    for p in _by_command_line(run_dir):  # pools of a driver killed before it could record them
+        found.setdefault(p.pid, p)
     found.pop(me, None)
     return list(found.values())
+
+
+def _by_command_line(run_dir: Path) -> list[psutil.Process]:
+    """Worker pools name files under the run directory (cert_dir, logdir) in their command line."""
+    mark, me, out = str(run_dir / "parsl") + os.sep, os.getpid(), []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if p.info["pid"] != me and p.info["status"] != psutil.STATUS_ZOMBIE and \
+                    any(mark in a for a in p.info["cmdline"] or []):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
 
 
 def alive(p: psutil.Process) -> bool:

@@ -102,6 +102,7 @@ class _Driver:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
                                          initializer=_background_priority)
         self.pending: Future | None = None
+        self.carried: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past deadline
         # set once the driver has the test set and model (overlapping the workers' warm-up)
         self.mspec: dict[str, Any] = {}
         self.test: datasets.Arrays | None = None
@@ -159,6 +160,7 @@ class _Driver:
                        down=runtime.down_sites)
             prof.update(self.profiles, rnd, g)
             if g.quorum_met(quorum):
+                self.carry(rnd, g)
                 ref_down = sum(r.nbytes for c in clients if isinstance(r := sent[self.sites[c]], Ref))
                 return {"selected": clients, "attempt": attempt, "ref_down": ref_down}, g, quorum
             reasons = "; ".join(f"client {f['client']}@{f['site']}: {f['reason']}" for f in g.failures[:5])
@@ -170,6 +172,32 @@ class _Driver:
                                   f"The run stopped at round {rnd - 1}; fix the failing sites and run again "
                                   f"to resume")
         raise AssertionError("unreachable")
+
+    def carry(self, rnd: int, g: Gathered) -> None:
+        """round.late=carry: late updates of earlier rounds that have arrived join this round,
+        weighted by (1 + staleness) ** -staleness_exponent; this round's late ones wait for the next."""
+        rs = self.job.round
+        if rs.late != "carry":
+            return
+        keep, fresh = [], {u.client for u in g.updates}
+        for r0, client, fut in self.carried:
+            stale = rnd - r0
+            if not fut.done():
+                if stale < rs.max_staleness:
+                    keep.append((r0, client, fut))
+                continue
+            if fut.exception() is not None or client in fresh:
+                continue
+            try:
+                u = fut.result().resolve()
+            except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
+                log.warning("round %d: carried update of client %d dropped: %s", rnd, client, e)
+                continue
+            u.staleness, u.scale = stale, (1.0 + stale) ** -rs.staleness_exponent
+            g.updates.append(u)
+            fresh.add(client)
+        g.updates.sort(key=lambda u: u.client)
+        self.carried = keep + [(rnd, c, fut) for c, (_, fut) in g.late.items()]
 
     def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
         """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
@@ -239,6 +267,7 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
         "train_loss": wmean("loss") if wmean else None, "train_accuracy": wmean("accuracy") if wmean else None,
         "clients_selected": len(info["selected"]), "clients_ok": len(g.updates), "clients_failed": len(g.failures),
         "participants": [u.client for u in g.updates], "failures": g.failures, "examples": n,
+        "carried": [{"client": u.client, "staleness": u.staleness} for u in g.updates if u.staleness],
         "updates": [{"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
                      "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
                      "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker")} for u in g.updates],

@@ -72,3 +72,23 @@ def test_drill_failures_killed_worker_and_lost_site_that_comes_back(tmp_path, ma
     assert any(c in r["participants"] for r in rows[4:] for c in (3, 4, 5))
     injected = [x for r in reasons.values() for x in r.values() if "fail_p=0.30" in x]
     assert injected and all(r["clients_ok"] >= 2 for r in rows)
+
+
+def test_late_updates_are_carried_into_the_next_round_with_a_staleness_weight(tmp_path, make_job) -> None:
+    from fedgrid.flow.checkpoint import read_rows
+    from fedgrid.flow.runner import run
+
+    sites = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 3},
+             {"name": "b", "executor": {"kind": "htex", "workers": 1}, "clients": 2},
+             {"name": "slow", "executor": {"kind": "htex", "workers": 3}, "clients": 1}]  # client 5 alone
+    job = parse_job(make_job(tmp_path / "run", rounds=4, sites=sites, faults=[{"clients": [5], "delay_s": 3.0}],
+                             round={"min_clients": 4, "deadline_s": 2.0, "late": "carry"},
+                             train={"epochs": 1, "batch_size": 32, "lr": 0.05}))
+    run(job, quiet=True)
+    rows = read_rows(tmp_path / "run")
+    late = [r["round"] for r in rows if any(f["client"] == 5 and f["reason"].startswith("late") for f in r["failures"])]
+    carried = [(r["round"], c["client"], c["staleness"]) for r in rows for c in r["carried"]]
+    assert late and carried, (late, carried)
+    for rnd, client, stale in carried:
+        assert client == 5 and stale >= 1 and rnd - stale in late
+        assert 5 in rows[rnd - 1]["participants"]

@@ -40,18 +40,21 @@ class Strategy:
 def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
     """Example-weighted mean of client params, streamed: one accumulator per tensor, no stacking.
 
+    Each update weighs ``num_examples * scale``; scale is below 1 only for a late update carried
+    into a later round (staleness weighting).
+
     Accumulates in float64 for exactness across many clients, then casts back to each tensor's dtype.
     Non-float tensors (e.g. BatchNorm's num_batches_tracked) take the weighted mean rounded.
     """
     if not updates:
         raise ValueError("cannot aggregate zero updates")
-    total = float(sum(u.num_examples for u in updates))
+    total = float(sum(u.num_examples * u.scale for u in updates))
     if total <= 0:
         raise ValueError("updates carry zero examples in total")
     out: Params = OrderedDict()
     for name, ref in like.items():
         acc = np.zeros(ref.shape, dtype=np.float64)
         for u in updates:
-            acc += np.asarray(u.params[name], dtype=np.float64) * (u.num_examples / total)
+            acc += np.asarray(u.params[name], dtype=np.float64) * (u.num_examples * u.scale / total)
         out[name] = acc.astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else np.rint(acc).astype(ref.dtype)
     return out
