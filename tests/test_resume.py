@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,9 +26,14 @@ def test_sigkill_driver_mid_run_then_resume(tmp_path, write_job):
         assert first.poll() is None, first.stderr.read().decode()
         assert time.monotonic() < deadline, "driver never reached round 3"
         time.sleep(0.05)
+    interchanges = [int(pid) for pid, _ in json.loads((run_dir / "processes.json").read_text())["pids"]]
+    assert len(interchanges) == 2
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     assert not ckpt.round_path(run_dir, 8).exists()
+    # the interchanges die with the driver by themselves (PR_SET_PDEATHSIG), records or not
+    time.sleep(0.5)
+    assert not any(alive(psutil.Process(pid)) for pid in interchanges if psutil.pid_exists(pid))
     orphans = recorded_processes(run_dir)
     assert orphans, "the killed driver's interchanges and worker pools are still running"
     pools = _pools_of(run_dir)
