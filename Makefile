@@ -28,6 +28,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/sites.py $(BENCH_ARGS)
+	$(BIN)/python bench/faults.py $(BENCH_ARGS)
+	$(BIN)/python bench/crash.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
