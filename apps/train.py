@@ -113,9 +113,13 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     n, bs = len(y), tr["batch_size"]
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     t1 = time.perf_counter()
-    for _ in range(tr["epochs"]):
+    # the driver may pace this client (fewer local steps on a slow site); epochs otherwise
+    budget = tr.get("steps") or tr["epochs"] * -(-n // bs)
+    while steps < budget:
         order = torch.randperm(n, generator=gen)
         for s in range(0, n, bs):
+            if steps >= budget:
+                break
             idx = order[s:s + bs]
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)

@@ -69,7 +69,7 @@ class TrainSpec(_Strict):
 
 
 class StrategySpec(_Strict):
-    name: Literal["fedavg"] = "fedavg"
+    name: Literal["fedavg", "fednova"] = "fedavg"
 
 
 class RoundSpec(_Strict):
@@ -78,6 +78,9 @@ class RoundSpec(_Strict):
     deadline_s: Annotated[float, Field(gt=0)] = 600.0
     retries: Annotated[int, Field(ge=0)] = 1  # times a round that missed its quorum is run again
     task_retries: Annotated[int, Field(ge=0)] = 1  # Parsl retries of a task, for transient causes only
+    pace: Literal["epochs", "deadline"] = "epochs"  # deadline: local steps sized so clients finish together
+    pace_quantile: Annotated[float, Field(gt=0, le=1)] = 0.5  # the round's target time among clients' full work
+    pace_min_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25  # a paced client does at least this share
     late: Literal["drop", "carry"] = "drop"  # an update past the deadline: ignored, or joins a later round
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried weight (1 + staleness) ** -exponent
     max_staleness: Annotated[int, Field(ge=1)] = 2  # carried updates older than this are dropped

@@ -30,7 +30,7 @@ from fedgrid.apps import datasets
 from fedgrid.apps.store import Ref, Store
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow import dataplane, faults
+from fedgrid.flow import dataplane, faults, pacing
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
 from fedgrid.flow.gather import SITE_DOWN, Gathered, gather
@@ -151,6 +151,9 @@ class _Driver:
             clients = self.select()
             quorum = min(rs.min_clients, len(clients))
             instr = self.strategy.configure(rnd, clients, self.profiles)
+            if rs.pace == "deadline":
+                for c, steps in pacing.assign_steps(self.job, clients, self.profiles).items():
+                    instr.setdefault(c, {})["steps"] = steps
             self.progress.round_started(rnd, len(clients))
             down = runtime.down_sites()
             futs = {c: (self.sites[c], _failed(SiteDown(SITE_DOWN)) if self.sites[c] in down else
@@ -270,7 +273,8 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
         "carried": [{"client": u.client, "staleness": u.staleness} for u in g.updates if u.staleness],
         "updates": [{"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
                      "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
-                     "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker")} for u in g.updates],
+                     "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"),
+                     "steps": u.extras.get("steps")} for u in g.updates],
         "bytes_down": params_bytes * len(info["selected"]), "bytes_up": sum(u.nbytes() for u in g.updates),
         "bytes_by_ref": info.get("ref_down", 0) + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
         "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,

@@ -6,8 +6,9 @@ from typing import Any
 
 from fedgrid.flow.strategies.base import Strategy
 from fedgrid.flow.strategies.fedavg import FedAvg
+from fedgrid.flow.strategies.fednova import FedNova
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg}
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fednova": FedNova}
 
 
 def make_strategy(spec: Any) -> Strategy:

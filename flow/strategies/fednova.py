@@ -1,0 +1,43 @@
+"""FedNova: FedAvg with each client's update normalised by its number of local steps.
+
+Wang et al., "Tackling the Objective Inconsistency Problem in Heterogeneous Federated
+Optimization", NeurIPS 2020. When clients run different numbers of local steps (paced stragglers,
+unequal shards), plain FedAvg over-weights the clients that stepped most and converges to a
+different objective. FedNova averages per-step updates instead:
+``G' = G - tau_eff * sum_i p_i (G - x_i) / tau_i`` with ``p_i`` the example weights and
+``tau_eff = sum_i p_i tau_i``. With equal step counts it is exactly FedAvg.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.strategies.base import Params, Strategy
+
+
+class FedNova(Strategy):
+    name = "fednova"
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
+                  failures: list[dict[str, Any]]) -> Params:
+        if not updates:
+            raise ValueError("cannot aggregate zero updates")
+        w = np.array([u.num_examples * u.scale for u in updates], dtype=np.float64)
+        if w.sum() <= 0:
+            raise ValueError("updates carry zero examples in total")
+        p = w / w.sum()
+        tau = np.array([max(int(u.extras.get("steps", 1)), 1) for u in updates], dtype=np.float64)
+        tau_eff = float((p * tau).sum())
+        out: Params = OrderedDict()
+        for name, g in global_params.items():
+            g64 = np.asarray(g, dtype=np.float64)
+            step = np.zeros(g.shape, dtype=np.float64)
+            for pi, ti, u in zip(p, tau, updates, strict=True):
+                step += (pi / ti) * (g64 - np.asarray(u.params[name], dtype=np.float64))
+            new = g64 - tau_eff * step
+            out[name] = new.astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else np.rint(new).astype(g.dtype)
+        return out
