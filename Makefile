@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/sites.py $(BENCH_ARGS)
 	$(BIN)/python bench/faults.py $(BENCH_ARGS)
+	$(BIN)/python bench/hetero.py $(BENCH_ARGS)
 	$(BIN)/python bench/crash.py
 
 clean:
