@@ -17,7 +17,7 @@ from fedgrid.executors.common import MissingExtra
 
 KINDS = ("local", "htex", "slurm", "pbs", "kubernetes", "aws", "globus_compute")
 
-__all__ = ["KINDS", "MissingExtra", "build_executor", "describe", "kind_module", "specs"]
+__all__ = ["KINDS", "MissingExtra", "build_executor", "describe", "kind_module", "specs", "workers_per_node"]
 
 
 def kind_module(kind: str) -> ModuleType:
@@ -36,6 +36,13 @@ def build_executor(site: Any, run_dir: Path, dry_run: bool = False):
     `fedgrid check`): a Globus Compute site gets an sdk client that has not logged in.
     """
     return kind_module(site.executor.kind).build(site, run_dir, dry_run=dry_run)
+
+
+def workers_per_node(spec: Any) -> int | None:
+    """Workers a kind's options give one node: `workers` (local kinds) or, for remote HTEX kinds,
+    the count derived from workers_per_node / cores per node; None when the kind has no such notion."""
+    w = getattr(spec, "workers", None)
+    return w() if callable(w) else w
 
 
 def describe(site: Any) -> str:

@@ -135,6 +135,12 @@ class FaultSpec(_Strict):
     lost_from: Annotated[int, Field(ge=1)] | None = None  # the site's workers are gone from this round ...
     lost_until: Annotated[int, Field(ge=1)] | None = None  # ... and come back at this round (none: never)
 
+    def hits(self, client: int, site: str) -> bool:
+        """Whether this rule applies to a client (hosted at `site`)."""
+        if self.site is not None and self.site != site:
+            return False
+        return self.clients is None or client in self.clients
+
 
 class CheckpointSpec(_Strict):
     dir: str = "runs/{name}"
@@ -370,9 +376,8 @@ def _check_faults(job: Job, file: str | Path) -> None:
             raise ConfigError(file, f"{key}.lost_from", "a lost site needs `site`")
         if f.lost_until is not None and (f.lost_from is None or f.lost_until <= f.lost_from):
             raise ConfigError(file, f"{key}.lost_until", "must come after lost_from")
-        sites = [names[f.site]] if f.site else [names[s] for s in {job.client_sites()[c] for c in f.clients or []}] \
-            if f.clients else list(job.sites)
-        if (f.kill_worker_at or f.lost_from) and (local := [s.name for s in sites if s.executor.kind == "local"]):
+        hit = {s for c, s in enumerate(job.client_sites()) if f.hits(c, s)}
+        if (f.kill_worker_at or f.lost_from) and (local := sorted(s for s in hit if names[s].executor.kind == "local")):
             raise ConfigError(file, f"{key}", f"killing workers needs worker processes; site(s) {local} are "
                               "`local` threads in the driver (use htex)")
 

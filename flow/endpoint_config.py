@@ -19,28 +19,19 @@ import yaml
 from fedgrid.flow.config import ConfigError, Job
 
 
-def _provider(site: Any) -> dict[str, Any]:
+def _provider(pspec: Any) -> dict[str, Any]:
     from fedgrid.executors import kind_module
-    from fedgrid.executors.globus_compute import endpoint_provider
 
-    spec = site.executor
-    if not spec.provider:
-        return {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 0, "max_blocks": 1}
-    pspec = endpoint_provider(spec.provider)
-    if pspec.kind == "htex":
+    if pspec is None or pspec.kind == "htex":
         return {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 0, "max_blocks": 1}
     return kind_module(pspec.kind).provider_config(pspec)
 
 
-def _workers(site: Any) -> int:
+def _workers(spec: Any, pspec: Any) -> int:
     """Workers per node: the site's `workers` when set, else what the provider block implies."""
-    from fedgrid.executors.globus_compute import endpoint_provider
+    from fedgrid.executors import workers_per_node
 
-    spec = site.executor
-    n = None
-    if spec.provider:
-        w = getattr(endpoint_provider(spec.provider), "workers", None)
-        n = w() if callable(w) else w  # remote kinds derive it from cores per node
+    n = workers_per_node(pspec) if pspec is not None else None  # remote kinds derive it from cores
     if "workers" in spec.model_fields_set or not n:
         return spec.workers
     return int(n)
@@ -64,7 +55,10 @@ def endpoint_config(job: Job, site_name: str, file: str | Path) -> str:
     if spec.kind != "globus_compute":
         raise ConfigError(file, f"sites.{site_name}.executor.kind", f"expected globus_compute for an endpoint "
                           f"config, got {spec.kind!r}")
-    provider = _provider(site)
+    from fedgrid.executors.globus_compute import endpoint_provider
+
+    pspec = endpoint_provider(spec.provider) if spec.provider else None  # validated once, used twice
+    provider = _provider(pspec)
     init = _worker_init(site, provider)
     if init:
         provider["worker_init"] = init
@@ -72,7 +66,7 @@ def endpoint_config(job: Job, site_name: str, file: str | Path) -> str:
     for key in uec:  # per-task values become placeholders the endpoint fills in
         if key in provider:
             provider[key] = f"{{{{ {key} }}}}"
-    engine: dict[str, Any] = {"type": "GlobusComputeEngine", "max_workers_per_node": _workers(site),
+    engine: dict[str, Any] = {"type": "GlobusComputeEngine", "max_workers_per_node": _workers(spec, pspec),
                               "provider": provider}
     doc = {"display_name": f"fedgrid-{job.name}-{site.name}", "engine": engine}
     name = f"fedgrid-{site.name}"

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedgrid.flow.config import FaultSpec, Job
-
-
-def _hits(f: FaultSpec, client: int, site: str) -> bool:
-    if f.site is not None and f.site != site:
-        return False
-    return f.clients is None or client in f.clients
+from fedgrid.flow.config import Job
 
 
 def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attempt: int = 1) -> dict[str, Any] | None:
     """The faults a client's task injects this round (None when it has none)."""
     p_ok, slow, delay, raise_, kill = 1.0, 1.0, 0.0, False, False
     for f in job.faults:
-        if not _hits(f, client, site):
+        if not f.hits(client, site):
             continue
         p_ok *= 1.0 - f.fail_p
         slow *= f.slowdown

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from fedgrid.executors import workers_per_node
 from fedgrid.flow.config import Job
 
 
@@ -45,6 +46,4 @@ def assign_steps(job: Job, clients: list[int], profiles: dict[str, np.ndarray]) 
 
 
 def _workers(job: Job, site: str) -> int:
-    ex = job.site(site).executor
-    w = getattr(ex, "workers", None)
-    return int(w() if callable(w) else w or 1)
+    return int(workers_per_node(job.site(site).executor) or 1)

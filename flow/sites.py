@@ -27,8 +27,8 @@ log = logging.getLogger("fedgrid")
 SCALED_KINDS = {"slurm", "pbs", "kubernetes", "aws"}
 
 
-TRANSIENT = ("WorkerLost", "ManagerLost", "ConnectionError", "TimeoutError", "ConnectionResetError",
-             "CommandClientTimeoutError", "BrokenPipeError")
+TRANSIENT = frozenset({"WorkerLost", "ManagerLost", "ConnectionError", "TimeoutError", "ConnectionResetError",
+                       "CommandClientTimeoutError", "BrokenPipeError"})
 
 
 def retry_cost(exc: BaseException, task_record: Any) -> float:
@@ -36,7 +36,7 @@ def retry_cost(exc: BaseException, task_record: Any) -> float:
     dropped connection, a timeout. A deterministic error (bad data, a shape mismatch, an injected
     fault) is final at once; re-running it would only burn the round's deadline."""
     names = {t.__name__ for t in type(exc).__mro__}
-    return 1.0 if names & set(TRANSIENT) else float("inf")
+    return 1.0 if names & TRANSIENT else float("inf")
 
 
 def warm_slots(site: Any) -> int:

@@ -178,11 +178,16 @@ def test_spec_modules_import_no_provider_packages():
 # --- kubernetes -------------------------------------------------------------------------------
 
 
-def test_kubernetes_missing_package_names_extra(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "kubernetes", None)
-    with pytest.raises(MissingExtra, match=r"fedgrid\[kubernetes\]") as e:
-        kubernetes.build(site(kubernetes.Spec(image="img")), tmp_path, dry_run=True)
-    assert e.value.extra == "kubernetes"
+@pytest.mark.parametrize("module, package, spec, extra", [
+    ("kubernetes", "kubernetes", {"image": "img"}, "kubernetes"),
+    ("aws", "boto3", {"image_id": "ami-1"}, "aws"),
+])
+def test_missing_package_names_extra(monkeypatch, tmp_path, module, package, spec, extra):
+    kind = {"kubernetes": kubernetes, "aws": aws}[module]
+    monkeypatch.setitem(sys.modules, package, None)
+    with pytest.raises(MissingExtra, match=rf"fedgrid\[{extra}\]") as e:
+        kind.build(site(kind.Spec(**spec)), tmp_path, dry_run=True)
+    assert e.value.extra == extra
 
 
 @pytest.fixture
@@ -239,13 +244,6 @@ def test_kubernetes_dry_run_without_any_cluster_config_fails_like_a_run(monkeypa
 
 
 # --- aws --------------------------------------------------------------------------------------
-
-
-def test_aws_missing_package_names_extra(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "boto3", None)
-    with pytest.raises(MissingExtra, match=r"fedgrid\[aws\]") as e:
-        aws.build(site(aws.Spec(image_id="ami-1")), tmp_path, dry_run=True)
-    assert e.value.extra == "aws"
 
 
 @pytest.fixture
