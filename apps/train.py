@@ -104,7 +104,8 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     t_load = time.perf_counter() - t0
 
     tr = task["train"]
-    seed = np.random.SeedSequence([task["seed"], task["round"], task["client"]])
+    # an asynchronous client may train twice from the same global model: `draw` tells the two apart
+    seed = np.random.SeedSequence([task["seed"], task["round"], task["client"], *task.get("draw", ())])
     gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr["momentum"],
                           weight_decay=tr["weight_decay"])

@@ -42,18 +42,20 @@ _SCHEMA = pa.schema([
     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()),
 ])
 
+_REASONS = pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))
 ROWS_SCHEMA = pa.schema([
     ("round", pa.int64()), ("attempt", pa.int64()), ("started_at", pa.float64()), ("seconds", pa.float64()),
     ("test_accuracy", pa.float64()), ("test_loss", pa.float64()),
     ("train_loss", pa.float64()), ("train_accuracy", pa.float64()),
     ("clients_selected", pa.int64()), ("clients_ok", pa.int64()), ("clients_failed", pa.int64()),
     ("participants", pa.list_(pa.int64())),
-    ("failures", pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))),
+    ("failures", _REASONS),
+    ("skipped", _REASONS),  # left out by deadline-aware selection, with why
     ("carried", pa.list_(pa.struct([("client", pa.int64()), ("staleness", pa.int64())]))),
     ("updates", pa.list_(pa.struct([
         ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
         ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
-        ("worker", pa.string()), ("steps", pa.int64())]))),
+        ("worker", pa.string()), ("steps", pa.int64()), ("staleness", pa.int64())]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedgrid.executors import KINDS, kind_module, specs
+from fedgrid.flow.strategies import STRATEGIES, option_models
 
 
 class ConfigError(Exception):
@@ -68,8 +69,8 @@ class TrainSpec(_Strict):
     threads: Annotated[int, Field(ge=1)] = 1  # torch threads per worker
 
 
-class StrategySpec(_Strict):
-    name: Literal["fedavg", "fednova"] = "fedavg"
+# The strategy block: `name` picks the strategy, whose Options class holds its keys.
+StrategySpec = Annotated[Union[tuple(option_models())], Field(discriminator="name")]  # noqa: UP007 - built at runtime
 
 
 class RoundSpec(_Strict):
@@ -81,6 +82,9 @@ class RoundSpec(_Strict):
     pace: Literal["epochs", "deadline"] = "epochs"  # deadline: local steps sized so clients finish together
     pace_quantile: Annotated[float, Field(gt=0, le=1)] = 0.5  # the round's target time among clients' full work
     pace_min_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25  # a paced client does at least this share
+    pace_max_fraction: Annotated[float, Field(ge=1)] = 2.0  # ... and at most this multiple of its full work
+    select: Literal["random", "deadline"] = "random"  # deadline: skip clients predicted to miss deadline_s
+    explore_after: Annotated[int, Field(ge=1)] = 5  # a client skipped this many rounds is tried again
     late: Literal["drop", "carry"] = "drop"  # an update past the deadline: ignored, or joins a later round
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried weight (1 + staleness) ** -exponent
     max_staleness: Annotated[int, Field(ge=1)] = 2  # carried updates older than this are dropped
@@ -167,12 +171,22 @@ class Job(_Strict):
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
-    strategy: StrategySpec = StrategySpec()
+    strategy: StrategySpec = Field(default_factory=lambda: STRATEGIES["fedavg"].Options())
     round: RoundSpec = RoundSpec()
     sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="here")])
     checkpoint: CheckpointSpec = CheckpointSpec()
     store: StoreSpec = StoreSpec()
     faults: list[FaultSpec] = Field(default_factory=list)
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_shorthand(cls, v: Any) -> Any:
+        """`strategy: fedprox` means that strategy with its defaults; a block without `name` is FedAvg."""
+        if isinstance(v, str):
+            return {"name": v}
+        if isinstance(v, dict) and "name" not in v:
+            return {"name": "fedavg", **v}
+        return v
 
     @field_validator("model", mode="before")
     @classmethod
@@ -235,7 +249,9 @@ def _describe(err: dict[str, Any]) -> str:
     if t == "missing":
         return "required key is missing"
     if t == "union_tag_invalid":
-        return f"unknown executor kind {err.get('ctx', {}).get('tag')!r}; expected one of {', '.join(KINDS)}"
+        ctx = err.get("ctx", {})
+        what, names = (("strategy", STRATEGIES) if ctx.get("discriminator") == "'name'" else ("executor kind", KINDS))
+        return f"unknown {what} {ctx.get('tag')!r}; expected one of {', '.join(names)}"
     if t == "literal_error":
         return f"{msg.replace('Input should be', 'expected')}, got {val!r}"
     msg = msg.replace("Input should be", "expected").replace("Value error, ", "")

@@ -3,9 +3,10 @@
 In the manner of FedCompass (Li et al., 2024): a client's speed is learned from its profile
 (samples per second, an EMA that includes its queueing site's slowness), the round gets a target
 time — a quantile of the selected clients' times for their full work (``train.epochs`` over their
-shard) — and each client gets as many local steps as fit in it, between ``pace_min_fraction`` of
-its full work and its full work. Fast clients are never asked for more than their full work, so
-pacing only ever trims the stragglers; FedNova (``strategy: fednova``) then normalises the unequal
+shard) — and each client gets as many local steps as fit in it, between ``pace_min_fraction`` and
+``pace_max_fraction`` times its full work. Stragglers are trimmed, and clients that would
+otherwise sit idle until the round's end train longer instead (FedCompass's Q_max), which is
+where the wall-clock gain comes from; FedNova (``strategy: fednova``) then normalises the unequal
 step counts. Clients without a profile yet (round 1) do their full work.
 """
 
@@ -40,9 +41,16 @@ def assign_steps(job: Job, clients: list[int], profiles: dict[str, np.ndarray]) 
         if not known[i]:
             continue
         full = epochs * math.ceil(n[i] / bs)
-        least = max(1, math.ceil(rs.pace_min_fraction * full))
-        out[c] = int(min(full, max(least, round(full * target / share[i]))))
+        least, most = bounds(job, int(n[i]))
+        out[c] = int(min(most, max(least, round(full * target / share[i]))))
     return out
+
+
+def bounds(job: Job, examples: int) -> tuple[int, int]:
+    """The fewest and the most local steps pacing may give a client with this many examples."""
+    full = job.train.epochs * math.ceil(examples / job.train.batch_size)
+    return (max(1, math.ceil(job.round.pace_min_fraction * full)),
+            max(1, math.floor(job.round.pace_max_fraction * full)))
 
 
 def _workers(job: Job, site: str) -> int:

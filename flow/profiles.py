@@ -11,10 +11,12 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.gather import Gathered
 
 EMA = 0.3
-FIELDS = ("examples", "samples_per_s", "train_s", "queue_s", "rounds_ok", "rounds_failed", "last_round")
+FIELDS = ("examples", "samples_per_s", "train_s", "queue_s", "rounds_ok", "rounds_failed", "last_round",
+          "last_selected")
 
 
 def empty(clients: int) -> OrderedDict[str, np.ndarray]:
@@ -33,17 +35,30 @@ def _ema(arr: np.ndarray, i: int, value: float) -> None:
     arr[i] = value if np.isnan(arr[i]) else (1 - EMA) * arr[i] + EMA * value
 
 
+def observe(p: dict[str, np.ndarray], u: ClientUpdate) -> None:
+    """Learn a client's speed from one answer (also from a late one that missed its round)."""
+    c = u.client
+    p["examples"][c] = u.num_examples
+    _ema(p["samples_per_s"], c, u.timings.get("samples_per_s", np.nan))
+    _ema(p["train_s"], c, u.timings.get("train", np.nan))
+    _ema(p["queue_s"], c, u.timings.get("queue", np.nan))
+
+
 def update(p: dict[str, np.ndarray], rnd: int, g: Gathered) -> None:
     for u in g.updates:
-        c = u.client
-        p["examples"][c] = u.num_examples
-        p["rounds_ok"][c] += 1
-        p["last_round"][c] = rnd
-        _ema(p["samples_per_s"], c, u.timings.get("samples_per_s", np.nan))
-        _ema(p["train_s"], c, u.timings.get("train", np.nan))
-        _ema(p["queue_s"], c, u.timings.get("queue", np.nan))
+        if u.staleness:  # a carried update was observed when it arrived
+            continue
+        observe(p, u)
+        p["rounds_ok"][u.client] += 1
+        p["last_round"][u.client] = rnd
     for f in g.failures:
         p["rounds_failed"][f["client"]] += 1
+
+
+def reliability(p: dict[str, np.ndarray], clients: list[int]) -> np.ndarray:
+    """Chance a client answers, from its record, Laplace-smoothed so a new client counts as likely."""
+    ok, bad = p["rounds_ok"][clients], p["rounds_failed"][clients]
+    return (ok + 2.0) / (ok + bad + 3.0)
 
 
 def longest_first(p: dict[str, np.ndarray], clients: list[int]) -> list[int]:

@@ -29,8 +29,8 @@ import numpy as np
 from fedgrid.apps import datasets
 from fedgrid.apps.store import Ref, Store
 from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow import asyncloop, dataplane, faults, pacing, selection
 from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow import dataplane, faults, pacing
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
 from fedgrid.flow.gather import SITE_DOWN, Gathered, gather
@@ -102,13 +102,14 @@ class _Driver:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
                                          initializer=_background_priority)
         self.pending: Future | None = None
-        self.carried: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past deadline
+        self.late: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past its deadline
         # set once the driver has the test set and model (overlapping the workers' warm-up)
         self.mspec: dict[str, Any] = {}
         self.test: datasets.Arrays | None = None
         self.model: Any = None
         self.transfer: dataplane.TransferPlan | None = None
         self.store: Store | None = None
+        self.sweep_lag = getattr(self.strategy.opts, "max_staleness", 0) + 1 if self.strategy.asynchronous else 0
 
     # -- tasks --------------------------------------------------------------------------------
     def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
@@ -135,11 +136,9 @@ class _Driver:
         ref = self.store.put(params, f"{_round_key(rnd)}/global")
         return {s: (ref if tp.by_ref[s] else params) for s in self.site_data}
 
-    def select(self) -> list[int]:
-        k = min(self.job.clients_per_round(), self.job.data.clients)
-        if k >= self.job.data.clients:
-            return list(range(self.job.data.clients))
-        return sorted(int(c) for c in self.rng.choice(self.job.data.clients, size=k, replace=False))
+    def busy(self) -> set[int]:
+        """Clients whose late task of an earlier round is still running."""
+        return {c for _, c, fut in self.late if not fut.done()}
 
     # -- one round ----------------------------------------------------------------------------
     def play_round(self, runtime: Any, rnd: int, params: dict[str, np.ndarray]) -> tuple[dict, Gathered, int]:
@@ -148,7 +147,10 @@ class _Driver:
         if self.job.faults:
             runtime.apply_drills(faults.lost_sites(self.job, rnd))
         for attempt in range(1, rs.retries + 2):
-            clients = self.select()
+            clients, skipped = selection.select(self.job, self.rng, self.profiles, rnd, self.busy())
+            if not clients:
+                raise RoundFailed(f"round {rnd}: every client was skipped ({skipped[0]['reason']}, ...); raise "
+                                  f"round.deadline_s or use round.select: random")
             quorum = min(rs.min_clients, len(clients))
             instr = self.strategy.configure(rnd, clients, self.profiles)
             if rs.pace == "deadline":
@@ -165,7 +167,7 @@ class _Driver:
             if g.quorum_met(quorum):
                 self.carry(rnd, g)
                 ref_down = sum(r.nbytes for c in clients if isinstance(r := sent[self.sites[c]], Ref))
-                return {"selected": clients, "attempt": attempt, "ref_down": ref_down}, g, quorum
+                return {"selected": clients, "attempt": attempt, "ref_down": ref_down, "skipped": skipped}, g, quorum
             reasons = "; ".join(f"client {f['client']}@{f['site']}: {f['reason']}" for f in g.failures[:5])
             msg = (f"round {rnd} attempt {attempt}: {len(g.updates)} of {len(clients)} clients answered, "
                    f"quorum is {quorum} ({reasons})")
@@ -177,19 +179,21 @@ class _Driver:
         raise AssertionError("unreachable")
 
     def carry(self, rnd: int, g: Gathered) -> None:
-        """round.late=carry: late updates of earlier rounds that have arrived join this round,
-        weighted by (1 + staleness) ** -staleness_exponent; this round's late ones wait for the next."""
+        """Late tasks of earlier rounds that have finished since: their timings teach the profiles
+        (a client too slow for the deadline is then known to be), and with round.late=carry they
+        join this round weighted by (1 + staleness) ** -staleness_exponent. This round's late ones
+        are watched from now on; a late task still running keeps its client busy."""
         rs = self.job.round
-        if rs.late != "carry":
-            return
         keep, fresh = [], {u.client for u in g.updates}
-        for r0, client, fut in self.carried:
+        for r0, client, fut in self.late:
             stale = rnd - r0
             if not fut.done():
-                if stale < rs.max_staleness:
-                    keep.append((r0, client, fut))
+                keep.append((r0, client, fut))
                 continue
-            if fut.exception() is not None or client in fresh:
+            if fut.exception() is not None:
+                continue
+            prof.observe(self.profiles, fut.result())
+            if rs.late != "carry" or client in fresh or stale > rs.max_staleness:
                 continue
             try:
                 u = fut.result().resolve()
@@ -200,7 +204,7 @@ class _Driver:
             g.updates.append(u)
             fresh.add(client)
         g.updates.sort(key=lambda u: u.client)
-        self.carried = keep + [(rnd, c, fut) for c, (_, fut) in g.late.items()]
+        self.late = keep + [(rnd, c, fut) for c, (_, fut) in g.late.items()]
 
     def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
         """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
@@ -224,7 +228,9 @@ class _Driver:
         ckpt.write_rows(self.run_dir, self.rows)
         ckpt.prune(self.run_dir, self.job.checkpoint.keep, rnd)
         if self.store is not None:  # the round's objects are in the checkpoint now (or were transient)
-            self.store.sweep(rnd)  # this round's objects, and any a late client wrote for an earlier one
+            # this round's objects, and any a late client wrote for an earlier one; asynchronous
+            # clients may still be reading the globals of the last max_staleness steps
+            self.store.sweep(rnd - self.sweep_lag)
         self.progress.round_done(row)
 
     def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
@@ -271,10 +277,11 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
         "clients_selected": len(info["selected"]), "clients_ok": len(g.updates), "clients_failed": len(g.failures),
         "participants": [u.client for u in g.updates], "failures": g.failures, "examples": n,
         "carried": [{"client": u.client, "staleness": u.staleness} for u in g.updates if u.staleness],
+        "skipped": info.get("skipped", []),
         "updates": [{"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
                      "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
                      "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"),
-                     "steps": u.extras.get("steps")} for u in g.updates],
+                     "steps": u.extras.get("steps"), "staleness": u.staleness} for u in g.updates],
         "bytes_down": params_bytes * len(info["selected"]), "bytes_up": sum(u.nbytes() for u in g.updates),
         "bytes_by_ref": info.get("ref_down", 0) + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
         "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
@@ -399,13 +406,17 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
                 progress.say(f"warning: warm-up failed on a worker: {exc}")
         runtime.record()
         params_bytes = int(sum(a.nbytes for a in params.values()))
-        for rnd in range(done + 1, job.rounds + 1):
-            drv.check_writes()
-            started = time.time()
-            info, g, quorum = drv.play_round(runtime, rnd, params)
-            t0 = time.perf_counter()
-            params = drv.strategy.aggregate(rnd, params, g.updates, g.failures)
-            drv.hand_off(rnd, params, _row(rnd, info, g, quorum, params_bytes, started, time.perf_counter() - t0))
+        if drv.strategy.asynchronous:
+            asyncloop.run(drv, runtime, done, params, params_bytes)
+        else:
+            for rnd in range(done + 1, job.rounds + 1):
+                drv.check_writes()
+                started = time.time()
+                info, g, quorum = drv.play_round(runtime, rnd, params)
+                t0 = time.perf_counter()
+                params = drv.strategy.aggregate(rnd, params, g.updates, g.failures)
+                drv.hand_off(rnd, params, _row(rnd, info, g, quorum, params_bytes, started,
+                                               time.perf_counter() - t0))
         drv.drain()
         if drv.store is not None:
             drv.store.delete("")

@@ -1,16 +1,22 @@
-"""Aggregation strategies, one class a file (as Flower's serverapp/strategy)."""
+"""Aggregation strategies, one class a file (as Flower's serverapp/strategy).
+
+Each strategy declares its job-file options as a pydantic ``Options`` class; the job schema's
+``strategy:`` block is the union of them, discriminated by ``name``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from fedgrid.flow.strategies.base import Strategy
+from fedgrid.flow.strategies.base import Strategy, StrategyOptions
 from fedgrid.flow.strategies.fedavg import FedAvg
+from fedgrid.flow.strategies.fedbuff import FedBuff
 from fedgrid.flow.strategies.fednova import FedNova
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fednova": FedNova}
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAvg, FedNova, FedBuff)}
 
 
-def make_strategy(spec: Any) -> Strategy:
-    opts = spec.model_dump()
-    return STRATEGIES[opts.pop("name")](**opts)
+def option_models() -> list[type[StrategyOptions]]:
+    return [s.Options for s in STRATEGIES.values()]
+
+
+def make_strategy(spec: StrategyOptions) -> Strategy:
+    return STRATEGIES[spec.name](spec)  # type: ignore[attr-defined]

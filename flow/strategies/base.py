@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from fedgrid.apps.update import ClientUpdate
 
 Params = dict[str, np.ndarray]
 
 
+class StrategyOptions(BaseModel):
+    """A strategy's block of the job file; each strategy subclasses it with its own keys and a
+    ``name: Literal[...]``, so the job schema is a union discriminated by name and a misspelled
+    option is rejected with that strategy's valid keys."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
 class Strategy:
     """configure -> per-client instructions; aggregate -> next global params; state for checkpoints.
 
     Strategies do numpy math on the driver only. Their state is a dict of arrays so it checkpoints
-    to Arrow with the model and survives a resume exactly.
+    to Arrow with the model and survives a resume exactly. `asynchronous` strategies are driven by
+    the buffered asynchronous loop (flow/asyncloop.py) instead of synchronous rounds.
     """
 
     name = "base"
+    Options: ClassVar[type[StrategyOptions]]
+    asynchronous: ClassVar[bool] = False
+
+    def __init__(self, opts: StrategyOptions | None = None):
+        self.opts = opts if opts is not None else self.Options()
 
     def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
         """Extra per-client instructions merged into each train task (none by default)."""

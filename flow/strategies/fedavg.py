@@ -7,14 +7,19 @@ global model with the mean of the returned models weighted by each client's numb
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, weighted_mean
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
+
+
+class FedAvgOptions(StrategyOptions):
+    name: Literal["fedavg"] = "fedavg"
 
 
 class FedAvg(Strategy):
     name = "fedavg"
+    Options = FedAvgOptions
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:

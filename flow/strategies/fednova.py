@@ -11,16 +11,21 @@ different objective. FedNova averages per-step updates instead:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions
+
+
+class FedNovaOptions(StrategyOptions):
+    name: Literal["fednova"] = "fednova"
 
 
 class FedNova(Strategy):
     name = "fednova"
+    Options = FedNovaOptions
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:

@@ -1,0 +1,61 @@
+"""FedBuff: buffered asynchronous aggregation with staleness weighting.
+
+Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022. There
+are no rounds to wait for: every site keeps its workers busy with clients, each training from the
+newest global model it can get, and the server folds updates into a buffer. When `buffer_size`
+updates have arrived it takes one server step,
+``G' = G + server_lr * sum_i n_i w(s_i) delta_i / sum_i n_i``, with ``delta_i`` the client's change
+from the model it started from, ``s_i`` its staleness (server steps since that model) and
+``w(s) = (1 + s) ** -staleness_exponent``. Stale updates thus move the model less, and updates
+staler than `max_staleness` are discarded. Each server step is checkpointed as one "round".
+
+The asynchronous loop (flow/asyncloop.py) turns each update into its delta before it reaches
+`aggregate`, so this file is only the server rule.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions
+
+
+class FedBuffOptions(StrategyOptions):
+    name: Literal["fedbuff"] = "fedbuff"
+    buffer_size: Annotated[int, Field(ge=1)] = 5  # updates per server step (the paper's K)
+    server_lr: Annotated[float, Field(gt=0)] = 1.0  # eta_g
+    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # w(s) = (1 + s) ** -exponent
+    max_staleness: Annotated[int, Field(ge=0)] = 10  # older updates are discarded
+    per_worker: Annotated[int, Field(ge=1)] = 1  # clients in flight per site worker
+
+
+class FedBuff(Strategy):
+    name = "fedbuff"
+    Options = FedBuffOptions
+    asynchronous = True
+    opts: FedBuffOptions
+
+    def weight(self, staleness: int) -> float:
+        return (1.0 + staleness) ** -self.opts.staleness_exponent
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
+                  failures: list[dict[str, Any]]) -> Params:
+        """`updates` carry deltas (new - the global each started from) and their staleness `scale`."""
+        if not updates:
+            raise ValueError("cannot aggregate zero updates")
+        n = float(sum(u.num_examples for u in updates))
+        if n <= 0:
+            raise ValueError("updates carry zero examples in total")
+        out: Params = OrderedDict()
+        for name, g in global_params.items():
+            step = np.zeros(g.shape, dtype=np.float64)
+            for u in updates:
+                step += np.asarray(u.params[name], dtype=np.float64) * (u.num_examples * u.scale / n)
+            new = np.asarray(g, dtype=np.float64) + self.opts.server_lr * step
+            out[name] = new.astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else np.rint(new).astype(g.dtype)
+        return out
