@@ -48,7 +48,7 @@ class _Flight:
 
 def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], params_bytes: int) -> None:
     """Server steps done+1 .. job.rounds; each is handed to the driver's checkpoint writer."""
-    from fedgrid.flow.runner import _row
+    from fedgrid.flow.runner import RoundFailed, _row
 
     job, strat, rng = drv.job, drv.strategy, drv.rng
     opts = strat.opts
@@ -63,6 +63,7 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
     buffer: list[ClientUpdate] = []
     failures: list[dict[str, Any]] = []
     step_started, seq, submitted = time.time(), 0, 0
+    idle_since: float | None = None
     drv.progress.round_started(version + 1, opts.buffer_size)
 
     def fail(fl: _Flight, reason: str) -> None:
@@ -86,9 +87,15 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
                 fut = runtime.submit(site, {**drv.task(int(c), version + 1, sent[site], None, seq), "draw": [seq]})
                 flights[fut] = _Flight(int(c), site, version, time.monotonic())
                 submitted += 1
-        if not flights:
-            time.sleep(POLL_S)  # every site is down: wait for one to come back
+        if not flights:  # every site is down: wait for one to come back, up to a deadline
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > job.round.deadline_s:
+                raise RoundFailed(f"step {version + 1}: no site had workers for round.deadline_s="
+                                  f"{job.round.deadline_s:g} s ({', '.join(sorted(down))} down); the run stopped "
+                                  f"at step {version}; run again to resume once a site is back")
+            time.sleep(POLL_S)
             continue
+        idle_since = None
         finished, _ = wait(list(flights), timeout=POLL_S, return_when=FIRST_COMPLETED)
         now = time.monotonic()
         for fut, fl in list(flights.items()):

@@ -42,6 +42,7 @@ _SCHEMA = pa.schema([
     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()),
 ])
 
+_STALE = pa.list_(pa.struct([("client", pa.int64()), ("staleness", pa.int64())]))
 _REASONS = pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))
 ROWS_SCHEMA = pa.schema([
     ("round", pa.int64()), ("attempt", pa.int64()), ("started_at", pa.float64()), ("seconds", pa.float64()),
@@ -51,7 +52,8 @@ ROWS_SCHEMA = pa.schema([
     ("participants", pa.list_(pa.int64())),
     ("failures", _REASONS),
     ("skipped", _REASONS),  # left out by deadline-aware selection, with why
-    ("carried", pa.list_(pa.struct([("client", pa.int64()), ("staleness", pa.int64())]))),
+    ("carried", _STALE),  # late updates of earlier rounds that joined this one (round.late=carry)
+    ("reused", _STALE),  # absent clients whose last update stood in (round.absent=reuse)
     ("updates", pa.list_(pa.struct([
         ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
         ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
@@ -74,6 +76,7 @@ class RoundState:
     params: Arrays
     strategy: Arrays = field(default_factory=OrderedDict)
     profiles: Arrays = field(default_factory=OrderedDict)
+    memory: Arrays = field(default_factory=OrderedDict)  # round.absent=reuse: clients' last deltas
     rng: dict[str, Any] = field(default_factory=dict)
     row: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
@@ -119,7 +122,8 @@ def atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) f
 
 def _sections(state: RoundState) -> pa.Table:
     cols: dict[str, list] = {n: [] for n in _SCHEMA.names}
-    for sec, arrays in (("params", state.params), ("strategy", state.strategy), ("profiles", state.profiles)):
+    for sec, arrays in (("params", state.params), ("strategy", state.strategy), ("profiles", state.profiles),
+                        ("memory", state.memory)):
         for name, a in arrays.items():
             a = np.asarray(a)  # not ascontiguousarray: it turns 0-d arrays into 1-d
             if not a.flags.c_contiguous:
@@ -166,12 +170,13 @@ def read_round(path: Path) -> RoundState:
         raise CheckpointError(f"not a {FORMAT} file")
     if _digest(table, meta) != meta.get(b"fedgrid.sha256", b"").decode():
         raise CheckpointError("checksum mismatch (file corrupted)")
-    out: dict[str, Arrays] = {"params": OrderedDict(), "strategy": OrderedDict(), "profiles": OrderedDict()}
+    out: dict[str, Arrays] = {k: OrderedDict() for k in ("params", "strategy", "profiles", "memory")}
     for sec, name, dt, shape, data in zip(*(table.column(c).to_pylist() for c in _SCHEMA.names), strict=True):
         out[sec][name] = np.frombuffer(data, dtype=np.dtype(dt)).reshape(shape).copy()
     return RoundState(
         round=int(meta[b"fedgrid.round"]), params=out["params"], strategy=out["strategy"],
-        profiles=out["profiles"], rng=json.loads(meta[b"fedgrid.rng"]), row=json.loads(meta[b"fedgrid.row"]),
+        profiles=out["profiles"], memory=out["memory"], rng=json.loads(meta[b"fedgrid.rng"]),
+        row=json.loads(meta[b"fedgrid.row"]),
         fingerprint=meta[b"fedgrid.fingerprint"].decode(), job=json.loads(meta[b"fedgrid.job"]),
     )
 

@@ -82,12 +82,13 @@ class RoundSpec(_Strict):
     pace: Literal["epochs", "deadline"] = "epochs"  # deadline: local steps sized so clients finish together
     pace_quantile: Annotated[float, Field(gt=0, le=1)] = 0.5  # the round's target time among clients' full work
     pace_min_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25  # a paced client does at least this share
-    pace_max_fraction: Annotated[float, Field(ge=1)] = 2.0  # ... and at most this multiple of its full work
+    pace_max_fraction: Annotated[float, Field(ge=1)] = 1.0  # ... and at most this multiple of its full work
     select: Literal["random", "deadline"] = "random"  # deadline: skip clients predicted to miss deadline_s
     explore_after: Annotated[int, Field(ge=1)] = 5  # a client skipped this many rounds is tried again
     late: Literal["drop", "carry"] = "drop"  # an update past the deadline: ignored, or joins a later round
-    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried weight (1 + staleness) ** -exponent
-    max_staleness: Annotated[int, Field(ge=1)] = 2  # carried updates older than this are dropped
+    absent: Literal["drop", "reuse"] = "drop"  # reuse: a client that did not answer counts its last update
+    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried/reused weight (1 + staleness) ** -exponent
+    max_staleness: Annotated[int, Field(ge=1)] = 2  # carried/reused updates older than this are dropped
     eval_every: Annotated[int, Field(ge=1)] = 1
 
 

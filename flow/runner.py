@@ -34,6 +34,7 @@ from fedgrid.flow import checkpoint as ckpt
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
 from fedgrid.flow.gather import SITE_DOWN, Gathered, gather
+from fedgrid.flow.memory import UpdateMemory
 from fedgrid.flow.progress import RunProgress, setup_log
 from fedgrid.flow.runlock import RunLock, reap
 from fedgrid.flow.strategies import make_strategy
@@ -102,6 +103,7 @@ class _Driver:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
                                          initializer=_background_priority)
         self.pending: Future | None = None
+        self.memory = UpdateMemory(job)
         self.late: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past its deadline
         # set once the driver has the test set and model (overlapping the workers' warm-up)
         self.mspec: dict[str, Any] = {}
@@ -166,8 +168,14 @@ class _Driver:
             prof.update(self.profiles, rnd, g)
             if g.quorum_met(quorum):
                 self.carry(rnd, g)
+                reused = []
+                if rs.absent == "reuse":
+                    self.memory.remember(rnd, params, g.updates)
+                    answered = {u.client for u in g.updates}
+                    reused = self.memory.stand_ins(rnd, params, [c for c in clients if c not in answered], self.sites)
                 ref_down = sum(r.nbytes for c in clients if isinstance(r := sent[self.sites[c]], Ref))
-                return {"selected": clients, "attempt": attempt, "ref_down": ref_down, "skipped": skipped}, g, quorum
+                return {"selected": clients, "attempt": attempt, "ref_down": ref_down, "skipped": skipped,
+                        "reused": reused}, g, quorum
             reasons = "; ".join(f"client {f['client']}@{f['site']}: {f['reason']}" for f in g.failures[:5])
             msg = (f"round {rnd} attempt {attempt}: {len(g.updates)} of {len(clients)} clients answered, "
                    f"quorum is {quorum} ({reasons})")
@@ -210,7 +218,7 @@ class _Driver:
         """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
         return ckpt.RoundState(
             round=rnd, params=params, strategy=OrderedDict((k, v.copy()) for k, v in self.strategy.state().items()),
-            profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()),
+            profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()), memory=self.memory.state(),
             rng=copy.deepcopy(self.rng.bit_generator.state), row=row, fingerprint=self.job.fingerprint(),
             job=self.job.model_dump(mode="json"))
 
@@ -278,6 +286,7 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
         "participants": [u.client for u in g.updates], "failures": g.failures, "examples": n,
         "carried": [{"client": u.client, "staleness": u.staleness} for u in g.updates if u.staleness],
         "skipped": info.get("skipped", []),
+        "reused": [{"client": u.client, "staleness": u.staleness} for u in info.get("reused", [])],
         "updates": [{"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
                      "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
                      "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"),
@@ -397,6 +406,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
                                     f"({e}); run with --fresh to start over") from None
             params = state.params
             drv.strategy.load_state(state.strategy)
+            drv.memory.load(state.memory)
             if prof.compatible(state.profiles, job.data.clients):
                 drv.profiles = OrderedDict((k, v.copy()) for k, v in state.profiles.items())
             if state.rng:
@@ -414,7 +424,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
                 started = time.time()
                 info, g, quorum = drv.play_round(runtime, rnd, params)
                 t0 = time.perf_counter()
-                params = drv.strategy.aggregate(rnd, params, g.updates, g.failures)
+                params = drv.strategy.aggregate(rnd, params, g.updates + info["reused"], g.failures)
                 drv.hand_off(rnd, params, _row(rnd, info, g, quorum, params_bytes, started,
                                                time.perf_counter() - t0))
         drv.drain()

@@ -11,12 +11,15 @@ their quorum share, and their sites' workers go to clients that can finish:
 2. a client still busy with an earlier round's task (a late one, still running) is skipped;
 3. the sample is drawn with weights equal to each client's record of answering (so flaky clients
    are picked less often, but still picked);
-4. each site's picked clients are laid onto its workers, fastest first; those whose predicted
-   finish would fall after the deadline are skipped. This is where queueing is modelled: a site
-   with one worker and many clients runs them one after another.
+4. each site's picked clients are laid onto its workers (at the same predicted work), those that
+   have waited longest since they last trained first (so a site that can only take a few clients a
+   round rotates through all of them); those whose predicted finish would fall after the deadline
+   are skipped. This is where queueing is modelled: a site with one worker and many clients runs
+   them one after another. With pacing on, only what cannot fit even at its least work is shed,
+   and pacing then sizes the chosen clients' work to the round.
 
-A skipped client is tried again once it has sat out ``explore_after`` rounds, since its site may
-have become faster, and clients never seen are always eligible. Every skip is recorded with its
+A client skipped as too slow is tried again once it has sat out ``explore_after`` rounds, since its
+site may have become faster, and clients never seen are always eligible. Every skip is recorded with its
 reason in the rounds table.
 """
 
@@ -41,14 +44,16 @@ def select(job: Job, rng: np.random.Generator, p: dict[str, np.ndarray], rnd: in
             return list(range(n)), []
         return sorted(int(c) for c in rng.choice(n, size=k, replace=False)), []
     sites = job.client_sites()
-    need = predicted_s(job, p)
+    need = predicted_s(job, p, least=job.round.pace == "deadline")
     deadline = job.round.deadline_s
     skipped: dict[int, str] = {}
+    exploring: set[int] = set()  # too slow by its profile, but the profile is old: try it again
     for c in range(n):
-        fresh = rnd - p["last_selected"][c] > job.round.explore_after
         if busy and c in busy:
             skipped[c] = "busy: still training an earlier round"
-        elif need[c] > deadline and not fresh:
+        elif need[c] > deadline and rnd - p["last_selected"][c] > job.round.explore_after:
+            exploring.add(c)
+        elif need[c] > deadline:
             skipped[c] = f"predicted {need[c]:.1f} s > round.deadline_s {deadline:g}"
     pool = [c for c in range(n) if c not in skipped]
     if len(pool) > k:
@@ -56,7 +61,7 @@ def select(job: Job, rng: np.random.Generator, p: dict[str, np.ndarray], rnd: in
         picked = sorted(int(c) for c in rng.choice(pool, size=k, replace=False, p=w / w.sum()))
     else:
         picked = pool
-    for c, why in _over_capacity(job, picked, need, sites, rnd, p).items():
+    for c, why in _over_capacity(job, [c for c in picked if c not in exploring], need, sites, p).items():
         skipped[c] = why
     chosen = [c for c in picked if c not in skipped]
     for c in chosen:
@@ -64,20 +69,20 @@ def select(job: Job, rng: np.random.Generator, p: dict[str, np.ndarray], rnd: in
     return chosen, [{"client": c, "site": sites[c], "reason": r} for c, r in sorted(skipped.items())]
 
 
-def predicted_s(job: Job, p: dict[str, np.ndarray]) -> np.ndarray:
-    """Seconds of training each client needs for the least work it may be given (NaN: never seen)."""
+def predicted_s(job: Job, p: dict[str, np.ndarray], least: bool) -> np.ndarray:
+    """Seconds of training each client needs for its full work, or (`least`) for the least work
+    pacing may give it (NaN: never seen)."""
     rate, n = p["samples_per_s"], p["examples"]
     out = np.full(len(rate), np.nan)
     for c in np.flatnonzero(~np.isnan(rate) & (rate > 0) & (n > 0)):
-        steps = (pacing.bounds(job, int(n[c]))[0] if job.round.pace == "deadline"
-                 else job.train.epochs * -(-int(n[c]) // job.train.batch_size))
-        out[c] = min(steps * job.train.batch_size, job.train.epochs * n[c]) / rate[c]
+        full = job.train.epochs * n[c]
+        out[c] = (min(pacing.bounds(job, int(n[c]))[0] * job.train.batch_size, full) if least else full) / rate[c]
     return out
 
 
-def _over_capacity(job: Job, picked: list[int], need: np.ndarray, sites: list[str], rnd: int,
+def _over_capacity(job: Job, picked: list[int], need: np.ndarray, sites: list[str],
                    p: dict[str, np.ndarray]) -> dict[int, str]:
-    """Clients whose turn on their site's workers would end after the deadline (fastest go first)."""
+    """Clients whose turn on their site's workers would end after the deadline."""
     out: dict[int, str] = {}
     by_site: dict[str, list[int]] = {}
     for c in picked:
@@ -85,10 +90,10 @@ def _over_capacity(job: Job, picked: list[int], need: np.ndarray, sites: list[st
             by_site.setdefault(sites[c], []).append(c)
     for site, cs in by_site.items():
         workers = [0.0] * int(workers_per_node(job.site(site).executor) or 1)
-        for c in sorted(cs, key=lambda c: need[c]):
+        for c in sorted(cs, key=lambda c: (p["last_selected"][c], need[c])):  # longest waiting, then fastest
             start = heapq.heappop(workers)
             finish = start + float(need[c])
-            if finish > job.round.deadline_s and rnd - p["last_selected"][c] <= job.round.explore_after:
+            if finish > job.round.deadline_s:
                 out[c] = (f"site {site} is full: predicted to finish at {finish:.1f} s > round.deadline_s "
                           f"{job.round.deadline_s:g}")
                 heapq.heappush(workers, start)
