@@ -166,8 +166,9 @@ class _Driver:
             g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=ClientUpdate.resolve,
                        down=runtime.down_sites)
             prof.update(self.profiles, rnd, g)
+            arrived = self.watch_late(rnd, g)  # late tasks of a failed attempt keep their clients busy too
             if g.quorum_met(quorum):
-                self.carry(rnd, g)
+                self.carry(rnd, g, arrived)
                 reused = []
                 if rs.absent == "reuse":
                     self.memory.remember(rnd, params, g.updates)
@@ -186,22 +187,31 @@ class _Driver:
                                   f"to resume")
         raise AssertionError("unreachable")
 
-    def carry(self, rnd: int, g: Gathered) -> None:
-        """Late tasks of earlier rounds that have finished since: their timings teach the profiles
-        (a client too slow for the deadline is then known to be), and with round.late=carry they
-        join this round weighted by (1 + staleness) ** -staleness_exponent. This round's late ones
-        are watched from now on; a late task still running keeps its client busy."""
-        rs = self.job.round
-        keep, fresh = [], {u.client for u in g.updates}
-        for r0, client, fut in self.late:
-            stale = rnd - r0
+    def watch_late(self, rnd: int, g: Gathered) -> list[tuple[int, int, Future]]:
+        """Late tasks that have finished since they were given up: their timings teach the profiles
+        (a client too slow for the deadline is then known to be); they are returned for `carry`.
+        This attempt's late tasks are watched from now on; one still running keeps its client busy."""
+        arrived, keep = [], []
+        for item in self.late:
+            fut = item[2]
             if not fut.done():
-                keep.append((r0, client, fut))
-                continue
-            if fut.exception() is not None:
-                continue
-            prof.observe(self.profiles, fut.result())
-            if rs.late != "carry" or client in fresh or stale > rs.max_staleness:
+                keep.append(item)
+            elif fut.exception() is None:
+                prof.observe(self.profiles, fut.result())
+                arrived.append(item)
+        self.late = keep + [(rnd, c, fut) for c, (_, fut) in g.late.items()]
+        return arrived
+
+    def carry(self, rnd: int, g: Gathered, arrived: list[tuple[int, int, Future]]) -> None:
+        """round.late=carry: late updates that have arrived join this round, weighted by
+        (1 + staleness) ** -staleness_exponent, up to max_staleness rounds late."""
+        rs = self.job.round
+        if rs.late != "carry":
+            return
+        fresh = {u.client for u in g.updates}
+        for r0, client, fut in arrived:
+            stale = rnd - r0
+            if client in fresh or stale > rs.max_staleness:
                 continue
             try:
                 u = fut.result().resolve()
@@ -212,7 +222,6 @@ class _Driver:
             g.updates.append(u)
             fresh.add(client)
         g.updates.sort(key=lambda u: u.client)
-        self.late = keep + [(rnd, c, fut) for c, (_, fut) in g.late.items()]
 
     def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
         """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""

@@ -52,6 +52,25 @@ class Strategy:
             raise ValueError(f"strategy {self.name!r} keeps no state, checkpoint has {list(state)}")
 
 
+def cast_like(value: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """A float64 result back in the global tensor's dtype (integer buffers are rounded)."""
+    return value.astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else np.rint(value).astype(ref.dtype)
+
+
+def is_float(a: np.ndarray) -> bool:
+    return bool(np.issubdtype(np.asarray(a).dtype, np.floating))
+
+
+def example_weights(updates: list[ClientUpdate]) -> np.ndarray:
+    """Each update's share of the aggregate: examples x scale (a stale update weighs less), summing to 1."""
+    if not updates:
+        raise ValueError("cannot aggregate zero updates")
+    w = np.array([u.num_examples * u.scale for u in updates], dtype=np.float64)
+    if w.sum() <= 0:
+        raise ValueError("updates carry zero examples in total")
+    return w / w.sum()
+
+
 def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
     """Example-weighted mean of client params, streamed: one accumulator per tensor, no stacking.
 
@@ -61,15 +80,11 @@ def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
     Accumulates in float64 for exactness across many clients, then casts back to each tensor's dtype.
     Non-float tensors (e.g. BatchNorm's num_batches_tracked) take the weighted mean rounded.
     """
-    if not updates:
-        raise ValueError("cannot aggregate zero updates")
-    total = float(sum(u.num_examples * u.scale for u in updates))
-    if total <= 0:
-        raise ValueError("updates carry zero examples in total")
+    p = example_weights(updates)
     out: Params = OrderedDict()
     for name, ref in like.items():
         acc = np.zeros(ref.shape, dtype=np.float64)
-        for u in updates:
-            acc += np.asarray(u.params[name], dtype=np.float64) * (u.num_examples * u.scale / total)
-        out[name] = acc.astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else np.rint(acc).astype(ref.dtype)
+        for pi, u in zip(p, updates, strict=True):
+            acc += np.asarray(u.params[name], dtype=np.float64) * pi
+        out[name] = cast_like(acc, ref)
     return out

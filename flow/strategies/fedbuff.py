@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like
 
 
 class FedBuffOptions(StrategyOptions):
@@ -57,5 +57,5 @@ class FedBuff(Strategy):
             for u in updates:
                 step += np.asarray(u.params[name], dtype=np.float64) * (u.num_examples * u.scale / n)
             new = np.asarray(g, dtype=np.float64) + self.opts.server_lr * step
-            out[name] = new.astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else np.rint(new).astype(g.dtype)
+            out[name] = cast_like(new, g)
         return out

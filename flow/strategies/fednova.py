@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, example_weights
 
 
 class FedNovaOptions(StrategyOptions):
@@ -29,12 +29,7 @@ class FedNova(Strategy):
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:
-        if not updates:
-            raise ValueError("cannot aggregate zero updates")
-        w = np.array([u.num_examples * u.scale for u in updates], dtype=np.float64)
-        if w.sum() <= 0:
-            raise ValueError("updates carry zero examples in total")
-        p = w / w.sum()
+        p = example_weights(updates)
         tau = np.array([max(int(u.extras.get("steps", 1)), 1) for u in updates], dtype=np.float64)
         tau_eff = float((p * tau).sum())
         out: Params = OrderedDict()
@@ -44,5 +39,5 @@ class FedNova(Strategy):
             for pi, ti, u in zip(p, tau, updates, strict=True):
                 step += (pi / ti) * (g64 - np.asarray(u.params[name], dtype=np.float64))
             new = g64 - tau_eff * step
-            out[name] = new.astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else np.rint(new).astype(g.dtype)
+            out[name] = cast_like(new, g)
         return out
