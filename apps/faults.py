@@ -41,6 +41,16 @@ def before_training(task: dict[str, Any]) -> None:
             raise InjectedFault(f"injected failure: client {client}, round {rnd} (fail_p={f['fail_p']:.2f})")
 
 
+def tamper(task: dict[str, Any], start: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
+    """A Byzantine client (``scale_update``): send ``G + scale * (x - G)`` instead of ``x``, in place."""
+    s = (task.get("faults") or {}).get("scale_update")
+    if s is None:
+        return
+    for k, g in start.items():
+        if np.issubdtype(np.asarray(g).dtype, np.floating):
+            params[k] = (g + s * (params[k] - g)).astype(params[k].dtype)
+
+
 def after_training(task: dict[str, Any], train_s: float) -> None:
     f = task.get("faults")
     if f:

@@ -138,8 +138,18 @@ class Store:
             os.replace(tmp, path)  # readers never see a half-written object
         return Ref(uri, h.hexdigest(), size)
 
+    def keys(self, folder: str) -> list[str]:
+        """Names of the objects directly under a folder key (none if it does not exist)."""
+        uri = self._uri(folder)
+        try:
+            if self.remote:
+                return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(uri, detail=False))
+            return sorted(n for n in os.listdir(_local(uri)) if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
     def delete(self, prefix: str) -> None:
-        """Remove every object under a key prefix (a finished round's objects)."""
+        """Remove one object, or every object under a key prefix (a finished round's objects)."""
         uri = self._uri(prefix)
         if self.remote:
             if self._fs.exists(uri):
@@ -147,7 +157,11 @@ class Store:
             return
         import shutil
 
-        shutil.rmtree(_local(uri), ignore_errors=True)
+        path = Path(_local(uri))
+        if path.is_file():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
     def sweep(self, upto: int) -> None:
         """Remove every ``round-NNNNNN`` folder up to round `upto`, including objects a late client

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import faults
+from fedgrid.apps.corrections import Corrections
 from fedgrid.apps.datasets import client_arrays
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.update import ClientUpdate
@@ -100,7 +101,9 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     faults.before_training(task)
     x, y = _client_tensors(task)
     model = cached_model(task["model"])
-    set_params(model, global_params(task["params"]))
+    start = global_params(task["params"])
+    set_params(model, start)
+    fix = Corrections(task, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
     t_load = time.perf_counter() - t0
 
     tr = task["train"]
@@ -127,6 +130,8 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
             out = model(xb)
             loss = loss_fn(out, yb)
             loss.backward()
+            if fix.active:
+                fix.apply()
             opt.step()
             total_loss += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
@@ -136,10 +141,12 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     faults.after_training(task, t_train)
     t_train = time.perf_counter() - t1
     params = get_params(model)
+    faults.tamper(task, start, params)
     if not all(np.isfinite(a).all() for a in params.values()):
         raise FloatingPointError(f"client {task['client']}: training diverged (non-finite weights); "
                                  f"lower train.lr")
     t2 = time.perf_counter()
+    extras = fix.finish(steps)
     params, ref = send_back(task, params)
     return ClientUpdate(
         client=task["client"], site=task["site"], round=task["round"], num_examples=n, params=params, ref=ref,
@@ -147,5 +154,5 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
         timings={"queue": max(0.0, started - task["submitted_at"]), "load": t_load, "train": t_train,
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
                  "samples_per_s": seen / max(t_train, 1e-9)},
-        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}"},
+        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}", **extras},
     )

@@ -27,7 +27,7 @@ import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.executors import workers_per_node
-from fedgrid.flow import faults
+from fedgrid.flow import faults, validate
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.gather import SITE_DOWN, Gathered, reason_of
 
@@ -117,8 +117,8 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
                 fail(fl, reason_of(exc))
                 continue
             try:
-                u = fut.result().resolve()
-            except Exception as e:  # noqa: BLE001 - an unreadable update is this client's failure
+                u = validate.check(fut.result().resolve(), bases[fl.version], job.round.max_update_norm)
+            except Exception as e:  # noqa: BLE001 - an unreadable or invalid update is this client's failure
                 fail(fl, reason_of(e))
                 continue
             prof.observe(drv.profiles, u)

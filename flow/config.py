@@ -90,6 +90,7 @@ class RoundSpec(_Strict):
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried/reused weight (1 + staleness) ** -exponent
     max_staleness: Annotated[int, Field(ge=1)] = 2  # carried/reused updates older than this are dropped
     eval_every: Annotated[int, Field(ge=1)] = 1
+    max_update_norm: Annotated[float, Field(gt=0)] | None = None  # reject updates farther from the global model
 
 
 # A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the
@@ -139,6 +140,7 @@ class FaultSpec(_Strict):
     kill_worker_at: list[int] = Field(default_factory=list)  # rounds in which the worker process dies (once)
     lost_from: Annotated[int, Field(ge=1)] | None = None  # the site's workers are gone from this round ...
     lost_until: Annotated[int, Field(ge=1)] | None = None  # ... and come back at this round (none: never)
+    scale_update: float | None = None  # a bad client: sends G + scale * (its update - G); -10 flips and blows it up
 
     def hits(self, client: int, site: str) -> bool:
         """Whether this rule applies to a client (hosted at `site`)."""
@@ -378,6 +380,7 @@ def _check_consistency(job: Job, file: str | Path) -> None:
                           f"got {job.round.min_clients}")
     _check_data(job, file)
     _check_model(job, file)
+    _check_strategy(job, file)
     _check_faults(job, file)
 
 
@@ -397,6 +400,17 @@ def _check_faults(job: Job, file: str | Path) -> None:
         if (f.kill_worker_at or f.lost_from) and (local := sorted(s for s in hit if names[s].executor.kind == "local")):
             raise ConfigError(file, f"{key}", f"killing workers needs worker processes; site(s) {local} are "
                               "`local` threads in the driver (use htex)")
+
+
+def _check_strategy(job: Job, file: str | Path) -> None:
+    remote = [s.name for s in job.sites if not on_this_machine(s)]
+    if STRATEGIES[job.strategy.name].needs_store and remote and not job.store.url:
+        raise ConfigError(file, "store.url", f"strategy {job.strategy.name} keeps each client's control variate "
+                          f"in the store, and sites {remote} run elsewhere: set store.url to a location every "
+                          f"site can reach (a shared path or s3://...)")
+    if STRATEGIES[job.strategy.name].asynchronous and job.round.pace == "deadline":
+        raise ConfigError(file, "round.pace", f"pacing sizes the clients of a synchronous round; strategy "
+                          f"{job.strategy.name} has no rounds to pace (use round.pace: epochs)")
 
 
 def on_this_machine(site: SiteSpec) -> bool:

@@ -14,19 +14,20 @@ from fedgrid.flow.config import Job
 
 def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attempt: int = 1) -> dict[str, Any] | None:
     """The faults a client's task injects this round (None when it has none)."""
-    p_ok, slow, delay, raise_, kill = 1.0, 1.0, 0.0, False, False
+    p_ok, slow, delay, raise_, kill, scale = 1.0, 1.0, 0.0, False, False, None
     for f in job.faults:
         if not f.hits(client, site):
             continue
+        scale = f.scale_update if f.scale_update is not None else scale
         p_ok *= 1.0 - f.fail_p
         slow *= f.slowdown
         delay += f.delay_s
         raise_ |= rnd in f.raise_at
         kill |= rnd in f.kill_worker_at
-    if p_ok == 1.0 and slow == 1.0 and delay == 0.0 and not raise_ and not kill:
+    if p_ok == 1.0 and slow == 1.0 and delay == 0.0 and not raise_ and not kill and scale is None:
         return None
     return {"fail_p": 1.0 - p_ok, "slowdown": slow, "delay_s": delay, "raise": raise_, "kill": kill, "seed": job.seed,
-            "attempt": attempt, "marker_dir": marker_dir}
+            "attempt": attempt, "marker_dir": marker_dir, "scale_update": scale}
 
 
 def lost_sites(job: Job, rnd: int) -> set[str]:

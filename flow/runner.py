@@ -28,8 +28,7 @@ import numpy as np
 
 from fedgrid.apps import datasets
 from fedgrid.apps.store import Ref, Store
-from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow import asyncloop, dataplane, faults, pacing, selection
+from fedgrid.flow import asyncloop, dataplane, faults, pacing, selection, validate
 from fedgrid.flow import checkpoint as ckpt
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
@@ -163,12 +162,13 @@ class _Driver:
             futs = {c: (self.sites[c], _failed(SiteDown(SITE_DOWN)) if self.sites[c] in down else
                         runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]], instr.get(c), attempt)))
                     for c in prof.longest_first(self.profiles, clients)}
-            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=ClientUpdate.resolve,
+            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done,
+                       accept=lambda u: validate.check(u.resolve(), params, rs.max_update_norm),
                        down=runtime.down_sites)
             prof.update(self.profiles, rnd, g)
             arrived = self.watch_late(rnd, g)  # late tasks of a failed attempt keep their clients busy too
             if g.quorum_met(quorum):
-                self.carry(rnd, g, arrived)
+                self.carry(rnd, g, arrived, params)
                 reused = []
                 if rs.absent == "reuse":
                     self.memory.remember(rnd, params, g.updates)
@@ -202,7 +202,8 @@ class _Driver:
         self.late = keep + [(rnd, c, fut) for c, (_, fut) in g.late.items()]
         return arrived
 
-    def carry(self, rnd: int, g: Gathered, arrived: list[tuple[int, int, Future]]) -> None:
+    def carry(self, rnd: int, g: Gathered, arrived: list[tuple[int, int, Future]],
+              g_params: dict[str, np.ndarray]) -> None:
         """round.late=carry: late updates that have arrived join this round, weighted by
         (1 + staleness) ** -staleness_exponent, up to max_staleness rounds late."""
         rs = self.job.round
@@ -214,7 +215,7 @@ class _Driver:
             if client in fresh or stale > rs.max_staleness:
                 continue
             try:
-                u = fut.result().resolve()
+                u = validate.check(fut.result().resolve(), g_params, rs.max_update_norm)
             except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
                 log.warning("round %d: carried update of client %d dropped: %s", rnd, client, e)
                 continue
@@ -267,6 +268,9 @@ class _Driver:
         self.writer.shutdown(wait=True)
 
 
+ALL_ROUNDS = 10**9  # Store.sweep bound that takes every round's objects
+
+
 def _round_key(rnd: int) -> str:
     return f"round-{rnd:06d}"
 
@@ -308,19 +312,27 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
     }
 
 
-def open_store(job: Job, run_dir: Path, params: dict[str, np.ndarray],
-               progress: RunProgress) -> tuple[dataplane.TransferPlan, Store | None]:
-    """Decide how params travel; open (and clear out) this run's area of the store if one is used."""
+def open_store(job: Job, run_dir: Path, params: dict[str, np.ndarray], progress: RunProgress,
+               needed: bool = False, first: bool = False) -> tuple[dataplane.TransferPlan, Store | None]:
+    """Decide how params travel; open (and clear out) this run's area of the store if one is used
+    (`needed`: the strategy keeps client state there, whatever the params do; `first`: no round
+    is checkpointed yet, so no client state is referred to either)."""
     nbytes = int(sum(a.nbytes for a in params.values()))
     tp = dataplane.plan(job, nbytes, run_dir)
-    if not tp.any_ref() or tp.store_url is None:
+    url = tp.store_url or dataplane.store_url(job.store.url or str(run_dir / "store"))
+    if not (tp.any_ref() or needed):
         return tp, None
     if not job.store.url:  # an explicit store was probed before the sites started
-        dataplane.check_store(tp.store_url)
-    store = Store(dataplane.run_area(tp.store_url, job, run_dir))
-    store.delete("")  # objects a crashed driver of this run left behind; other runs' areas are theirs
+        dataplane.check_store(url)
+    store = Store(dataplane.run_area(url, job, run_dir))
+    # round objects a crashed driver of this run left behind (other runs' areas are theirs; the
+    # strategy's per-client state under state/ is kept: the checkpoint refers to it)
+    store.sweep(ALL_ROUNDS)
+    if first:
+        store.delete("state")
     refs = [s for s, r in tp.by_ref.items() if r]
-    progress.say(f"params ({nbytes / 2**20:.1f} MB) travel by reference to {', '.join(refs)} through {store.url}")
+    if refs:
+        progress.say(f"params ({nbytes / 2**20:.1f} MB) travel by reference to {', '.join(refs)} through {store.url}")
     return tp, store
 
 
@@ -404,7 +416,9 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
         torch.manual_seed(job.seed)
         drv.model = build(job.model.name, shape, num_classes, job.model.kwargs)
         params = get_params(drv.model)
-        drv.transfer, drv.store = open_store(job, run_dir, params, progress)
+        drv.transfer, drv.store = open_store(job, run_dir, params, progress, needed=drv.strategy.needs_store,
+                                             first=state is None)
+        drv.strategy.bind(job.data.clients, drv.store.url if drv.store is not None else None)
         if state is None:
             ckpt.write_round(run_dir, drv.snapshot(0, params, {"round": 0}))
         else:
@@ -438,7 +452,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
                                                time.perf_counter() - t0))
         drv.drain()
         if drv.store is not None:
-            drv.store.delete("")
+            drv.store.sweep(ALL_ROUNDS)
         last = drv.rows[-1] if drv.rows else {}
         took = time.time() - t_start
         acc = last.get("test_accuracy")

@@ -32,9 +32,13 @@ class Strategy:
     name = "base"
     Options: ClassVar[type[StrategyOptions]]
     asynchronous: ClassVar[bool] = False
+    needs_store: ClassVar[bool] = False  # keeps per-client state in the data plane (SCAFFOLD)
 
     def __init__(self, opts: StrategyOptions | None = None):
         self.opts = opts if opts is not None else self.Options()
+
+    def bind(self, clients: int, store_url: str | None) -> None:
+        """Told by the driver before round 1: how many clients the job has, and the store's URL."""
 
     def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
         """Extra per-client instructions merged into each train task (none by default)."""

@@ -1,0 +1,97 @@
+"""Per-step gradient corrections a strategy asks of local training.
+
+- FedProx (``train.prox_mu``): the proximal term ``mu / 2 * ||w - G||^2`` adds ``mu * (w - G)``
+  to each step's gradient, pulling the local model back toward the global one.
+- SCAFFOLD (``train.scaffold``): each step's gradient is corrected by ``c - c_i`` (the server's
+  control variate minus this client's), which cancels the client's drift toward its own data.
+  After training the client's new variate is ``c_i+ = c_i - c + (G - y) / (K * lr)`` (option II of
+  Karimireddy et al. 2020). It never leaves the data plane: it is read from and written back to
+  the store (one object per client and round, the previous one kept until the driver has
+  checkpointed past it), and only ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
+
+Both act on the model's trainable parameters only (not on buffers such as BatchNorm statistics).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.store import Ref, Store, StoreError, fetch
+
+
+class Corrections:
+    def __init__(self, task: dict[str, Any], model: Any, global_params: dict[str, np.ndarray]):
+        import torch
+
+        tr = task["train"]
+        self.params = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+        self.mu = float(tr.get("prox_mu") or 0.0)
+        self.sc: dict[str, Any] | None = tr.get("scaffold")
+        self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])) for n in self.params} if (
+            self.mu or self.sc) else {}
+        self.task = task
+        self.reset = False
+        self.ci: dict[str, np.ndarray] = {}
+        self.shift: dict[str, Any] = {}
+        if self.sc:
+            self.ci = self._read_ci()
+            c = self.sc.get("c") or {}
+            self.shift = {n: torch.from_numpy(np.asarray(c[n], np.float32) - self.ci[n]) if n in c
+                          else torch.from_numpy(-self.ci[n]) for n in self.params}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.mu or self.sc)
+
+    def _read_ci(self) -> dict[str, np.ndarray]:
+        ref = self.sc.get("ci")
+        zeros = {n: np.zeros(tuple(p.shape), np.float32) for n, p in self.params.items()}
+        if not ref:
+            return zeros
+        try:
+            got = fetch(Ref(**ref))
+        except StoreError:
+            self.reset = True  # the object is gone (a store wiped by hand): start this client over
+            return zeros
+        return {n: np.asarray(got[n], np.float32) for n in self.params}
+
+    def apply(self) -> None:
+        """Correct the gradients in place; call after backward(), before the optimiser step."""
+        for n, p in self.params.items():
+            if p.grad is None:
+                continue
+            if self.mu:
+                p.grad.add_(p.detach() - self.anchor[n], alpha=self.mu)
+            if self.sc:
+                p.grad.add_(self.shift[n])
+
+    def finish(self, steps: int) -> dict[str, Any]:
+        """SCAFFOLD: write the new variate to the store; return what the driver needs."""
+        if not self.sc:
+            return {}
+        lr = float(self.task["train"]["lr"])
+        c = self.sc.get("c") or {}
+        new, delta = OrderedDict(), OrderedDict()
+        for n, p in self.params.items():
+            drift = (self.anchor[n].numpy() - p.detach().numpy()) / (max(steps, 1) * lr)
+            new[n] = (self.ci[n] - np.asarray(c.get(n, 0.0), np.float32) + drift).astype(np.float32)
+            delta[n] = new[n] - self.ci[n]
+        store = Store(self.sc["store"])
+        ref = store.put(new, self.sc["key"])
+        self._prune(store)
+        return {"scaffold_delta_c": delta, "scaffold_ci": {"uri": ref.uri, "sha256": ref.sha256, "nbytes": ref.nbytes},
+                "scaffold_reset": self.reset}
+
+    def _prune(self, store: Store) -> None:
+        """Drop this client's variates older than the one it read (no checkpoint refers to them)."""
+        read = self.sc.get("ci")
+        if not read:
+            return
+        folder, name = self.sc["key"].rsplit("/", 1)
+        kept = read["uri"].rsplit("/", 1)[1]
+        for key in store.keys(folder):
+            if key < kept:
+                store.delete(f"{folder}/{key}")

@@ -1,0 +1,54 @@
+"""Krum and multi-Krum: aggregate only the updates that sit closest to the others.
+
+Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent",
+NeurIPS 2017. With k updates of which at most ``byzantine`` (f) are bad, each update's score is
+the sum of squared distances to its ``k - f - 2`` nearest neighbours; honest updates cluster, so
+the bad ones score high. Krum keeps the single best-scoring update; multi-Krum (``keep`` > 1;
+by default ``k - f``) averages the best ``keep`` of them, weighted by examples. Distances come from
+one Gram matrix of the flattened updates, accumulated tensor by tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
+
+
+class KrumOptions(StrategyOptions):
+    name: Literal["krum", "multikrum"] = "krum"
+    byzantine: Annotated[int, Field(ge=0)] = 1  # f: how many bad updates a round may hold
+    keep: Annotated[int, Field(ge=1)] | None = None  # updates averaged (krum: 1; multikrum: k - f)
+
+
+class Krum(Strategy):
+    name = "krum"
+    Options = KrumOptions
+    opts: KrumOptions
+
+    def scores(self, global_params: Params, updates: list[ClientUpdate]) -> np.ndarray:
+        k, f = len(updates), self.opts.byzantine
+        gram = np.zeros((k, k))
+        for name, g in global_params.items():
+            flat = np.stack([np.asarray(u.params[name], np.float64).ravel() - np.asarray(g, np.float64).ravel()
+                             for u in updates])
+            gram += flat @ flat.T
+        sq = np.diag(gram)
+        dist = np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0)
+        near = max(1, k - f - 2)
+        return np.array([np.sort(np.delete(dist[i], i))[:near].sum() for i in range(k)])
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
+                  failures: list[dict[str, Any]]) -> Params:
+        if not updates:
+            raise ValueError("cannot aggregate zero updates")
+        if len(updates) < 3:
+            return weighted_mean(updates, global_params)  # no neighbours to compare with
+        keep = self.opts.keep or (1 if self.opts.name == "krum" else len(updates) - self.opts.byzantine)
+        best = np.argsort(self.scores(global_params, updates), kind="stable")[:max(1, min(keep, len(updates)))]
+        return weighted_mean([updates[i] for i in sorted(best)], global_params)
+

@@ -1,0 +1,95 @@
+"""SCAFFOLD: stochastic controlled averaging; control variates cancel client drift.
+
+Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", ICML 2020.
+The server keeps a control variate ``c`` and every client ``i`` its own ``c_i``, estimates of
+the global and the local gradient direction. Each local step uses ``grad + c - c_i``, so a client
+follows the global direction rather than its own data's; afterwards it updates
+``c_i+ = c_i - c + (G - y_i) / (K * lr)`` (option II). The server steps
+``G' = G + server_lr * mean(y_i - G)`` and ``c' = c + |S| / N * mean(c_i+ - c_i)``.
+
+Where the state lives: ``c`` is the strategy state (checkpointed with the round). Each ``c_i``
+stays in the data plane, one object per client in ``<store>/state/scaffold/``, written by the
+client's site (apps/corrections.py); the driver's checkpoint holds only a reference (round,
+sha256, size) to each client's current object, so a resume reads exactly the variates that round
+was aggregated with, and an object newer than the checkpoint is never used.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, is_float, weighted_mean
+
+STATE_DIR = "state/scaffold"
+
+
+class ScaffoldOptions(StrategyOptions):
+    name: Literal["scaffold"] = "scaffold"
+    server_lr: Annotated[float, Field(gt=0)] = 1.0  # eta_g
+
+
+class Scaffold(Strategy):
+    name = "scaffold"
+    Options = ScaffoldOptions
+    opts: ScaffoldOptions
+    needs_store = True
+
+    def __init__(self, opts: ScaffoldOptions | None = None):
+        super().__init__(opts)
+        self.c: Params = OrderedDict()  # server control variate (float32, trainable params only)
+        self.refs: dict[int, dict[str, Any]] = {}  # client -> its current c_i object {uri, sha256, nbytes}
+        self.clients = 0
+        self.store_url = ""
+
+    def bind(self, clients: int, store_url: str | None) -> None:
+        self.clients, self.store_url = clients, store_url or ""
+
+    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+        if not self.store_url:
+            raise RuntimeError("scaffold needs the store for its client variates (the driver binds it)")
+        c = {k: v.astype(np.float32) for k, v in self.c.items()}
+        return {cl: {"scaffold": {"c": c, "ci": self.refs.get(cl), "store": self.store_url,
+                                  "key": f"{STATE_DIR}/client-{cl:06d}/round-{rnd:06d}"}} for cl in clients}
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
+                  failures: list[dict[str, Any]]) -> Params:
+        avg = weighted_mean(updates, global_params)
+        out: Params = OrderedDict()
+        for name, g in global_params.items():
+            if not is_float(g):
+                out[name] = avg[name]
+                continue
+            g64 = np.asarray(g, np.float64)
+            out[name] = cast_like(g64 + self.opts.server_lr * (avg[name].astype(np.float64) - g64), g)
+        fresh = [u for u in updates if "scaffold_delta_c" in u.extras and not u.staleness]
+        if fresh:
+            share = len(fresh) / max(self.clients, len(fresh))
+            for name in fresh[0].extras["scaffold_delta_c"]:
+                mean = np.mean([np.asarray(u.extras["scaffold_delta_c"][name], np.float64) for u in fresh], axis=0)
+                self.c[name] = self.c.get(name, np.zeros_like(mean)) + share * mean
+            for u in fresh:
+                self.refs[u.client] = dict(u.extras["scaffold_ci"])
+        return out
+
+    def state(self) -> Params:
+        out: Params = OrderedDict((f"c/{k}", v) for k, v in self.c.items())
+        for cl, ref in sorted(self.refs.items()):
+            out[f"ci/{cl}/nbytes"] = np.array(ref["nbytes"], np.int64)
+            out[f"ci/{cl}/sha256"] = np.frombuffer(bytes.fromhex(ref["sha256"]), np.uint8)
+            out[f"ci/{cl}/uri"] = np.frombuffer(ref["uri"].encode(), np.uint8)
+        return out
+
+    def load_state(self, state: Params) -> None:
+        self.c = OrderedDict((k[2:], np.asarray(v, np.float64)) for k, v in state.items() if k.startswith("c/"))
+        self.refs = {}
+        for k, v in state.items():
+            if k.startswith("ci/") and k.endswith("/uri"):
+                cl = k.split("/")[1]
+                self.refs[int(cl)] = {"uri": bytes(np.asarray(v, np.uint8)).decode(),
+                                      "sha256": bytes(np.asarray(state[f"ci/{cl}/sha256"], np.uint8)).hex(),
+                                      "nbytes": int(state[f"ci/{cl}/nbytes"])}

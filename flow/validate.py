@@ -1,0 +1,48 @@
+"""Every update is checked before it can reach the aggregate.
+
+A broken site (a diverged client, a different model version, a corrupted transfer) or a hostile
+one can send anything. An update is accepted only if it has exactly the global model's tensor
+names, shapes and dtypes, only finite values, a positive example count, and — when
+``round.max_update_norm`` is set — an update (its distance from the global model, over the float
+tensors) no longer than that bound. A rejected update becomes that client's failure with the
+reason (in the rounds table), does not count toward the quorum, and never stops the round.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedgrid.apps.update import ClientUpdate
+
+
+class InvalidUpdate(ValueError):
+    """An update that failed validation; the message is the reason recorded for the client."""
+
+
+def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None = None) -> ClientUpdate:
+    """Return `u` if it may be aggregated against the global params `like`; raise InvalidUpdate."""
+    if list(u.params) != list(like):
+        missing = [k for k in like if k not in u.params]
+        extra = [k for k in u.params if k not in like]
+        raise InvalidUpdate(f"rejected: tensor names differ from the global model's (missing {missing[:3]}, "
+                            f"unexpected {extra[:3]})" if missing or extra else "rejected: tensors out of order")
+    if not u.num_examples or u.num_examples < 0:
+        raise InvalidUpdate(f"rejected: num_examples is {u.num_examples}")
+    sq = 0.0
+    for name, g in like.items():
+        a = np.asarray(u.params[name])
+        if a.shape != g.shape:
+            raise InvalidUpdate(f"rejected: {name} has shape {a.shape}, expected {g.shape}")
+        if a.dtype != g.dtype:
+            raise InvalidUpdate(f"rejected: {name} has dtype {a.dtype}, expected {g.dtype}")
+        if np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise InvalidUpdate(f"rejected: {name} has non-finite values")
+            if max_norm is not None:
+                d = a.astype(np.float64) - g
+                sq += float(np.dot(d.ravel(), d.ravel()))
+    if max_norm is not None and math.sqrt(sq) > max_norm:
+        raise InvalidUpdate(f"rejected: update norm {math.sqrt(sq):.3g} > round.max_update_norm {max_norm:g}")
+    return u

@@ -1,0 +1,49 @@
+"""What FedProx and SCAFFOLD change inside local training, on a real torch module and a real store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedgrid.apps.corrections import Corrections
+from fedgrid.apps.store import Ref, Store, fetch
+
+torch = pytest.importorskip("torch")
+
+
+def _model():
+    m = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[2.0, -1.0]]))
+    m.weight.grad = torch.zeros_like(m.weight)
+    return m
+
+
+def test_fedprox_adds_mu_times_the_distance_to_the_global_model() -> None:
+    m = _model()
+    fix = Corrections({"train": {"prox_mu": 0.5, "lr": 0.1}}, m, {"weight": np.array([[1.0, 1.0]], np.float32)})
+    fix.apply()
+    np.testing.assert_allclose(m.weight.grad.numpy(), [[0.5, -1.0]])  # 0.5 * ([2, -1] - [1, 1])
+    assert fix.finish(3) == {}
+
+
+def test_scaffold_corrects_each_step_and_keeps_the_client_variate_in_the_store(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    old = store.put({"weight": np.array([[0.25, 0.0]], np.float32)}, "state/scaffold/client-000007/round-000001")
+    older = store.put({"weight": np.zeros((1, 2), np.float32)}, "state/scaffold/client-000007/round-000000")
+    sc = {"c": {"weight": np.array([[1.0, 1.0]], np.float32)}, "store": str(tmp_path),
+          "ci": {"uri": old.uri, "sha256": old.sha256, "nbytes": old.nbytes},
+          "key": "state/scaffold/client-000007/round-000004"}
+    m = _model()
+    g = {"weight": np.array([[1.0, 0.0]], np.float32)}
+    fix = Corrections({"train": {"lr": 0.5, "scaffold": sc}}, m, g)
+    fix.apply()
+    np.testing.assert_allclose(m.weight.grad.numpy(), [[0.75, 1.0]])  # + c - c_i
+    out = fix.finish(steps=2)  # y = [2, -1]: c_i+ = c_i - c + (G - y) / (2 * 0.5) = [-1.75, 0]
+    new = fetch(Ref(**out["scaffold_ci"]))
+    np.testing.assert_allclose(new["weight"], [[0.25 - 1 - 1, 0 - 1 + 1]])
+    np.testing.assert_allclose(out["scaffold_delta_c"]["weight"], [[-2.0, 0.0]])
+    assert not out["scaffold_reset"]
+    # the variate it read is kept (the last checkpoint refers to it); older ones are gone
+    assert store.keys("state/scaffold/client-000007") == ["round-000001", "round-000004"]
+    assert older.uri.endswith("round-000000")
