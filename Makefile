@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/faults.py $(BENCH_ARGS)
 	$(BIN)/python bench/hetero.py $(BENCH_ARGS)
 	$(BIN)/python bench/crash.py
+	$(BIN)/python bench/strategies.py
+	$(BIN)/python bench/strategies.py --byzantine
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, TimeoutError, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,9 +57,27 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
         remaining = deadline_s - (time.monotonic() - t0)
         if remaining <= 0 or len(out.updates) + len(pending) < quorum:
             break
-        done, _ = wait(list(pending), timeout=min(remaining, poll_s) if down else remaining,
-                       return_when=FIRST_COMPLETED)
-        if down and not done and (lost := down()):
+        # as_completed registers one waiter for the whole batch (wait() in a loop would register
+        # one per pending future per answer: quadratic in the clients per round)
+        try:
+            for fut in as_completed(list(pending), timeout=min(remaining, poll_s) if down else remaining):
+                client = pending.pop(fut)
+                site = futures[client][0]
+                exc = fut.exception()
+                if exc is None:
+                    try:
+                        out.updates.append(accept(fut.result()) if accept is not None else fut.result())
+                    except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
+                        exc = e
+                if exc is not None:
+                    out.failures.append({"client": client, "site": site, "reason": reason_of(exc)})
+                if on_result:
+                    on_result(client, exc is None)
+                if len(out.updates) + len(pending) < quorum:
+                    break
+        except TimeoutError:
+            pass
+        if down and pending and (lost := down()):
             for fut, client in list(pending.items()):
                 site = futures[client][0]
                 if site in lost:
@@ -68,22 +86,6 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                     out.failures.append({"client": client, "site": site, "reason": SITE_DOWN})
                     if on_result:
                         on_result(client, False)
-            continue
-        for fut in done:
-            client = pending.pop(fut)
-            site = futures[client][0]
-            exc = fut.exception()
-            if exc is None and accept is not None:
-                try:
-                    out.updates.append(accept(fut.result()))
-                except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
-                    exc = e
-            elif exc is None:
-                out.updates.append(fut.result())
-            if exc is not None:
-                out.failures.append({"client": client, "site": site, "reason": reason_of(exc)})
-            if on_result:
-                on_result(client, exc is None)
     elapsed = time.monotonic() - t0
     for fut, client in pending.items():
         why = (f"late: no answer within round.deadline_s={deadline_s:g}" if elapsed >= deadline_s

@@ -114,3 +114,35 @@ def test_prune_keeps_round_zero_and_newest(tmp_path):
         ckpt.write_round(tmp_path, _state(r))
     ckpt.prune(tmp_path, keep=2, newest=5)
     assert [r for r, _ in ckpt.round_files(tmp_path)] == [0, 4, 5]
+
+
+def test_a_v1_round_file_still_reads_and_verifies(tmp_path) -> None:
+    """Round files written before the CRC format (one sha256 over every byte) stay readable."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cols = {"section": ["params"], "name": ["w"], "dtype": [w.dtype.str], "shape": [[2, 3]], "data": [w.tobytes()]}
+    table = pa.table(cols, schema=ckpt._SCHEMA)
+    meta = {b"fedgrid.format": b"fedgrid.round.v1", b"fedgrid.round": b"4", b"fedgrid.fingerprint": b"f",
+            b"fedgrid.rng": b"{}", b"fedgrid.row": json.dumps({"round": 4}).encode(), b"fedgrid.job": b"{}"}
+    h = hashlib.sha256()
+    for k in sorted(meta):
+        h.update(k + b"=" + meta[k] + b"\n")
+    h.update(f"params|w|{w.dtype.str}|[2, 3]|{w.nbytes}\n".encode())
+    h.update(w.tobytes())
+    meta[b"fedgrid.sha256"] = h.hexdigest().encode()
+    path = ckpt.round_path(tmp_path, 4)
+    path.parent.mkdir(parents=True)
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema.with_metadata(meta)) as wr:
+        wr.write_table(table)
+    back = ckpt.read_round(path)
+    assert back.round == 4 and np.array_equal(back.params["w"], w)
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(w.tobytes()) + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ckpt.CheckpointError, match="checksum"):
+        ckpt.read_round(path)

@@ -75,8 +75,47 @@ def example_weights(updates: list[ClientUpdate]) -> np.ndarray:
     return w / w.sum()
 
 
+CHUNK = 1 << 15  # elements per slice: the slice's accumulators and temporaries stay in L2
+GROUP = 16  # float32 tensors: clients summed in float32 before folding into the float64 total
+
+
+def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """``sum_i weights[i] * tensors[i]`` as float64, one cache-sized slice at a time.
+
+    Aggregation is memory-bound. Summing whole tensors would stream full-size accumulators and
+    temporaries through memory once per client; slicing keeps them in cache, so each client's
+    tensor is read from memory once. float32 tensors are multiplied and summed in float32 (mixed
+    float32/float64 arithmetic is several times slower in numpy) in groups of GROUP clients, each
+    group folded into a float64 total: the error stays that of a 16-term float32 sum however many
+    clients there are. Together this runs at or above the speed of a plain copy of the same
+    bytes (bench/throughput.py).
+    """
+    first = np.asarray(tensors[0])
+    f32 = all(np.asarray(t).dtype == np.float32 for t in tensors)
+    work = np.float32 if f32 else np.float64
+    w = np.asarray(weights, dtype=work)
+    out = np.empty(first.shape, dtype=np.float64)
+    flat_out = out.reshape(-1)
+    flats = [np.asarray(t).reshape(-1) for t in tensors]
+    n = flat_out.size
+    part, tmp = np.empty(min(CHUNK, n), dtype=work), np.empty(min(CHUNK, n), dtype=work)
+    for s in range(0, n, CHUNK):
+        e = min(s + CHUNK, n)
+        acc, t = part[:e - s], tmp[:e - s]
+        for g in range(0, len(flats), GROUP if f32 else len(flats)):
+            np.multiply(flats[g][s:e], w[g], out=acc)
+            for i in range(g + 1, min(g + (GROUP if f32 else len(flats)), len(flats))):
+                np.multiply(flats[i][s:e], w[i], out=t)
+                acc += t
+            if g == 0:
+                flat_out[s:e] = acc
+            else:
+                flat_out[s:e] += acc
+    return out
+
+
 def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
-    """Example-weighted mean of client params, streamed: one accumulator per tensor, no stacking.
+    """Example-weighted mean of client params (streamed: no stacking of k copies).
 
     Each update weighs ``num_examples * scale``; scale is below 1 only for a late update carried
     into a later round (staleness weighting).
@@ -85,10 +124,5 @@ def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
     Non-float tensors (e.g. BatchNorm's num_batches_tracked) take the weighted mean rounded.
     """
     p = example_weights(updates)
-    out: Params = OrderedDict()
-    for name, ref in like.items():
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for pi, u in zip(p, updates, strict=True):
-            acc += np.asarray(u.params[name], dtype=np.float64) * pi
-        out[name] = cast_like(acc, ref)
-    return out
+    return OrderedDict((name, cast_like(weighted_sum([u.params[name] for u in updates], p), ref))
+                       for name, ref in like.items())

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, weighted_sum
 
 
 class FedBuffOptions(StrategyOptions):
@@ -51,11 +51,10 @@ class FedBuff(Strategy):
         n = float(sum(u.num_examples for u in updates))
         if n <= 0:
             raise ValueError("updates carry zero examples in total")
+        w = np.array([u.num_examples * u.scale / n for u in updates])
         out: Params = OrderedDict()
         for name, g in global_params.items():
-            step = np.zeros(g.shape, dtype=np.float64)
-            for u in updates:
-                step += np.asarray(u.params[name], dtype=np.float64) * (u.num_examples * u.scale / n)
+            step = weighted_sum([u.params[name] for u in updates], w)
             new = np.asarray(g, dtype=np.float64) + self.opts.server_lr * step
             out[name] = cast_like(new, g)
         return out

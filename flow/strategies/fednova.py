@@ -16,7 +16,14 @@ from typing import Any, Literal
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, example_weights
+from fedgrid.flow.strategies.base import (
+    Params,
+    Strategy,
+    StrategyOptions,
+    cast_like,
+    example_weights,
+    weighted_sum,
+)
 
 
 class FedNovaOptions(StrategyOptions):
@@ -32,12 +39,13 @@ class FedNova(Strategy):
         p = example_weights(updates)
         tau = np.array([max(int(u.extras.get("steps", 1)), 1) for u in updates], dtype=np.float64)
         tau_eff = float((p * tau).sum())
+        # G - tau_eff * sum_i (p_i / tau_i) (G - x_i) = G (1 - tau_eff * a) + tau_eff * sum_i (p_i / tau_i) x_i,
+        # with a = sum_i p_i / tau_i: one streamed weighted sum per tensor
+        w = p / tau
+        a = float(w.sum())
         out: Params = OrderedDict()
         for name, g in global_params.items():
-            g64 = np.asarray(g, dtype=np.float64)
-            step = np.zeros(g.shape, dtype=np.float64)
-            for pi, ti, u in zip(p, tau, updates, strict=True):
-                step += (pi / ti) * (g64 - np.asarray(u.params[name], dtype=np.float64))
-            new = g64 - tau_eff * step
+            new = np.asarray(g, dtype=np.float64) * (1.0 - tau_eff * a)
+            new += tau_eff * weighted_sum([u.params[name] for u in updates], w)
             out[name] = cast_like(new, g)
         return out
