@@ -111,6 +111,21 @@ def _digits(seed: int, test_fraction: float, split: str) -> Arrays:
     return Arrays(x[idx], y[idx], 10)
 
 
+def _synthetic(data: dict[str, Any], seed: int, split: str) -> Arrays:
+    """Gaussian features labelled by a fixed random linear teacher: learnable, any size, no files.
+
+    For smoke tests and for benchmarks of the round machinery at thousands of clients, where a
+    real dataset would be too small to split or would dominate the cost.
+    """
+    shape = tuple(data.get("shape") or [16])
+    classes = int(data.get("num_classes") or 4)
+    dim = int(np.prod(shape))
+    teacher = np.random.default_rng([seed, 0x7EAC]).standard_normal((dim, classes)).astype(np.float32)
+    n = int(data["clients"]) * int(data.get("samples_per_client") or 32) if split == "train" else 1024
+    x = np.random.default_rng([seed, 1 if split == "train" else 2]).standard_normal((n, dim), dtype=np.float32)
+    return Arrays(x.reshape(n, *shape), (x @ teacher).argmax(1).astype(np.int64), classes)
+
+
 def read_parquet(path: str, spec: dict[str, Any]) -> tuple[Arrays, np.ndarray | None]:
     """Features and labels from a Parquet file; also the natural-partition column when asked."""
     import pyarrow.parquet as pq
@@ -148,6 +163,8 @@ def load_pool(data: dict[str, Any], seed: int) -> tuple[Arrays, np.ndarray | Non
     ds = data["dataset"]
     if ds == "digits":
         return _digits(seed, data.get("test_fraction", 0.2), "train"), None
+    if ds == "synthetic":
+        return _synthetic(data, seed, "train"), None
     if ds == "fashion_mnist":
         root = data.get("root") or FMNIST_DEFAULT_ROOT
         if why := fashion_mnist_missing(root):
@@ -161,6 +178,8 @@ def load_test(data: dict[str, Any], seed: int) -> Arrays | None:
     ds = data["dataset"]
     if ds == "digits":
         return _digits(seed, data.get("test_fraction", 0.2), "test")
+    if ds == "synthetic":
+        return _synthetic(data, seed, "test")
     if ds == "fashion_mnist":
         return _fashion_mnist(data.get("root") or FMNIST_DEFAULT_ROOT, "test")
     if data.get("test_path"):

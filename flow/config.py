@@ -47,7 +47,7 @@ class PartitionSpec(_Strict):
 class DataSpec(_Strict):
     """What data each client trains on and what the driver evaluates on."""
 
-    dataset: Literal["digits", "fashion_mnist", "parquet"] = "digits"
+    dataset: Literal["digits", "fashion_mnist", "parquet", "synthetic"] = "digits"
     clients: Annotated[int, Field(ge=1)] = 10
     partition: PartitionSpec = PartitionSpec()
     root: str | None = None  # fashion_mnist folder of idx .gz files
@@ -58,10 +58,11 @@ class DataSpec(_Strict):
     shape: list[int] | None = None  # parquet: input shape, e.g. [1, 28, 28]
     num_classes: Annotated[int, Field(ge=2)] | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits: held-out share
+    samples_per_client: Annotated[int, Field(ge=1)] = 32  # synthetic: rows per client
 
 
 class TrainSpec(_Strict):
-    epochs: Annotated[int, Field(ge=1)] = 1
+    epochs: Annotated[int, Field(ge=0)] = 1  # 0: no local training (a dry run of the round machinery)
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0

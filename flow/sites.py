@@ -47,6 +47,23 @@ def warm_slots(site: Any) -> int:
     return getattr(site.executor, "workers", 1)
 
 
+def parsl_logging() -> Any:
+    """Parsl's own log (run_dir/parsl/.../parsl.log) at INFO, or DEBUG with FEDGRID_PARSL_DEBUG=1.
+
+    At DEBUG Parsl writes about eight lines per task from the driver's submit path: at a thousand
+    clients a round that is a millisecond per client, half of fedgrid's whole per-client overhead
+    (bench/overhead.py). INFO keeps every state change worth reading after a failure.
+    """
+    import logging
+    import os
+
+    from parsl.logconfigs.file import FileLogging
+
+    level = logging.DEBUG if os.environ.get("FEDGRID_PARSL_DEBUG") else logging.INFO
+    logging.getLogger("parsl").setLevel(level)  # an earlier DFK in this process may have left DEBUG
+    return FileLogging(level=level)
+
+
 class SiteRuntime:
     """Started executors for every site of a job, and a `submit` that routes by site."""
 
@@ -66,7 +83,7 @@ class SiteRuntime:
         config = Config(executors=executors, strategy="simple" if scaled else "none",
                         strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
                         retry_handler=retry_cost,
-                        run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=True)
+                        run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=parsl_logging())
         t0 = time.perf_counter()
         self.dfk = DataFlowKernel(config)
         self.start_s = time.perf_counter() - t0
