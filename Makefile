@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-full clean
 
 venv: $(STAMP)
 
@@ -26,13 +26,12 @@ test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
-	$(BIN)/python bench/sites.py $(BENCH_ARGS)
-	$(BIN)/python bench/faults.py $(BENCH_ARGS)
-	$(BIN)/python bench/hetero.py $(BENCH_ARGS)
-	$(BIN)/python bench/crash.py
-	$(BIN)/python bench/strategies.py
-	$(BIN)/python bench/strategies.py --byzantine
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
+
+bench-full: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python bench/all.py --full $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

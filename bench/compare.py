@@ -1,0 +1,97 @@
+"""fedgrid side by side with Flower, and against the compute floor (issue 6).
+
+    python bench/compare.py [--rounds 10]
+
+The fmnist example's workload (20 Dirichlet clients, the cnn, 1 local epoch, lr 0.05, every client
+every round, central evaluation each round) three ways, one after another on this machine:
+
+- **fedgrid**: `fedgrid run examples/fmnist.yaml --fresh` in a subprocess, as a user runs it
+  (one HTEX site of 2 workers, one CPU per client);
+- **Flower**: the same model, partitions, initial weights, shuffling and FedAvg under Flower's
+  simulation engine (bench/flower_fmnist.py; `pip install 'fedgrid[bench]'`), one CPU per client;
+- **floor**: every client's shard trained once in one process with no framework at all
+  (bench/run.py), divided by the 2 workers: the least a round can take here.
+
+Both frameworks are timed from their process's start. Peak memory is the resident memory of the
+process and all its children (workers, interchange, Ray) sampled every 0.2 s. Flower evaluates
+inside its round while fedgrid evaluates in the background, so Flower's seconds per round is also
+given without its evaluation. Writes bench/results/compare.json; prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from flower_fmnist import PeakRSS  # noqa: E402
+from run import bench_floor, bench_fmnist  # noqa: E402
+
+
+def run_fedgrid(rounds: int, work: Path) -> dict:
+    mem = PeakRSS()
+    mem.start()
+    try:
+        out = bench_fmnist(rounds, work)
+    finally:
+        out_peak = mem.stop()
+    return {**out, "peak_rss_mb": out_peak / 2**20}
+
+
+def run_flower(rounds: int, work: Path) -> dict | None:
+    dest = work / "flower.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "flower_fmnist.py"), "--rounds", str(rounds),
+                           "--out", str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"Flower run failed (pip install 'fedgrid[bench]'?): {' | '.join(tail)}", file=sys.stderr)
+        return None
+    return json.loads(dest.read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        fg = run_fedgrid(args.rounds, Path(d))
+        fl = run_flower(args.rounds, Path(d))
+    floor = bench_floor()
+    floor_round = floor["train_all_s"] / fg["workers"]
+    res = {"date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "fedgrid": fg, "flower": fl,
+           "floor": {**floor, "per_round_s": floor_round, "workers": fg["workers"]}}
+    out = REPO / "bench" / "results" / "compare.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+
+    print(f"| fmnist, {args.rounds} rounds, 20 clients, 2 CPUs | fedgrid | Flower | fedgrid / Flower |")
+    print("|---|---|---|---|")
+    if fl:
+        fl_no_eval = sorted(r - e for r, e in zip(fl["round_s"], fl["eval_s"], strict=True))[len(fl["round_s"]) // 2]
+        rows = [("time to first finished round", fg["first_round_s"], fl["first_round_s"], "s"),
+                ("median seconds per round", fg["median_round_s"], fl["median_round_s"], "s"),
+                ("... Flower without its in-round evaluation", fg["median_round_s"], fl_no_eval, "s"),
+                ("total wall time", fg["total_s"], fl["total_s"], "s"),
+                ("peak memory (process tree)", fg["peak_rss_mb"], fl["peak_rss_mb"], "MB")]
+        for name, a, b, unit in rows:
+            print(f"| {name} | {a:.2f} {unit} | {b:.2f} {unit} | {a / b:.2f} |")
+        print(f"| accuracy at round {args.rounds} | {fg['accuracy'][-1]:.4f} | {fl['accuracy'][-1]:.4f} | "
+              f"{(fg['accuracy'][-1] - fl['accuracy'][-1]) * 100:+.2f} points |")
+        print(f"| accuracy per round | {', '.join(f'{a:.3f}' for a in fg['accuracy'])} | "
+              f"{', '.join(f'{a:.3f}' for a in fl['accuracy'])} | |")
+    print(f"\nCompute floor: {floor['samples']} samples trained once in {floor['train_all_s']:.2f} s on one thread, "
+          f"{floor_round:.2f} s per round on {fg['workers']} workers; fedgrid's median round is "
+          f"{fg['median_round_s'] / floor_round:.2f}x the floor (target <= 1.15)"
+          + (f", Flower's {fl['median_round_s'] / floor_round:.2f}x." if fl else "."))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
