@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -111,6 +112,22 @@ def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
                 flat_out[s:e] = acc
             else:
                 flat_out[s:e] += acc
+    return out
+
+
+def server_step(updates: list[ClientUpdate], global_params: Params,
+                step: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> Params:
+    """A server optimiser's round: ``step(name, G, delta)`` returns the new float64 tensor from the
+    global one and the pseudo-gradient ``delta = avg - G`` (avg: the example-weighted mean of the
+    clients). Integer buffers (BatchNorm counters) take the plain weighted mean."""
+    avg = weighted_mean(updates, global_params)
+    out: Params = OrderedDict()
+    for name, g in global_params.items():
+        if not is_float(g):
+            out[name] = avg[name]
+            continue
+        g64 = np.asarray(g, np.float64)
+        out[name] = cast_like(step(name, g64, avg[name].astype(np.float64) - g64), g)
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, is_float, weighted_mean
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
 
 
 class FedAvgMOptions(StrategyOptions):
@@ -37,17 +37,12 @@ class FedAvgM(Strategy):
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:
-        avg = weighted_mean(updates, global_params)
-        out: Params = OrderedDict()
-        for name, g in global_params.items():
-            if not is_float(g):
-                out[name] = avg[name]  # integer buffers (BatchNorm counters) just take the mean
-                continue
-            grad = np.asarray(g, np.float64) - avg[name].astype(np.float64)
-            v = self.opts.momentum * self.velocity.get(name, np.zeros_like(grad)) + grad
+        def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
+            v = self.opts.momentum * self.velocity.get(name, np.zeros_like(g)) - delta  # grad = G - avg
             self.velocity[name] = v
-            out[name] = cast_like(np.asarray(g, np.float64) - self.opts.server_lr * v, g)
-        return out
+            return g - self.opts.server_lr * v
+
+        return server_step(updates, global_params, step)
 
     def state(self) -> Params:
         return OrderedDict((f"v/{k}", v) for k, v in self.velocity.items())

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, is_float, weighted_mean
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
 
 
 class FedOptOptions(StrategyOptions):
@@ -43,20 +43,15 @@ class FedOpt(Strategy):
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:
-        avg = weighted_mean(updates, global_params)
         o = self.opts
-        out: Params = OrderedDict()
-        for name, g in global_params.items():
-            if not is_float(g):
-                out[name] = avg[name]
-                continue
-            g64 = np.asarray(g, np.float64)
-            delta = avg[name].astype(np.float64) - g64
-            m = o.beta_1 * self.m.get(name, np.zeros_like(g64)) + (1 - o.beta_1) * delta
-            v = self.second_moment(self.v.get(name, np.full_like(g64, o.tau**2)), delta * delta)
+
+        def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
+            m = o.beta_1 * self.m.get(name, np.zeros_like(g)) + (1 - o.beta_1) * delta
+            v = self.second_moment(self.v.get(name, np.full_like(g, o.tau**2)), delta * delta)
             self.m[name], self.v[name] = m, v
-            out[name] = cast_like(g64 + o.server_lr * m / (np.sqrt(v) + o.tau), g)
-        return out
+            return g + o.server_lr * m / (np.sqrt(v) + o.tau)
+
+        return server_step(updates, global_params, step)
 
     def state(self) -> Params:
         return OrderedDict([*((f"m/{k}", a) for k, a in self.m.items()), *((f"v/{k}", a) for k, a in self.v.items())])

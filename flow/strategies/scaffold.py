@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, is_float, weighted_mean
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
 
 STATE_DIR = "state/scaffold"
 
@@ -58,14 +58,7 @@ class Scaffold(Strategy):
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:
-        avg = weighted_mean(updates, global_params)
-        out: Params = OrderedDict()
-        for name, g in global_params.items():
-            if not is_float(g):
-                out[name] = avg[name]
-                continue
-            g64 = np.asarray(g, np.float64)
-            out[name] = cast_like(g64 + self.opts.server_lr * (avg[name].astype(np.float64) - g64), g)
+        out = server_step(updates, global_params, lambda name, g, delta: g + self.opts.server_lr * delta)
         fresh = [u for u in updates if "scaffold_delta_c" in u.extras and not u.staleness]
         if fresh:
             share = len(fresh) / max(self.clients, len(fresh))
