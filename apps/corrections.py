@@ -6,8 +6,9 @@
   control variate minus this client's), which cancels the client's drift toward its own data.
   After training the client's new variate is ``c_i+ = c_i - c + (G - y) / (K * lr)`` (option II of
   Karimireddy et al. 2020). It never leaves the data plane: it is read from and written back to
-  the store (one object per client and round, the previous one kept until the driver has
-  checkpointed past it), and only ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
+  the store (one object per task; the objects the driver's current and previous references name
+  are kept, since a checkpoint still being written may need the older one), and only
+  ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
 
 Both act on the model's trainable parameters only (not on buffers such as BatchNorm statistics).
 """
@@ -86,12 +87,10 @@ class Corrections:
                 "scaffold_reset": self.reset}
 
     def _prune(self, store: Store) -> None:
-        """Drop this client's variates older than the one it read (no checkpoint refers to them)."""
-        read = self.sc.get("ci")
-        if not read:
-            return
-        folder, name = self.sc["key"].rsplit("/", 1)
-        kept = read["uri"].rsplit("/", 1)[1]
+        """Drop this client's variates that no checkpoint can refer to: all but the one just
+        written and the ones the driver says it still references (current and previous)."""
+        folder, mine = self.sc["key"].rsplit("/", 1)
+        keep = {mine, *self.sc.get("keep", ())}
         for key in store.keys(folder):
-            if key < kept:
+            if key not in keep:
                 store.delete(f"{folder}/{key}")

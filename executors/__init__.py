@@ -45,5 +45,12 @@ def workers_per_node(spec: Any) -> int | None:
     return w() if callable(w) else w
 
 
+def site_workers(spec: Any) -> int:
+    """Workers a site can run at once: per node x nodes per block x blocks (1 when unknown, e.g. a
+    Globus Compute endpoint whose workers are not visible from here)."""
+    per = workers_per_node(spec) or 1
+    return int(per * (getattr(spec, "nodes_per_block", 1) or 1) * (getattr(spec, "max_blocks", 1) or 1))
+
+
 def describe(site: Any) -> str:
     return kind_module(site.executor.kind).describe(site)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.executors import workers_per_node
+from fedgrid.executors import site_workers
 from fedgrid.flow import faults, validate
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.gather import SITE_DOWN, Gathered, reason_of
@@ -55,7 +55,7 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
     site_clients: dict[str, list[int]] = {}
     for c, s in enumerate(drv.sites):
         site_clients.setdefault(s, []).append(c)
-    slots = {s.name: int(workers_per_node(s.executor) or 1) * opts.per_worker for s in job.sites}
+    slots = {s.name: site_workers(s.executor) * opts.per_worker for s in job.sites}
     version = done
     bases: dict[int, dict[str, np.ndarray]] = {version: params}  # globals that flights started from
     sent = drv.outgoing(version + 1, params)
@@ -101,10 +101,13 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
         for fut, fl in list(flights.items()):
             if fut in finished:
                 continue
-            if fl.site in down:
+            if fl.site in down or now - fl.started > 2 * job.round.deadline_s:
+                # a lost site, or a task that never ends (a hung worker, a site we cannot see die):
+                # stop counting its worker as busy, or the site would never get work again
                 flights.pop(fut)
                 fut.add_done_callback(lambda f: f.exception())
-                fail(fl, SITE_DOWN)
+                if not fl.given_up:
+                    fail(fl, SITE_DOWN if fl.site in down else "late: no answer within round.deadline_s")
             elif not fl.given_up and now - fl.started > job.round.deadline_s:
                 fl.given_up = True
                 fail(fl, f"late: no answer within round.deadline_s={job.round.deadline_s:g}")

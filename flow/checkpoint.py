@@ -200,16 +200,20 @@ def read_round(path: Path) -> RoundState:
     try:
         with pa.memory_map(str(path), "r") as src:
             table = ipc.open_file(src).read_all()
-    except (pa.ArrowInvalid, OSError) as e:
+        # every offset and length checked before anything reads through them: a flipped byte in
+        # a string column's offsets must be an error here, not a segfault in the driver
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as e:  # (UnicodeDecodeError: garbled metadata)
         raise CheckpointError(f"unreadable Arrow file ({e})") from None
     meta = table.schema.metadata or {}
-    if meta.get(b"fedgrid.format", b"").decode() not in FORMATS:
+    if meta.get(b"fedgrid.format", b"") not in {f.encode() for f in FORMATS}:
         raise CheckpointError(f"not a {FORMAT} file")
     try:
         rows = list(_rows(table))
-    except (pa.ArrowException, ValueError, TypeError) as e:
+        digest = _digest(rows, meta).encode()
+    except (pa.ArrowException, ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"malformed round file ({e})") from None
-    if _digest(rows, meta) != meta.get(b"fedgrid.sha256", b"").decode():
+    if digest != meta.get(b"fedgrid.sha256", b""):
         raise CheckpointError("checksum mismatch (file corrupted)")
     out: dict[str, Arrays] = {k: OrderedDict() for k in ("params", "strategy", "profiles", "memory")}
     for sec, name, dt, shape, data in rows:

@@ -409,6 +409,9 @@ def _check_strategy(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "store.url", f"strategy {job.strategy.name} keeps each client's control variate "
                           f"in the store, and sites {remote} run elsewhere: set store.url to a location every "
                           f"site can reach (a shared path or s3://...)")
+    if job.strategy.name == "scaffold" and job.train.momentum:
+        raise ConfigError(file, "train.momentum", f"scaffold's control-variate update assumes plain SGD at the "
+                          f"clients; expected 0, got {job.train.momentum:g}")
     if STRATEGIES[job.strategy.name].asynchronous and job.round.pace == "deadline":
         raise ConfigError(file, "round.pace", f"pacing sizes the clients of a synchronous round; strategy "
                           f"{job.strategy.name} has no rounds to pace (use round.pace: epochs)")

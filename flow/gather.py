@@ -25,7 +25,7 @@ class Gathered:
     updates: list[ClientUpdate] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)  # {client, site, reason}
     seconds: float = 0.0
-    late: dict[int, tuple[str, Future]] = field(default_factory=dict)  # past the deadline, still running
+    late: dict[int, tuple[str, Future]] = field(default_factory=dict)  # not waited for, still running
 
     def quorum_met(self, quorum: int) -> bool:
         return len(self.updates) >= quorum
@@ -92,8 +92,7 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                else "abandoned: round could not reach its quorum")
         out.failures.append({"client": client, "site": futures[client][0], "reason": why})
         fut.add_done_callback(lambda f: f.exception())  # consume the late outcome quietly
-        if elapsed >= deadline_s:
-            out.late[client] = (futures[client][0], fut)  # the round loop may carry it forward
+        out.late[client] = (futures[client][0], fut)  # still running: its client is busy; may be carried
     out.updates.sort(key=lambda u: u.client)
     out.failures.sort(key=lambda f: f["client"])
     out.seconds = elapsed

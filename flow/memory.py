@@ -37,6 +37,8 @@ class UpdateMemory:
             delta = OrderedDict((k, np.asarray(u.params[k], dtype=g.dtype) - g) for k, g in global_params.items()
                                 if np.issubdtype(g.dtype, np.floating))
             self.last[u.client] = (rnd, u.num_examples, int(u.extras.get("steps") or 1), delta)
+        for c in [c for c, (r0, *_) in self.last.items() if rnd - r0 > self.job.round.max_staleness]:
+            del self.last[c]  # too stale to stand in from the next round on: not worth checkpointing
 
     def stand_ins(self, rnd: int, global_params: Arrays, absent: list[int], sites: list[str]) -> list[ClientUpdate]:
         """Updates for the `absent` clients that answered within the last max_staleness rounds."""

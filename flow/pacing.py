@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from fedgrid.executors import workers_per_node
+from fedgrid.executors import site_workers
 from fedgrid.flow.config import Job
 
 
@@ -54,4 +54,4 @@ def bounds(job: Job, examples: int) -> tuple[int, int]:
 
 
 def _workers(job: Job, site: str) -> int:
-    return int(workers_per_node(job.site(site).executor) or 1)
+    return site_workers(job.site(site).executor)

@@ -29,7 +29,7 @@ import heapq
 
 import numpy as np
 
-from fedgrid.executors import workers_per_node
+from fedgrid.executors import site_workers
 from fedgrid.flow import pacing
 from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
@@ -61,7 +61,7 @@ def select(job: Job, rng: np.random.Generator, p: dict[str, np.ndarray], rnd: in
         picked = sorted(int(c) for c in rng.choice(pool, size=k, replace=False, p=w / w.sum()))
     else:
         picked = pool
-    for c, why in _over_capacity(job, [c for c in picked if c not in exploring], need, sites, p).items():
+    for c, why in _over_capacity(job, picked, need, sites, p, exploring).items():
         skipped[c] = why
     chosen = [c for c in picked if c not in skipped]
     for c in chosen:
@@ -81,15 +81,20 @@ def predicted_s(job: Job, p: dict[str, np.ndarray], least: bool) -> np.ndarray:
 
 
 def _over_capacity(job: Job, picked: list[int], need: np.ndarray, sites: list[str],
-                   p: dict[str, np.ndarray]) -> dict[int, str]:
-    """Clients whose turn on their site's workers would end after the deadline."""
+                   p: dict[str, np.ndarray], exploring: set[int]) -> dict[int, str]:
+    """Clients whose turn on their site's workers would end after the deadline. A client being
+    explored is never shed, but holds a worker for the whole round (it is expected to be late)."""
     out: dict[int, str] = {}
     by_site: dict[str, list[int]] = {}
     for c in picked:
         if not np.isnan(need[c]):
             by_site.setdefault(sites[c], []).append(c)
     for site, cs in by_site.items():
-        workers = [0.0] * int(workers_per_node(job.site(site).executor) or 1)
+        workers = [0.0] * site_workers(job.site(site).executor)
+        for c in cs:
+            if c in exploring:
+                heapq.heapreplace(workers, job.round.deadline_s)
+        cs = [c for c in cs if c not in exploring]
         for c in sorted(cs, key=lambda c: (p["last_selected"][c], need[c])):  # longest waiting, then fastest
             start = heapq.heappop(workers)
             finish = start + float(need[c])

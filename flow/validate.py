@@ -43,6 +43,12 @@ def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None =
             if max_norm is not None:
                 d = a.astype(np.float64) - g
                 sq += float(np.dot(d.ravel(), d.ravel()))
+    steps = u.extras.get("steps")
+    if steps is not None and (not isinstance(steps, int | np.integer) or steps < 0):
+        raise InvalidUpdate(f"rejected: extras.steps is {steps!r}, expected a count of local steps")
+    for name, a in (u.extras.get("scaffold_delta_c") or {}).items():
+        if name not in like or np.shape(a) != like[name].shape or not np.isfinite(a).all():
+            raise InvalidUpdate(f"rejected: scaffold_delta_c[{name!r}] does not fit the model or is not finite")
     if max_norm is not None and math.sqrt(sq) > max_norm:
         raise InvalidUpdate(f"rejected: update norm {math.sqrt(sq):.3g} > round.max_update_norm {max_norm:g}")
     return u

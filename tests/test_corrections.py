@@ -33,7 +33,7 @@ def test_scaffold_corrects_each_step_and_keeps_the_client_variate_in_the_store(t
     older = store.put({"weight": np.zeros((1, 2), np.float32)}, "state/scaffold/client-000007/round-000000")
     sc = {"c": {"weight": np.array([[1.0, 1.0]], np.float32)}, "store": str(tmp_path),
           "ci": {"uri": old.uri, "sha256": old.sha256, "nbytes": old.nbytes},
-          "key": "state/scaffold/client-000007/round-000004"}
+          "key": "state/scaffold/client-000007/round-000004", "keep": ["round-000001"]}
     m = _model()
     g = {"weight": np.array([[1.0, 0.0]], np.float32)}
     fix = Corrections({"train": {"lr": 0.5, "scaffold": sc}}, m, g)

@@ -20,7 +20,8 @@ ROBUST = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"byzantine": 1},
 
 
 def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over):
-    return parse_job(make_job(run_dir, rounds=rounds, model="mlp", data=data, train=TRAIN,
+    train = {**TRAIN, "momentum": 0.0} if name == "scaffold" else TRAIN  # (option II assumes plain SGD)
+    return parse_job(make_job(run_dir, rounds=rounds, model="mlp", data=data, train=train,
                               strategy={"name": name, **SETTINGS.get(name, ROBUST.get(name, {}))},
                               round={"min_clients": 4, "deadline_s": 120}, **over))
 

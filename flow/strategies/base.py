@@ -80,7 +80,7 @@ CHUNK = 1 << 15  # elements per slice: the slice's accumulators and temporaries 
 GROUP = 16  # float32 tensors: clients summed in float32 before folding into the float64 total
 
 
-def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray, exact: bool = False) -> np.ndarray:
     """``sum_i weights[i] * tensors[i]`` as float64, one cache-sized slice at a time.
 
     Aggregation is memory-bound. Summing whole tensors would stream full-size accumulators and
@@ -89,10 +89,11 @@ def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     float32/float64 arithmetic is several times slower in numpy) in groups of GROUP clients, each
     group folded into a float64 total: the error stays that of a 16-term float32 sum however many
     clients there are. Together this runs at or above the speed of a plain copy of the same
-    bytes (bench/throughput.py).
+    bytes (bench/throughput.py). `exact` sums in float64 throughout, for callers that subtract
+    nearly equal large terms afterwards (FedNova).
     """
     first = np.asarray(tensors[0])
-    f32 = all(np.asarray(t).dtype == np.float32 for t in tensors)
+    f32 = not exact and all(np.asarray(t).dtype == np.float32 for t in tensors)
     work = np.float32 if f32 else np.float64
     w = np.asarray(weights, dtype=work)
     out = np.empty(first.shape, dtype=np.float64)

@@ -46,6 +46,6 @@ class FedNova(Strategy):
         out: Params = OrderedDict()
         for name, g in global_params.items():
             new = np.asarray(g, dtype=np.float64) * (1.0 - tau_eff * a)
-            new += tau_eff * weighted_sum([u.params[name] for u in updates], w)
+            new += tau_eff * weighted_sum([u.params[name] for u in updates], w, exact=True)
             out[name] = cast_like(new, g)
         return out

@@ -10,6 +10,7 @@ one Gram matrix of the flattened updates, accumulated tensor by tensor.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -17,6 +18,9 @@ from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
+from fedgrid.flow.strategies.median import Median
+
+log = logging.getLogger("fedgrid")
 
 
 class KrumOptions(StrategyOptions):
@@ -46,8 +50,12 @@ class Krum(Strategy):
                   failures: list[dict[str, Any]]) -> Params:
         if not updates:
             raise ValueError("cannot aggregate zero updates")
-        if len(updates) < 3:
-            return weighted_mean(updates, global_params)  # no neighbours to compare with
+        if len(updates) < 2 * self.opts.byzantine + 3:
+            # Krum's guarantee needs k > 2f + 2; with fewer updates fall back to the coordinate-wise
+            # median, which still resists a minority of bad updates (the mean would not)
+            log.warning("round %d: %d updates are too few for krum with byzantine=%d; using the median",
+                        rnd, len(updates), self.opts.byzantine)
+            return Median().aggregate(rnd, global_params, updates, failures)
         keep = self.opts.keep or (1 if self.opts.name == "krum" else len(updates) - self.opts.byzantine)
         best = np.argsort(self.scores(global_params, updates), kind="stable")[:max(1, min(keep, len(updates)))]
         return weighted_mean([updates[i] for i in sorted(best)], global_params)
