@@ -50,11 +50,22 @@ def run_one(work: Path, tag: str, name: str, rounds: int, alpha: float, faults: 
     job["data"]["partition"] = {"kind": "dirichlet", "alpha": alpha}
     job.update(rounds=rounds, faults=faults, checkpoint={"dir": str(work / tag)},
                strategy={"name": name, **SETTINGS[name]}, round={"fraction": 1.0, "min_clients": 10})
+    from fedgrid.flow.runner import RoundFailed
+
     t0 = time.perf_counter()
-    rows = run(parse_job(job, f"{tag}.yaml"), quiet=True).rows
-    print(f"{tag}: {rows[-1]['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return {"acc": [r["test_accuracy"] for r in rows], "seconds": time.perf_counter() - t0,
-            "settings": SETTINGS[name], "alpha": alpha}
+    stopped = None
+    try:
+        rows = run(parse_job(job, f"{tag}.yaml"), quiet=True).rows
+    except RoundFailed as e:  # e.g. FedAvg under attack: the model blows up and every client diverges
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(work / tag / "rounds.parquet").to_pylist()
+        stopped = str(e).split(";")[0]
+    acc = [r["test_accuracy"] for r in rows] + [None] * (rounds - len(rows))
+    print(f"{tag}: {acc[-1]} ({time.perf_counter() - t0:.0f} s){' STOPPED ' + stopped if stopped else ''}",
+          file=sys.stderr, flush=True)
+    return {"acc": acc, "seconds": time.perf_counter() - t0, "settings": SETTINGS[name], "alpha": alpha,
+            "stopped": stopped}
 
 
 def table(res: dict, names: list[str], rounds: int, key: str) -> None:
@@ -64,7 +75,7 @@ def table(res: dict, names: list[str], rounds: int, key: str) -> None:
     for n in names:
         acc = res[n]["acc"]
         print(f"| {n} | {json.dumps(res[n]['settings']) if res[n]['settings'] else 'defaults'} | "
-              + " | ".join(f"{acc[r - 1]:.4f}" for r in marks) + " |")
+              + " | ".join(f"{acc[r - 1]:.4f}" if acc[r - 1] is not None else "stopped" for r in marks) + " |")
 
 
 def main() -> int:
@@ -76,32 +87,31 @@ def main() -> int:
     out = REPO / "bench" / "results" / "strategies.json"
     res: dict = json.loads(out.read_text()) if out.exists() else {}
     key = "byzantine" if args.byzantine else "non_iid"
-    rounds = args.rounds or (20 if args.byzantine else 30)
+    rounds = args.rounds or (10 if args.byzantine else 30)
     names = args.only.split(",") if args.only else (ATTACKED if args.byzantine else list(SETTINGS))
     part = res.setdefault(key, {})
-    with tempfile.TemporaryDirectory() as d:
-        if args.byzantine:
-            part["clean fedavg"] = run_one(Path(d), "clean", "fedavg", rounds, 0.5, [])
-            for n in names:
-                part[n] = run_one(Path(d), n, n, rounds, 0.5, [{"clients": BAD, "scale_update": -10.0}])
-        else:
-            for n in names:
-                part[n] = run_one(Path(d), n, n, rounds, 0.1, [])
     res["date"] = time.strftime("%Y-%m-%d")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    plan = ([("clean fedavg", "fedavg", [])] if args.byzantine else []) + [
+        (n, n, [{"clients": BAD, "scale_update": -10.0}] if args.byzantine else []) for n in names]
+    with tempfile.TemporaryDirectory() as d:
+        for label, name, faults in plan:
+            part[label] = run_one(Path(d), name.replace(" ", "_") + ("_bad" if faults else ""), name, rounds,
+                                  0.5 if args.byzantine else 0.1, faults)
+            out.write_text(json.dumps(res, indent=1))  # after every run: a long sweep never loses its results
     shown = (["clean fedavg", *names] if args.byzantine else names)
     table(part, [n for n in shown if n in part], rounds, key)
     if not args.byzantine and "fedavg" in part:
         base = part["fedavg"]["acc"][-1]
-        best = max(part, key=lambda n: part[n]["acc"][-1])
+        best = max(part, key=lambda n: part[n]["acc"][-1] or 0.0)
         print(f"\nbest at round {rounds}: {best} {part[best]['acc'][-1]:.4f}, "
               f"{(part[best]['acc'][-1] - base) * 100:+.2f} points over FedAvg (target >= +3)")
     if args.byzantine:
         clean = part["clean fedavg"]["acc"][-1]
         for n in names:
-            print(f"- {n}: {part[n]['acc'][-1]:.4f}, {(part[n]['acc'][-1] - clean) * 100:+.2f} points "
-                  f"against the clean run")
+            last = part[n]["acc"][-1]
+            print(f"- {n}: " + (f"{last:.4f}, {(last - clean) * 100:+.2f} points against the clean run" if last
+                               is not None else f"collapsed ({part[n]['stopped']})"))
     return 0
 
 
