@@ -26,7 +26,7 @@ def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over
                               round={"min_clients": 4, "deadline_s": 120}, **over))
 
 
-@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("name", sorted(set(SETTINGS) - {"fedavg", "fednova"}))  # (those two: test_run, test_pacing)
 def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
     """The strategies for non-IID data. (The robust rules are not among them: a coordinate-wise
     median of six clients that each hold one or two classes is a poor model; see the next test.)"""
@@ -39,7 +39,7 @@ def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
     assert acc[-1] > acc[0] - 0.05, acc
 
 
-@pytest.mark.parametrize("name", ["fedadam", "fedavgm", "scaffold"])
+@pytest.mark.parametrize("name", ["fedadam", "scaffold"])  # (fedavgm's state round trip: test_strategies)
 def test_resume_takes_the_same_next_round(tmp_path, make_job, name: str) -> None:
     """Server-optimiser state (and SCAFFOLD's variates in the store) survive a stop after round 2."""
     from fedgrid.flow.runner import run
