@@ -138,8 +138,13 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
             drv.progress.client_done(fl.client, True)
         if len(buffer) < opts.buffer_size:
             continue
+        # exactly buffer_size updates a step (several may arrive at once); the rest wait for the next
+        step, buffer = buffer[:opts.buffer_size], buffer[opts.buffer_size:]
+        for u in step:  # staleness as of this step (u.round - 1 is the step it trained from)
+            u.staleness = version - (u.round - 1)
+            u.scale = strat.weight(u.staleness)
         t0 = time.perf_counter()
-        params = strat.aggregate(version + 1, params, buffer, failures)
+        params = strat.aggregate(version + 1, params, step, failures)
         agg_s = time.perf_counter() - t0
         version += 1
         bases[version] = params
@@ -147,13 +152,13 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
             del bases[v]
         if version < job.rounds:
             sent = drv.outgoing(version + 1, params)
-        g = Gathered(updates=sorted(buffer, key=lambda u: u.client), failures=failures,
+        g = Gathered(updates=sorted(step, key=lambda u: u.client), failures=failures,
                      seconds=time.time() - step_started)
-        info = {"selected": [u.client for u in buffer] + [f["client"] for f in failures], "attempt": 1}
+        info = {"selected": [u.client for u in step] + [f["client"] for f in failures], "attempt": 1}
         row = _row(version, info, g, opts.buffer_size, params_bytes, step_started, agg_s)
         row["bytes_down"] = params_bytes * submitted
         drv.hand_off(version, params, row)
-        buffer, failures, submitted, step_started = [], [], 0, time.time()
+        failures, submitted, step_started = [], 0, time.time()
         if version < job.rounds:
             drv.progress.round_started(version + 1, opts.buffer_size)
     for fut in flights:  # tasks still in flight are not waited for; their outcome is dropped quietly
