@@ -68,7 +68,7 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
 
     def fail(fl: _Flight, reason: str) -> None:
         failures.append({"client": fl.client, "site": fl.site, "reason": reason})
-        drv.profiles["rounds_failed"][fl.client] += 1
+        prof.failed(drv.profiles, fl.client)
         drv.progress.client_done(fl.client, False)
 
     while version < job.rounds:
@@ -132,8 +132,7 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
             base = bases[fl.version]
             u.params = OrderedDict((k, np.asarray(v) - base[k]) for k, v in u.params.items())
             u.staleness, u.scale = stale, strat.weight(stale)
-            drv.profiles["rounds_ok"][fl.client] += 1
-            drv.profiles["last_round"][fl.client] = version + 1
+            prof.answered(drv.profiles, version + 1, fl.client)
             buffer.append(u)
             drv.progress.client_done(fl.client, True)
         if len(buffer) < opts.buffer_size:

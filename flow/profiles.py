@@ -44,15 +44,24 @@ def observe(p: dict[str, np.ndarray], u: ClientUpdate) -> None:
     _ema(p["queue_s"], c, u.timings.get("queue", np.nan))
 
 
+def answered(p: dict[str, np.ndarray], rnd: int, client: int) -> None:
+    """Count a usable answer toward the client's reliability."""
+    p["rounds_ok"][client] += 1
+    p["last_round"][client] = rnd
+
+
+def failed(p: dict[str, np.ndarray], client: int) -> None:
+    p["rounds_failed"][client] += 1
+
+
 def update(p: dict[str, np.ndarray], rnd: int, g: Gathered) -> None:
     for u in g.updates:
         if u.staleness:  # a carried update was observed when it arrived
             continue
         observe(p, u)
-        p["rounds_ok"][u.client] += 1
-        p["last_round"][u.client] = rnd
+        answered(p, rnd, u.client)
     for f in g.failures:
-        p["rounds_failed"][f["client"]] += 1
+        failed(p, f["client"])
 
 
 def reliability(p: dict[str, np.ndarray], clients: list[int]) -> np.ndarray:

@@ -101,12 +101,13 @@ def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray, exact: bool = F
     flats = [np.asarray(t).reshape(-1) for t in tensors]
     n = flat_out.size
     part, tmp = np.empty(min(CHUNK, n), dtype=work), np.empty(min(CHUNK, n), dtype=work)
+    group = GROUP if f32 else len(flats)  # float64 work needs no folding: one group
     for s in range(0, n, CHUNK):
         e = min(s + CHUNK, n)
         acc, t = part[:e - s], tmp[:e - s]
-        for g in range(0, len(flats), GROUP if f32 else len(flats)):
+        for g in range(0, len(flats), group):
             np.multiply(flats[g][s:e], w[g], out=acc)
-            for i in range(g + 1, min(g + (GROUP if f32 else len(flats)), len(flats))):
+            for i in range(g + 1, min(g + group, len(flats))):
                 np.multiply(flats[i][s:e], w[i], out=t)
                 acc += t
             if g == 0:
