@@ -1,7 +1,8 @@
 """Strategies under non-IID data and against bad updates (issue 5).
 
     python bench/strategies.py [--rounds 30] [--only fedavg,fedprox,...]     # the non-IID sweep
-    python bench/strategies.py --byzantine [--rounds 20]                     # the attack
+    python bench/strategies.py --tune                                        # the tuning grid (TUNE)
+    python bench/strategies.py --byzantine [--rounds 20] [--clean]           # the attack
 
 Sweep: Fashion-MNIST, 20 clients, Dirichlet alpha = 0.1 (most clients hold one or two classes),
 cnn, 1 local epoch, lr 0.05, every client every round, on one HTEX site of 2 workers; every
@@ -38,18 +39,43 @@ SETTINGS: dict[str, dict] = {
     "krum": {"byzantine": 4},
     "multikrum": {"byzantine": 4},
 }
+# The tuning grid: every run is reported, not only the best (label -> strategy, settings). Server
+# learning rates and momentum span the ranges the papers searched (Hsu et al. 2019: effective
+# lr/(1-momentum) around 1-10; Reddi et al. 2021: eta 10^-2..10^-1 with tau 10^-3..10^-2).
+TUNE: dict[str, tuple[str, dict]] = {
+    "fedavgm m0.9 lr0.5": ("fedavgm", {"server_lr": 0.5, "momentum": 0.9}),
+    "fedavgm m0.8 lr1": ("fedavgm", {"server_lr": 1.0, "momentum": 0.8}),
+    "fedavgm m0.95 lr0.5": ("fedavgm", {"server_lr": 0.5, "momentum": 0.95}),
+    "fedadam lr0.03": ("fedadam", {"server_lr": 0.03, "tau": 1e-3}),
+    "fedadam lr0.1 tau0.01": ("fedadam", {"server_lr": 0.1, "tau": 1e-2}),
+    "fedyogi lr0.03": ("fedyogi", {"server_lr": 0.03, "tau": 1e-3}),
+    "fedprox mu0.1": ("fedprox", {"mu": 0.1}),
+    "scaffold lr0.5": ("scaffold", {"server_lr": 0.5}),
+}
+# Robust rules with server momentum (Karimireddy et al. 2021) or bucketing (2022): s = 2 keeps the
+# bad buckets a minority at 20% bad clients; the trimmed mean must then cut 4 of 10 buckets at each
+# end (beta 0.4)
+ROBUST: dict[str, tuple[str, dict]] = {
+    "median b2": ("median", {"bucket": 2}),
+    "trimmed_mean b2": ("trimmed_mean", {"bucket": 2, "beta": 0.4}),
+    "median m0.9": ("median", {"momentum": 0.9}),
+    "trimmed_mean m0.9": ("trimmed_mean", {"beta": 0.2, "momentum": 0.9}),
+    "krum m0.9": ("krum", {"byzantine": 4, "momentum": 0.9}),
+}
+VARIANTS: dict[str, tuple[str, dict]] = {**{n: (n, s) for n, s in SETTINGS.items()}, **TUNE, **ROBUST}
 BAD = [1, 6, 11, 16]  # 20% of the clients, spread over the id range
 ATTACKED = ["fedavg", "median", "trimmed_mean", "krum", "multikrum"]
 
 
-def run_one(work: Path, tag: str, name: str, rounds: int, alpha: float, faults: list[dict]) -> dict:
+def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults: list[dict]) -> dict:
     from fedgrid.flow.config import parse_job
     from fedgrid.flow.runner import run
 
+    name, settings = VARIANTS[label]
     job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
     job["data"]["partition"] = {"kind": "dirichlet", "alpha": alpha}
     job.update(rounds=rounds, faults=faults, checkpoint={"dir": str(work / tag)},
-               strategy={"name": name, **SETTINGS[name]}, round={"fraction": 1.0, "min_clients": 10})
+               strategy={"name": name, **settings}, round={"fraction": 1.0, "min_clients": 10})
     from fedgrid.flow.runner import RoundFailed
 
     t0 = time.perf_counter()
@@ -64,7 +90,7 @@ def run_one(work: Path, tag: str, name: str, rounds: int, alpha: float, faults: 
     acc = [r["test_accuracy"] for r in rows] + [None] * (rounds - len(rows))
     print(f"{tag}: {acc[-1]} ({time.perf_counter() - t0:.0f} s){' STOPPED ' + stopped if stopped else ''}",
           file=sys.stderr, flush=True)
-    return {"acc": acc, "seconds": time.perf_counter() - t0, "settings": SETTINGS[name], "alpha": alpha,
+    return {"acc": acc, "seconds": time.perf_counter() - t0, "strategy": name, "settings": settings, "alpha": alpha,
             "stopped": stopped}
 
 
@@ -83,23 +109,34 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--only", default=None)
     ap.add_argument("--byzantine", action="store_true")
+    ap.add_argument("--tune", action="store_true", help="run the TUNE grid (non-IID)")
+    ap.add_argument("--clean", action="store_true", help="with --byzantine: each rule's own clean run too")
+    ap.add_argument("--keep", action="store_true", help="skip runs already in the results with these rounds")
     args = ap.parse_args()
     out = REPO / "bench" / "results" / "strategies.json"
     res: dict = json.loads(out.read_text()) if out.exists() else {}
     key = "byzantine" if args.byzantine else "non_iid"
     rounds = args.rounds or (10 if args.byzantine else 30)
-    names = args.only.split(",") if args.only else (ATTACKED if args.byzantine else list(SETTINGS))
+    names = args.only.split(",") if args.only else (
+        ATTACKED if args.byzantine else list(TUNE) if args.tune else list(SETTINGS))
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown strategy labels {unknown}; known: {list(VARIANTS)}")
     part = res.setdefault(key, {})
     res["date"] = time.strftime("%Y-%m-%d")
     out.parent.mkdir(parents=True, exist_ok=True)
-    plan = ([("clean fedavg", "fedavg", [])] if args.byzantine else []) + [
-        (n, n, [{"clients": BAD, "scale_update": -10.0}] if args.byzantine else []) for n in names]
+    attack = [{"clients": BAD, "scale_update": -10.0}] if args.byzantine else []
+    plan = ([("clean fedavg", "fedavg", [])] if args.byzantine else []) + [(n, n, attack) for n in names]
+    if args.byzantine and args.clean:
+        plan += [(f"clean {n}", n, []) for n in names if n != "fedavg"]
     with tempfile.TemporaryDirectory() as d:
         for label, name, faults in plan:
-            part[label] = run_one(Path(d), name.replace(" ", "_") + ("_bad" if faults else ""), name, rounds,
+            if args.keep and len(part.get(label, {}).get("acc", [])) == rounds:
+                continue
+            part[label] = run_one(Path(d), label.replace(" ", "_") + ("_bad" if faults else ""), name, rounds,
                                   0.5 if args.byzantine else 0.1, faults)
             out.write_text(json.dumps(res, indent=1))  # after every run: a long sweep never loses its results
-    shown = (["clean fedavg", *names] if args.byzantine else names)
+    shown = (["clean fedavg", *names, *(f"clean {n}" for n in names)] if args.byzantine else names)
     table(part, [n for n in shown if n in part], rounds, key)
     if not args.byzantine and "fedavg" in part:
         base = part["fedavg"]["acc"][-1]
@@ -110,8 +147,10 @@ def main() -> int:
         clean = part["clean fedavg"]["acc"][-1]
         for n in names:
             last = part[n]["acc"][-1]
-            print(f"- {n}: " + (f"{last:.4f}, {(last - clean) * 100:+.2f} points against the clean run" if last
-                               is not None else f"collapsed ({part[n]['stopped']})"))
+            own = part.get(f"clean {n}", {}).get("acc", [None])[-1]
+            print(f"- {n}: " + (f"{last:.4f}, {(last - clean) * 100:+.2f} points against clean FedAvg"
+                                + (f", {(last - own) * 100:+.2f} against its own clean run" if own else "")
+                                if last is not None else f"collapsed ({part[n]['stopped']})"))
     return 0
 
 

@@ -71,7 +71,7 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
         prof.failed(drv.profiles, fl.client)
         drv.progress.client_done(fl.client, False)
 
-    while version < job.rounds:
+    while version < job.rounds and not drv.stopping(version):
         drv.check_writes()
         if job.faults:
             runtime.apply_drills(faults.lost_sites(job, version + 1))

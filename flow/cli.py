@@ -1,18 +1,23 @@
-"""`fedgrid` command line: run, check, status, partition, endpoint-config.
+"""`fedgrid` command line: run, schedule, check, status, report, export, partition, endpoint-config.
 
-Exit codes: 0 success; 1 a run stopped (a round missed its quorum on every attempt); 2 the job file,
-run directory or arguments are wrong (one line naming file, key and expectation, no traceback);
-3 the run directory is in use by another driver; 130 interrupted.
+Exit codes: 0 success (also a run stopped by SIGTERM after checkpointing its round); 1 a run
+stopped (a round missed its quorum on every attempt); 2 the job file, run directory or arguments
+are wrong (one line naming file, key and expectation, no traceback); 3 the run directory is in use
+by another driver (or scheduler); 130 interrupted (Ctrl-C, or a second SIGTERM).
+
+SIGTERM (what cron, systemd and Slurm send) asks a run to finish the round in progress, checkpoint
+it and exit 0; a second SIGTERM, or Ctrl-C, stops at once (finished rounds are already saved).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any
 
 from fedgrid.executors import MissingExtra
 from fedgrid.flow.config import ConfigError, Job, load_job
@@ -30,8 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run or resume a job")
     _job_args(r)
     r.add_argument("--fresh", action="store_true", help="start over; earlier rounds are archived, not deleted")
-    r.add_argument("--rounds", type=int, help="train up to this many rounds (overrides the job's rounds)")
+    r.add_argument("--rounds", type=_rounds_arg, metavar="N|+N",
+                   help="train up to round N (overrides the job's rounds), or +N: N more rounds past the newest "
+                        "checkpoint (idempotent under cron: overlapping invocations are refused)")
     r.add_argument("--quiet", "-q", action="store_true", help="print only the final summary")
+    _log_arg(r)
+    sc = sub.add_parser("schedule", help="run a job on a cron schedule, N more rounds at each firing")
+    _job_args(sc)
+    sc.add_argument("--cron", help="cron expression, e.g. '0 2 * * *' (02:00 daily); six fields add seconds "
+                                   "last ('*/30 * * * * *'). Default: the job's schedule.cron")
+    sc.add_argument("--rounds-per-run", type=int, help="rounds per firing (default: schedule.rounds_per_run)")
+    sc.add_argument("--firings", type=int, help="exit after this many runs (default: run until SIGTERM)")
+    sc.add_argument("--quiet", "-q", action="store_true", help="print only each run's summary")
+    _log_arg(sc)
     c = sub.add_parser("check", help="validate a job and print its plan; starts nothing")
     _job_args(c)
     c.add_argument("--strict", action="store_true",
@@ -40,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show the rounds of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    rp = sub.add_parser("report", help="write PNG plots and a Markdown summary of a run")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="folder for the report (default RUN_DIR/report)")
+    x = sub.add_parser("export", help="write a round's global model as safetensors or a torch state_dict")
+    x.add_argument("run_dir")
+    x.add_argument("--round", type=int, help="round to export (default: the newest)")
+    x.add_argument("--format", choices=["safetensors", "torch"], default="safetensors")
+    x.add_argument("--out", help="output file (default RUN_DIR/export/model-round-NNNNNN.<ext>)")
     p = sub.add_parser("partition", help="write per-client Parquet shards (and test.parquet) for a job's data")
     _job_args(p)
     p.add_argument("--out", required=True, help="folder for client-NNN.parquet files")
@@ -50,16 +74,37 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _rounds_arg(v: str) -> tuple[bool, int]:
+    """``N`` -> (False, N); ``+N`` -> (True, N): N more rounds."""
+    m = re.fullmatch(r"(\+?)(\d+)", v.strip())
+    if not m or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"expected a round count N or +N (N >= 1), got {v!r}")
+    return bool(m.group(1)), int(m.group(2))
+
+
+def _log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="format of RUN_DIR/fedgrid.log (json: one object a line, for log shippers)")
+
+
+STOP = threading.Event()  # set by the first SIGTERM: finish the round, checkpoint, exit 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    if STOP.is_set():  # the second one: stop now
+        raise KeyboardInterrupt
+    STOP.set()
+    print("SIGTERM: finishing the round in progress, then stopping (send it again to stop now)",
+          file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # SIGTERM (scheduler, kill) unwinds like Ctrl-C, so executors are shut down and the lock released.
-    signal.signal(signal.SIGTERM, _interrupt)
+    STOP.clear()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        return {"run": cmd_run, "check": cmd_check, "status": cmd_status, "partition": cmd_partition,
+        return {"run": cmd_run, "schedule": cmd_schedule, "check": cmd_check, "status": cmd_status,
+                "report": cmd_report, "export": cmd_export, "partition": cmd_partition,
                 "endpoint-config": cmd_endpoint_config}[args.cmd](args)
     except (ConfigError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -71,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load(args: argparse.Namespace) -> Job:
     overrides = list(args.overrides)
-    if getattr(args, "rounds", None) is not None:
-        overrides.append(f"rounds={args.rounds}")
+    rounds = getattr(args, "rounds", None)
+    if rounds is not None and not rounds[0]:
+        overrides.append(f"rounds={rounds[1]}")
     return load_job(args.job, overrides)
 
 
@@ -81,8 +127,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedgrid.flow.runner import ResumeRefused, RoundFailed, run
 
     job = _load(args)
+    more = args.rounds[1] if args.rounds and args.rounds[0] else None
     try:
-        run(job, base=Path.cwd(), fresh=args.fresh, quiet=args.quiet)
+        run(job, base=Path.cwd(), fresh=args.fresh, quiet=args.quiet, more=more, stop=STOP,
+            log_format=args.log_format)
     except ConfigError as e:  # found once the run knew the model's size: name the job file
         raise ConfigError(args.job if e.file == "<job>" else e.file, e.key, e.expected) from None
     except ResumeRefused as e:
@@ -98,6 +146,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e} (details in {job.run_dir(Path.cwd()) / 'fedgrid.log'})", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from fedgrid.flow.runner import run
+    from fedgrid.flow.schedule import Scheduler, SchedulerBusy
+
+    job = _load(args)
+    cron = args.cron or (job.schedule.cron if job.schedule else None)
+    if cron is None:
+        raise ConfigError(args.job, "schedule.cron", "a cron expression (or pass --cron '0 2 * * *')")
+    per_run = args.rounds_per_run or (job.schedule.rounds_per_run if job.schedule else 1)
+    if per_run < 1:
+        raise ConfigError("--rounds-per-run", "", f"a round count >= 1, got {per_run}")
+    sched = Scheduler(load=lambda: _load(args), cron=cron, rounds_per_run=per_run, run=run, base=Path.cwd(),
+                      stop=STOP, firings=args.firings, quiet=args.quiet, log_format=args.log_format)
+    try:
+        n = sched.serve()
+    except SchedulerBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(f"schedule: stopped after {n} run(s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedgrid.flow.report import write_report
+
+    run_dir = _run_dir(args.run_dir)
+    try:
+        paths = write_report(run_dir, Path(args.out) if args.out else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedgrid.flow.export import export_model
+
+    run_dir = _run_dir(args.run_dir)
+    try:
+        path = export_model(run_dir, args.round, args.format, Path(args.out) if args.out else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (and {path.with_suffix('.json').name} describing it)")
+    return 0
+
+
+def _run_dir(arg: str) -> Path:
+    run_dir = Path(arg)
+    if not run_dir.is_dir():
+        raise ConfigError(run_dir, "", "run directory not found")
+    return run_dir
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -123,43 +226,10 @@ def cmd_endpoint_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_info(run_dir: Path) -> dict[str, Any]:
-    from fedgrid.flow import checkpoint as ckpt
-
-    state, skipped = ckpt.latest_valid(run_dir, quarantine=False)
-    rows = ckpt.reconcile_rows(run_dir, state.round if state else 0)
-    target = (state.job.get("rounds") if state else None)
-    holder = None
-    lock = run_dir / ".lock"
-    if lock.exists():
-        import fcntl
-        import os
-
-        fd = os.open(lock, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            holder = lock.read_text().strip() or "?"
-        finally:
-            os.close(fd)
-    last = rows[-1] if rows else {}
-    return {
-        "run_dir": str(run_dir), "job": state.job.get("name") if state else None,
-        "rounds_done": state.round if state else 0, "rounds_target": target,
-        "running_pid": holder, "last": last,
-        "best_accuracy": max((r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None),
-                             default=None),
-        "total_failures": sum(r.get("clients_failed") or 0 for r in rows),
-        "seconds_per_round": (sorted(r["seconds"] for r in rows)[len(rows) // 2] if rows else None),
-        "skipped": [{"file": str(p), "reason": w} for p, w in skipped],
-    }
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(run_dir, "", "run directory not found")
+    from fedgrid.flow.status import status_info
+
+    run_dir = _run_dir(args.run_dir)
     info = status_info(run_dir)
     if args.json:
         print(json.dumps(info, default=str, indent=2))
@@ -176,9 +246,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if info["best_accuracy"] is not None:
         print(f"best test accuracy {info['best_accuracy']:.4f}; median {info['seconds_per_round']:.2f} s/round; "
               f"{info['total_failures']} client failure(s) recorded")
+    if info["failures_by_reason"]:
+        print("failures by reason: " + ", ".join(f"{k} {n}" for k, n in info["failures_by_reason"].items()))
+    for site, v in info["sites"].items():
+        print(f"site {site}: {v['updates']} updates, {v['failures']} failures, median train "
+              f"{_secs(v['train_s_median'])}, queue {_secs(v['queue_s_median'])}")
+    sched = info["schedule"]
+    if sched and sched.get("active"):
+        print(f"schedule: {sched['cron']} ({sched['rounds_per_run']} rounds a run, pid {sched['pid']}); "
+              f"next run {info['next_firing'] or 'now'}")
+    elif sched:
+        print(f"schedule: {sched['cron']}, scheduler not running (last run {sched.get('last_firing') or 'never'})")
     for s in info["skipped"]:
         print(f"warning: {s['file']}: {s['reason']}")
     return 0
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
 
 
 def cmd_partition(args: argparse.Namespace) -> int:

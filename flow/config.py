@@ -163,6 +163,24 @@ class StoreSpec(_Strict):
     inline_max_mb: Annotated[float, Field(gt=0)] = 8.0
 
 
+class ScheduleSpec(_Strict):
+    """Recurring training (``fedgrid schedule``): at each firing of ``cron`` the job continues from
+    its newest checkpoint for ``rounds_per_run`` more rounds. Five fields (minute hour day month
+    weekday) as in crontab, or six with seconds last (``*/10 * * * * *``: every 10 s)."""
+
+    cron: str
+    rounds_per_run: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"not a cron expression: {v!r} (e.g. '0 2 * * *' for 02:00 every day)")
+        return v
+
+
 class ModelSpec(_Strict):
     name: str = "cnn"  # logreg | mlp | cnn | package.module:factory
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -181,6 +199,8 @@ class Job(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     store: StoreSpec = StoreSpec()
     faults: list[FaultSpec] = Field(default_factory=list)
+    schedule: ScheduleSpec | None = None
+    monitoring: bool = False  # Parsl's MonitoringHub, into <run_dir>/monitoring.db (extra fedgrid[monitoring])
 
     @field_validator("strategy", mode="before")
     @classmethod

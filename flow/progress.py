@@ -3,13 +3,16 @@
 On a terminal a rich progress bar shows the rounds done and, inside a round, the clients answered;
 each finished round prints one line above it. When stdout is not a terminal (CI, cron, pipes) the
 same round lines are printed plainly. `--quiet` keeps only the final summary. Everything also goes
-to ``fedgrid.log`` in the run directory.
+to ``fedgrid.log`` in the run directory, as text or (``--log-format json``) one JSON object a line
+for log shippers (Loki, Elasticsearch, Splunk), with the run directory in every record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,36 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 log = logging.getLogger("fedgrid")
 
 
-def setup_log(run_dir: Path) -> logging.Handler:
+LOG_FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (ISO 8601, UTC), level, logger, message, run_dir, and the
+    exception text when there is one."""
+
+    converter = time.gmtime
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = str(run_dir)
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+               "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+               "run_dir": self.run_dir}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_log(run_dir: Path, fmt: str = "text") -> logging.Handler:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "fedgrid.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter(run_dir)
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    handler.setFormatter(formatter)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -54,10 +83,13 @@ class RunProgress:
             self._clients = self._bar.add_task("clients", total=1, visible=False)
             self._bar.start()
 
-    def resume_at(self, done: int) -> None:
-        """Start the rounds bar at the rounds a resumed run already has."""
+    def resume_at(self, done: int, total: int | None = None) -> None:
+        """Start the rounds bar at the rounds a resumed run already has (and, for ``--rounds +N``,
+        the target known only once the checkpoint is read)."""
+        if total is not None:
+            self.total = total
         if self._bar:
-            self._bar.update(self._rounds, completed=done)
+            self._bar.update(self._rounds, completed=done, total=self.total)
 
     def say(self, text: str) -> None:
         log.info(text)

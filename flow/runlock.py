@@ -62,6 +62,21 @@ class RunLock:
         self.release()
 
 
+def holder(lock: Path) -> str | None:
+    """The pid written in a lock file whose lock is held now (None when nobody holds it)."""
+    if not lock.exists():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return lock.read_text().strip() or "?"
+    finally:
+        os.close(fd)
+
+
 def _ctime(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()

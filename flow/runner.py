@@ -65,6 +65,7 @@ class RunResult:
     rounds_done: int
     resumed_from: int | None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    stopped: bool = False  # stopped early on request (SIGTERM), after a finished round
 
     @property
     def last(self) -> dict[str, Any]:
@@ -104,6 +105,7 @@ class _Driver:
         self.pending: Future | None = None
         self.memory = UpdateMemory(job)
         self.late: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past its deadline
+        self.stop: threading.Event | None = None
         # set once the driver has the test set and model (overlapping the workers' warm-up)
         self.mspec: dict[str, Any] = {}
         self.test: datasets.Arrays | None = None
@@ -114,6 +116,13 @@ class _Driver:
         # of the last max_staleness steps, and a late client (round.late=carry) from its round's
         self.sweep_lag = (getattr(self.strategy.opts, "max_staleness", 0) + 1 if self.strategy.asynchronous
                           else job.round.max_staleness + 1 if job.round.late == "carry" else 0)
+
+    def stopping(self, after: int) -> bool:
+        """A stop was requested (SIGTERM): no round after `after` starts; the finished ones are all saved."""
+        if self.stop is None or not self.stop.is_set():
+            return False
+        self.progress.say(f"stop requested: stopping after round {after}")
+        return True
 
     # -- tasks --------------------------------------------------------------------------------
     def task(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
@@ -354,15 +363,23 @@ def _resume_point(job: Job, run_dir: Path, progress: RunProgress) -> ckpt.RoundS
     return state
 
 
-def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = False, stream=None) -> RunResult:
-    """Run (or resume) `job` to `job.rounds` rounds; returns the rounds table rows."""
+def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = False, stream=None,
+        more: int | None = None, stop: threading.Event | None = None, log_format: str = "text") -> RunResult:
+    """Run (or resume) `job` to `job.rounds` rounds; returns the rounds table rows.
+
+    `more`: train that many rounds past the newest checkpoint instead (``fedgrid run --rounds +N``);
+    the target is read under the run directory's lock, so two invocations never count the same
+    rounds. `stop`: once set, the run finishes the round in progress, checkpoints it and returns
+    (`stopped` is then true). `log_format`: ``text`` or ``json`` (one object a line) for the run
+    directory's fedgrid.log.
+    """
     run_dir = job.run_dir(base or Path.cwd()).resolve()
     lock = RunLock(run_dir)
     lock.acquire()
     handler: logging.Handler | None = None
     try:
-        handler = setup_log(run_dir)
-        return _run_locked(job, run_dir, fresh, quiet, stream)
+        handler = setup_log(run_dir, log_format)
+        return _run_locked(job, run_dir, fresh, quiet, stream, more, stop)
     except Exception:
         log.exception("run stopped")
         raise
@@ -373,7 +390,8 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
         lock.release()
 
 
-def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> RunResult:
+def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more: int | None,
+                stop: threading.Event | None) -> RunResult:
     """The run itself, with the lock held and the log open (run() releases both whatever happens)."""
     # torch's import (~1.5 s) overlaps with the executors starting up; the driver needs it later
     threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
@@ -387,11 +405,13 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
             progress.say(f"--fresh: earlier rounds moved to {dest}")
         state = _resume_point(job, run_dir, progress)
         done = state.round if state else 0
+        if more is not None:
+            job = job.model_copy(update={"rounds": done + more})
         rows = ckpt.reconcile_rows(run_dir, done)
         if state is not None and done >= job.rounds:
             progress.summary(f"{job.name}: already complete ({done} rounds) in {run_dir}")
             return RunResult(run_dir, done, done, rows)
-        progress.resume_at(done)
+        progress.resume_at(done, job.rounds)
         if state:
             progress.say(f"resuming {job.name} after round {done} from {run_dir}")
 
@@ -405,7 +425,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
 
         runtime = SiteRuntime(job, run_dir)
         drv = _Driver(job, run_dir, progress)
-        drv.rows = rows
+        drv.rows, drv.stop = rows, stop
         warm = runtime.warm_up(lambda c: drv.task(c, 0, None))
 
         # Driver-side setup overlaps with the workers' warm-up.
@@ -447,6 +467,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
             asyncloop.run(drv, runtime, done, params, params_bytes)
         else:
             for rnd in range(done + 1, job.rounds + 1):
+                if drv.stopping(rnd - 1):
+                    break
                 drv.check_writes()
                 started = time.time()
                 info, g, quorum = drv.play_round(runtime, rnd, params)
@@ -460,12 +482,14 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream) -> Ru
         last = drv.rows[-1] if drv.rows else {}
         took = time.time() - t_start
         acc = last.get("test_accuracy")
+        reached = int(last.get("round", done))
         progress.summary(
             f"{job.name}: {len(drv.rows)} rounds done"
+            + (f" (stopped on request at round {reached} of {job.rounds})" if reached < job.rounds else "")
             + (f", test accuracy {acc:.4f}" if acc is not None else "")
-            + f", {took:.1f} s this run ({(took / max(job.rounds - done, 1)):.2f} s/round); results in "
+            + f", {took:.1f} s this run ({(took / max(reached - done, 1)):.2f} s/round); results in "
               f"{ckpt.rows_path(run_dir)}")
-        return RunResult(run_dir, job.rounds, done or None, drv.rows)
+        return RunResult(run_dir, reached, done or None, drv.rows, stopped=reached < job.rounds)
     finally:
         try:
             if drv is not None:

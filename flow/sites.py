@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgrid.executors import build_executor
-from fedgrid.flow.config import Job
+from fedgrid.flow.config import ConfigError, Job
 from fedgrid.flow.runlock import record_processes
 
 log = logging.getLogger("fedgrid")
@@ -37,6 +37,20 @@ def retry_cost(exc: BaseException, task_record: Any) -> float:
     fault) is final at once; re-running it would only burn the round's deadline."""
     names = {t.__name__ for t in type(exc).__mro__}
     return 1.0 if names & TRANSIENT else float("inf")
+
+
+def monitoring_hub(job: Job, run_dir: Path) -> Any:
+    """Parsl's MonitoringHub when the job asks for it (``monitoring: true``): every task's states,
+    tries and resource use go to ``<run_dir>/monitoring.db`` (SQLite; `parsl-visualize` reads it)."""
+    if not job.monitoring:
+        return None
+    try:
+        import sqlalchemy  # noqa: F401 - what parsl[monitoring] adds; without it the hub fails late
+        from parsl.monitoring import MonitoringHub
+    except ImportError:
+        raise ConfigError("<job>", "monitoring", "the monitoring extra: pip install 'fedgrid[monitoring]'") from None
+    return MonitoringHub(logging_endpoint=f"sqlite:///{run_dir / 'monitoring.db'}",
+                         workflow_name=job.name, resource_monitoring_interval=10)
 
 
 def warm_slots(site: Any) -> int:
@@ -82,7 +96,7 @@ class SiteRuntime:
         scaled = [s for s in job.sites if s.executor.kind in SCALED_KINDS]
         config = Config(executors=executors, strategy="simple" if scaled else "none",
                         strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
-                        retry_handler=retry_cost,
+                        retry_handler=retry_cost, monitoring=monitoring_hub(job, run_dir),
                         run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=parsl_logging())
         t0 = time.perf_counter()
         self.dfk = DataFlowKernel(config)

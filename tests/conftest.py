@@ -38,7 +38,7 @@ def write_job(tmp_path):
     return write
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_job():
     """`job_dict` itself, for tests that build several jobs (tests is not an importable package)."""
     return job_dict

@@ -120,6 +120,68 @@ def test_krum_picks_the_update_closest_to_its_neighbours() -> None:
     np.testing.assert_allclose(make("multikrum", byzantine=1, keep=2).aggregate(1, P(0.0), ups, [])["w"], [1.5])
 
 
+def test_bucketing_groups_by_round_and_ids_not_arrival_order() -> None:
+    from fedgrid.flow.strategies.robust import bucketed
+
+    ups = [U(c, c + 1, float(c)) for c in range(7)]
+    b = bucketed(ups, 2, rnd=3)
+    assert [len(x.params) for x in b] == [1] * 4 and sum(x.num_examples for x in b) == sum(range(1, 8))
+    # every bucket is the example-weighted mean of the clients it holds (each client in exactly one)
+    members = []
+    for x in b:
+        group = [u for u in ups if u.client in _members(x, ups)]
+        members += [u.client for u in group]
+        want = sum(u.num_examples * u.params["w"][0] for u in group) / sum(u.num_examples for u in group)
+        assert x.params["w"][0] == pytest.approx(want, rel=1e-6)
+    assert sorted(members) == list(range(7))
+    again = bucketed(list(reversed(ups)), 2, rnd=3)  # another arrival order: the same buckets
+    assert [x.params["w"].tolist() for x in again] == [x.params["w"].tolist() for x in b]
+    other = bucketed(ups, 2, rnd=4)  # another round: another grouping
+    assert [x.params["w"].tolist() for x in other] != [x.params["w"].tolist() for x in b]
+    assert bucketed(ups, 1, rnd=3) is ups
+
+
+def _members(bucket: ClientUpdate, ups: list[ClientUpdate]) -> set[int]:
+    """Which clients a bucket of two (or one) holds: the pair whose weighted mean it is."""
+    w, n = float(bucket.params["w"][0]), bucket.num_examples
+    for a in ups:
+        if a.num_examples == n and abs(float(a.params["w"][0]) - w) < 1e-6:
+            return {a.client}
+        for b in ups:
+            if b.client > a.client and a.num_examples + b.num_examples == n and abs(
+                    (a.num_examples * a.params["w"][0] + b.num_examples * b.params["w"][0]) / n - w) < 1e-5:
+                return {a.client, b.client}
+    raise AssertionError(f"no pair of clients makes {w} over {n} examples")
+
+
+def test_bucketed_median_keeps_the_honest_majority_and_more_of_their_spread() -> None:
+    # 8 honest clients with values 0..7 and 2 hostile ones at 1000: the median of 5 bucket means
+    # stays within the honest range, and bucket 1 (off) is the plain median
+    ups = [U(c, 1, float(c)) for c in range(8)] + [U(8, 1, 1000.0), U(9, 1, 1000.0)]
+    plain = make("median").aggregate(1, P(0.0), ups, [])["w"][0]
+    assert plain == pytest.approx(4.5)
+    for rnd in range(1, 20):
+        got = make("median", bucket=2).aggregate(rnd, P(0.0), ups, [])["w"][0]
+        assert 0.5 <= got <= 6.5, (rnd, got)  # a mean of two honest values: never a hostile bucket
+    # Krum counts bad buckets: f=2 of 5 buckets is below 2f+3, so it falls back to the median
+    assert 0.5 <= make("krum", byzantine=2, bucket=2).aggregate(1, P(0.0), ups, [])["w"][0] <= 6.5
+    with pytest.raises(ValueError):
+        make("median", bucket=0)
+
+
+def test_robust_rule_with_server_momentum_over_two_rounds_and_resume() -> None:
+    ups = [U(0, 1, 1.0), U(1, 1, 2.0), U(2, 1, 3.0), U(3, 1, 100.0), U(4, 1, -100.0)]  # median 2
+    s = make("median", momentum=0.5, server_lr=1.0)
+    g1 = s.aggregate(1, P(0.0), ups, [])["w"][0]  # v = -(2 - 0) = -2; G = 0 + 2
+    assert g1 == pytest.approx(2.0)
+    resumed = make("median", momentum=0.5, server_lr=1.0)
+    resumed.load_state(s.state())
+    ups2 = [U(c, 1, x) for c, x in enumerate([3.0, 4.0, 5.0, 1e6, -1e6])]  # median 4: v = 0.5*-2 - 2 = -3
+    assert s.aggregate(2, P(g1), ups2, [])["w"][0] == pytest.approx(5.0)
+    assert resumed.aggregate(2, P(g1), ups2, [])["w"][0] == pytest.approx(5.0)
+    assert make("median").state() == OrderedDict()  # the rule alone keeps no state
+
+
 def test_validation_rejects_with_a_reason() -> None:
     g = OrderedDict(w=np.zeros(2, np.float32), n=np.array(0, np.int64))
 

@@ -133,6 +133,48 @@ def server_step(updates: list[ClientUpdate], global_params: Params,
     return out
 
 
+class HeavyBall:
+    """Server momentum on a round's pseudo-gradient (Hsu et al. 2019, FedAvgM).
+
+    The server treats ``G - agg`` as a gradient: ``v <- momentum * v + (G - agg)``,
+    ``G' = G - server_lr * v``. momentum 0 and server_lr 1 give back ``agg`` exactly. The velocity
+    is checkpointed (``state``) so a resumed run takes the same next step.
+    """
+
+    def __init__(self, server_lr: float, momentum: float):
+        self.server_lr, self.momentum = server_lr, momentum
+        self.velocity: Params = OrderedDict()
+
+    @property
+    def identity(self) -> bool:
+        return self.momentum == 0 and self.server_lr == 1
+
+    def step(self, name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        v = self.momentum * self.velocity.get(name, np.zeros_like(g)) - delta
+        self.velocity[name] = v
+        return g - self.server_lr * v
+
+    def apply(self, global_params: Params, agg: Params) -> Params:
+        """The step from ``global_params`` toward an aggregate (float tensors; others are taken as is)."""
+        if self.identity:
+            return agg
+        out: Params = OrderedDict()
+        for name, g in global_params.items():
+            if not is_float(g):
+                out[name] = agg[name]
+                continue
+            g64 = np.asarray(g, np.float64)
+            out[name] = cast_like(self.step(name, g64, np.asarray(agg[name], np.float64) - g64), g)
+        return out
+
+    def state(self) -> Params:
+        return OrderedDict((f"v/{k}", v) for k, v in self.velocity.items())
+
+    def load_state(self, state: Params) -> None:
+        self.velocity = OrderedDict((k[2:], np.asarray(v, np.float64)) for k, v in state.items()
+                                    if k.startswith("v/"))
+
+
 def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
     """Example-weighted mean of client params (streamed: no stacking of k copies).
 

@@ -10,14 +10,12 @@ is the strategy state, so it is checkpointed and a resumed run takes the same ne
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
+from fedgrid.flow.strategies.base import HeavyBall, Params, Strategy, StrategyOptions, server_step
 
 
 class FedAvgMOptions(StrategyOptions):
@@ -33,19 +31,14 @@ class FedAvgM(Strategy):
 
     def __init__(self, opts: FedAvgMOptions | None = None):
         super().__init__(opts)
-        self.velocity: Params = OrderedDict()
+        self.hb = HeavyBall(self.opts.server_lr, self.opts.momentum)
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[dict[str, Any]]) -> Params:
-        def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
-            v = self.opts.momentum * self.velocity.get(name, np.zeros_like(g)) - delta  # grad = G - avg
-            self.velocity[name] = v
-            return g - self.opts.server_lr * v
-
-        return server_step(updates, global_params, step)
+        return server_step(updates, global_params, self.hb.step)
 
     def state(self) -> Params:
-        return OrderedDict((f"v/{k}", v) for k, v in self.velocity.items())
+        return self.hb.state()
 
     def load_state(self, state: Params) -> None:
-        self.velocity = OrderedDict((k[2:], np.asarray(v, np.float64)) for k, v in state.items() if k.startswith("v/"))
+        self.hb.load_state(state)

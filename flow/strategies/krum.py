@@ -5,31 +5,33 @@ NeurIPS 2017. With k updates of which at most ``byzantine`` (f) are bad, each up
 the sum of squared distances to its ``k - f - 2`` nearest neighbours; honest updates cluster, so
 the bad ones score high. Krum keeps the single best-scoring update; multi-Krum (``keep`` > 1;
 by default ``k - f``) averages the best ``keep`` of them, weighted by examples. Distances come from
-one Gram matrix of the flattened updates, accumulated tensor by tensor.
+one Gram matrix of the flattened updates, accumulated tensor by tensor. With ``bucket`` s the
+rule scores k/s bucket means (flow/strategies/robust.py); ``byzantine`` then counts bad buckets.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
+from fedgrid.flow.strategies.base import Params, weighted_mean
 from fedgrid.flow.strategies.median import Median
+from fedgrid.flow.strategies.robust import RobustOptions, RobustStrategy
 
 log = logging.getLogger("fedgrid")
 
 
-class KrumOptions(StrategyOptions):
+class KrumOptions(RobustOptions):
     name: Literal["krum", "multikrum"] = "krum"
     byzantine: Annotated[int, Field(ge=0)] = 1  # f: how many bad updates a round may hold
     keep: Annotated[int, Field(ge=1)] | None = None  # updates averaged (krum: 1; multikrum: k - f)
 
 
-class Krum(Strategy):
+class Krum(RobustStrategy):
     name = "krum"
     Options = KrumOptions
     opts: KrumOptions
@@ -46,16 +48,13 @@ class Krum(Strategy):
         near = max(1, k - f - 2)
         return np.array([np.sort(np.delete(dist[i], i))[:near].sum() for i in range(k)])
 
-    def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
-        if not updates:
-            raise ValueError("cannot aggregate zero updates")
+    def combine(self, rnd: int, global_params: Params, updates: list[ClientUpdate]) -> Params:
         if len(updates) < 2 * self.opts.byzantine + 3:
             # Krum's guarantee needs k > 2f + 2; with fewer updates fall back to the coordinate-wise
             # median, which still resists a minority of bad updates (the mean would not)
             log.warning("round %d: %d updates are too few for krum with byzantine=%d; using the median",
                         rnd, len(updates), self.opts.byzantine)
-            return Median().aggregate(rnd, global_params, updates, failures)
+            return Median().combine(rnd, global_params, updates)
         keep = self.opts.keep or (1 if self.opts.name == "krum" else len(updates) - self.opts.byzantine)
         best = np.argsort(self.scores(global_params, updates), kind="stable")[:max(1, min(keep, len(updates)))]
         return weighted_mean([updates[i] for i in sorted(best)], global_params)

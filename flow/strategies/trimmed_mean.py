@@ -3,37 +3,36 @@
 Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018.
 With ``beta`` the share trimmed at each end (``floor(beta * k)`` of k clients), up to that many
 arbitrary clients per coordinate are cut off before the mean; it keeps more of the honest
-clients' information than the median. beta 0 is the unweighted mean.
+clients' information than the median. beta 0 is the unweighted mean. With ``bucket`` s the rule
+sees k/s bucket means (flow/strategies/robust.py), and beta must cover the bad buckets.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like
+from fedgrid.flow.strategies.base import Params, cast_like
 from fedgrid.flow.strategies.median import stack
+from fedgrid.flow.strategies.robust import RobustOptions, RobustStrategy
 
 
-class TrimmedMeanOptions(StrategyOptions):
+class TrimmedMeanOptions(RobustOptions):
     name: Literal["trimmed_mean"] = "trimmed_mean"
     beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # share cut at each end
 
 
-class TrimmedMean(Strategy):
+class TrimmedMean(RobustStrategy):
     name = "trimmed_mean"
     Options = TrimmedMeanOptions
     opts: TrimmedMeanOptions
 
-    def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
-        if not updates:
-            raise ValueError("cannot aggregate zero updates")
+    def combine(self, rnd: int, global_params: Params, updates: list[ClientUpdate]) -> Params:
         k = len(updates)
         cut = math.floor(self.opts.beta * k)
         out: Params = OrderedDict()

@@ -1,0 +1,77 @@
+"""The Python API: everything the CLI does, callable from a pipeline script.
+
+    import fedgrid
+
+    job = fedgrid.load_job("examples/fmnist.yaml", ["rounds=20"])
+    result = fedgrid.run(job)                      # or fedgrid.run("examples/fmnist.yaml")
+    fedgrid.run(job, more=5)                       # five more rounds from the newest checkpoint
+    info = fedgrid.status(result.run_dir)          # what `fedgrid status --json` prints
+    fedgrid.report(result.run_dir)                 # PNGs + summary.md
+    fedgrid.export(result.run_dir, fmt="safetensors")
+    fedgrid.schedule(job, cron="0 2 * * *", rounds_per_run=5)   # blocks; stop= an Event to end it
+
+A job is a Job, a path to a YAML file, or a dict shaped like one. Errors are the same exceptions
+the CLI turns into messages (ConfigError, RoundFailed, RunDirBusy, ResumeRefused). Parsl starts
+worker processes, so a script calling `run` needs an ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from fedgrid.flow.config import ConfigError, Job, load_job, parse_job
+
+
+def as_job(job: Job | str | Path | dict[str, Any], overrides: list[str] | None = None) -> Job:
+    if isinstance(job, Job):
+        return parse_job(job.model_dump(), "<job>", overrides) if overrides else job
+    if isinstance(job, dict):
+        return parse_job(job, "<job>", overrides)
+    return load_job(job, overrides)
+
+
+def run(job: Job | str | Path | dict[str, Any], *, base: Path | None = None, fresh: bool = False,
+        quiet: bool = False, more: int | None = None, stop: threading.Event | None = None,
+        log_format: str = "text") -> Any:
+    """Run or resume a job (see runner.run); returns a RunResult with the rounds table rows."""
+    from fedgrid.flow.runner import run as _run
+
+    return _run(as_job(job), base=base, fresh=fresh, quiet=quiet, more=more, stop=stop, log_format=log_format)
+
+
+def schedule(job: Job | str | Path | dict[str, Any], cron: str | None = None, rounds_per_run: int | None = None,
+             *, base: Path | None = None, firings: int | None = None, stop: threading.Event | None = None,
+             quiet: bool = True) -> int:
+    """Recurring training (flow/schedule.py); a path is re-read at every firing. Returns the runs done."""
+    from fedgrid.flow.runner import run as _run
+    from fedgrid.flow.schedule import Scheduler
+
+    first = as_job(job)
+    cron = cron or (first.schedule.cron if first.schedule else None)
+    if cron is None:
+        raise ConfigError("<job>", "schedule.cron", "a cron expression (or pass cron=)")
+    per_run = rounds_per_run or (first.schedule.rounds_per_run if first.schedule else 1)
+    return Scheduler(load=lambda: as_job(job), cron=cron, rounds_per_run=per_run, run=_run,
+                     base=base or Path.cwd(), stop=stop or threading.Event(), firings=firings, quiet=quiet,
+                     say=(lambda s: None) if quiet else print).serve()
+
+
+def status(run_dir: str | Path) -> dict[str, Any]:
+    from fedgrid.flow.status import status_info
+
+    return status_info(Path(run_dir))
+
+
+def report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    from fedgrid.flow.report import write_report
+
+    return write_report(Path(run_dir), Path(out) if out else None)
+
+
+def export(run_dir: str | Path, rnd: int | None = None, fmt: str = "safetensors",
+           out: str | Path | None = None) -> Path:
+    from fedgrid.flow.export import export_model
+
+    return export_model(Path(run_dir), rnd, fmt, Path(out) if out else None)

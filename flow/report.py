@@ -1,0 +1,176 @@
+"""`fedgrid report RUN_DIR`: PNG plots and a Markdown summary of a run, from its files only.
+
+Three figures, each answering a question people ask after a night of training:
+- accuracy.png -- is it learning? Test accuracy and loss per round (train loss beside them).
+- sites.png -- which site holds the rounds up? Median train and queue seconds per site per round.
+- failures.png -- what went wrong, and when? Failed clients per round, stacked by kind of reason.
+
+summary.md puts the numbers next to the images (rounds, best and last accuracy, seconds per round,
+failures by reason, a table per site). matplotlib draws with the Agg backend, so it works on a
+login node without a display.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.status import reason_kind, status_info
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_axes(*axes, y: bool = False) -> None:
+    """Rounds (and failure counts) are whole numbers: no 1.5 on the axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if y:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    rounds = [r["round"] for r in rows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    acc = [(r["round"], r["test_accuracy"]) for r in rows if r.get("test_accuracy") is not None]
+    if acc:
+        a.plot(*zip(*acc, strict=True), marker="o", ms=3, label="test accuracy")
+    tacc = [(r["round"], r["train_accuracy"]) for r in rows if r.get("train_accuracy") is not None]
+    if tacc:
+        a.plot(*zip(*tacc, strict=True), ls="--", alpha=0.7, label="train accuracy (clients)")
+    a.set_ylabel("accuracy")
+    a.grid(alpha=0.3)
+    a.legend(loc="lower right")
+    loss = [(r["round"], r["test_loss"]) for r in rows if r.get("test_loss") is not None]
+    if loss:
+        b.plot(*zip(*loss, strict=True), marker="o", ms=3, color="C3", label="test loss")
+    tl = [(r["round"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    if tl:
+        b.plot(*zip(*tl, strict=True), ls="--", alpha=0.7, color="C1", label="train loss (clients)")
+    b.set_ylabel("loss")
+    b.set_xlabel("round")
+    b.grid(alpha=0.3)
+    b.legend(loc="upper right")
+    if rounds:
+        b.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+    _integer_axes(a, b)
+    fig.suptitle("accuracy and loss per round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def site_series(rows: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
+    """Per site: (round, median of `key` over that round's updates from the site)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        by: dict[str, list[float]] = {}
+        for u in r.get("updates") or []:
+            if u.get(key) is not None:
+                by.setdefault(u["site"], []).append(u[key])
+        for site, xs in by.items():
+            out.setdefault(site, []).append((r["round"], statistics.median(xs)))
+    return dict(sorted(out.items()))
+
+
+def plot_sites(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for ax, key, label in ((a, "train_s", "train s (median per update)"), (b, "queue_s", "queue s (median)")):
+        for i, (site, pts) in enumerate(site_series(rows, key).items()):
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=f"C{i % 10}", label=site)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize="small")
+    b.set_xlabel("round")
+    _integer_axes(a, b)
+    fig.suptitle("per-site timings")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_failures(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    kinds = sorted({reason_kind(f.get("reason", "")) for r in rows for f in r.get("failures") or []})
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bottom = [0] * len(rows)
+    for i, kind in enumerate(kinds):
+        counts = [sum(1 for f in r.get("failures") or [] if reason_kind(f.get("reason", "")) == kind) for r in rows]
+        ax.bar(rounds, counts, bottom=bottom, color=f"C{(i + 3) % 10}", label=kind)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    if not kinds:
+        ax.text(0.5, 0.5, "no failures", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.set_xlabel("round")
+    ax.set_ylabel("failed clients")
+    ax.grid(alpha=0.3, axis="y")
+    if kinds:
+        ax.legend(loc="upper right", fontsize="small")
+    _integer_axes(ax, y=True)
+    fig.suptitle("failures per round, by kind")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[str]) -> str:
+    lines = [f"# {info['job']}: {info['rounds_done']} of {info['rounds_target']} rounds", "",
+             f"Run directory: `{info['run_dir']}`", ""]
+    total = sum(r.get("seconds") or 0 for r in rows)
+    lines += ["| | |", "|---|---|",
+              f"| last round | {info['last_round']} |",
+              f"| test accuracy (last / best) | {_num(info['last_accuracy'], '.4f')} / "
+              f"{_num(info['best_accuracy'], '.4f')} |",
+              f"| test loss (last) | {_num(info['last_loss'], '.4f')} |",
+              f"| median seconds per round | {_num(info['seconds_per_round'], '.2f')} |",
+              f"| training wall time (sum of rounds) | {total:.1f} s |",
+              f"| client failures | {info['total_failures']} |"]
+    if info.get("next_firing"):
+        lines.append(f"| next scheduled run | {info['next_firing']} |")
+    lines += ["", "## Failures by reason", ""]
+    if info["failures_by_reason"]:
+        lines += ["| reason | count |", "|---|---|"]
+        lines += [f"| {k} | {n} |" for k, n in info["failures_by_reason"].items()]
+    else:
+        lines.append("No client failed.")
+    lines += ["", "## Sites", "", "| site | updates | failures | median train s | median queue s |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {s} | {v['updates']} | {v['failures']} | {_num(v['train_s_median'], '.2f')} | "
+              f"{_num(v['queue_s_median'], '.2f')} |" for s, v in info["sites"].items()]
+    lines += ["", "## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
+    """Write accuracy.png, sites.png, failures.png and summary.md into `out` (default
+    <run_dir>/report); returns their paths. Raises ValueError when the run has no rounds yet."""
+    run_dir = run_dir.resolve()
+    info = status_info(run_dir)
+    rows = ckpt.reconcile_rows(run_dir, info["rounds_done"])
+    if not rows:
+        raise ValueError(f"{run_dir}: no finished rounds to report on yet")
+    out = out or run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = [out / "accuracy.png", out / "sites.png", out / "failures.png"]
+    for fn, path in zip((plot_accuracy, plot_sites, plot_failures), pngs, strict=True):
+        fn(rows, path)
+    md = out / "summary.md"
+    md.write_text(summary_md(info, rows, [p.name for p in pngs]))
+    return [*pngs, md]

@@ -1,0 +1,171 @@
+"""Recurring training: `fedgrid schedule JOB --cron EXPR --rounds-per-run N`.
+
+A long-running process that, at each firing of a cron expression, continues the job from its
+newest checkpoint for N more rounds (`runner.run(more=N)`). What a team running nightly training
+needs from it:
+
+- **No overlap.** Every run takes the run directory's lock (flow/runlock.py), the same one a manual
+  `fedgrid run` takes, so a firing that finds a run in progress is skipped and logged, and a manual
+  run during a scheduled one is refused. A second scheduler on the same run directory is refused
+  at start (``.schedule.lock``).
+- **Missed firings coalesce.** When a run outlasts the interval (or the machine slept), the firings
+  that passed meanwhile become one run, started at once; those folded away are counted in
+  ``schedule.json`` (``coalesced``).
+- **Clean stop.** SIGTERM finishes the round in progress, checkpoints it and exits 0; while
+  waiting for the next firing it exits at once.
+- **The job file is re-read at every firing**, so an edit (more sites, another learning rate)
+  applies from the next run; a file that no longer validates skips that firing with the reason.
+
+The state a status query needs (next firing, last result, coalesced count, the scheduler's pid) is in
+``<run_dir>/schedule.json``, rewritten atomically after every change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from croniter import croniter
+
+from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.runlock import holder
+
+log = logging.getLogger("fedgrid")
+STATE = "schedule.json"
+
+
+class SchedulerBusy(Exception):
+    """Another scheduler owns this run directory."""
+
+
+def next_after(cron: str, t: float) -> float:
+    """The first firing of `cron` strictly after epoch second `t` (local time, as crontab)."""
+    return float(croniter(cron, datetime.fromtimestamp(t).astimezone()).get_next(float))
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Scheduler:
+    """Fires `load()`'s job every `cron` for `rounds_per_run` rounds until `stop` or `firings` runs.
+
+    `load` re-reads the job file (with the command line's overrides) at every firing. `run` is
+    `runner.run`, passed in so the Python API and the CLI share this loop.
+    """
+
+    load: Callable[[], Job]
+    cron: str
+    rounds_per_run: int
+    run: Callable[..., Any]
+    base: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    firings: int | None = None  # stop after this many runs (None: forever)
+    quiet: bool = False
+    log_format: str = "text"
+    say: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        if not croniter.is_valid(self.cron):
+            raise ConfigError("--cron", "", f"a cron expression such as '0 2 * * *', got {self.cron!r}")
+        job = self.load()  # a bad job file fails now, not at 02:00
+        self.run_dir = job.run_dir(self.base).resolve()
+        self.state: dict[str, Any] = {"cron": self.cron, "rounds_per_run": self.rounds_per_run, "pid": os.getpid(),
+                                      "started_at": iso(time.time()), "runs": 0, "coalesced": 0, "skipped_busy": 0,
+                                      "next_firing": None, "last_firing": None, "last_result": None}
+        self._lock_fd: int | None = None
+
+    # -- state --------------------------------------------------------------------------------
+    def _save(self) -> None:
+        path = self.run_dir / STATE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, path)
+
+    def _take_lock(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / ".schedule.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SchedulerBusy(f"{self.run_dir}: another fedgrid schedule (pid {holder}) owns this run "
+                                f"directory; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    # -- the loop -----------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Run until stopped (or `firings` runs); returns how many runs completed."""
+        from fedgrid.flow.runlock import RunDirBusy
+        from fedgrid.flow.runner import ResumeRefused, RoundFailed
+
+        self._take_lock()
+        try:
+            due = next_after(self.cron, time.time())
+            while not self.stop.is_set() and (self.firings is None or self.state["runs"] < self.firings):
+                self.state["next_firing"] = iso(due)
+                self._save()
+                self.say(f"schedule: next run of {self.rounds_per_run} round(s) at {iso(due)}")
+                if self.stop.wait(max(0.0, due - time.time())):
+                    break
+                fired = time.time()
+                self.state["last_firing"] = iso(fired)
+                try:
+                    result = self.run(self.load(), base=self.base, more=self.rounds_per_run, stop=self.stop,
+                                      quiet=self.quiet, log_format=self.log_format)
+                    self.state["runs"] += 1
+                    self.state["last_result"] = {"ok": True, "rounds_done": result.rounds_done,
+                                                 "stopped": result.stopped, "at": iso(time.time())}
+                except RunDirBusy as e:  # a manual run holds the directory: this firing is skipped
+                    self.state["skipped_busy"] += 1
+                    self.state["last_result"] = {"ok": False, "error": str(e), "at": iso(time.time())}
+                    self.say(f"schedule: firing skipped: {e}")
+                except (ConfigError, ResumeRefused, RoundFailed, OSError, ValueError) as e:
+                    # the next firing tries again (a site back up, a fixed job file)
+                    self.state["runs"] += 1
+                    self.state["last_result"] = {"ok": False, "error": str(e), "at": iso(time.time())}
+                    self.say(f"schedule: run failed: {e}")
+                now = time.time()
+                due = next_after(self.cron, fired)
+                if due <= now:  # firings passed while the run went on: one catch-up run, at once
+                    missed = 0
+                    while due <= now:
+                        missed += 1
+                        due = next_after(self.cron, due)
+                    self.state["coalesced"] += missed - 1
+                    self.say(f"schedule: {missed} firing(s) passed during the last run; running once now")
+                    due = now
+            self.state["next_firing"] = None
+            self._save()
+            return int(self.state["runs"])
+        finally:
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    """schedule.json with ``active``: whether its scheduler still holds the run directory."""
+    path = run_dir / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    state["active"] = holder(run_dir / ".schedule.lock") is not None
+    return state

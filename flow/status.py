@@ -1,0 +1,73 @@
+"""What a run directory says about its run, read from its files only (`fedgrid status`).
+
+Everything comes from the newest verified round file, rounds.parquet, the run lock and
+schedule.json, so it works while a run is going on, after it ended, and on a copy of the run
+directory on another machine. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.runlock import holder
+from fedgrid.flow.schedule import read_state
+
+
+def reason_kind(reason: str) -> str:
+    """A failure reason's kind: the part before the first colon ("deadline", "FloatingPointError",
+    "InvalidUpdate", "site down"), so reasons that differ only in numbers count together."""
+    return (reason or "unknown").split(":", 1)[0].strip()[:60] or "unknown"
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def per_site(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per site over all rounds: updates and failures, median train and queue seconds per update."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        for u in r.get("updates") or []:
+            s = out.setdefault(u["site"], {"updates": 0, "failures": 0, "train": [], "queue": []})
+            s["updates"] += 1
+            s["train"].append(u.get("train_s"))
+            s["queue"].append(u.get("queue_s"))
+        for f in r.get("failures") or []:
+            s = out.setdefault(f.get("site") or "?", {"updates": 0, "failures": 0, "train": [], "queue": []})
+            s["failures"] += 1
+    return {site: {"updates": s["updates"], "failures": s["failures"], "train_s_median": _median(s["train"]),
+                   "queue_s_median": _median(s["queue"])} for site, s in sorted(out.items())}
+
+
+def failures_by_reason(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(Counter(reason_kind(f.get("reason", "")) for r in rows for f in r.get("failures") or [])
+                .most_common())
+
+
+def status_info(run_dir: Path) -> dict[str, Any]:
+    state, skipped = ckpt.latest_valid(run_dir, quarantine=False)
+    done = state.round if state else 0
+    rows = ckpt.reconcile_rows(run_dir, done)
+    last = rows[-1] if rows else {}
+    sched = read_state(run_dir)
+    accs = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
+    return {
+        "run_dir": str(run_dir), "job": state.job.get("name") if state else None,
+        "rounds_done": done, "rounds_target": state.job.get("rounds") if state else None,
+        "running_pid": holder(run_dir / ".lock"),
+        "last_round": last.get("round"), "last_accuracy": last.get("test_accuracy"),
+        "last_loss": last.get("test_loss"), "best_accuracy": max(accs, default=None),
+        "seconds_per_round": _median([r.get("seconds") for r in rows]),
+        "total_failures": sum(r.get("clients_failed") or 0 for r in rows),
+        "failures_by_reason": failures_by_reason(rows),
+        "sites": per_site(rows),
+        "schedule": sched,
+        "next_firing": sched.get("next_firing") if sched and sched.get("active") else None,
+        "last": last,
+        "skipped": [{"file": str(p), "reason": w} for p, w in skipped],
+    }
