@@ -1,6 +1,6 @@
 """fedgrid side by side with Flower, and against the compute floor (issue 6).
 
-    python bench/compare.py [--rounds 10]
+    python bench/compare.py [--rounds 10] [--repeat 3]
 
 The fmnist example's workload (20 Dirichlet clients, the cnn, 1 local epoch, lr 0.05, every client
 every round, central evaluation each round) three ways, one after another on this machine:
@@ -10,7 +10,12 @@ every round, central evaluation each round) three ways, one after another on thi
 - **Flower**: the same model, partitions, initial weights, shuffling and FedAvg under Flower's
   simulation engine (bench/flower_fmnist.py; `pip install 'fedgrid[bench]'`), one CPU per client;
 - **floor**: every client's shard trained once in one process with no framework at all
-  (bench/run.py), divided by the 2 workers: the least a round can take here.
+  (bench/run.py), divided by the 2 workers: the least a round can take here if two cores trained
+  at twice the speed of one. Beside it, the **measured two-process floor**: the same training split
+  over two processes running at once, no framework, which shows what the two cores really give.
+
+`--repeat N` runs fedgrid and Flower alternately N times (so drifts of this shared VM hit both
+alike) and reports the run with the median seconds per round of each, with every run's value.
 
 Both frameworks are timed from their process's start. Peak memory is the resident memory of the
 process and all its children (workers, interchange, Ray) sampled every 0.2 s. Flower evaluates
@@ -32,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from flower_fmnist import PeakRSS  # noqa: E402
-from run import bench_floor, bench_fmnist  # noqa: E402
+from run import bench_floor, bench_floor_parallel, bench_fmnist  # noqa: E402
 
 
 def run_fedgrid(rounds: int, work: Path) -> dict:
@@ -56,17 +61,33 @@ def run_flower(rounds: int, work: Path) -> dict | None:
     return json.loads(dest.read_text())
 
 
+def median_run(runs: list[dict]) -> dict | None:
+    """The run whose median seconds per round is the median of the runs (its numbers stay together)."""
+    if not runs:
+        return None
+    ranked = sorted(runs, key=lambda r: r["median_round_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "all_median_round_s": [r["median_round_s"] for r in runs]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        fg = run_fedgrid(args.rounds, Path(d))
-        fl = run_flower(args.rounds, Path(d))
+    fgs, fls = [], []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as d:
+            fgs.append(run_fedgrid(args.rounds, Path(d)))
+            if (one := run_flower(args.rounds, Path(d))) is not None:
+                fls.append(one)
+    fg, fl = median_run(fgs), median_run(fls)
+    assert fg is not None
     floor = bench_floor()
     floor_round = floor["train_all_s"] / fg["workers"]
-    res = {"date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "fedgrid": fg, "flower": fl,
-           "floor": {**floor, "per_round_s": floor_round, "workers": fg["workers"]}}
+    par = bench_floor_parallel(fg["workers"])
+    res = {"date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "repeat": args.repeat, "fedgrid": fg,
+           "flower": fl, "floor": {**floor, "per_round_s": floor_round, "workers": fg["workers"],
+                                   "parallel_round_s": par["round_s"]}}
     out = REPO / "bench" / "results" / "compare.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -86,10 +107,17 @@ def main() -> int:
               f"{(fg['accuracy'][-1] - fl['accuracy'][-1]) * 100:+.2f} points |")
         print(f"| accuracy per round | {', '.join(f'{a:.3f}' for a in fg['accuracy'])} | "
               f"{', '.join(f'{a:.3f}' for a in fl['accuracy'])} | |")
+    if args.repeat > 1:
+        print(f"| median s/round of each run | {', '.join(f'{x:.2f}' for x in fg['all_median_round_s'])} | "
+              + (f"{', '.join(f'{x:.2f}' for x in fl['all_median_round_s'])}" if fl else "") + " | |")
     print(f"\nCompute floor: {floor['samples']} samples trained once in {floor['train_all_s']:.2f} s on one thread, "
           f"{floor_round:.2f} s per round on {fg['workers']} workers; fedgrid's median round is "
           f"{fg['median_round_s'] / floor_round:.2f}x the floor (target <= 1.15)"
           + (f", Flower's {fl['median_round_s'] / floor_round:.2f}x." if fl else "."))
+    print(f"Measured two-process floor (the same training in {fg['workers']} processes at once, no framework): "
+          f"{par['round_s']:.2f} s per round, {par['round_s'] / floor_round:.2f}x the one-process floor; fedgrid "
+          f"is {fg['median_round_s'] / par['round_s']:.2f}x it"
+          + (f", Flower {fl['median_round_s'] / par['round_s']:.2f}x." if fl else "."))
     return 0
 
 

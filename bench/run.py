@@ -57,11 +57,10 @@ def bench_fmnist(rounds: int, workdir: Path, executor: dict | None = None, tag: 
             "workers": sum(s["executor"]["workers"] for s in job["sites"])}
 
 
-def bench_floor() -> dict:
-    """Train every client's shard once in this process, as the train app would, minus the framework."""
+def floor_tasks() -> list[dict]:
+    """Round-1 train tasks of the fmnist example for every client, with each shard loaded and cached."""
     from fedgrid.apps import datasets
     from fedgrid.apps.models import build, get_params
-    from fedgrid.apps.train import train_client
     from fedgrid.flow.config import load_job
 
     job = load_job(REPO / "examples" / "fmnist.yaml")
@@ -78,10 +77,59 @@ def bench_floor() -> dict:
              for c in range(job.data.clients)]
     for t in tasks:  # load and cache every shard first: the floor is training only
         datasets.client_arrays(data, t["client"], job.data.clients, job.seed)
+    return tasks
+
+
+def bench_floor() -> dict:
+    """Train every client's shard once in this process, as the train app would, minus the framework."""
+    from fedgrid.apps.train import train_client
+
+    tasks = floor_tasks()
     train_client(tasks[0])
     t0 = time.perf_counter()
     n = sum(train_client(t).num_examples for t in tasks)
     return {"train_all_s": time.perf_counter() - t0, "samples": n}
+
+
+def _floor_process(group: list[int], barrier, out) -> None:  # noqa: ANN001 - multiprocessing objects
+    from fedgrid.apps.train import train_client
+
+    tasks = floor_tasks()
+    train_client(tasks[0])
+    barrier.wait()
+    t0 = time.time()
+    for c in group:
+        train_client(tasks[c])
+    out.put((t0, time.time()))
+
+
+def bench_floor_parallel(workers: int) -> dict:
+    """The same training split over `workers` processes at once (longest shards first, each to the
+    least-loaded process), no framework: what the hardware gives when its cores train together,
+    as against the one-process floor divided by the worker count, which assumes they scale perfectly."""
+    import multiprocessing as mp
+
+    from fedgrid.apps import datasets
+
+    tasks = floor_tasks()
+    sizes = {t["client"]: len(datasets.client_arrays(t["data"], t["client"], t["clients"], t["seed"]).y)
+             for t in tasks}
+    groups: list[list[int]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for c in sorted(sizes, key=lambda c: -sizes[c]):
+        i = load.index(min(load))
+        groups[i].append(c)
+        load[i] += sizes[c]
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_floor_process, args=(g, barrier, out)) for g in groups]
+    for p in procs:
+        p.start()
+    spans = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return {"round_s": max(e for _, e in spans) - min(s for s, _ in spans), "workers": workers,
+            "samples_per_worker": load}
 
 
 def main() -> None:

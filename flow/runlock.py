@@ -29,9 +29,14 @@ class RunDirBusy(Exception):
 
 
 class RunLock:
-    def __init__(self, run_dir: Path):
+    """An exclusive lock file in a run directory holding its owner's pid: ``.lock`` for the driver
+    (RunDirBusy when taken); the scheduler takes ``.schedule.lock`` the same way with its own error."""
+
+    def __init__(self, run_dir: Path, name: str = ".lock", busy: Any = None):
         self.run_dir = run_dir
-        self.path = run_dir / ".lock"
+        self.path = run_dir / name
+        self.busy = busy or (lambda pid: RunDirBusy(f"{run_dir}: another fedgrid run (pid {pid}) is using this "
+                                                    f"run directory; wait for it or stop it first"))
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -42,8 +47,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise RunDirBusy(f"{self.run_dir}: another fedgrid run (pid {holder}) is using this run "
-                             f"directory; wait for it or stop it first") from None
+            raise self.busy(holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

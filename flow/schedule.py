@@ -22,8 +22,6 @@ The state a status query needs (next firing, last result, coalesced count, the s
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -38,7 +36,7 @@ from typing import Any
 from croniter import croniter
 
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.runlock import holder
+from fedgrid.flow.runlock import RunLock, holder
 
 log = logging.getLogger("fedgrid")
 STATE = "schedule.json"
@@ -84,7 +82,8 @@ class Scheduler:
         self.state: dict[str, Any] = {"cron": self.cron, "rounds_per_run": self.rounds_per_run, "pid": os.getpid(),
                                       "started_at": iso(time.time()), "runs": 0, "coalesced": 0, "skipped_busy": 0,
                                       "next_firing": None, "last_firing": None, "last_result": None}
-        self._lock_fd: int | None = None
+        self._lock = RunLock(self.run_dir, ".schedule.lock", busy=lambda pid: SchedulerBusy(
+            f"{self.run_dir}: another fedgrid schedule (pid {pid}) owns this run directory; stop it first"))
 
     # -- state --------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -93,27 +92,13 @@ class Scheduler:
         tmp.write_text(json.dumps(self.state, indent=1))
         os.replace(tmp, path)
 
-    def _take_lock(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir / ".schedule.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise SchedulerBusy(f"{self.run_dir}: another fedgrid schedule (pid {holder}) owns this run "
-                                f"directory; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
-
     # -- the loop -----------------------------------------------------------------------------
     def serve(self) -> int:
         """Run until stopped (or `firings` runs); returns how many runs completed."""
         from fedgrid.flow.runlock import RunDirBusy
         from fedgrid.flow.runner import ResumeRefused, RoundFailed
 
-        self._take_lock()
+        self._lock.acquire()
         try:
             due = next_after(self.cron, time.time())
             while not self.stop.is_set() and (self.firings is None or self.state["runs"] < self.firings):
@@ -153,11 +138,7 @@ class Scheduler:
             self._save()
             return int(self.state["runs"])
         finally:
-            if self._lock_fd is not None:
-                with contextlib.suppress(OSError):
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                    os.close(self._lock_fd)
-                self._lock_fd = None
+            self._lock.release()
 
 
 def read_state(run_dir: Path) -> dict[str, Any] | None:

@@ -122,14 +122,20 @@ def server_step(updates: list[ClientUpdate], global_params: Params,
     """A server optimiser's round: ``step(name, G, delta)`` returns the new float64 tensor from the
     global one and the pseudo-gradient ``delta = avg - G`` (avg: the example-weighted mean of the
     clients). Integer buffers (BatchNorm counters) take the plain weighted mean."""
-    avg = weighted_mean(updates, global_params)
+    return step_toward(global_params, weighted_mean(updates, global_params), step)
+
+
+def step_toward(global_params: Params, agg: Params,
+                step: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> Params:
+    """``step(name, G, agg - G)`` for every float tensor, in float64, cast back; other tensors
+    (integer buffers) are taken from `agg` as they are."""
     out: Params = OrderedDict()
     for name, g in global_params.items():
         if not is_float(g):
-            out[name] = avg[name]
+            out[name] = agg[name]
             continue
         g64 = np.asarray(g, np.float64)
-        out[name] = cast_like(step(name, g64, avg[name].astype(np.float64) - g64), g)
+        out[name] = cast_like(step(name, g64, np.asarray(agg[name], np.float64) - g64), g)
     return out
 
 
@@ -156,16 +162,7 @@ class HeavyBall:
 
     def apply(self, global_params: Params, agg: Params) -> Params:
         """The step from ``global_params`` toward an aggregate (float tensors; others are taken as is)."""
-        if self.identity:
-            return agg
-        out: Params = OrderedDict()
-        for name, g in global_params.items():
-            if not is_float(g):
-                out[name] = agg[name]
-                continue
-            g64 = np.asarray(g, np.float64)
-            out[name] = cast_like(self.step(name, g64, np.asarray(agg[name], np.float64) - g64), g)
-        return out
+        return agg if self.identity else step_toward(global_params, agg, self.step)
 
     def state(self) -> Params:
         return OrderedDict((f"v/{k}", v) for k, v in self.velocity.items())
