@@ -138,6 +138,14 @@ class Store:
             os.replace(tmp, path)  # readers never see a half-written object
         return Ref(uri, h.hexdigest(), size)
 
+    def get(self, key: str) -> OrderedDict[str, np.ndarray] | None:
+        """An object by key, or None when there is none (a site's own state, such as a
+        compression residual, which no reference names)."""
+        try:
+            return decode(read_bytes(self._uri(key)))
+        except FileNotFoundError:
+            return None
+
     def keys(self, folder: str) -> list[str]:
         """Names of the objects directly under a folder key (none if it does not exist)."""
         uri = self._uri(folder)

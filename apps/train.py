@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps import faults
+from fedgrid.apps import codec, faults
 from fedgrid.apps.corrections import Corrections
 from fedgrid.apps.datasets import client_arrays
 from fedgrid.apps.store import Ref, Store, fetch
@@ -91,6 +91,20 @@ def warm(task: dict[str, Any]) -> dict[str, float]:
     return {"pid": os.getpid(), "seconds": time.perf_counter() - t0}
 
 
+def compress(task: dict[str, Any], comp: dict[str, Any], params: dict[str, np.ndarray],
+             start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The update as it goes over the wire (apps/codec.py). Top-k's error-feedback residual is
+    this client's own state at its site: read from the store, added in, and written back."""
+    key = comp.get("residual_key")
+    store = Store(task["store"]) if key and task.get("store") else None
+    residual = (store.get(key) or {}) if store is not None else None
+    seed = int(np.random.SeedSequence([task["seed"], task["round"], task["client"], 7]).generate_state(1)[0])
+    payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01), residual, seed)
+    if store is not None:
+        store.put(left, key)
+    return payload
+
+
 def train_client(task: dict[str, Any]) -> ClientUpdate:
     """Local SGD from the global params on this client's shard; returns the new params."""
     started = time.time()
@@ -101,7 +115,7 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     faults.before_training(task)
     x, y = _client_tensors(task)
     model = cached_model(task["model"])
-    start = global_params(task["params"])
+    start = codec.up_from_down(global_params(task["params"]))  # float32 again if it came down in fp16
     set_params(model, start)
     fix = Corrections(task, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
     t_load = time.perf_counter() - t0
@@ -147,8 +161,18 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
                                  f"lower train.lr")
     t2 = time.perf_counter()
     extras = fix.finish(steps)
+    if dp := task.get("dp"):  # local DP: the update is clipped and noised before it leaves the site
+        from fedgrid.apps.privacy import clip_and_noise
+
+        rng = np.random.default_rng(np.random.SeedSequence([task["seed"], task["round"], task["client"], 0xD9]))
+        params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], rng)
+    used, wire = "none", 0
+    if comp := task.get("compress"):
+        params, used = compress(task, comp, params, start), comp["codec"]
+        wire = codec.nbytes(params)
     params, ref = send_back(task, params)
     return ClientUpdate(
+        codec=used, wire_nbytes=wire,
         client=task["client"], site=task["site"], round=task["round"], num_examples=n, params=params, ref=ref,
         metrics={"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)},
         timings={"queue": max(0.0, started - task["submitted_at"]), "load": t_load, "train": t_train,

@@ -31,9 +31,23 @@ class ClientUpdate:
     ref: Ref | None = None
     staleness: int = 0  # rounds between the global model it trained from and the one it joins
     scale: float = 1.0  # aggregation weight multiplier (a carried late update weighs less)
+    codec: str = "none"  # params hold an encoded delta until `decode` (apps/codec.py)
+    wire_nbytes: int = 0  # bytes the client sent (the encoded payload), kept after decoding
 
     def nbytes(self) -> int:
+        if self.wire_nbytes:
+            return self.wire_nbytes
         return self.ref.nbytes if self.ref is not None else int(sum(a.nbytes for a in self.params.values()))
+
+    def decode(self, base: dict[str, np.ndarray]) -> ClientUpdate:
+        """An encoded delta back into params, against the global model the client trained from."""
+        if self.codec != "none":
+            from fedgrid.apps.codec import decode
+
+            self.wire_nbytes = self.wire_nbytes or self.nbytes()
+            self.params = decode(self.params, base, self.codec)
+            self.codec = "none"
+        return self
 
     def resolve(self) -> ClientUpdate:
         """Fetch by-reference params into `params` (verified against the ref's size and sha256)."""

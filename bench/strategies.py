@@ -67,7 +67,8 @@ BAD = [1, 6, 11, 16]  # 20% of the clients, spread over the id range
 ATTACKED = ["fedavg", "median", "trimmed_mean", "krum", "multikrum"]
 
 
-def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults: list[dict]) -> dict:
+def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults: list[dict], epochs: int = 1,
+            fraction: float = 1.0) -> dict:
     from fedgrid.flow.config import parse_job
     from fedgrid.flow.runner import run
 
@@ -75,7 +76,8 @@ def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults:
     job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
     job["data"]["partition"] = {"kind": "dirichlet", "alpha": alpha}
     job.update(rounds=rounds, faults=faults, checkpoint={"dir": str(work / tag)},
-               strategy={"name": name, **settings}, round={"fraction": 1.0, "min_clients": 10})
+               strategy={"name": name, **settings}, round={"fraction": fraction, "min_clients": 5})
+    job["train"]["epochs"] = epochs
     from fedgrid.flow.runner import RoundFailed
 
     t0 = time.perf_counter()
@@ -112,10 +114,13 @@ def main() -> int:
     ap.add_argument("--tune", action="store_true", help="run the TUNE grid (non-IID)")
     ap.add_argument("--clean", action="store_true", help="with --byzantine: each rule's own clean run too")
     ap.add_argument("--keep", action="store_true", help="skip runs already in the results with these rounds")
+    ap.add_argument("--epochs", type=int, default=1, help="local epochs (non-IID sweep; default the example's 1)")
+    ap.add_argument("--fraction", type=float, default=1.0, help="share of clients per round (default all)")
     args = ap.parse_args()
     out = REPO / "bench" / "results" / "strategies.json"
     res: dict = json.loads(out.read_text()) if out.exists() else {}
-    key = "byzantine" if args.byzantine else "non_iid"
+    key = "byzantine" if args.byzantine else "non_iid" + (
+        f"_e{args.epochs}_f{args.fraction:g}" if (args.epochs, args.fraction) != (1, 1.0) else "")
     rounds = args.rounds or (10 if args.byzantine else 30)
     names = args.only.split(",") if args.only else (
         ATTACKED if args.byzantine else list(TUNE) if args.tune else list(SETTINGS))
@@ -134,7 +139,7 @@ def main() -> int:
             if args.keep and len(part.get(label, {}).get("acc", [])) == rounds:
                 continue
             part[label] = run_one(Path(d), label.replace(" ", "_") + ("_bad" if faults else ""), name, rounds,
-                                  0.5 if args.byzantine else 0.1, faults)
+                                  0.5 if args.byzantine else 0.1, faults, args.epochs, args.fraction)
             out.write_text(json.dumps(res, indent=1))  # after every run: a long sweep never loses its results
     shown = (["clean fedavg", *names, *(f"clean {n}" for n in names)] if args.byzantine else names)
     table(part, [n for n in shown if n in part], rounds, key)

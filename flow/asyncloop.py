@@ -120,7 +120,8 @@ def run(drv: _Driver, runtime: Any, done: int, params: dict[str, np.ndarray], pa
                 fail(fl, reason_of(exc))
                 continue
             try:
-                u = validate.check(fut.result().resolve(), bases[fl.version], job.round.max_update_norm)
+                u = validate.check(fut.result().resolve().decode(bases[fl.version]), bases[fl.version],
+                                   job.round.max_update_norm)
             except Exception as e:  # noqa: BLE001 - an unreadable or invalid update is this client's failure
                 fail(fl, reason_of(e))
                 continue

@@ -163,6 +163,33 @@ class StoreSpec(_Strict):
     inline_max_mb: Annotated[float, Field(gt=0)] = 8.0
 
 
+class CompressionSpec(_Strict):
+    """What crosses the wire (apps/codec.py): clients send compressed deltas; the driver may send
+    the global model in fp16."""
+
+    up: Literal["none", "fp16", "int8", "topk"] = "none"
+    down: Literal["none", "fp16"] = "none"
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    error_feedback: bool = True  # topk: what is not sent is kept at the site for the next round
+
+    def needs_store(self) -> bool:
+        return self.up == "topk" and self.error_feedback
+
+    def up_codec(self) -> str:
+        """The codec the clients use: a float32 delta when only the download is compressed."""
+        return "fp32" if self.up == "none" and self.down == "fp16" else self.up
+
+
+class PrivacySpec(_Strict):
+    """Client-level differential privacy (flow/privacy.py)."""
+
+    mode: Literal["central", "local"] = "central"
+    clip: Annotated[float, Field(gt=0)]  # L2 bound on each client's delta
+    noise_multiplier: Annotated[float, Field(gt=0)]  # z: noise std in units of the clip
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    epsilon_budget: Annotated[float, Field(gt=0)] | None = None  # stop before epsilon would pass it
+
+
 class ScheduleSpec(_Strict):
     """Recurring training (``fedgrid schedule``): at each firing of ``cron`` the job continues from
     its newest checkpoint for ``rounds_per_run`` more rounds. Five fields (minute hour day month
@@ -199,6 +226,8 @@ class Job(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     store: StoreSpec = StoreSpec()
     faults: list[FaultSpec] = Field(default_factory=list)
+    compression: CompressionSpec = CompressionSpec()
+    privacy: PrivacySpec | None = None
     schedule: ScheduleSpec | None = None
     monitoring: bool = False  # Parsl's MonitoringHub, into <run_dir>/monitoring.db (extra fedgrid[monitoring])
 
@@ -429,6 +458,22 @@ def _check_strategy(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "store.url", f"strategy {job.strategy.name} keeps each client's control variate "
                           f"in the store, and sites {remote} run elsewhere: set store.url to a location every "
                           f"site can reach (a shared path or s3://...)")
+    if job.compression.needs_store() and remote and not job.store.url:
+        raise ConfigError(file, "store.url", f"compression.up: topk with error_feedback keeps each client's "
+                          f"residual in the store, and sites {remote} run elsewhere: set store.url to a location "
+                          f"every site can reach (or error_feedback: false)")
+    if job.compression.up_codec() != "none" and job.round.late == "carry":
+        raise ConfigError(file, "round.late", "a compressed update is a delta from its round's model, which a "
+                          "carried late update no longer has: use round.late: drop with compression")
+    if job.privacy is not None:
+        from fedgrid.flow.privacy import MEAN_BASED
+
+        if job.strategy.name not in MEAN_BASED:
+            raise ConfigError(file, "privacy", f"DP-FedAvg noises the clients' mean; strategy {job.strategy.name} "
+                              f"does not take one. Expected one of {', '.join(MEAN_BASED)}")
+        if job.round.absent == "reuse":
+            raise ConfigError(file, "round.absent", "a reused update would be counted again without being "
+                              "accounted for: use round.absent: drop with privacy")
     if job.strategy.name == "scaffold" and job.train.momentum:
         raise ConfigError(file, "train.momentum", f"scaffold's control-variate update assumes plain SGD at the "
                           f"clients; expected 0, got {job.train.momentum:g}")

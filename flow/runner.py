@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps import datasets
+from fedgrid.apps import codec, datasets
 from fedgrid.apps.store import Ref, Store
 from fedgrid.flow import asyncloop, dataplane, faults, pacing, selection, validate
 from fedgrid.flow import checkpoint as ckpt
@@ -34,6 +34,7 @@ from fedgrid.flow import profiles as prof
 from fedgrid.flow.config import Job
 from fedgrid.flow.gather import SITE_DOWN, Gathered, gather
 from fedgrid.flow.memory import UpdateMemory
+from fedgrid.flow.privacy import BudgetSpent, Privacy
 from fedgrid.flow.progress import RunProgress, setup_log
 from fedgrid.flow.runlock import RunLock, reap
 from fedgrid.flow.strategies import make_strategy
@@ -106,6 +107,7 @@ class _Driver:
         self.memory = UpdateMemory(job)
         self.late: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past its deadline
         self.stop: threading.Event | None = None
+        self.privacy: Privacy | None = None
         # set once the driver has the test set and model (overlapping the workers' warm-up)
         self.mspec: dict[str, Any] = {}
         self.test: datasets.Arrays | None = None
@@ -139,10 +141,18 @@ class _Driver:
             t.update(store=self.store.url, ref_above=self.transfer.ref_above[site],
                      # per attempt: a client abandoned by attempt 1 may still write after attempt 2 answers
                      update_key=f"{_round_key(rnd)}/client-{client:05d}-a{attempt}")
+        if self.privacy is not None and (dp := self.privacy.task_options()):
+            t["dp"] = dp
+        comp = self.job.compression
+        if comp.up_codec() != "none":
+            t["compress"] = {"codec": comp.up_codec(), "topk_fraction": comp.topk_fraction,
+                             "residual_key": f"state/residual/client-{client:05d}" if comp.needs_store() else None}
         return t
 
     def outgoing(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        """What each site receives as the global params: the arrays, or a Ref written once a round."""
+        """What each site receives as the global params: the arrays, or a Ref written once a round
+        (in fp16 with compression.down: fp16; the driver keeps its full-precision model)."""
+        params = codec.down(params, self.job.compression.down)
         tp = self.transfer
         if tp is None or not tp.any_ref() or self.store is None:
             return {s: params for s in self.site_data}
@@ -175,7 +185,7 @@ class _Driver:
                         runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]], instr.get(c), attempt)))
                     for c in prof.longest_first(self.profiles, clients)}
             g = gather(futs, quorum, rs.deadline_s, self.progress.client_done,
-                       accept=lambda u: validate.check(u.resolve(), params, rs.max_update_norm),
+                       accept=lambda u: validate.check(u.resolve().decode(params), params, rs.max_update_norm),
                        down=runtime.down_sites)
             prof.update(self.profiles, rnd, g)
             arrived = self.watch_late(rnd, g)  # late tasks of a failed attempt keep their clients busy too
@@ -316,7 +326,8 @@ def _row(rnd: int, info: dict, g: Gathered, quorum: int, params_bytes: int, star
         "updates": [{"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
                      "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
                      "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"),
-                     "steps": u.extras.get("steps"), "staleness": u.staleness} for u in g.updates],
+                     "steps": u.extras.get("steps"), "staleness": u.staleness, "bytes_up": u.nbytes()}
+                    for u in g.updates],
         "bytes_down": params_bytes * len(info["selected"]), "bytes_up": sum(u.nbytes() for u in g.updates),
         "bytes_by_ref": info.get("ref_down", 0) + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
         "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
@@ -426,6 +437,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
         runtime = SiteRuntime(job, run_dir)
         drv = _Driver(job, run_dir, progress)
         drv.rows, drv.stop = rows, stop
+        drv.privacy = Privacy(job, rows) if job.privacy is not None else None
         warm = runtime.warm_up(lambda c: drv.task(c, 0, None))
 
         # Driver-side setup overlaps with the workers' warm-up.
@@ -440,7 +452,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
         torch.manual_seed(job.seed)
         drv.model = build(job.model.name, shape, num_classes, job.model.kwargs)
         params = get_params(drv.model)
-        drv.transfer, drv.store = open_store(job, run_dir, params, progress, needed=drv.strategy.needs_store,
+        drv.transfer, drv.store = open_store(job, run_dir, params, progress,
+                                             needed=drv.strategy.needs_store or job.compression.needs_store(),
                                              first=state is None)
         drv.strategy.bind(job.data.clients, drv.store.url if drv.store is not None else None)
         if state is None:
@@ -462,7 +475,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
             if (exc := f.exception()) is not None:
                 progress.say(f"warning: warm-up failed on a worker: {exc}")
         runtime.record()
-        params_bytes = int(sum(a.nbytes for a in params.values()))
+        params_bytes = codec.nbytes(codec.down(params, job.compression.down))  # what one client receives
+        why = "on request"
         if drv.strategy.asynchronous:
             asyncloop.run(drv, runtime, done, params, params_bytes)
         else:
@@ -471,11 +485,22 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
                     break
                 drv.check_writes()
                 started = time.time()
+                if drv.privacy is not None:
+                    try:
+                        drv.privacy.check_budget(rnd)
+                    except BudgetSpent as e:
+                        progress.say(str(e))
+                        why = "the privacy budget is spent"
+                        break
                 info, g, quorum = drv.play_round(runtime, rnd, params)
                 t0 = time.perf_counter()
+                if drv.privacy is not None:
+                    drv.privacy.prepare(rnd, params, g.updates)
                 params = drv.strategy.aggregate(rnd, params, g.updates + info["reused"], g.failures)
-                drv.hand_off(rnd, params, _row(rnd, info, g, quorum, params_bytes, started,
-                                               time.perf_counter() - t0))
+                row = _row(rnd, info, g, quorum, params_bytes, started, time.perf_counter() - t0)
+                if drv.privacy is not None:
+                    drv.privacy.record(row)
+                drv.hand_off(rnd, params, row)
         drv.drain()
         if drv.store is not None:
             drv.store.sweep(ALL_ROUNDS)
@@ -485,7 +510,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
         reached = int(last.get("round", done))
         progress.summary(
             f"{job.name}: {len(drv.rows)} rounds done"
-            + (f" (stopped on request at round {reached} of {job.rounds})" if reached < job.rounds else "")
+            + (f" (stopped {why} at round {reached} of {job.rounds})" if reached < job.rounds else "")
             + (f", test accuracy {acc:.4f}" if acc is not None else "")
             + f", {took:.1f} s this run ({(took / max(reached - done, 1)):.2f} s/round); results in "
               f"{ckpt.rows_path(run_dir)}")

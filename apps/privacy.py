@@ -1,0 +1,44 @@
+"""Clipping and Gaussian noise on a model update: the primitive of client-level DP.
+
+Runs at a site (local DP: the noise is added before the update leaves) and on the driver
+(central DP: a trusted aggregator clips and noises what it received). The update's *delta* from
+the global model is clipped to L2 norm ``clip`` over all float tensors together -- one bound per
+client, which is what client-level DP needs (McMahan et al., "Learning Differentially Private
+Recurrent Language Models", ICLR 2018) -- then ``N(0, std^2)`` is added to every coordinate.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+
+
+def _floats(p: Params) -> list[str]:
+    return [k for k, v in p.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+
+
+def delta_norm(params: Params, base: Params) -> float:
+    return float(np.sqrt(sum(float(np.sum((np.asarray(params[k], np.float64) - np.asarray(base[k], np.float64)) ** 2))
+                             for k in _floats(base))))
+
+
+def clip_and_noise(params: Params, base: Params, clip: float, std: float,
+                   rng: np.random.Generator) -> tuple[Params, float]:
+    """``base + clip(params - base, clip) + N(0, std^2)`` per float tensor (others unchanged),
+    and the delta's norm before clipping."""
+    norm = delta_norm(params, base)
+    factor = min(1.0, clip / norm) if norm > 0 else 1.0
+    out: Params = OrderedDict()
+    for k, v in params.items():
+        if k not in base or not np.issubdtype(np.asarray(v).dtype, np.floating):
+            out[k] = v
+            continue
+        g = np.asarray(base[k], np.float64)
+        d = (np.asarray(v, np.float64) - g) * factor
+        if std > 0:
+            d = d + rng.normal(0.0, std, size=d.shape)
+        out[k] = (g + d).astype(np.asarray(v).dtype)
+    return out, norm

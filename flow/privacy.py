@@ -1,0 +1,104 @@
+"""Client-level differential privacy for a run: DP-FedAvg and its accountant.
+
+`privacy: {mode: central, clip: C, noise_multiplier: z, delta: 1e-5, epsilon_budget: 8}`
+
+- **central** (McMahan et al. 2018, DP-FedAvg): the driver, trusted, clips every client's delta to
+  L2 norm C and averages the clients with equal weight (example counts would let one client
+  weigh more than its bound); the average gets Gaussian noise of std ``z * C / m`` for m clients.
+  The noise is added to each clipped update with std ``z * C / sqrt(m)``, which gives the mean
+  exactly that noise and lets any mean-based server optimiser (FedAvgM, FedAdam, ...) run on top
+  unchanged.
+- **local**: each site clips and noises its own update with std ``z * C`` before it leaves, so the
+  driver never sees a clean one; the same equal-weight mean follows.
+
+After every round the RDP accountant of Opacus (Mironov 2017; subsampled Gaussian, Mironov et al.
+2019) turns the rounds so far -- noise multiplier z, sampling rate q = clients per round / clients
+-- into epsilon for the job's delta. Each round's z, q and epsilon are in rounds.parquet
+(``dp_noise``, ``dp_sample_rate``, ``dp_epsilon``), which is also what a resumed run rebuilds its
+accountant from. With ``epsilon_budget``, a round whose epsilon would pass the budget is not
+started: the run ends there, having spent at most the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.privacy import clip_and_noise
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.config import ConfigError, Job
+
+MEAN_BASED = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+
+
+def rdp_accountant() -> Any:
+    """Opacus's RDPAccountant class. Importing opacus calls logging.basicConfig, which would send
+    every library's log (Parsl's included) to stderr: a placeholder handler on the root logger
+    makes that call a no-op, and the root logger is put back as it was."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    root.addHandler(logging.NullHandler())
+    try:
+        from opacus.accountants import RDPAccountant
+    except ImportError:
+        raise ConfigError("<job>", "privacy", "the privacy extra: pip install 'fedgrid[privacy]' "
+                                              "(Opacus's RDP accountant)") from None
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    return RDPAccountant
+
+
+class BudgetSpent(Exception):
+    """The next round would take epsilon past privacy.epsilon_budget."""
+
+
+class Privacy:
+    def __init__(self, job: Job, rows: list[dict[str, Any]]):
+        self.Accountant = rdp_accountant()
+        self.spec = job.privacy
+        assert self.spec is not None
+        self.q = min(1.0, job.clients_per_round() / job.data.clients)
+        self.acc = self.Accountant()
+        for r in rows:  # the rounds already run, as their rows recorded them
+            if r.get("dp_noise") is not None:
+                self.acc.step(noise_multiplier=r["dp_noise"], sample_rate=r["dp_sample_rate"])
+        self.rng = np.random.default_rng([job.seed, 0xD9, len(rows)])
+
+    def epsilon(self) -> float:
+        return float(self.acc.get_epsilon(self.spec.delta)) if self.acc.history else 0.0
+
+    def check_budget(self, rnd: int) -> None:
+        """Raise BudgetSpent when round `rnd` would take epsilon past the budget."""
+        if self.spec.epsilon_budget is None:
+            return
+        trial = self.Accountant()
+        trial.history = [*self.acc.history, (self.spec.noise_multiplier, self.q, 1)]
+        after = float(trial.get_epsilon(self.spec.delta))
+        if after > self.spec.epsilon_budget:
+            raise BudgetSpent(f"privacy budget: round {rnd} would reach epsilon {after:.2f} > "
+                              f"privacy.epsilon_budget {self.spec.epsilon_budget:g} (spent {self.epsilon():.2f})")
+
+    def prepare(self, rnd: int, global_params: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
+        """Equal weights for every client; central mode also clips and noises each update."""
+        m = len(updates)
+        for u in updates:
+            u.scale = 1.0 / max(u.num_examples, 1)  # weight num_examples * scale = 1
+            if self.spec.mode == "central" and m:
+                std = self.spec.noise_multiplier * self.spec.clip / np.sqrt(m)
+                u.params, _ = clip_and_noise(u.params, global_params, self.spec.clip, std, self.rng)
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Account for the round just aggregated and write z, q and epsilon into its row."""
+        self.acc.step(noise_multiplier=self.spec.noise_multiplier, sample_rate=self.q)
+        row.update(dp_noise=self.spec.noise_multiplier, dp_sample_rate=self.q, dp_epsilon=self.epsilon())
+
+    def task_options(self) -> dict[str, Any] | None:
+        """What a site needs for local DP (none in central mode)."""
+        if self.spec.mode != "local":
+            return None
+        return {"clip": self.spec.clip, "std": self.spec.noise_multiplier * self.spec.clip}

@@ -1,0 +1,125 @@
+"""Update compression (fp16, int8, top-k with error feedback, fp16 down) and client-level DP:
+the codecs and the clipping against hand numbers, then real runs that record bytes and epsilon."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fedgrid.apps import codec
+from fedgrid.apps.privacy import clip_and_noise, delta_norm
+from fedgrid.flow.config import load_job, parse_job
+from fedgrid.flow.runner import run
+
+
+def _model(seed: int = 0) -> OrderedDict:
+    rng = np.random.default_rng(seed)
+    return OrderedDict(w=rng.normal(size=(64, 32)).astype(np.float32), b=rng.normal(size=32).astype(np.float32),
+                       n=np.array(7, np.int64))
+
+
+def test_codecs_round_trip_within_their_precision() -> None:
+    g = _model(0)
+    x = OrderedDict((k, (v + 0.01 * _model(1)[k]).astype(v.dtype) if v.dtype != np.int64 else np.array(9))
+                    for k, v in g.items())
+    dense = sum(a.nbytes for a in x.values())
+    for name, tol, ratio in (("fp32", 1e-7, 1.0), ("fp16", 2e-5, 1.9), ("int8", 0.0003, 3.9)):
+        payload, left = codec.encode(x, g, name, seed=1)
+        assert left == {}
+        back = codec.decode(payload, g, name)
+        assert back["n"] == 9  # integer buffers travel as they are
+        assert max(float(np.abs(back[k] - x[k]).max()) for k in ("w", "b")) <= tol, name
+        assert dense / codec.nbytes(payload) >= ratio, name
+    # int8 rounding is stochastic and unbiased: averaged over many clients the error shrinks
+    means = np.mean([codec.decode(codec.encode(x, g, "int8", seed=s)[0], g, "int8")["w"] for s in range(200)], axis=0)
+    assert float(np.abs(means - x["w"]).max()) < 0.2 * float(np.abs(codec.decode(
+        codec.encode(x, g, "int8", seed=0)[0], g, "int8")["w"] - x["w"]).max())
+
+
+def test_topk_sends_the_largest_and_keeps_the_rest_for_next_round() -> None:
+    g = OrderedDict(w=np.zeros(10, np.float32))
+    x = OrderedDict(w=np.array([0.1, -5, 0.2, 3, 0, 0, 0.05, 0, 0, -0.3], np.float32))
+    payload, left = codec.encode(x, g, "topk", topk_fraction=0.2, residual={})
+    assert payload["w/idx"].tolist() == [1, 3] and payload["w/val"].tolist() == [-5, 3]
+    np.testing.assert_allclose(left["w"], [0.1, 0, 0.2, 0, 0, 0, 0.05, 0, 0, -0.3])
+    # next round the residual joins the new delta: nothing is lost, only delayed
+    x2 = OrderedDict(w=np.array([0, 0, 0.25, 0, 0, 0, 0, 0, 0, -0.2], np.float32))
+    p2, left2 = codec.encode(x2, g, "topk", topk_fraction=0.2, residual=left)
+    assert p2["w/idx"].tolist() == [2, 9] and p2["w/val"].tolist() == pytest.approx([0.45, -0.5])
+    sent = codec.decode(payload, g, "topk")["w"] + codec.decode(p2, g, "topk")["w"]
+    np.testing.assert_allclose(sent + left2["w"], x["w"] + x2["w"], atol=1e-6)
+    with pytest.raises(ValueError, match="index out of range"):
+        codec.decode({"w/idx": np.array([12], np.int32), "w/val": np.ones(1, np.float32)}, g, "topk")
+
+
+def test_clipping_bounds_each_clients_delta_and_noise_has_the_asked_std() -> None:
+    g = OrderedDict(w=np.zeros(10000, np.float32), n=np.array(1))
+    x = OrderedDict(w=np.full(10000, 0.1, np.float32), n=np.array(3))  # norm 10
+    clipped, norm = clip_and_noise(x, g, clip=2.0, std=0.0, rng=np.random.default_rng(0))
+    assert norm == pytest.approx(10.0, rel=1e-6) and delta_norm(clipped, g) == pytest.approx(2.0, rel=1e-6)
+    assert clipped["n"] == 3
+    small = OrderedDict(w=np.full(10000, 0.001, np.float32), n=np.array(3))  # norm 0.1: left alone
+    assert delta_norm(clip_and_noise(small, g, 2.0, 0.0, np.random.default_rng(0))[0], g) == pytest.approx(0.1)
+    noisy, _ = clip_and_noise(small, g, 2.0, 0.5, np.random.default_rng(0))
+    assert float(np.std(noisy["w"] - small["w"])) == pytest.approx(0.5, rel=0.03)
+
+
+def test_config_rejects_what_compression_and_privacy_cannot_do(make_job, tmp_path) -> None:
+    from fedgrid.flow.config import ConfigError
+
+    base = make_job(tmp_path / "r")
+    with pytest.raises(ConfigError, match="round.late: .*use round.late: drop with compression"):
+        parse_job({**base, "compression": {"up": "int8"}, "round": {"late": "carry"}}, "j.yaml")
+    with pytest.raises(ConfigError, match="privacy: DP-FedAvg noises the clients' mean; strategy median"):
+        parse_job({**base, "privacy": {"clip": 1, "noise_multiplier": 1}, "strategy": "median"}, "j.yaml")
+    with pytest.raises(ConfigError, match="compression.up"):
+        parse_job({**base, "compression": {"up": "int4"}}, "j.yaml")
+
+
+def test_int8_up_and_fp16_down_cut_the_bytes_and_still_learn(tmp_path, write_job) -> None:
+    job = load_job(write_job(rounds=3, compression={"up": "int8", "down": "fp16"}))
+    rows = run(job, quiet=True).rows
+    plain = sum(a.nbytes for a in _cnn_params().values())
+    for r in rows:
+        ups = [u["bytes_up"] for u in r["updates"]]
+        assert all(plain / b > 3.5 for b in ups), (plain, ups)  # int8 + a scale per tensor
+        assert r["bytes_up"] == sum(ups) and r["bytes_down"] < 0.6 * plain * r["clients_selected"]
+    assert rows[-1]["test_accuracy"] > 0.5
+
+
+def test_topk_error_feedback_keeps_each_clients_residual_at_its_site(tmp_path, write_job) -> None:
+    job = load_job(write_job(rounds=2, compression={"up": "topk", "topk_fraction": 0.05}))
+    rows = run(job, quiet=True).rows
+    store = job.run_dir(tmp_path) / "store"
+    residuals = sorted(p.name for p in store.rglob("client-*") if "residual" in str(p))
+    assert residuals == [f"client-{c:05d}" for c in range(6)]
+    assert all(u["bytes_up"] < 0.15 * sum(a.nbytes for a in _cnn_params().values()) for u in rows[-1]["updates"])
+
+
+def test_central_dp_records_epsilon_and_stops_at_the_budget(tmp_path, write_job) -> None:
+    spec = {"mode": "central", "clip": 1.0, "noise_multiplier": 1.0, "delta": 1e-5, "epsilon_budget": 12}
+    job = load_job(write_job(rounds=10, privacy=spec))
+    result = run(job, quiet=True)
+    eps = [r["dp_epsilon"] for r in result.rows]
+    assert eps == sorted(eps) and eps[-1] <= 12 and all(r["dp_noise"] == 1.0 for r in result.rows)
+    assert result.stopped and result.rounds_done < 10
+    from fedgrid.flow.privacy import rdp_accountant
+
+    acc = rdp_accountant()()
+    for _ in eps:
+        acc.step(noise_multiplier=1.0, sample_rate=1.0)
+    assert eps[-1] == pytest.approx(acc.get_epsilon(1e-5))
+    # resumed: the accountant is rebuilt from the rows, and the budget still holds
+    again = run(load_job(write_job(rounds=10, privacy=spec)), quiet=True)
+    assert again.rounds_done == result.rounds_done and again.stopped
+    table = pq.read_table(job.run_dir(tmp_path) / "rounds.parquet").to_pylist()
+    assert [r["dp_epsilon"] for r in table] == eps
+
+
+def _cnn_params() -> OrderedDict:
+    from fedgrid.apps.models import build, get_params
+
+    return get_params(build("cnn", (1, 8, 8), 10, {}))
