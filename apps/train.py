@@ -167,7 +167,11 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
         rng = np.random.default_rng(np.random.SeedSequence([task["seed"], task["round"], task["client"], 0xD9]))
         params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], rng)
     used, wire = "none", 0
-    if comp := task.get("compress"):
+    if sec := tr.get("secagg"):  # secure aggregation: only the masked vector leaves the site
+        from fedgrid.apps.secagg import mask
+
+        params, used = {"masked": mask(sec, task["client"], task["round"], params, start, n)}, "secagg"
+    elif comp := task.get("compress"):
         params, used = compress(task, comp, params, start), comp["codec"]
         wire = codec.nbytes(params)
     params, ref = send_back(task, params)

@@ -190,6 +190,14 @@ class PrivacySpec(_Strict):
     epsilon_budget: Annotated[float, Field(gt=0)] | None = None  # stop before epsilon would pass it
 
 
+class SecAggSpec(_Strict):
+    """Secure aggregation (flow/secagg.py): the driver sees only the sum of masked updates."""
+
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # t = ceil(threshold * clients in the round), >= 2
+    frac_bits: Annotated[int, Field(ge=8, le=40)] = 24  # fixed-point precision in the ring Z_2^64
+    key_dir: str | None = None  # where sites keep their per-round secrets (default: the site's temp dir)
+
+
 class ScheduleSpec(_Strict):
     """Recurring training (``fedgrid schedule``): at each firing of ``cron`` the job continues from
     its newest checkpoint for ``rounds_per_run`` more rounds. Five fields (minute hour day month
@@ -228,6 +236,7 @@ class Job(_Strict):
     faults: list[FaultSpec] = Field(default_factory=list)
     compression: CompressionSpec = CompressionSpec()
     privacy: PrivacySpec | None = None
+    secagg: SecAggSpec | None = None
     schedule: ScheduleSpec | None = None
     monitoring: bool = False  # Parsl's MonitoringHub, into <run_dir>/monitoring.db (extra fedgrid[monitoring])
 
@@ -474,6 +483,19 @@ def _check_strategy(job: Job, file: str | Path) -> None:
         if job.round.absent == "reuse":
             raise ConfigError(file, "round.absent", "a reused update would be counted again without being "
                               "accounted for: use round.absent: drop with privacy")
+    if job.secagg is not None:
+        from fedgrid.flow.privacy import MEAN_BASED
+
+        why = ("strategy" if job.strategy.name not in MEAN_BASED else
+               "compression.up" if job.compression.up != "none" else
+               "privacy.mode" if job.privacy is not None and job.privacy.mode == "central" else
+               "round.max_update_norm" if job.round.max_update_norm is not None else
+               "round.late" if job.round.late == "carry" else
+               "round.absent" if job.round.absent == "reuse" else None)
+        if why:
+            raise ConfigError(file, why, "secure aggregation shows the driver only the sum of the updates, so it "
+                              f"works with {', '.join(MEAN_BASED)}, without update compression, central DP, a "
+                              "norm bound, carried or reused updates (local DP is fine)")
     if job.strategy.name == "scaffold" and job.train.momentum:
         raise ConfigError(file, "train.momentum", f"scaffold's control-variate update assumes plain SGD at the "
                           f"clients; expected 0, got {job.train.momentum:g}")

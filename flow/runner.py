@@ -37,6 +37,7 @@ from fedgrid.flow.memory import UpdateMemory
 from fedgrid.flow.privacy import BudgetSpent, Privacy
 from fedgrid.flow.progress import RunProgress, setup_log
 from fedgrid.flow.runlock import RunLock, reap
+from fedgrid.flow.secagg import SecAggFailed, SecureAggregation
 from fedgrid.flow.strategies import make_strategy
 
 log = logging.getLogger("fedgrid")
@@ -108,6 +109,7 @@ class _Driver:
         self.late: list[tuple[int, int, Future]] = []  # (round trained for, client, future) past its deadline
         self.stop: threading.Event | None = None
         self.privacy: Privacy | None = None
+        self.secagg: SecureAggregation | None = None
         # set once the driver has the test set and model (overlapping the workers' warm-up)
         self.mspec: dict[str, Any] = {}
         self.test: datasets.Arrays | None = None
@@ -180,16 +182,31 @@ class _Driver:
                 for c, steps in pacing.assign_steps(self.job, clients, self.profiles).items():
                     instr.setdefault(c, {})["steps"] = steps
             self.progress.round_started(rnd, len(clients))
+            masking, early, problem = clients, [], None
+            if self.secagg is not None:  # stages 1-2: keys and shares, before anyone trains
+                try:
+                    masking, early, opts = self.secagg.setup(rnd, clients, params)
+                    for c, o in opts.items():
+                        instr.setdefault(c, {})["secagg"] = o
+                except SecAggFailed as e:
+                    masking, problem = [], str(e)
             down = runtime.down_sites()
             futs = {c: (self.sites[c], _failed(SiteDown(SITE_DOWN)) if self.sites[c] in down else
                         runtime.submit(self.sites[c], self.task(c, rnd, sent[self.sites[c]], instr.get(c), attempt)))
-                    for c in prof.longest_first(self.profiles, clients)}
-            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done,
-                       accept=lambda u: validate.check(u.resolve().decode(params), params, rs.max_update_norm),
-                       down=runtime.down_sites)
+                    for c in prof.longest_first(self.profiles, masking)}
+            accept = ((lambda u: self.secagg.check(rnd, u.resolve())) if self.secagg is not None else
+                      (lambda u: validate.check(u.resolve().decode(params), params, rs.max_update_norm)))
+            g = gather(futs, quorum, rs.deadline_s, self.progress.client_done, accept=accept, down=runtime.down_sites)
+            g.failures[:0] = early
             prof.update(self.profiles, rnd, g)
             arrived = self.watch_late(rnd, g)  # late tasks of a failed attempt keep their clients busy too
-            if g.quorum_met(quorum):
+            secure = None
+            if self.secagg is not None and problem is None and g.quorum_met(quorum):
+                try:  # stage 4: unmask the sum
+                    secure = self.secagg.finish(rnd, g.updates, params, g.failures)
+                except SecAggFailed as e:
+                    problem = str(e)
+            if g.quorum_met(quorum) and problem is None:
                 self.carry(rnd, g, arrived, params)
                 reused = []
                 if rs.absent == "reuse":
@@ -198,7 +215,9 @@ class _Driver:
                     reused = self.memory.stand_ins(rnd, params, [c for c in clients if c not in answered], self.sites)
                 ref_down = sum(r.nbytes for c in clients if isinstance(r := sent[self.sites[c]], Ref))
                 return {"selected": clients, "attempt": attempt, "ref_down": ref_down, "skipped": skipped,
-                        "reused": reused}, g, quorum
+                        "reused": reused, "secure": secure}, g, quorum
+            if problem is not None:
+                g.failures.append({"client": -1, "site": "driver", "reason": problem})
             reasons = "; ".join(f"client {f['client']}@{f['site']}: {f['reason']}" for f in g.failures[:5])
             msg = (f"round {rnd} attempt {attempt}: {len(g.updates)} of {len(clients)} clients answered, "
                    f"quorum is {quorum} ({reasons})")
@@ -438,6 +457,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
         drv = _Driver(job, run_dir, progress)
         drv.rows, drv.stop = rows, stop
         drv.privacy = Privacy(job, rows) if job.privacy is not None else None
+        drv.secagg = SecureAggregation(job, runtime, run_dir) if job.secagg is not None else None
         warm = runtime.warm_up(lambda c: drv.task(c, 0, None))
 
         # Driver-side setup overlaps with the workers' warm-up.
@@ -496,7 +516,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
                 t0 = time.perf_counter()
                 if drv.privacy is not None:
                     drv.privacy.prepare(rnd, params, g.updates)
-                params = drv.strategy.aggregate(rnd, params, g.updates + info["reused"], g.failures)
+                ups = [info["secure"]] if info.get("secure") is not None else g.updates + info["reused"]
+                params = drv.strategy.aggregate(rnd, params, ups, g.failures)
                 row = _row(rnd, info, g, quorum, params_bytes, started, time.perf_counter() - t0)
                 if drv.privacy is not None:
                     drv.privacy.record(row)

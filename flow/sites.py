@@ -86,6 +86,7 @@ class SiteRuntime:
         from parsl.config import Config
         from parsl.dataflow.dflow import DataFlowKernel
 
+        from fedgrid.apps.secagg import step as secagg_step
         from fedgrid.apps.train import train_client, warm
 
         self.job = job
@@ -109,6 +110,8 @@ class SiteRuntime:
         self._train = {s.name: python_app(train_client, executors=[s.name], data_flow_kernel=self.dfk)
                        for s in job.sites}
         self._warm = {s.name: python_app(warm, executors=[s.name], data_flow_kernel=self.dfk) for s in job.sites}
+        self._step = {s.name: python_app(secagg_step, executors=[s.name], data_flow_kernel=self.dfk)
+                      for s in job.sites}
 
     def warm_up(self, task_for: Any) -> list[Future]:
         """One warm task per worker, so torch, data and model are loaded before round 1 needs them."""
@@ -124,6 +127,10 @@ class SiteRuntime:
 
     def submit(self, site: str, task: dict[str, Any]) -> Future:
         return self._train[site](task)
+
+    def call(self, site: str, task: dict[str, Any]) -> Future:
+        """A secure-aggregation step at a site (apps/secagg.py)."""
+        return self._step[site](task)
 
     # -- site health ----------------------------------------------------------------------------
     def down_sites(self) -> set[str]:

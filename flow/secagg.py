@@ -1,0 +1,148 @@
+"""Secure aggregation, the driver side: run the protocol's rounds and unmask the sum.
+
+`secagg: {threshold: 0.5}` in the job. The site side, and what each stage does, is in
+apps/secagg.py; here the driver sends each stage's task to every client's site (Parsl apps, like
+training), relays public keys and encrypted shares, and at the end removes the masks from the sum
+of the masked updates: the self masks of the clients whose update arrived (their ``b`` rebuilt
+from t shares) and the pairwise masks that a client dropped after stage 2 left in the others'
+updates (its secret key rebuilt from t shares). A client lost in stage 1 or 2 is simply not in
+the masking; one lost later is recovered as long as t clients answer the unmasking.
+
+The result is one update: ``G + sum(n_i * delta_i) / sum(n_i)`` -- FedAvg's mean -- which the
+strategy (FedAvg, FedAvgM, FedAdam, ...) then takes as the round's aggregate. The driver never
+holds an individual update, so per-update validation cannot run; a job with
+``round.max_update_norm`` and secure aggregation is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from concurrent.futures import Future, as_completed
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps import secagg as sa
+from fedgrid.apps.update import ClientUpdate
+from fedgrid.flow.config import Job
+
+
+class SecAggFailed(Exception):
+    """Too few clients to unmask the round."""
+
+
+def reason_of(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class SecureAggregation:
+    def __init__(self, job: Job, runtime: Any, run_dir: Any):
+        assert job.secagg is not None
+        self.job, self.runtime, self.spec = job, runtime, job.secagg
+        self.sites = job.client_sites()
+        self.run_id = f"{job.name}-{hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]}"
+        self.rounds: dict[int, dict[str, Any]] = {}
+
+    def threshold(self, m: int) -> int:
+        return max(2, math.ceil(self.spec.threshold * m))
+
+    def _opts(self, rnd: int, **more: Any) -> dict[str, Any]:
+        return {"run_id": self.run_id, "key_dir": self.spec.key_dir, "frac_bits": self.spec.frac_bits, **more}
+
+    def _stage(self, rnd: int, clients: list[int], opts: dict[int, dict[str, Any]],
+               failures: list[dict]) -> dict[int, Any]:
+        """Run one site step for `clients`; their answers, and a failure row for each that did not."""
+        futs: dict[Future, int] = {}
+        for c in clients:
+            task = {"client": c, "site": self.sites[c], "round": rnd, "secagg": opts[c]}
+            futs[self.runtime.call(self.sites[c], task)] = c
+        out: dict[int, Any] = {}
+        try:
+            for fut in as_completed(futs, timeout=self.job.round.deadline_s):
+                c = futs[fut]
+                if fut.exception() is None:
+                    out[c] = fut.result()
+                else:
+                    failures.append({"client": c, "site": self.sites[c],
+                                     "reason": f"secagg {opts[c]['step']}: {reason_of(fut.exception())}"})
+        except FutureTimeout:
+            pass
+        for c in futs.values():
+            if c not in out and not any(f["client"] == c for f in failures):
+                failures.append({"client": c, "site": self.sites[c],
+                                 "reason": f"secagg {opts[c]['step']}: no answer within round.deadline_s"})
+        return out
+
+    def setup(self, rnd: int, clients: list[int],
+              global_params: dict[str, np.ndarray]) -> tuple[list[int], list[dict], dict[int, dict]]:
+        """Stages 1 and 2. Returns the clients in the masking, the failures, and each one's train
+        instructions (its neighbours' public keys)."""
+        names = [k for k, v in global_params.items() if np.issubdtype(v.dtype, np.floating)]
+        size = sum(int(global_params[k].size) for k in names) + 1
+        failures: list[dict] = []
+        t = self.threshold(len(clients))
+        pks = self._stage(rnd, clients, {c: self._opts(rnd, step="keys") for c in clients}, failures)
+        if len(pks) < t:
+            raise SecAggFailed(f"round {rnd}: {len(pks)} clients published keys, secagg needs {t}")
+        ids = sorted(pks)
+        shared = self._stage(rnd, ids, {c: self._opts(rnd, step="share", pks=pks, t=t) for c in ids}, failures)
+        if len(shared) < t:
+            raise SecAggFailed(f"round {rnd}: {len(shared)} clients shared keys, secagg needs {t}")
+        u1 = sorted(shared)
+        self.rounds[rnd] = {"pks": {c: pks[c] for c in u1}, "inbox": {j: {i: shared[i][j] for i in u1} for j in u1},
+                            "t": t, "names": names, "size": size}
+        train = {c: self._opts(rnd, step="mask", pks={i: pks[i] for i in u1}, names=names, t=t) for c in u1}
+        return u1, failures, train
+
+    def check(self, rnd: int, u: ClientUpdate) -> ClientUpdate:
+        """A masked update has the masked vector and nothing else (the gather's accept hook)."""
+        size = self.rounds[rnd]["size"]
+        m = u.params.get("masked")
+        if u.codec != "secagg" or m is None or m.dtype != np.uint64 or m.size != size or len(u.params) != 1:
+            raise ValueError(f"secagg: expected a masked uint64 vector of {size} values")
+        u.wire_nbytes = int(m.nbytes)
+        return u
+
+    def finish(self, rnd: int, updates: list[ClientUpdate], global_params: dict[str, np.ndarray],
+               failures: list[dict]) -> ClientUpdate:
+        """Stage 4 and the unmasking: the round's mean update, as one ClientUpdate."""
+        st = self.rounds.pop(rnd)
+        t, pks = st["t"], st["pks"]
+        u2 = sorted(u.client for u in updates)
+        dropped = sorted(set(pks) - set(u2))
+        if len(u2) < t:
+            raise SecAggFailed(f"round {rnd}: {len(u2)} masked updates, secagg needs {t}")
+        opts = {j: self._opts(rnd, step="unmask", pks=pks, inbox=st["inbox"][j], survivors=u2, dropped=dropped)
+                for j in u2}
+        shares = self._stage(rnd, u2, opts, failures)
+        if len(shares) < t:
+            raise SecAggFailed(f"round {rnd}: {len(shares)} clients answered the unmasking, secagg needs {t}")
+        n = updates[0].params["masked"].size
+        total = np.zeros(n, np.uint64)
+        for u in updates:
+            total += u.params["masked"]
+        for i in u2:  # self masks
+            b = sa.shamir_join({j: s["b"][i] for j, s in shares.items()}, t)
+            total -= sa.prg(b, n)
+        for d in dropped:  # pairwise masks a dropped client left in the survivors' updates
+            sk = sa.shamir_join({j: s["sk"][d] for j, s in shares.items()}, t)
+            for j in u2:
+                m = sa.prg(sa.pair_seed(sk, pks[j], rnd), n)
+                total = total - m if j < d else total + m  # j added +m when j < d
+        flat = sa.from_ring(total, self.spec.frac_bits)
+        examples = flat[-1]
+        if examples <= 0:
+            raise SecAggFailed(f"round {rnd}: the unmasked example count is {examples}")
+        params, off = OrderedDict(), 0
+        for name, g in global_params.items():
+            if name in st["names"]:
+                k = g.size
+                mean = flat[off:off + k].reshape(g.shape) / examples
+                params[name] = (np.asarray(g, np.float64) + mean).astype(g.dtype)
+                off += k
+            else:
+                params[name] = g
+        return ClientUpdate(client=-1, site="secagg", round=rnd, num_examples=int(round(examples)), params=params)
