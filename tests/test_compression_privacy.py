@@ -14,6 +14,8 @@ from fedgrid.apps.privacy import clip_and_noise, delta_norm
 from fedgrid.flow.config import load_job, parse_job
 from fedgrid.flow.runner import run
 
+LOCAL = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]  # threads: fast, same path
+
 
 def _model(seed: int = 0) -> OrderedDict:
     rng = np.random.default_rng(seed)
@@ -80,7 +82,7 @@ def test_config_rejects_what_compression_and_privacy_cannot_do(make_job, tmp_pat
 
 
 def test_int8_up_and_fp16_down_cut_the_bytes_and_still_learn(tmp_path, write_job) -> None:
-    job = load_job(write_job(rounds=3, compression={"up": "int8", "down": "fp16"}))
+    job = load_job(write_job(rounds=3, sites=LOCAL, compression={"up": "int8", "down": "fp16"}))
     rows = run(job, quiet=True).rows
     plain = sum(a.nbytes for a in _cnn_params().values())
     for r in rows:
@@ -91,7 +93,7 @@ def test_int8_up_and_fp16_down_cut_the_bytes_and_still_learn(tmp_path, write_job
 
 
 def test_topk_error_feedback_keeps_each_clients_residual_at_its_site(tmp_path, write_job) -> None:
-    job = load_job(write_job(rounds=2, compression={"up": "topk", "topk_fraction": 0.05}))
+    job = load_job(write_job(rounds=2, sites=LOCAL, compression={"up": "topk", "topk_fraction": 0.05}))
     rows = run(job, quiet=True).rows
     store = job.run_dir(tmp_path) / "store"
     residuals = sorted(p.name for p in store.rglob("client-*") if "residual" in str(p))
@@ -101,7 +103,7 @@ def test_topk_error_feedback_keeps_each_clients_residual_at_its_site(tmp_path, w
 
 def test_central_dp_records_epsilon_and_stops_at_the_budget(tmp_path, write_job) -> None:
     spec = {"mode": "central", "clip": 1.0, "noise_multiplier": 1.0, "delta": 1e-5, "epsilon_budget": 12}
-    job = load_job(write_job(rounds=10, privacy=spec))
+    job = load_job(write_job(rounds=10, sites=LOCAL, privacy=spec))
     result = run(job, quiet=True)
     eps = [r["dp_epsilon"] for r in result.rows]
     assert eps == sorted(eps) and eps[-1] <= 12 and all(r["dp_noise"] == 1.0 for r in result.rows)
@@ -113,7 +115,7 @@ def test_central_dp_records_epsilon_and_stops_at_the_budget(tmp_path, write_job)
         acc.step(noise_multiplier=1.0, sample_rate=1.0)
     assert eps[-1] == pytest.approx(acc.get_epsilon(1e-5))
     # resumed: the accountant is rebuilt from the rows, and the budget still holds
-    again = run(load_job(write_job(rounds=10, privacy=spec)), quiet=True)
+    again = run(load_job(write_job(rounds=10, sites=LOCAL, privacy=spec)), quiet=True)
     assert again.rounds_done == result.rounds_done and again.stopped
     table = pq.read_table(job.run_dir(tmp_path) / "rounds.parquet").to_pylist()
     assert [r["dp_epsilon"] for r in table] == eps

@@ -18,6 +18,7 @@ from fedgrid.flow.runlock import holder
 
 CLI = [sys.executable, "-m", "fedgrid.flow.cli"]
 ONE_SITE = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 4}]
+THREADS = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 4}]
 
 
 def _rounds(run_dir: Path) -> list[int]:
@@ -26,7 +27,7 @@ def _rounds(run_dir: Path) -> list[int]:
 
 def test_scheduler_fires_three_times_contiguously_and_refuses_an_overlapping_run(tmp_path, make_job) -> None:
     run_dir = tmp_path / "run"
-    job = make_job(run_dir, rounds=1, sites=ONE_SITE, train={"epochs": 1, "batch_size": 32, "lr": 0.05},
+    job = make_job(run_dir, rounds=1, sites=THREADS, train={"epochs": 1, "batch_size": 32, "lr": 0.05},
                    data={"dataset": "digits", "clients": 4, "partition": {"kind": "iid"}},
                    round={"min_clients": 3, "deadline_s": 60},
                    # every second: a run (HTEX start + 2 rounds) outlasts it, so firings coalesce too
@@ -90,7 +91,8 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_jo
     logged = [json.loads(line) for line in (run_dir / "fedgrid.log").read_text().splitlines()]
     assert any("stop requested" in r["message"] for r in logged) and all(r["run_dir"] == str(run_dir)
                                                                          for r in logged)
-    # and `--rounds +N` continues from there, N rounds exactly
+    # and `--rounds +N` continues from there, N rounds exactly (on threads now: sites may change)
+    path.write_text(yaml.safe_dump({**job, "sites": THREADS}))
     more = subprocess.run(CLI + ["run", str(path), "--rounds", "+2", "-q"], capture_output=True, text=True,
                           timeout=120)
     assert more.returncode == 0, more.stderr

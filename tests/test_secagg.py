@@ -63,16 +63,18 @@ def test_a_masked_update_reveals_nothing_and_masks_cancel_in_the_sum(tmp_path) -
     assert float(np.mean(again == m0)) < 1e-3
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_secure_aggregation_matches_plain_aggregation_with_a_dropped_client(tmp_path, make_job, strategy) -> None:
+def test_secure_aggregation_matches_plain_aggregation_with_a_dropped_client(tmp_path, make_job) -> None:
     """Round 1: client 2 shares its keys, then fails before its masked update goes out (its
     pairwise masks are removed with its secret key rebuilt from the others' shares). Round 2:
-    everyone answers. Both runs end at the same model within 1e-5."""
+    everyone answers. Both runs end at the same model within 1e-5 (FedAdam: the unmasked mean
+    goes through a server optimiser exactly as the plain one does)."""
     import yaml
 
     out = {}
-    for name, extra in (("plain", {}), ("secure", {"secagg": {"threshold": 0.5}})):
-        job = make_job(tmp_path / name, rounds=2, strategy=strategy, faults=[{"clients": [2], "raise_at": [1]}],
+    local = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]
+    htex = [{"name": "a", "executor": {"kind": "htex", "workers": 2}, "clients": 6}]  # secrets in worker processes
+    for name, extra in (("plain", {"sites": local}), ("secure", {"sites": htex, "secagg": {"threshold": 0.5}})):
+        job = make_job(tmp_path / name, rounds=2, strategy="fedadam", faults=[{"clients": [2], "raise_at": [1]}],
                        **extra)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(job))
