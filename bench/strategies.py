@@ -48,6 +48,8 @@ TUNE: dict[str, tuple[str, dict]] = {
     "fedavgm m0.95 lr0.5": ("fedavgm", {"server_lr": 0.5, "momentum": 0.95}),
     "fedadam lr0.03": ("fedadam", {"server_lr": 0.03, "tau": 1e-3}),
     "fedadam lr0.1 tau0.01": ("fedadam", {"server_lr": 0.1, "tau": 1e-2}),
+    "fedadam lr0.02": ("fedadam", {"server_lr": 0.02, "tau": 1e-3}),
+    "fedadam lr0.05": ("fedadam", {"server_lr": 0.05, "tau": 1e-3}),
     "fedyogi lr0.03": ("fedyogi", {"server_lr": 0.03, "tau": 1e-3}),
     "fedprox mu0.1": ("fedprox", {"mu": 0.1}),
     "scaffold lr0.5": ("scaffold", {"server_lr": 0.5}),

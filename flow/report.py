@@ -130,6 +130,21 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _traffic(rows: list[dict[str, Any]]) -> list[str]:
+    """Bytes up and down: per round and per client (what compression changes)."""
+    up = [r.get("bytes_up") or 0 for r in rows]
+    down = [r.get("bytes_down") or 0 for r in rows]
+    per_client_up = [u.get("bytes_up") for r in rows for u in r.get("updates") or [] if u.get("bytes_up")]
+    sel = sum(r.get("clients_selected") or 0 for r in rows)
+    mib = 2**20
+    out = [f"| bytes up / down per round (mean) | {statistics.mean(up) / mib:.2f} / "
+           f"{statistics.mean(down) / mib:.2f} MiB |"]
+    if per_client_up and sel:
+        out.append(f"| bytes up / down per client and round (mean) | {statistics.mean(per_client_up) / mib:.3f} / "
+                   f"{sum(down) / sel / mib:.3f} MiB |")
+    return out
+
+
 def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[str]) -> str:
     lines = [f"# {info['job']}: {info['rounds_done']} of {info['rounds_target']} rounds", "",
              f"Run directory: `{info['run_dir']}`", ""]
@@ -144,6 +159,10 @@ def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[st
               f"| client failures | {info['total_failures']} |"]
     if info.get("next_firing"):
         lines.append(f"| next scheduled run | {info['next_firing']} |")
+    lines += _traffic(rows)
+    eps = [r["dp_epsilon"] for r in rows if r.get("dp_epsilon") is not None]
+    if eps:
+        lines.append(f"| privacy: epsilon after the last round | {eps[-1]:.2f} |")
     lines += ["", "## Failures by reason", ""]
     if info["failures_by_reason"]:
         lines += ["| reason | count |", "|---|---|"]

@@ -10,7 +10,8 @@ needs from it:
   at start (``.schedule.lock``).
 - **Missed firings coalesce.** When a run outlasts the interval (or the machine slept), the firings
   that passed meanwhile become one run, started at once; those folded away are counted in
-  ``schedule.json`` (``coalesced``).
+  ``schedule.json`` (``coalesced``). A scheduler restarted after downtime that spanned a firing
+  (by ``schedule.json``'s last firing) runs once at start, like systemd's ``Persistent=true``.
 - **Clean stop.** SIGTERM finishes the round in progress, checkpoints it and exits 0; while
   waiting for the next firing it exits at once.
 - **The job file is re-read at every firing**, so an edit (more sites, another learning rate)
@@ -82,6 +83,7 @@ class Scheduler:
         self.state: dict[str, Any] = {"cron": self.cron, "rounds_per_run": self.rounds_per_run, "pid": os.getpid(),
                                       "started_at": iso(time.time()), "runs": 0, "coalesced": 0, "skipped_busy": 0,
                                       "next_firing": None, "last_firing": None, "last_result": None}
+        self.prev = read_state(self.run_dir)
         self._lock = RunLock(self.run_dir, ".schedule.lock", busy=lambda pid: SchedulerBusy(
             f"{self.run_dir}: another fedgrid schedule (pid {pid}) owns this run directory; stop it first"))
 
@@ -100,7 +102,12 @@ class Scheduler:
 
         self._lock.acquire()
         try:
-            due = next_after(self.cron, time.time())
+            now = time.time()
+            due = next_after(self.cron, now)
+            last = (self.prev or {}).get("last_firing")
+            if last and next_after(self.cron, datetime.fromisoformat(last).timestamp()) <= now:
+                self.say("schedule: a firing passed while no scheduler ran; running once now")
+                due = now
             while not self.stop.is_set() and (self.firings is None or self.state["runs"] < self.firings):
                 self.state["next_firing"] = iso(due)
                 self._save()

@@ -46,6 +46,7 @@ def test_report_writes_plots_that_show_the_curves(finished, tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     md = (tmp_path / "summary.md").read_text()
     assert "| InjectedFault | 2 |" in md and "![accuracy](accuracy.png)" in md and "| a | 7 | 2 |" in md
+    assert "| bytes up / down per client and round (mean) |" in md
     for name, colour in (("accuracy", (0x1F, 0x77, 0xB4)), ("sites", (0x1F, 0x77, 0xB4)),
                          ("failures", (0xD6, 0x27, 0x28))):
         img = mpimg.imread(tmp_path / f"{name}.png")[..., :3]

@@ -59,7 +59,15 @@ def test_scheduler_fires_three_times_contiguously_and_refuses_an_overlapping_run
     st = json.loads(subprocess.run(CLI + ["status", str(run_dir), "--json"], capture_output=True, text=True,
                                    check=True).stdout)
     assert st["rounds_done"] == 6 and st["schedule"]["runs"] == 3 and st["schedule"]["active"] is False
-    # a second scheduler on a directory whose scheduler is gone is fine; with no cron anywhere it is refused
+    # a scheduler restarted after downtime that spanned a firing runs once at start (then would wait
+    # for next January 1st: --firings 1 ends it after the catch-up)
+    state["last_firing"] = "2020-01-01T00:00:00+00:00"
+    (run_dir / "schedule.json").write_text(json.dumps(state))
+    catch_up = subprocess.run(CLI + ["schedule", str(path), "--cron", "0 0 1 1 *", "--rounds-per-run", "1",
+                                     "--firings", "1", "-q"], capture_output=True, text=True, timeout=120)
+    assert catch_up.returncode == 0 and "running once now" in catch_up.stdout, catch_up.stderr
+    assert _rounds(run_dir) == list(range(1, 8))
+    # with no cron anywhere a scheduler is refused
     job.pop("schedule")
     path.write_text(yaml.safe_dump(job))
     none = subprocess.run(CLI + ["schedule", str(path)], capture_output=True, text=True, timeout=60)
