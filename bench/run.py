@@ -53,6 +53,9 @@ def bench_fmnist(rounds: int, workdir: Path, executor: dict | None = None, tag: 
     return {"first_round_s": t_first, "total_s": total,
             "first_trained_s": rows[0]["started_at"] + rows[0]["seconds"] - wall0,
             "median_round_s": statistics.median(r["seconds"] for r in rows),
+            # per round: its seconds, and the clients' training seconds summed (work for the workers)
+            "round_s": [r["seconds"] for r in rows],
+            "train_sum_s": [sum(u["train_s"] for u in r["updates"]) for r in rows],
             "accuracy": [r["test_accuracy"] for r in rows],
             "workers": sum(s["executor"]["workers"] for s in job["sites"])}
 
