@@ -40,14 +40,28 @@ from flower_fmnist import PeakRSS  # noqa: E402
 from run import bench_floor, bench_floor_parallel, bench_fmnist  # noqa: E402
 
 
+def cpu_clock() -> dict:
+    """Machine-wide CPU seconds so far: busy (user + system) and stolen by the hypervisor."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return {"busy": t.user + t.system + t.nice, "steal": getattr(t, "steal", 0.0)}
+
+
+def since(c0: dict) -> dict:
+    c1 = cpu_clock()
+    return {k: round(c1[k] - c0[k], 2) for k in c0}
+
+
 def run_fedgrid(rounds: int, work: Path) -> dict:
     mem = PeakRSS()
     mem.start()
+    c0 = cpu_clock()
     try:
         out = bench_fmnist(rounds, work)
     finally:
         out_peak = mem.stop()
-    return {**out, "peak_rss_mb": out_peak / 2**20}
+    return {**out, "peak_rss_mb": out_peak / 2**20, "cpu_s": since(c0)}
 
 
 def run_flower(rounds: int, work: Path) -> dict | None:
@@ -78,8 +92,9 @@ def main() -> int:
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as d:
             fgs.append(run_fedgrid(args.rounds, Path(d)))
+            c0 = cpu_clock()
             if (one := run_flower(args.rounds, Path(d))) is not None:
-                fls.append(one)
+                fls.append({**one, "cpu_s": since(c0)})
     fg, fl = median_run(fgs), median_run(fls)
     assert fg is not None
     floor = bench_floor()
