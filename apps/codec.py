@@ -10,7 +10,9 @@ deltas are small and centred on zero, so they quantise and sparsify well), encod
 - ``topk``: the ``topk_fraction`` largest-magnitude entries of each tensor as (int32 index, float32
   value) pairs. With ``error_feedback`` (the default) what was left out is kept at the site and
   added to the next round's delta (Stich et al., "Sparsified SGD with Memory", 2018), so nothing is
-  lost, only delayed.
+  lost, only delayed. Tensors smaller than ``dense_below`` elements (biases, a small classifier)
+  go dense, as in Deep Gradient Compression (Lin et al., ICLR 2018): they cost few bytes, and
+  cutting 1% out of a 10-element bias leaves one value.
 
 Non-float tensors (BatchNorm counters) always travel as they are. The payload is a flat dict of
 numpy arrays (``name``, ``name/scale``, ``name/idx``, ``name/val``), so it pickles compactly and
@@ -37,7 +39,7 @@ def _is_float(a: np.ndarray) -> bool:
 
 
 def encode(params: Params, base: Params, codec: str, topk_fraction: float = 0.01,
-           residual: Params | None = None, seed: int = 0) -> tuple[Params, Params]:
+           residual: Params | None = None, seed: int = 0, dense_below: int = 0) -> tuple[Params, Params]:
     """The payload for ``params`` trained from ``base``, and the new error-feedback residual
     (top-k only: what was not sent this round, to add next round; empty otherwise)."""
     out: Params = OrderedDict()
@@ -61,6 +63,8 @@ def encode(params: Params, base: Params, codec: str, topk_fraction: float = 0.01
                 v = delta / scale  # in [-127, 127]; round up with probability equal to the fraction
                 q = np.floor(v + rng.random(v.shape, dtype=np.float32)).clip(-127, 127).astype(np.int8)
             out[name], out[f"{name}/scale"] = q, np.array(scale, np.float32)
+        elif codec == "topk" and delta.size < dense_below:
+            out[name] = delta  # small: sent whole (a float32 delta), nothing left behind
         elif codec == "topk":
             flat = delta.ravel()
             if residual is not None and name in residual:
@@ -91,7 +95,7 @@ def decode(payload: Params, base: Params, codec: str) -> Params:
             out[name] = np.asarray(payload[name])
             continue
         try:
-            if codec in ("fp16", "fp32"):
+            if codec in ("fp16", "fp32") or (codec == "topk" and name in payload):
                 delta = np.asarray(payload[name], np.float32)
             elif codec == "int8":
                 delta = np.asarray(payload[name], np.float32) * np.float32(payload[f"{name}/scale"])

@@ -99,7 +99,8 @@ def compress(task: dict[str, Any], comp: dict[str, Any], params: dict[str, np.nd
     store = Store(task["store"]) if key and task.get("store") else None
     residual = (store.get(key) or {}) if store is not None else None
     seed = int(np.random.SeedSequence([task["seed"], task["round"], task["client"], 7]).generate_state(1)[0])
-    payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01), residual, seed)
+    payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01), residual, seed,
+                                 comp.get("dense_below", 0))
     if store is not None:
         store.put(left, key)
     return payload

@@ -170,6 +170,7 @@ class CompressionSpec(_Strict):
     up: Literal["none", "fp16", "int8", "topk"] = "none"
     down: Literal["none", "fp16"] = "none"
     topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    dense_below: Annotated[int, Field(ge=0)] = 1024  # topk: smaller tensors are sent whole (as DGC)
     error_feedback: bool = True  # topk: what is not sent is kept at the site for the next round
 
     def needs_store(self) -> bool:

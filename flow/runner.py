@@ -148,6 +148,7 @@ class _Driver:
         comp = self.job.compression
         if comp.up_codec() != "none":
             t["compress"] = {"codec": comp.up_codec(), "topk_fraction": comp.topk_fraction,
+                             "dense_below": comp.dense_below,
                              "residual_key": f"state/residual/client-{client:05d}" if comp.needs_store() else None}
         return t
 

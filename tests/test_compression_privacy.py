@@ -53,6 +53,10 @@ def test_topk_sends_the_largest_and_keeps_the_rest_for_next_round() -> None:
     assert p2["w/idx"].tolist() == [2, 9] and p2["w/val"].tolist() == pytest.approx([0.45, -0.5])
     sent = codec.decode(payload, g, "topk")["w"] + codec.decode(p2, g, "topk")["w"]
     np.testing.assert_allclose(sent + left2["w"], x["w"] + x2["w"], atol=1e-6)
+    # a tensor under dense_below goes whole (as DGC does for biases), and leaves nothing behind
+    small, left3 = codec.encode(x, g, "topk", topk_fraction=0.2, residual={}, dense_below=16)
+    assert list(small) == ["w"] and left3 == {}
+    np.testing.assert_allclose(codec.decode(small, g, "topk")["w"], x["w"])
     with pytest.raises(ValueError, match="index out of range"):
         codec.decode({"w/idx": np.array([12], np.int32), "w/val": np.ones(1, np.float32)}, g, "topk")
 
