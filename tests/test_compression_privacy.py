@@ -97,7 +97,8 @@ def test_int8_up_and_fp16_down_cut_the_bytes_and_still_learn(tmp_path, write_job
 
 
 def test_topk_error_feedback_keeps_each_clients_residual_at_its_site(tmp_path, write_job) -> None:
-    job = load_job(write_job(rounds=2, sites=LOCAL, compression={"up": "topk", "topk_fraction": 0.05}))
+    comp = {"up": "topk", "topk_fraction": 0.05, "dense_below": 0}  # every tensor sparse
+    job = load_job(write_job(rounds=2, sites=LOCAL, compression=comp))
     rows = run(job, quiet=True).rows
     store = job.run_dir(tmp_path) / "store"
     residuals = sorted(p.name for p in store.rglob("client-*") if "residual" in str(p))
