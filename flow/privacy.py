@@ -67,7 +67,7 @@ class Privacy:
         for r in rows:  # the rounds already run, as their rows recorded them
             if r.get("dp_noise") is not None:
                 self.acc.step(noise_multiplier=r["dp_noise"], sample_rate=r["dp_sample_rate"])
-        self.rng = np.random.default_rng([job.seed, 0xD9, len(rows)])
+        self.seed = job.seed
 
     def epsilon(self) -> float:
         return float(self.acc.get_epsilon(self.spec.delta)) if self.acc.history else 0.0
@@ -86,11 +86,14 @@ class Privacy:
     def prepare(self, rnd: int, global_params: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
         """Equal weights for every client; central mode also clips and noises each update."""
         m = len(updates)
-        for u in updates:
+        # the round's noise comes from (seed, round) and goes to the clients in id order, so a
+        # resumed run adds exactly the noise an uninterrupted one would, whatever the arrival order
+        rng = np.random.default_rng([self.seed, 0xD9, rnd])
+        for u in sorted(updates, key=lambda u: u.client):
             u.scale = 1.0 / max(u.num_examples, 1)  # weight num_examples * scale = 1
             if self.spec.mode == "central" and m:
                 std = self.spec.noise_multiplier * self.spec.clip / np.sqrt(m)
-                u.params, _ = clip_and_noise(u.params, global_params, self.spec.clip, std, self.rng)
+                u.params, _ = clip_and_noise(u.params, global_params, self.spec.clip, std, rng)
 
     def record(self, row: dict[str, Any]) -> None:
         """Account for the round just aggregated and write z, q and epsilon into its row."""
