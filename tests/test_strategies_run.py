@@ -17,6 +17,9 @@ SETTINGS = {
     "scaffold": {}, "fednova": {},
 }
 ROBUST = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"byzantine": 1}, "multikrum": {"byzantine": 1}}
+# the strategy math does not depend on the executor: threads keep these many runs fast (the HTEX
+# path is the resume test's, and test_run's)
+THREADS = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]
 
 
 def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over):
@@ -32,7 +35,7 @@ def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
     median of six clients that each hold one or two classes is a poor model; see the next test.)"""
     from fedgrid.flow.runner import run
 
-    rows = run(_job(make_job, tmp_path / "run", name, 6), quiet=True).rows
+    rows = run(_job(make_job, tmp_path / "run", name, 6, sites=THREADS), quiet=True).rows
     assert len(rows) == 6
     acc = [r["test_accuracy"] for r in rows]
     assert acc[-1] > 0.55, acc  # 10 classes, each client holding mostly one or two of them
@@ -63,7 +66,7 @@ def clean_iid(tmp_path_factory, make_job) -> float:
     from fedgrid.flow.runner import run
 
     if "acc" not in _CLEAN:
-        job = _job(make_job, tmp_path_factory.mktemp("clean"), "fedavg", 5, data=IID)
+        job = _job(make_job, tmp_path_factory.mktemp("clean"), "fedavg", 5, data=IID, sites=THREADS)
         _CLEAN["acc"] = run(job, quiet=True).rows[-1]["test_accuracy"]
     return _CLEAN["acc"]
 
@@ -75,7 +78,8 @@ BAD = [{"clients": [2], "scale_update": -10.0}]  # one client of six sends G - 1
 def test_robust_rules_hold_against_a_byzantine_client(tmp_path, make_job, clean_iid: float, name: str) -> None:
     from fedgrid.flow.runner import run
 
-    acc = run(_job(make_job, tmp_path / "run", name, 5, data=IID, faults=BAD), quiet=True).rows[-1]["test_accuracy"]
+    acc = run(_job(make_job, tmp_path / "run", name, 5, data=IID, faults=BAD, sites=THREADS),
+              quiet=True).rows[-1]["test_accuracy"]
     if name == "fedavg":
         assert acc < clean_iid - 0.3  # one flipped, x10 update wrecks the mean
     else:
@@ -85,7 +89,7 @@ def test_robust_rules_hold_against_a_byzantine_client(tmp_path, make_job, clean_
 def test_bad_updates_are_rejected_with_a_reason_and_the_round_goes_on(tmp_path, make_job, clean_iid) -> None:
     from fedgrid.flow.runner import run
 
-    job = _job(make_job, tmp_path / "bounded", "fedavg", 3, data=IID, faults=BAD)
+    job = _job(make_job, tmp_path / "bounded", "fedavg", 3, data=IID, faults=BAD, sites=THREADS)
     job.round.max_update_norm = 3.0  # honest updates are about 1 here, the bad one about 10
     rows = run(job, quiet=True).rows
     for r in rows:
