@@ -34,8 +34,9 @@ CODECS = ("none", "fp16", "int8", "topk")
 # then adds the client's change to its full-precision model, not the client's rounded copy of it)
 
 
-def _is_float(a: np.ndarray) -> bool:
-    return bool(np.issubdtype(a.dtype, np.floating))
+def is_float(a: np.ndarray) -> bool:
+    """A float tensor (weights); the others (BatchNorm counters) are never encoded or averaged as floats."""
+    return bool(np.issubdtype(np.asarray(a).dtype, np.floating))
 
 
 def encode(params: Params, base: Params, codec: str, topk_fraction: float = 0.01,
@@ -47,7 +48,7 @@ def encode(params: Params, base: Params, codec: str, topk_fraction: float = 0.01
     rng = np.random.default_rng(seed)
     for name, x in params.items():
         x = np.asarray(x)
-        if not _is_float(x):
+        if not is_float(x):
             out[name] = x
             continue
         delta = x.astype(np.float32) - np.asarray(base[name], np.float32)
@@ -89,7 +90,7 @@ def decode(payload: Params, base: Params, codec: str) -> Params:
     out: Params = OrderedDict()
     for name, g in base.items():
         g = np.asarray(g)
-        if not _is_float(g):
+        if not is_float(g):
             if name not in payload:
                 raise ValueError(f"compressed update lacks tensor {name!r}")
             out[name] = np.asarray(payload[name])
@@ -123,10 +124,10 @@ def down(params: Params, codec: str) -> Params:
     """The global model as sent to clients: float tensors in float16 with ``compression.down: fp16``."""
     if codec != "fp16":
         return params
-    return OrderedDict((k, v.astype(np.float16) if _is_float(v) else v) for k, v in params.items())
+    return OrderedDict((k, v.astype(np.float16) if is_float(v) else v) for k, v in params.items())
 
 
 def up_from_down(params: Params, like_dtype: np.dtype = np.float32) -> Params:
     """A half-precision global model back in float32 at the client (others unchanged)."""
-    return OrderedDict((k, v.astype(like_dtype) if _is_float(v) and v.dtype == np.float16 else v)
+    return OrderedDict((k, v.astype(like_dtype) if is_float(v) and v.dtype == np.float16 else v)
                        for k, v in params.items())

@@ -13,32 +13,40 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fedgrid.apps.codec import is_float
+
 Params = dict[str, np.ndarray]
 
 
-def _floats(p: Params) -> list[str]:
-    return [k for k, v in p.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+def _deltas(params: Params, base: Params) -> dict[str, np.ndarray]:
+    """``params - base`` in float64 for every float tensor the base has."""
+    return {k: np.asarray(v, np.float64) - np.asarray(base[k], np.float64) for k, v in params.items()
+            if k in base and is_float(np.asarray(v))}
+
+
+def _norm(deltas: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(float(np.dot(d.ravel(), d.ravel())) for d in deltas.values())))
 
 
 def delta_norm(params: Params, base: Params) -> float:
-    return float(np.sqrt(sum(float(np.sum((np.asarray(params[k], np.float64) - np.asarray(base[k], np.float64)) ** 2))
-                             for k in _floats(base))))
+    """The L2 norm of ``params - base`` over all float tensors together."""
+    return _norm(_deltas(params, base))
 
 
 def clip_and_noise(params: Params, base: Params, clip: float, std: float,
                    rng: np.random.Generator) -> tuple[Params, float]:
     """``base + clip(params - base, clip) + N(0, std^2)`` per float tensor (others unchanged),
     and the delta's norm before clipping."""
-    norm = delta_norm(params, base)
+    deltas = _deltas(params, base)
+    norm = _norm(deltas)
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
     out: Params = OrderedDict()
     for k, v in params.items():
-        if k not in base or not np.issubdtype(np.asarray(v).dtype, np.floating):
+        if k not in deltas:
             out[k] = v
             continue
-        g = np.asarray(base[k], np.float64)
-        d = (np.asarray(v, np.float64) - g) * factor
+        d = deltas[k] * factor
         if std > 0:
             d = d + rng.normal(0.0, std, size=d.shape)
-        out[k] = (g + d).astype(np.asarray(v).dtype)
+        out[k] = (np.asarray(base[k], np.float64) + d).astype(np.asarray(v).dtype)
     return out, norm

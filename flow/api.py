@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fedgrid.flow.config import ConfigError, Job, load_job, parse_job
+from fedgrid.flow.config import Job, load_job, parse_job
 
 
 def as_job(job: Job | str | Path | dict[str, Any], overrides: list[str] | None = None) -> Job:
@@ -48,12 +48,7 @@ def schedule(job: Job | str | Path | dict[str, Any], cron: str | None = None, ro
     from fedgrid.flow.runner import run as _run
     from fedgrid.flow.schedule import Scheduler
 
-    first = as_job(job)
-    cron = cron or (first.schedule.cron if first.schedule else None)
-    if cron is None:
-        raise ConfigError("<job>", "schedule.cron", "a cron expression (or pass cron=)")
-    per_run = rounds_per_run or (first.schedule.rounds_per_run if first.schedule else 1)
-    return Scheduler(load=lambda: as_job(job), cron=cron, rounds_per_run=per_run, run=_run,
+    return Scheduler(load=lambda: as_job(job), cron=cron, rounds_per_run=rounds_per_run, run=_run,
                      base=base or Path.cwd(), stop=stop or threading.Event(), firings=firings, quiet=quiet,
                      say=(lambda s: None) if quiet else print).serve()
 

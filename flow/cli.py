@@ -152,15 +152,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from fedgrid.flow.runner import run
     from fedgrid.flow.schedule import Scheduler, SchedulerBusy
 
-    job = _load(args)
-    cron = args.cron or (job.schedule.cron if job.schedule else None)
-    if cron is None:
-        raise ConfigError(args.job, "schedule.cron", "a cron expression (or pass --cron '0 2 * * *')")
-    per_run = args.rounds_per_run or (job.schedule.rounds_per_run if job.schedule else 1)
-    if per_run < 1:
-        raise ConfigError("--rounds-per-run", "", f"a round count >= 1, got {per_run}")
-    sched = Scheduler(load=lambda: _load(args), cron=cron, rounds_per_run=per_run, run=run, base=Path.cwd(),
-                      stop=STOP, firings=args.firings, quiet=args.quiet, log_format=args.log_format)
+    sched = Scheduler(load=lambda: _load(args), cron=args.cron, rounds_per_run=args.rounds_per_run, run=run,
+                      base=Path.cwd(), stop=STOP, firings=args.firings, quiet=args.quiet,
+                      log_format=args.log_format, source=args.job)
     try:
         n = sched.serve()
     except SchedulerBusy as e:

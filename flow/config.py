@@ -277,6 +277,17 @@ class Job(_Strict):
         merged.update(self.site(name).data)
         return DataSpec.model_validate(merged)
 
+    def client_state(self) -> list[str]:
+        """What keeps per-client state in the store (SCAFFOLD's variates, top-k's residuals): the
+        run then needs a store every site reaches."""
+        out = []
+        if STRATEGIES[self.strategy.name].needs_store:
+            out.append(f"strategy {self.strategy.name} keeps each client's control variate")
+        if self.compression.needs_store():
+            out.append("compression.up: topk with error_feedback (error_feedback: false avoids it) keeps each "
+                       "client's residual")
+        return out
+
     def clients_per_round(self) -> int:
         return max(self.round.min_clients, math.ceil(self.round.fraction * self.data.clients))
 
@@ -464,14 +475,9 @@ def _check_faults(job: Job, file: str | Path) -> None:
 
 def _check_strategy(job: Job, file: str | Path) -> None:
     remote = [s.name for s in job.sites if not on_this_machine(s)]
-    if STRATEGIES[job.strategy.name].needs_store and remote and not job.store.url:
-        raise ConfigError(file, "store.url", f"strategy {job.strategy.name} keeps each client's control variate "
-                          f"in the store, and sites {remote} run elsewhere: set store.url to a location every "
-                          f"site can reach (a shared path or s3://...)")
-    if job.compression.needs_store() and remote and not job.store.url:
-        raise ConfigError(file, "store.url", f"compression.up: topk with error_feedback keeps each client's "
-                          f"residual in the store, and sites {remote} run elsewhere: set store.url to a location "
-                          f"every site can reach (or error_feedback: false)")
+    if (keepers := job.client_state()) and remote and not job.store.url:
+        raise ConfigError(file, "store.url", f"{' and '.join(keepers)} in the store, and sites {remote} run "
+                          f"elsewhere: set store.url to a location every site can reach (a shared path or s3://...)")
     if job.compression.up_codec() != "none" and job.round.late == "carry":
         raise ConfigError(file, "round.late", "a compressed update is a delta from its round's model, which a "
                           "carried late update no longer has: use round.late: drop with compression")

@@ -16,8 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow.status import reason_kind, status_info
+from fedgrid.flow.status import reason_kind, status_and_rows
 
 
 def _plt():
@@ -39,25 +38,24 @@ def _integer_axes(*axes, y: bool = False) -> None:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _line(ax: Any, rows: list[dict[str, Any]], key: str, **style: Any) -> None:
+    """`key` per round, for the rounds that have it (evaluation may skip some)."""
+    pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+    if pts:
+        ax.plot(*zip(*pts, strict=True), **style)
+
+
 def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     plt = _plt()
     rounds = [r["round"] for r in rows]
     fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    acc = [(r["round"], r["test_accuracy"]) for r in rows if r.get("test_accuracy") is not None]
-    if acc:
-        a.plot(*zip(*acc, strict=True), marker="o", ms=3, label="test accuracy")
-    tacc = [(r["round"], r["train_accuracy"]) for r in rows if r.get("train_accuracy") is not None]
-    if tacc:
-        a.plot(*zip(*tacc, strict=True), ls="--", alpha=0.7, label="train accuracy (clients)")
+    _line(a, rows, "test_accuracy", marker="o", ms=3, label="test accuracy")
+    _line(a, rows, "train_accuracy", ls="--", alpha=0.7, label="train accuracy (clients)")
     a.set_ylabel("accuracy")
     a.grid(alpha=0.3)
     a.legend(loc="lower right")
-    loss = [(r["round"], r["test_loss"]) for r in rows if r.get("test_loss") is not None]
-    if loss:
-        b.plot(*zip(*loss, strict=True), marker="o", ms=3, color="C3", label="test loss")
-    tl = [(r["round"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
-    if tl:
-        b.plot(*zip(*tl, strict=True), ls="--", alpha=0.7, color="C1", label="train loss (clients)")
+    _line(b, rows, "test_loss", marker="o", ms=3, color="C3", label="test loss")
+    _line(b, rows, "train_loss", ls="--", alpha=0.7, color="C1", label="train loss (clients)")
     b.set_ylabel("loss")
     b.set_xlabel("round")
     b.grid(alpha=0.3)
@@ -181,8 +179,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Write accuracy.png, sites.png, failures.png and summary.md into `out` (default
     <run_dir>/report); returns their paths. Raises ValueError when the run has no rounds yet."""
     run_dir = run_dir.resolve()
-    info = status_info(run_dir)
-    rows = ckpt.reconcile_rows(run_dir, info["rounds_done"])
+    info, rows = status_and_rows(run_dir)
     if not rows:
         raise ValueError(f"{run_dir}: no finished rounds to report on yet")
     out = out or run_dir / "report"

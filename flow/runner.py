@@ -474,7 +474,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, quiet: bool, stream, more:
         drv.model = build(job.model.name, shape, num_classes, job.model.kwargs)
         params = get_params(drv.model)
         drv.transfer, drv.store = open_store(job, run_dir, params, progress,
-                                             needed=drv.strategy.needs_store or job.compression.needs_store(),
+                                             needed=bool(job.client_state()),
                                              first=state is None)
         drv.strategy.bind(job.data.clients, drv.store.url if drv.store is not None else None)
         if state is None:

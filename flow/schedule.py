@@ -65,8 +65,8 @@ class Scheduler:
     """
 
     load: Callable[[], Job]
-    cron: str
-    rounds_per_run: int
+    cron: str | None  # None: the job's schedule.cron
+    rounds_per_run: int | None  # None: the job's schedule.rounds_per_run (1 without a schedule block)
     run: Callable[..., Any]
     base: Path
     stop: threading.Event = field(default_factory=threading.Event)
@@ -74,11 +74,18 @@ class Scheduler:
     quiet: bool = False
     log_format: str = "text"
     say: Callable[[str], None] = print
+    source: str = "<job>"  # the job file, for error messages
 
     def __post_init__(self) -> None:
+        job = self.load()  # a bad job file fails now, not at 02:00
+        self.cron = self.cron or (job.schedule.cron if job.schedule else None)
+        if self.cron is None:
+            raise ConfigError(self.source, "schedule.cron", "a cron expression (or pass --cron '0 2 * * *')")
         if not croniter.is_valid(self.cron):
             raise ConfigError("--cron", "", f"a cron expression such as '0 2 * * *', got {self.cron!r}")
-        job = self.load()  # a bad job file fails now, not at 02:00
+        self.rounds_per_run = self.rounds_per_run or (job.schedule.rounds_per_run if job.schedule else 1)
+        if self.rounds_per_run < 1:
+            raise ConfigError("--rounds-per-run", "", f"a round count >= 1, got {self.rounds_per_run}")
         self.run_dir = job.run_dir(self.base).resolve()
         self.state: dict[str, Any] = {"cron": self.cron, "rounds_per_run": self.rounds_per_run, "pid": os.getpid(),
                                       "started_at": iso(time.time()), "runs": 0, "coalesced": 0, "skipped_busy": 0,

@@ -26,16 +26,14 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import secagg as sa
+from fedgrid.apps.codec import is_float
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.config import Job
+from fedgrid.flow.gather import reason_of
 
 
 class SecAggFailed(Exception):
     """Too few clients to unmask the round."""
-
-
-def reason_of(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 class SecureAggregation:
@@ -60,27 +58,27 @@ class SecureAggregation:
             task = {"client": c, "site": self.sites[c], "round": rnd, "secagg": opts[c]}
             futs[self.runtime.call(self.sites[c], task)] = c
         out: dict[int, Any] = {}
+        why: dict[int, str] = {}
         try:
             for fut in as_completed(futs, timeout=self.job.round.deadline_s):
                 c = futs[fut]
                 if fut.exception() is None:
                     out[c] = fut.result()
                 else:
-                    failures.append({"client": c, "site": self.sites[c],
-                                     "reason": f"secagg {opts[c]['step']}: {reason_of(fut.exception())}"})
+                    why[c] = reason_of(fut.exception())
         except FutureTimeout:
             pass
         for c in futs.values():
-            if c not in out and not any(f["client"] == c for f in failures):
-                failures.append({"client": c, "site": self.sites[c],
-                                 "reason": f"secagg {opts[c]['step']}: no answer within round.deadline_s"})
+            if c not in out:
+                failures.append({"client": c, "site": self.sites[c], "reason": f"secagg {opts[c]['step']}: "
+                                 + why.get(c, "no answer within round.deadline_s")})
         return out
 
     def setup(self, rnd: int, clients: list[int],
               global_params: dict[str, np.ndarray]) -> tuple[list[int], list[dict], dict[int, dict]]:
         """Stages 1 and 2. Returns the clients in the masking, the failures, and each one's train
         instructions (its neighbours' public keys)."""
-        names = [k for k, v in global_params.items() if np.issubdtype(v.dtype, np.floating)]
+        names = [k for k, v in global_params.items() if is_float(v)]
         size = sum(int(global_params[k].size) for k in names) + 1
         failures: list[dict] = []
         t = self.threshold(len(clients))

@@ -50,6 +50,11 @@ def failures_by_reason(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def status_info(run_dir: Path) -> dict[str, Any]:
+    return status_and_rows(run_dir)[0]
+
+
+def status_and_rows(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The status, and the rows it was computed from (the report plots them: read once)."""
     state, skipped = ckpt.latest_valid(run_dir, quarantine=False)
     done = state.round if state else 0
     rows = ckpt.reconcile_rows(run_dir, done)
@@ -70,4 +75,4 @@ def status_info(run_dir: Path) -> dict[str, Any]:
         "next_firing": sched.get("next_firing") if sched and sched.get("active") else None,
         "last": last,
         "skipped": [{"file": str(p), "reason": w} for p, w in skipped],
-    }
+    }, rows

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from fedgrid.apps.codec import is_float
 from fedgrid.apps.update import ClientUpdate
 
 Params = dict[str, np.ndarray]
@@ -59,11 +60,7 @@ class Strategy:
 
 def cast_like(value: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """A float64 result back in the global tensor's dtype (integer buffers are rounded)."""
-    return value.astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else np.rint(value).astype(ref.dtype)
-
-
-def is_float(a: np.ndarray) -> bool:
-    return bool(np.issubdtype(np.asarray(a).dtype, np.floating))
+    return value.astype(ref.dtype) if is_float(ref) else np.rint(value).astype(ref.dtype)
 
 
 def example_weights(updates: list[ClientUpdate]) -> np.ndarray:
