@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps.store import Ref, Store, StoreError, fetch
+from fedgrid.apps.task import TrainTask
 
 
 class Corrections:
-    def __init__(self, task: dict[str, Any], model: Any, global_params: dict[str, np.ndarray]):
+    def __init__(self, task: TrainTask, model: Any, global_params: dict[str, np.ndarray]):
         import torch
 
-        tr = task["train"]
+        tr = task.train
         self.params = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
         self.mu = float(tr.get("prox_mu") or 0.0)
         self.sc: dict[str, Any] | None = tr.get("scaffold")
@@ -73,7 +74,7 @@ class Corrections:
         """SCAFFOLD: write the new variate to the store; return what the driver needs."""
         if not self.sc:
             return {}
-        lr = float(self.task["train"]["lr"])
+        lr = float(self.task.train["lr"])
         c = self.sc.get("c") or {}
         new, delta = OrderedDict(), OrderedDict()
         for n, p in self.params.items():

@@ -13,20 +13,21 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from fedgrid.apps.task import TrainTask
 
 
 class InjectedFault(RuntimeError):
     """A failure a `faults:` rule asked for (never raised outside a drill)."""
 
 
-def before_training(task: dict[str, Any]) -> None:
-    f = task.get("faults")
+def before_training(task: TrainTask) -> None:
+    f = task.faults
     if not f:
         return
-    rnd, client = task["round"], task["client"]
+    rnd, client = task.round, task.client
     if f["kill"]:
         marker = Path(f["marker_dir"]) / f"killed-r{rnd:06d}-c{client:05d}"
         if not marker.exists():
@@ -41,9 +42,9 @@ def before_training(task: dict[str, Any]) -> None:
             raise InjectedFault(f"injected failure: client {client}, round {rnd} (fail_p={f['fail_p']:.2f})")
 
 
-def tamper(task: dict[str, Any], start: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
+def tamper(task: TrainTask, start: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
     """A Byzantine client (``scale_update``): send ``G + scale * (x - G)`` instead of ``x``, in place."""
-    s = (task.get("faults") or {}).get("scale_update")
+    s = (task.faults or {}).get("scale_update")
     if s is None:
         return
     for k, g in start.items():
@@ -51,7 +52,7 @@ def tamper(task: dict[str, Any], start: dict[str, np.ndarray], params: dict[str,
             params[k] = (g + s * (params[k] - g)).astype(params[k].dtype)
 
 
-def after_training(task: dict[str, Any], train_s: float) -> None:
-    f = task.get("faults")
+def after_training(task: TrainTask, train_s: float) -> None:
+    f = task.faults
     if f:
         time.sleep(max(0.0, (f["slowdown"] - 1.0) * train_s) + f.get("delay_s", 0.0))

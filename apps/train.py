@@ -20,6 +20,7 @@ from fedgrid.apps import codec, faults
 from fedgrid.apps.corrections import Corrections
 from fedgrid.apps.datasets import client_arrays
 from fedgrid.apps.store import Ref, Store, fetch
+from fedgrid.apps.task import TrainTask
 from fedgrid.apps.update import ClientUpdate
 
 _MODELS: dict[tuple, Any] = {}
@@ -40,13 +41,13 @@ def global_params(params: Any) -> dict[str, np.ndarray]:
         return _GLOBAL[params.sha256]
 
 
-def send_back(task: dict[str, Any], params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Ref | None]:
+def send_back(task: TrainTask, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Ref | None]:
     """Inline when small; through the store when over the site's limit (e.g. Globus Compute's 10 MB)."""
-    above = task.get("ref_above")
+    above = task.ref_above
     nbytes = sum(a.nbytes for a in params.values())
-    if above is None or nbytes <= above or not task.get("store"):
+    if above is None or nbytes <= above or not task.store:
         return params, None
-    return {}, Store(task["store"]).put(params, task["update_key"])
+    return {}, Store(task.store).put(params, task.update_key)
 
 
 def _torch(threads: int):
@@ -58,47 +59,69 @@ def _torch(threads: int):
     return torch
 
 
+def _model_key(spec: dict[str, Any]) -> tuple:
+    # per thread too: a `local` site runs several clients at once in one process, and two of them
+    # training the same module object would corrupt each other's autograd state
+    return (threading.get_ident(), spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
+            repr(sorted(spec["kwargs"].items())))
+
+
 def cached_model(spec: dict[str, Any]):
     """One model object per architecture per worker; weights are loaded into it every round."""
     from fedgrid.apps.models import build
 
-    # per thread too: a `local` site runs several clients at once in one process, and two of them
-    # training the same module object would corrupt each other's autograd state
-    key = (threading.get_ident(), spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
-           repr(sorted(spec["kwargs"].items())))
+    key = _model_key(spec)
     if key not in _MODELS:
         _MODELS[key] = build(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec["kwargs"])
     return _MODELS[key]
 
 
-def _client_tensors(task: dict[str, Any]):
-    torch = _torch(task["train"]["threads"])
-    key = (task["client"], repr(sorted(task["data"].items())), task["clients"], task["seed"])
+def _client_tensors(task: TrainTask):
+    torch = _torch(task.train["threads"])
+    key = (task.client, repr(sorted(task.data.items())), task.clients, task.seed)
     if key not in _TENSORS:
-        arr = client_arrays(task["data"], task["client"], task["clients"], task["seed"])
+        arr = client_arrays(task.data, task.client, task.clients, task.seed)
         x = arr.x if arr.x.flags.writeable and arr.x.flags.c_contiguous else np.array(arr.x, order="C")
         y = arr.y if arr.y.flags.writeable else arr.y.copy()
         _TENSORS[key] = (torch.from_numpy(x), torch.from_numpy(y))
     return _TENSORS[key]
 
 
-def warm(task: dict[str, Any]) -> dict[str, float]:
-    """Pay a worker's one-time costs (torch import, data pool, split, model) before round 1 needs them."""
+def warm(task: TrainTask) -> dict[str, Any]:
+    """Pay a worker's one-time costs (torch import, data pool, split, model) before round 1 needs them.
+
+    Returns what it cached, so the driver can tell a warm-up that loaded the model from one that
+    could not (a task built before the driver knew the model's shapes)."""
     t0 = time.perf_counter()
-    _client_tensors(task)
-    if task.get("model"):
-        cached_model(task["model"])
-    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0}
+    x, y = _client_tensors(task)
+    if task.model:
+        _prime(cached_model(task.model), x, y, task.train["batch_size"])
+    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "model": task.model.get("name")}
 
 
-def compress(task: dict[str, Any], comp: dict[str, Any], params: dict[str, np.ndarray],
+def _prime(model: Any, x: Any, y: Any, batch_size: int) -> None:
+    """One forward and backward pass on a batch, no optimiser step: torch's first pass in a process
+    (kernel selection, allocator pools) is much slower than the ones after, and round 1 should not
+    pay for it. The weights are untouched; buffers a pass changes (BatchNorm statistics) are
+    overwritten by the global params every round."""
+    import torch
+
+    if len(y) == 0:
+        return
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x[:batch_size]), y[:batch_size])
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray],
              start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The update as it goes over the wire (apps/codec.py). Top-k's error-feedback residual is
     this client's own state at its site: read from the store, added in, and written back."""
     key = comp.get("residual_key")
-    store = Store(task["store"]) if key and task.get("store") else None
+    store = Store(task.store) if key and task.store else None
     residual = (store.get(key) or {}) if store is not None else None
-    seed = int(np.random.SeedSequence([task["seed"], task["round"], task["client"], 7]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([task.seed, task.round, task.client, 7]).generate_state(1)[0])
     payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01), residual, seed,
                                  comp.get("dense_below", 0))
     if store is not None:
@@ -106,24 +129,25 @@ def compress(task: dict[str, Any], comp: dict[str, Any], params: dict[str, np.nd
     return payload
 
 
-def train_client(task: dict[str, Any]) -> ClientUpdate:
+def train_client(task: TrainTask) -> ClientUpdate:
     """Local SGD from the global params on this client's shard; returns the new params."""
     started = time.time()
     t0 = time.perf_counter()
-    torch = _torch(task["train"]["threads"])
+    torch = _torch(task.train["threads"])
     from fedgrid.apps.models import get_params, set_params
 
     faults.before_training(task)
     x, y = _client_tensors(task)
-    model = cached_model(task["model"])
-    start = codec.up_from_down(global_params(task["params"]))  # float32 again if it came down in fp16
+    cold = _model_key(task.model) not in _MODELS
+    model = cached_model(task.model)
+    start = codec.up_from_down(global_params(task.params))  # float32 again if it came down in fp16
     set_params(model, start)
     fix = Corrections(task, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
     t_load = time.perf_counter() - t0
 
-    tr = task["train"]
+    tr = task.train
     # an asynchronous client may train twice from the same global model: `draw` tells the two apart
-    seed = np.random.SeedSequence([task["seed"], task["round"], task["client"], *task.get("draw", ())])
+    seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
     gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr["momentum"],
                           weight_decay=tr["weight_decay"])
@@ -158,30 +182,30 @@ def train_client(task: dict[str, Any]) -> ClientUpdate:
     params = get_params(model)
     faults.tamper(task, start, params)
     if not all(np.isfinite(a).all() for a in params.values()):
-        raise FloatingPointError(f"client {task['client']}: training diverged (non-finite weights); "
+        raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); "
                                  f"lower train.lr")
     t2 = time.perf_counter()
     extras = fix.finish(steps)
-    if dp := task.get("dp"):  # local DP: the update is clipped and noised before it leaves the site
+    if dp := task.dp:  # local DP: the update is clipped and noised before it leaves the site
         from fedgrid.apps.privacy import clip_and_noise
 
-        rng = np.random.default_rng(np.random.SeedSequence([task["seed"], task["round"], task["client"], 0xD9]))
+        rng = np.random.default_rng(np.random.SeedSequence([task.seed, task.round, task.client, 0xD9]))
         params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], rng)
     used, wire = "none", 0
     if sec := tr.get("secagg"):  # secure aggregation: only the masked vector leaves the site
         from fedgrid.apps.secagg import mask
 
-        params, used = {"masked": mask(sec, task["client"], task["round"], params, start, n)}, "secagg"
-    elif comp := task.get("compress"):
+        params, used = {"masked": mask(sec, task.client, task.round, params, start, n)}, "secagg"
+    elif comp := task.compress:
         params, used = compress(task, comp, params, start), comp["codec"]
         wire = codec.nbytes(params)
     params, ref = send_back(task, params)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
-        client=task["client"], site=task["site"], round=task["round"], num_examples=n, params=params, ref=ref,
+        client=task.client, site=task.site, round=task.round, num_examples=n, params=params, ref=ref,
         metrics={"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)},
-        timings={"queue": max(0.0, started - task["submitted_at"]), "load": t_load, "train": t_train,
+        timings={"queue": max(0.0, started - task.submitted_at), "load": t_load, "train": t_train,
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
                  "samples_per_s": seen / max(t_train, 1e-9)},
-        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}", **extras},
+        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold, **extras},
     )

@@ -1,4 +1,5 @@
-"""ClientUpdate: what a train app sends back to the driver (DESIGN.md, Contracts)."""
+"""ClientUpdate and Failure: a client's outcome for a round, as the driver records it
+(docs/ARCHITECTURE.md, Contracts)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,30 @@ class ClientUpdate:
         if self.ref is not None and not self.params:
             self.params = fetch(self.ref)
         return self
+
+
+# a reason longer than this is cut: rows stay small and a site cannot flood the rounds table
+REASON_MAX = 300
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A client that did not contribute to a round, and why, in words a user can act on.
+
+    Every place that gives up on a client (the gather, the asynchronous loop, selection's skips,
+    secure aggregation's stages) builds one through :meth:`of`, so the reason is always a short
+    string whatever the site raised. ``client`` is -1 for a failure of the round itself."""
+
+    client: int
+    site: str
+    reason: str
+
+    @classmethod
+    def of(cls, client: int, site: str, why: BaseException | str) -> Failure:
+        """From an exception (its type and message) or a reason already in words."""
+        text = (f"{type(why).__name__}: {why}" if isinstance(why, BaseException) else str(why)).strip()
+        return cls(int(client), str(site), text if len(text) <= REASON_MAX else text[:REASON_MAX - 3] + "...")
+
+    def row(self) -> dict[str, Any]:
+        """As the rounds table stores it."""
+        return {"client": self.client, "site": self.site, "reason": self.reason}

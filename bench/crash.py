@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow.runlock import recorded_processes
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.runlock import recorded_processes
 
 
 def job_file(work: Path, rounds: int) -> Path:
@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     rnd = random.Random(args.seed)
-    cmd = [sys.executable, "-m", "fedgrid.flow.cli", "run"]
+    cmd = [sys.executable, "-m", "fedgrid.flow.commands.cli", "run"]
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         job = job_file(work, args.rounds)

@@ -29,7 +29,7 @@ BACK = [{"fail_p": 0.3}, {"site": "b", "lost_from": 3, "lost_until": 6}]
 
 def run_job(work: Path, tag: str, rounds: int, faults: list[dict], **round_over) -> dict:
     from fedgrid.flow.config import parse_job
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
     job.update(rounds=rounds, faults=faults, checkpoint={"dir": str(work / tag)},

@@ -145,7 +145,7 @@ def run_flower(rounds: int = 10, t0: float | None = None, cpus: int | None = Non
     job = load_job()
     data, seed, clients = job.data.model_dump(), job.seed, job.data.clients
     tr = job.train.model_dump()
-    # the server side, as fedgrid's driver sets it up (flow/runner.py, _run_locked)
+    # the server side, as fedgrid's driver sets it up (flow/rounds/runner.py, _run_locked)
     torch.set_num_threads(1)
     test = datasets.load_test(data, seed)
     shape, num_classes = datasets.meta(data, test)

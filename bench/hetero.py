@@ -68,7 +68,7 @@ def first_at(c: list[tuple[float, float]], target: float) -> tuple[int, float] |
 
 def main() -> int:
     from fedgrid.flow.config import parse_job
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)

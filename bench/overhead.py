@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def one(clients: int, rounds: int, work: Path) -> dict:
     from fedgrid.flow.config import parse_job
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     job = parse_job({
         "name": f"overhead{clients}", "rounds": rounds, "model": {"name": "mlp", "kwargs": {"hidden": 64}},

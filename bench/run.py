@@ -37,7 +37,7 @@ def bench_fmnist(rounds: int, workdir: Path, executor: dict | None = None, tag: 
     path.write_text(yaml.safe_dump(job))
     first = workdir / tag / "rounds" / "round-000001.arrow"
     t0, wall0 = time.perf_counter(), time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "fedgrid.flow.cli", "run", str(path), "--fresh", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "fedgrid.flow.commands.cli", "run", str(path), "--fresh", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t_first = None
     while proc.poll() is None:
@@ -60,10 +60,11 @@ def bench_fmnist(rounds: int, workdir: Path, executor: dict | None = None, tag: 
             "workers": sum(s["executor"]["workers"] for s in job["sites"])}
 
 
-def floor_tasks() -> list[dict]:
+def floor_tasks() -> list:
     """Round-1 train tasks of the fmnist example for every client, with each shard loaded and cached."""
     from fedgrid.apps import datasets
     from fedgrid.apps.models import build, get_params
+    from fedgrid.apps.task import TrainTask, model_spec
     from fedgrid.flow.config import load_job
 
     job = load_job(REPO / "examples" / "fmnist.yaml")
@@ -74,12 +75,12 @@ def floor_tasks() -> list[dict]:
     shape, classes = datasets.meta(data, None)
     torch.manual_seed(0)
     params = get_params(build(job.model.name, shape, classes, job.model.kwargs))
-    spec = {"name": job.model.name, "input_shape": list(shape), "num_classes": classes, "kwargs": job.model.kwargs}
-    tasks = [{"client": c, "site": "x", "round": 1, "clients": job.data.clients, "seed": job.seed, "data": data,
-              "model": spec, "train": job.train.model_dump(), "params": params, "submitted_at": time.time()}
+    spec = model_spec(job.model.name, shape, classes, job.model.kwargs)
+    tasks = [TrainTask(client=c, site="x", round=1, clients=job.data.clients, seed=job.seed, data=data, model=spec,
+                       train=job.train.model_dump(), params=params, submitted_at=time.time())
              for c in range(job.data.clients)]
     for t in tasks:  # load and cache every shard first: the floor is training only
-        datasets.client_arrays(data, t["client"], job.data.clients, job.seed)
+        datasets.client_arrays(data, t.client, job.data.clients, job.seed)
     return tasks
 
 
@@ -115,7 +116,7 @@ def bench_floor_parallel(workers: int) -> dict:
     from fedgrid.apps import datasets
 
     tasks = floor_tasks()
-    sizes = {t["client"]: len(datasets.client_arrays(t["data"], t["client"], t["clients"], t["seed"]).y)
+    sizes = {t.client: len(datasets.client_arrays(t.data, t.client, t.clients, t.seed).y)
              for t in tasks}
     groups: list[list[int]] = [[] for _ in range(workers)]
     load = [0] * workers

@@ -72,7 +72,7 @@ ATTACKED = ["fedavg", "median", "trimmed_mean", "krum", "multikrum"]
 def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults: list[dict], epochs: int = 1,
             fraction: float = 1.0) -> dict:
     from fedgrid.flow.config import parse_job
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     name, settings = VARIANTS[label]
     job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
@@ -80,7 +80,7 @@ def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults:
     job.update(rounds=rounds, faults=faults, checkpoint={"dir": str(work / tag)},
                strategy={"name": name, **settings}, round={"fraction": fraction, "min_clients": 5})
     job["train"]["epochs"] = epochs
-    from fedgrid.flow.runner import RoundFailed
+    from fedgrid.flow.rounds.runner import RoundFailed
 
     t0 = time.perf_counter()
     stopped = None

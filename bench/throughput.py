@@ -71,7 +71,7 @@ def bench_aggregate(updates: int, params: int, repeat: int) -> dict:
 
 
 def bench_checkpoint(params: int, repeat: int, work: Path) -> dict:
-    from fedgrid.flow import checkpoint as ckpt
+    from fedgrid.flow.persist import checkpoint as ckpt
 
     rng = np.random.default_rng(1)
     n = params // 4

@@ -34,7 +34,7 @@ EPSILON, DELTA = 8.0, 1e-5
 
 def noise_for(epsilon: float, rounds: int, q: float = 1.0) -> float:
     """The smallest noise multiplier whose epsilon after `rounds` stays within `epsilon` (bisection)."""
-    from fedgrid.flow.privacy import rdp_accountant
+    from fedgrid.flow.privacy.dp import rdp_accountant
 
     def eps(z: float) -> float:
         acc = rdp_accountant()()
@@ -68,7 +68,7 @@ def plans() -> dict[str, tuple[int, dict]]:
 
 def run_one(work: Path, name: str, rounds: int, extra: dict) -> dict:
     from fedgrid.flow.config import parse_job
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     job = yaml.safe_load((REPO / "examples" / "fmnist.yaml").read_text())
     extra = dict(extra)

@@ -1,21 +1,32 @@
 """Site kinds: each module turns a site's YAML `executor` block into a Parsl executor.
 
-A kind is a module under this package with ``Spec`` (its options), ``build(site, run_dir,
-dry_run=False)`` and ``describe(site)``; see :mod:`fedgrid.executors.common`. Modules are imported
-for their ``Spec`` when a job is validated, but Parsl providers and optional packages (kubernetes,
+A kind is a module under this package with ``Spec`` (its options and capabilities), ``build(site,
+run_dir, dry_run=False)`` and ``describe(site)``; see :mod:`fedgrid.executors.common`. Every module
+here that defines a ``Spec`` is a kind, so a new kind is one new file. Modules are imported for
+their ``Spec`` when a job is validated, but Parsl providers and optional packages (kubernetes,
 boto3) are imported only inside ``build``, so a job that does not use a kind never needs them.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from fedgrid.executors.common import MissingExtra
 
-KINDS = ("local", "htex", "slurm", "pbs", "kubernetes", "aws", "globus_compute")
+# shared code of several kinds, not kinds themselves
+_HELPERS = frozenset({"common", "hpc", "gc_emulator", "ic_guard"})
+
+
+def _discover() -> tuple[str, ...]:
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _HELPERS)
+    return tuple(n for n in names if hasattr(importlib.import_module(f"{__name__}.{n}"), "Spec"))
+
+
+KINDS = _discover()
 
 __all__ = ["KINDS", "MissingExtra", "build_executor", "describe", "kind_module", "specs", "workers_per_node"]
 

@@ -10,14 +10,38 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 
 class SpecBase(BaseModel):
-    """Options of one site kind; unknown keys are rejected with the list of valid ones."""
+    """Options of one site kind; unknown keys are rejected with the list of valid ones.
+
+    A kind also declares what the driver must know about it, here on its Spec, so adding a kind
+    touches only its own module:
+
+    - ``scales``: blocks are requested on demand from a batch scheduler or a cloud (Parsl's scaling
+      strategy must run, and no warm-up task may be what asks for nodes);
+    - ``in_driver``: clients run as threads of the driver process (no worker process to kill);
+    - ``watch_workers``: a site that had workers and has none is down (not waiting in a queue),
+      judged from its interchange's connected managers;
+    - ``payload_limit``: the most bytes a task or a result may carry (a hosted service's cap), or
+      None when there is no such cap; ``payload_overhead``: how much its serializer inflates params;
+    - ``runs_here()``: its processes run on this machine, so its data paths and a store under the
+      run directory are reachable from here.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    scales: ClassVar[bool] = False
+    in_driver: ClassVar[bool] = False
+    watch_workers: ClassVar[bool] = False
+    payload_limit: ClassVar[int | None] = None
+    payload_overhead: ClassVar[float] = 1.0
+
+    def runs_here(self) -> bool:
+        return False
 
 
 class MissingExtra(Exception):

@@ -10,7 +10,7 @@ submission (``TASK_PAYLOAD_TOO_LARGE``) and the engine enforces its own limit on
 (``MaxResultSizeExceeded``), so a job that passes here does not trip them in production.
 
 Why a subclass that skips ``Executor.__init__``: the sdk's constructor creates a ``Client``, whose
-first request starts Globus's interactive login (REFERENCE.md); Parsl type-checks for the class.
+first request starts Globus's interactive login; Parsl type-checks for the class.
 """
 
 from __future__ import annotations

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fedgrid.executors.common import SpecBase
 
-# The hosted service's limits (REFERENCE.md): per task submission and per result.
+# The hosted service's limit, per task submission and per result (TASK_PAYLOAD_TOO_LARGE,
+# MaxResultSizeExceeded).
 PAYLOAD_LIMIT = 10 * 1024 * 1024
 
 
@@ -33,6 +34,14 @@ class Spec(SpecBase):
     workers: Annotated[int, Field(ge=1)] = 1  # emulated engine's workers; endpoint-config's per node
     provider: dict[str, Any] = Field(default_factory=dict)  # endpoint side, for `fedgrid endpoint-config`
     python_env: str | None = None  # environment with fedgrid installed at the endpoint (venv or conda prefix)
+
+    payload_limit: ClassVar[int | None] = PAYLOAD_LIMIT
+    # ComputeSerializer sends numpy arrays as base64-encoded pickles: ~1.37x the raw bytes, plus the
+    # task's other fields
+    payload_overhead: ClassVar[float] = 1.4
+
+    def runs_here(self) -> bool:
+        return self.emulate  # the emulated endpoint's engine runs on this machine
 
     @model_validator(mode="after")
     def _endpoint_needed(self) -> Spec:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from unittest import mock
 
 from pydantic import Field, model_validator
@@ -32,6 +32,8 @@ PosInt = Annotated[int, Field(ge=1)]
 
 class RemoteHtexSpec(SpecBase):
     """Options of every HTEX site whose workers run on provisioned nodes (batch jobs, pods, VMs)."""
+
+    scales: ClassVar[bool] = True  # blocks come from the scheduler or the cloud on demand
 
     workers_per_node: PosInt | None = None  # default: node cores / cores_per_worker when known, else 1
     cores_per_worker: Annotated[float, Field(gt=0)] = 1.0

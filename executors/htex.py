@@ -1,7 +1,7 @@
 """`htex`: Parsl HighThroughputExecutor with a LocalProvider on this machine.
 
 Workers are persistent processes, so a site's data, model and torch import are paid once per
-worker (see fedgrid.apps.train). Settings come from REFERENCE.md's measurements: one block started
+worker (see fedgrid.apps.train). Settings are the fastest measured on a 2-core machine: one block started
 at once and never scaled (``init_blocks=1``, ``max_blocks=1``) so the first task runs ~2 s after
 start, and a short heartbeat so a pool whose driver was SIGKILLed exits by itself within seconds.
 Both the interchange and the worker pool are launched with this interpreter (``python -m ...``)
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,11 @@ class Spec(SpecBase):
     kind: Literal["htex"] = "htex"
     workers: Annotated[int, Field(ge=1)] = 1  # worker processes (one client at a time each)
     address: str = "127.0.0.1"  # where the workers reach the interchange
+
+    watch_workers: ClassVar[bool] = True
+
+    def runs_here(self) -> bool:
+        return True
 
 
 def interchange_cmd() -> list[str]:

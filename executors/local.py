@@ -7,7 +7,7 @@ torch's own threading does the parallel work; a crashing client takes the driver
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,11 @@ from fedgrid.executors.common import SpecBase
 class Spec(SpecBase):
     kind: Literal["local"] = "local"
     workers: Annotated[int, Field(ge=1)] = 1  # threads
+
+    in_driver: ClassVar[bool] = True
+
+    def runs_here(self) -> bool:
+        return True
 
 
 def build(site: Any, run_dir: Path, dry_run: bool = False):

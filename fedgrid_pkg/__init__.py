@@ -1,6 +1,6 @@
 """fedgrid: federated learning whose rounds are Parsl app DAGs across HPC, cloud and lab sites.
 
-The Python API (flow/api.py) is importable from here: ``fedgrid.run``, ``fedgrid.schedule``,
+The Python API (flow/commands/api.py) is importable from here: ``fedgrid.run``, ``fedgrid.schedule``,
 ``fedgrid.status``, ``fedgrid.report``, ``fedgrid.export``, ``fedgrid.load_job``,
 ``fedgrid.parse_job``. They are loaded on first use, so ``import fedgrid`` stays cheap (no torch,
 no Parsl) for the train apps that run at the sites.
@@ -16,7 +16,7 @@ __all__ = ["run", "schedule", "status", "report", "export", "load_job", "parse_j
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from fedgrid.flow import api
+        from fedgrid.flow.commands import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'fedgrid' has no attribute {name!r}")

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from fedgrid.apps.datasets import FMNIST_DEFAULT_ROOT, fashion_mnist_missing
-from fedgrid.flow import dataplane
-from fedgrid.flow.cli import main
+from fedgrid.flow.commands.cli import main
 from fedgrid.flow.config import ConfigError, parse_job
+from fedgrid.flow.persist import dataplane
 
 REPO = Path(__file__).resolve().parents[1]
 HYBRID = str(REPO / "examples" / "hybrid.yaml")

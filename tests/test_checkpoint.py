@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.persist import checkpoint as ckpt
 
 
 def _state(r: int, seed: int = 0) -> ckpt.RoundState:
@@ -155,7 +155,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.persist import checkpoint as ckpt
 
 run = Path(sys.argv[1])
 state = ckpt.RoundState(round=1, params=OrderedDict(w=np.arange(12, dtype=np.float32).reshape(3, 4),

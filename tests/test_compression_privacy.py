@@ -12,7 +12,7 @@ import pytest
 from fedgrid.apps import codec
 from fedgrid.apps.privacy import clip_and_noise, delta_norm
 from fedgrid.flow.config import load_job, parse_job
-from fedgrid.flow.runner import run
+from fedgrid.flow.rounds.runner import run
 
 LOCAL = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]  # threads: fast, same path
 
@@ -113,7 +113,7 @@ def test_central_dp_records_epsilon_and_stops_at_the_budget(tmp_path, write_job)
     eps = [r["dp_epsilon"] for r in result.rows]
     assert eps == sorted(eps) and eps[-1] <= 12 and all(r["dp_noise"] == 1.0 for r in result.rows)
     assert result.stopped and result.rounds_done < 10
-    from fedgrid.flow.privacy import rdp_accountant
+    from fedgrid.flow.privacy.dp import rdp_accountant
 
     acc = rdp_accountant()()
     for _ in eps:
@@ -135,7 +135,7 @@ def _cnn_params() -> OrderedDict:
 def test_central_dp_resumes_to_exactly_the_uninterrupted_model(tmp_path, make_job) -> None:
     """The round's noise is drawn from (seed, round) in client order: a stop and resume adds the
     very noise an uninterrupted run adds."""
-    from fedgrid.flow import checkpoint as ckpt
+    from fedgrid.flow.persist import checkpoint as ckpt
 
     spec = {"mode": "central", "clip": 1.0, "noise_multiplier": 0.5}
     whole = run(parse_job(make_job(tmp_path / "whole", rounds=3, sites=LOCAL, privacy=spec)), quiet=True)

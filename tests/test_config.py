@@ -40,7 +40,7 @@ def _error(path: Path, overrides: list[str] | None = None) -> ConfigError:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedgrid.flow.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fedgrid.flow.commands.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=60)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fedgrid.flow import faults
 from fedgrid.flow.config import ConfigError, parse_job
-from fedgrid.flow.sites import retry_cost
+from fedgrid.flow.rounds import faults
+from fedgrid.flow.rounds.sites import retry_cost
 
 
 def test_fault_rules_are_validated(make_job) -> None:
@@ -48,7 +48,7 @@ def test_parsl_retries_only_transient_causes() -> None:
 
 
 def test_drill_failures_killed_worker_and_lost_site_that_comes_back(tmp_path, make_job) -> None:
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     rules = [{"fail_p": 0.3}, {"clients": [0], "slowdown": 2},
              {"clients": [1], "raise_at": [2]},
@@ -75,8 +75,8 @@ def test_drill_failures_killed_worker_and_lost_site_that_comes_back(tmp_path, ma
 
 
 def test_late_updates_are_carried_into_the_next_round_with_a_staleness_weight(tmp_path, make_job) -> None:
-    from fedgrid.flow.checkpoint import read_rows
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.persist.checkpoint import read_rows
+    from fedgrid.flow.rounds.runner import run
 
     sites = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 3},
              {"name": "b", "executor": {"kind": "htex", "workers": 1}, "clients": 2},

@@ -38,7 +38,7 @@ def test_strategy_options_are_checked_per_strategy(make_job, tmp_path) -> None:
 
 
 def test_async_run_uses_stale_updates_survives_failures_and_resumes(tmp_path, make_job) -> None:
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     over = dict(model="mlp", strategy={"name": "fedbuff", "buffer_size": 3},
                 train={"epochs": 2, "batch_size": 16, "lr": 0.1},

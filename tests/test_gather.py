@@ -4,7 +4,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.gather import gather
+from fedgrid.flow.rounds.gather import gather
 
 
 def _ok(c, delay=0.0):
@@ -33,7 +33,7 @@ def test_deadline_cuts_stragglers_and_marks_them_late():
         g = gather(futs, quorum=1, deadline_s=0.3)
         assert not futs[1][1].done()  # returned at the deadline, not when the straggler finished
         assert [u.client for u in g.updates] == [0]
-        assert g.failures[0]["client"] == 1 and g.failures[0]["reason"].startswith("late")
+        assert g.failures[0].client == 1 and g.failures[0].reason.startswith("late")
 
 
 def test_gives_up_as_soon_as_quorum_is_impossible():
@@ -42,5 +42,5 @@ def test_gives_up_as_soon_as_quorum_is_impossible():
         g = gather(futs, quorum=2, deadline_s=30)
         assert not futs[2][1].done()
         assert not g.quorum_met(2)
-        reasons = {f["client"]: f["reason"] for f in g.failures}
+        reasons = {f.client: f.reason for f in g.failures}
         assert reasons[2].startswith("abandoned")

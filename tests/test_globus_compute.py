@@ -12,9 +12,9 @@ import yaml
 
 from fedgrid.executors import globus_compute as gc
 from fedgrid.executors.gc_emulator import EmulatedEndpoint, TaskPayloadTooLarge
-from fedgrid.flow.cli import main
+from fedgrid.flow.commands.cli import main
+from fedgrid.flow.commands.plan import dry_build
 from fedgrid.flow.config import ConfigError, parse_job
-from fedgrid.flow.plan import dry_build
 
 EP = "5e6f5f7c-1111-4a2b-9c3d-0123456789ab"
 
@@ -90,7 +90,7 @@ def test_emulated_endpoint_enforces_the_service_payload_and_result_limits(emulat
 
 
 def test_mixed_sites_train_exactly_like_all_htex(tmp_path: Path, make_job) -> None:
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     mixed = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 2},
              {"name": "b", "executor": {"kind": "local", "workers": 1}, "clients": 2},
@@ -121,7 +121,7 @@ def _big_job(job_dict, tmp_path: Path, **store) -> Path:
 
 
 def test_large_model_trains_through_emulated_globus_compute_by_reference(tmp_path: Path, capsys, make_job) -> None:
-    from fedgrid.flow.checkpoint import read_rows
+    from fedgrid.flow.persist.checkpoint import read_rows
 
     job = _big_job(make_job, tmp_path)
     assert main(["check", str(job)]) == 0
@@ -161,7 +161,7 @@ def test_emulated_endpoint_lifecycle(tmp_path: Path) -> None:
 def test_relative_store_url_reaches_a_site_with_another_working_directory(tmp_path, monkeypatch, make_job) -> None:
     """Globus Compute workers run in their own task directory: a relative store path must not
     follow them there (refs carry absolute paths)."""
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     monkeypatch.chdir(tmp_path)
     raw = make_job(tmp_path / "run", rounds=1, model="logreg", store={"url": "shared", "mode": "always"},

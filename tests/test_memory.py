@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.clients.memory import UpdateMemory
 from fedgrid.flow.config import parse_job
-from fedgrid.flow.memory import UpdateMemory
+from fedgrid.flow.persist import checkpoint as ckpt
 
 
 def test_stand_in_is_the_last_delta_on_the_current_model_weighted_by_staleness(make_job) -> None:
@@ -35,7 +35,7 @@ def test_stand_in_is_the_last_delta_on_the_current_model_weighted_by_staleness(m
 
 
 def test_reuse_records_stand_ins_and_resumes_to_the_same_model(tmp_path, make_job) -> None:
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     def job(d, rounds):
         return parse_job(make_job(d, rounds=rounds, model="mlp", train={"epochs": 1, "batch_size": 16, "lr": 0.05},

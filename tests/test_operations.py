@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import fedgrid
-from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.persist import checkpoint as ckpt
 
-CLI = [sys.executable, "-m", "fedgrid.flow.cli"]
+CLI = [sys.executable, "-m", "fedgrid.flow.commands.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow import pacing
-from fedgrid.flow import profiles as prof
+from fedgrid.flow.clients import pacing
+from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.config import parse_job
 from fedgrid.flow.strategies.fedavg import FedAvg
 from fedgrid.flow.strategies.fednova import FedNova
@@ -49,7 +49,7 @@ def test_deadline_pacing_trims_the_slow_and_extends_the_fast(make_job):
 
 
 def test_paced_run_trims_the_slow_site_and_aggregates_with_fednova(tmp_path, make_job):
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     job = parse_job(make_job(tmp_path / "run", rounds=3, strategy={"name": "fednova"},
                              round={"min_clients": 6, "deadline_s": 120, "pace": "deadline"},

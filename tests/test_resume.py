@@ -12,14 +12,14 @@ import time
 import psutil
 import pyarrow.parquet as pq
 
-from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow.runlock import alive, recorded_processes
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.runlock import alive, recorded_processes
 
 
 def test_sigkill_driver_mid_run_then_resume(tmp_path, write_job):
     job = write_job(rounds=8)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fedgrid.flow.cli", "run", str(job), "--quiet"]
+    cmd = [sys.executable, "-m", "fedgrid.flow.commands.cli", "run", str(job), "--quiet"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while not ckpt.round_path(run_dir, 3).exists():

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fedgrid.flow import checkpoint as ckpt
 from fedgrid.flow.config import load_job
-from fedgrid.flow.runner import ResumeRefused, RoundFailed, run
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.rounds.runner import ResumeRefused, RoundFailed, run
 
 
 def test_two_htex_sites_train_and_checkpoint(write_job):
@@ -28,6 +28,9 @@ def test_two_htex_sites_train_and_checkpoint(write_job):
     workers = {s: {u["worker"] for r in rows for u in r["updates"] if u["site"] == s} for s in "ab"}
     assert len(workers["a"]) == 1 and len(workers["b"]) == 1 and workers["a"] != workers["b"]
     assert {u["client"] for r in rows for u in r["updates"] if u["site"] == "a"} == {0, 1, 2}
+    # the warm-up carried the model: each site's one worker built it before round 1, so no client
+    # of round 1 had to (a warm task without the model's shapes left every first task cold)
+    assert [u["cold"] for u in rows[0]["updates"]] == [False] * 6
     # the worker is persistent: one process served every round of its site
     # every round file verifies and the newest holds the final model
     assert [r for r, _ in ckpt.round_files(res.run_dir)] == [0, 1, 2, 3]
@@ -53,7 +56,7 @@ def test_two_htex_sites_train_and_checkpoint(write_job):
 def _partitioned(tmp_path, write_job):
     """Per-client Parquet shards written by `fedgrid partition`, as a deployment would hand out."""
     shards = tmp_path / "shards"
-    out = subprocess.run([sys.executable, "-m", "fedgrid.flow.cli", "partition", str(write_job()), "--out",
+    out = subprocess.run([sys.executable, "-m", "fedgrid.flow.commands.cli", "partition", str(write_job()), "--out",
                           str(shards)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in shards.iterdir()) == [f"client-00{i}.parquet" for i in range(6)] + ["test.parquet"]
@@ -94,7 +97,7 @@ def test_missed_quorum_retries_then_stops_loudly(tmp_path, write_job):
 
 def test_cli_run_status_and_exit_codes(tmp_path, write_job):
     job = write_job(rounds=2, sites=[{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}])
-    cli = [sys.executable, "-m", "fedgrid.flow.cli"]
+    cli = [sys.executable, "-m", "fedgrid.flow.commands.cli"]
     out = subprocess.run(cli + ["run", str(job)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "round    2/2" in out.stdout and "2 rounds done" in out.stdout

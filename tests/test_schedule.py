@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow.runlock import holder
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.runlock import holder
 
-CLI = [sys.executable, "-m", "fedgrid.flow.cli"]
+CLI = [sys.executable, "-m", "fedgrid.flow.commands.cli"]
 ONE_SITE = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 4}]
 THREADS = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 4}]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fedgrid.apps import secagg as sa
-from fedgrid.flow import checkpoint as ckpt
 from fedgrid.flow.config import load_job
-from fedgrid.flow.runner import run
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.rounds.runner import run
 
 
 def test_shamir_needs_t_shares() -> None:

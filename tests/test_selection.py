@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedgrid.flow import profiles as prof
-from fedgrid.flow import selection
+from fedgrid.flow.clients import profiles as prof
+from fedgrid.flow.clients import selection
 from fedgrid.flow.config import parse_job
 
 
@@ -50,7 +50,7 @@ def test_a_site_queue_that_overruns_the_deadline_sheds_its_slowest_clients(make_
     p = _profiles([1, 1, 1, 4, 4, 5])
     chosen, skipped = selection.select(job, np.random.default_rng(0), p, 2)
     assert chosen == [0, 1, 2, 3, 4]  # 4 + 4 = 8 s fit in 10; the 5 s client would end at 13 s
-    assert [s["client"] for s in skipped] == [5] and "site b is full" in skipped[0]["reason"]
+    assert [s.client for s in skipped] == [5] and "site b is full" in skipped[0].reason
     # next round the one that waited goes first: 5 + 4 s fit, the other 4 s client waits
     chosen, skipped = selection.select(job, np.random.default_rng(0), p, 3)
     assert chosen == [0, 1, 2, 3, 5] and [s["client"] for s in skipped] == [4]
@@ -87,7 +87,7 @@ def test_a_site_too_slow_for_the_deadline_is_learned_and_left_out(tmp_path, make
     """Round 1: site b's clients (6 s each) miss the 4 s deadline. Their late answers still teach
     the profiles, so later rounds skip them (busy while they run, then predicted too slow) instead
     of waiting on them, and every round completes with site a alone (about 1 s a round)."""
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     sites = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 3},
              {"name": "b", "executor": {"kind": "htex", "workers": 3}, "clients": 3}]

@@ -12,8 +12,8 @@ import pytest
 
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.config import parse_job
+from fedgrid.flow.rounds.validate import InvalidUpdate, check
 from fedgrid.flow.strategies import STRATEGIES, make_strategy
-from fedgrid.flow.validate import InvalidUpdate, check
 
 
 def P(*w: float) -> OrderedDict:

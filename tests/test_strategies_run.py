@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedgrid.flow import checkpoint as ckpt
 from fedgrid.flow.config import parse_job
+from fedgrid.flow.persist import checkpoint as ckpt
 
 NON_IID = {"dataset": "digits", "clients": 6, "partition": {"kind": "dirichlet", "alpha": 0.1}}
 IID = {"dataset": "digits", "clients": 6, "partition": {"kind": "iid"}}
@@ -33,7 +33,7 @@ def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over
 def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
     """The strategies for non-IID data. (The robust rules are not among them: a coordinate-wise
     median of six clients that each hold one or two classes is a poor model; see the next test.)"""
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     rows = run(_job(make_job, tmp_path / "run", name, 6, sites=THREADS), quiet=True).rows
     assert len(rows) == 6
@@ -45,7 +45,7 @@ def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
 @pytest.mark.parametrize("name", ["fedadam", "scaffold"])  # (fedavgm's state round trip: test_strategies)
 def test_resume_takes_the_same_next_round(tmp_path, make_job, name: str) -> None:
     """Server-optimiser state (and SCAFFOLD's variates in the store) survive a stop after round 2."""
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     run(_job(make_job, tmp_path / "whole", name, 3), quiet=True)
     run(_job(make_job, tmp_path / "split", name, 2), quiet=True)
@@ -63,7 +63,7 @@ _CLEAN: dict[str, float] = {}
 @pytest.fixture
 def clean_iid(tmp_path_factory, make_job) -> float:
     """FedAvg's accuracy on IID digits without attackers (run once, shared by the tests below)."""
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     if "acc" not in _CLEAN:
         job = _job(make_job, tmp_path_factory.mktemp("clean"), "fedavg", 5, data=IID, sites=THREADS)
@@ -76,7 +76,7 @@ BAD = [{"clients": [2], "scale_update": -10.0}]  # one client of six sends G - 1
 
 @pytest.mark.parametrize("name", ["fedavg", *sorted(ROBUST)])
 def test_robust_rules_hold_against_a_byzantine_client(tmp_path, make_job, clean_iid: float, name: str) -> None:
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     acc = run(_job(make_job, tmp_path / "run", name, 5, data=IID, faults=BAD, sites=THREADS),
               quiet=True).rows[-1]["test_accuracy"]
@@ -87,7 +87,7 @@ def test_robust_rules_hold_against_a_byzantine_client(tmp_path, make_job, clean_
 
 
 def test_bad_updates_are_rejected_with_a_reason_and_the_round_goes_on(tmp_path, make_job, clean_iid) -> None:
-    from fedgrid.flow.runner import run
+    from fedgrid.flow.rounds.runner import run
 
     job = _job(make_job, tmp_path / "bounded", "fedavg", 3, data=IID, faults=BAD, sites=THREADS)
     job.round.max_update_norm = 3.0  # honest updates are about 1 here, the bad one about 10

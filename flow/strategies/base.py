@@ -1,4 +1,4 @@
-"""The Strategy interface every aggregation rule implements (DESIGN.md, Contracts)."""
+"""The Strategy interface every aggregation rule implements (docs/ARCHITECTURE.md, Contracts)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fedgrid.apps.codec import is_float
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 
 Params = dict[str, np.ndarray]
 
@@ -28,13 +28,25 @@ class Strategy:
 
     Strategies do numpy math on the driver only. Their state is a dict of arrays so it checkpoints
     to Arrow with the model and survives a resume exactly. `asynchronous` strategies are driven by
-    the buffered asynchronous loop (flow/asyncloop.py) instead of synchronous rounds.
+    the buffered asynchronous loop (flow/rounds/asynchronous.py) instead of synchronous rounds.
     """
 
     name = "base"
     Options: ClassVar[type[StrategyOptions]]
     asynchronous: ClassVar[bool] = False
     needs_store: ClassVar[bool] = False  # keeps per-client state in the data plane (SCAFFOLD)
+    # the next model depends on the updates only through their example-weighted mean, so central DP
+    # can noise that mean and secure aggregation can hand over only the sum
+    mean_based: ClassVar[bool] = False
+
+    @classmethod
+    def check_job(cls, job: Any) -> tuple[str, str] | None:
+        """What this strategy requires of the rest of the job: None, or (the job-file key that is
+        wrong, what was expected), which `fedgrid check` and `fedgrid run` print as one line."""
+        if cls.asynchronous and job.round.pace == "deadline":
+            return "round.pace", (f"pacing sizes the clients of a synchronous round; strategy {cls.name} has no "
+                                  "rounds to pace (use round.pace: epochs)")
+        return None
 
     def __init__(self, opts: StrategyOptions | None = None):
         self.opts = opts if opts is not None else self.Options()
@@ -47,7 +59,7 @@ class Strategy:
         return {c: {} for c in clients}
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         raise NotImplementedError
 
     def state(self) -> Params:

@@ -7,9 +7,9 @@ global model with the mean of the returned models weighted by each client's numb
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
 
 
@@ -19,8 +19,9 @@ class FedAvgOptions(StrategyOptions):
 
 class FedAvg(Strategy):
     name = "fedavg"
+    mean_based = True
     Options = FedAvgOptions
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         return weighted_mean(updates, global_params)

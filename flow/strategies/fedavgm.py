@@ -10,11 +10,11 @@ is the strategy state, so it is checkpointed and a resumed run takes the same ne
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import HeavyBall, Params, Strategy, StrategyOptions, server_step
 
 
@@ -26,6 +26,7 @@ class FedAvgMOptions(StrategyOptions):
 
 class FedAvgM(Strategy):
     name = "fedavgm"
+    mean_based = True
     Options = FedAvgMOptions
     opts: FedAvgMOptions
 
@@ -34,7 +35,7 @@ class FedAvgM(Strategy):
         self.hb = HeavyBall(self.opts.server_lr, self.opts.momentum)
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         return server_step(updates, global_params, self.hb.step)
 
     def state(self) -> Params:

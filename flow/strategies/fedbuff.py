@@ -9,19 +9,19 @@ from the model it started from, ``s_i`` its staleness (server steps since that m
 ``w(s) = (1 + s) ** -staleness_exponent``. Stale updates thus move the model less, and updates
 staler than `max_staleness` are discarded. Each server step is checkpointed as one "round".
 
-The asynchronous loop (flow/asyncloop.py) turns each update into its delta before it reaches
+The asynchronous loop (flow/rounds/asynchronous.py) turns each update into its delta before it reaches
 `aggregate`, so this file is only the server rule.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, cast_like, weighted_sum
 
 
@@ -44,7 +44,7 @@ class FedBuff(Strategy):
         return (1.0 + staleness) ** -self.opts.staleness_exponent
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         """`updates` carry deltas (new - the global each started from) and their staleness `scale`."""
         if not updates:
             raise ValueError("cannot aggregate zero updates")

@@ -11,11 +11,11 @@ different objective. FedNova averages per-step updates instead:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import (
     Params,
     Strategy,
@@ -35,7 +35,7 @@ class FedNova(Strategy):
     Options = FedNovaOptions
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         p = example_weights(updates)
         tau = np.array([max(int(u.extras.get("steps", 1)), 1) for u in updates], dtype=np.float64)
         tau_eff = float((p * tau).sum())

@@ -12,12 +12,12 @@ Integer buffers (BatchNorm counters) take the plain weighted mean.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from pydantic import Field
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
 
 
@@ -32,6 +32,7 @@ class FedOpt(Strategy):
     """Subclasses set `name`, `Options` and `second_moment`."""
 
     opts: FedOptOptions
+    mean_based = True  # a server optimiser step on the mean delta
 
     def __init__(self, opts: FedOptOptions | None = None):
         super().__init__(opts)
@@ -42,7 +43,7 @@ class FedOpt(Strategy):
         raise NotImplementedError
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         o = self.opts
 
         def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:

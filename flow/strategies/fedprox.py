@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
 
 
@@ -25,6 +25,7 @@ class FedProxOptions(StrategyOptions):
 
 class FedProx(Strategy):
     name = "fedprox"
+    mean_based = True
     Options = FedProxOptions
     opts: FedProxOptions
 
@@ -32,5 +33,5 @@ class FedProx(Strategy):
         return {c: {"prox_mu": self.opts.mu} for c in clients}
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         return weighted_mean(updates, global_params)

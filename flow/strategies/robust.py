@@ -20,12 +20,12 @@ aggregate no further than the rule allows, so momentum adds no new way in.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from pydantic import Field
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import HeavyBall, Params, Strategy, StrategyOptions, weighted_mean
 
 
@@ -50,7 +50,7 @@ class RobustStrategy(Strategy):
         raise NotImplementedError
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         if not updates:
             raise ValueError("cannot aggregate zero updates")
         return self.hb.apply(global_params, self.combine(rnd, global_params,

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
 
 STATE_DIR = "state/scaffold"
@@ -43,6 +43,13 @@ class Scaffold(Strategy):
     Options = ScaffoldOptions
     opts: ScaffoldOptions
     needs_store = True
+
+    @classmethod
+    def check_job(cls, job: Any) -> tuple[str, str] | None:
+        if job.train.momentum:
+            return "train.momentum", (f"scaffold's control-variate update assumes plain SGD at the clients; "
+                                      f"expected 0, got {job.train.momentum:g}")
+        return super().check_job(job)
 
     def __init__(self, opts: ScaffoldOptions | None = None):
         super().__init__(opts)
@@ -65,7 +72,7 @@ class Scaffold(Strategy):
             "key": f"{STATE_DIR}/client-{cl:06d}/round-{rnd:06d}-{uuid.uuid4().hex[:8]}"}} for cl in clients}
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
-                  failures: list[dict[str, Any]]) -> Params:
+                  failures: list[Failure]) -> Params:
         out = server_step(updates, global_params, lambda name, g, delta: g + self.opts.server_lr * delta)
         fresh = [u for u in updates if "scaffold_delta_c" in u.extras and not u.staleness]
         if fresh:

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fedgrid.flow import checkpoint as ckpt
-from fedgrid.flow.runlock import holder
-from fedgrid.flow.schedule import read_state
+from fedgrid.flow.commands.schedule import read_state
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.runlock import holder
 
 
 def reason_kind(reason: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid import __version__
-from fedgrid.flow import checkpoint as ckpt
+from fedgrid.flow.persist import checkpoint as ckpt
 
 FORMATS = {"safetensors": ".safetensors", "torch": ".pt"}
 

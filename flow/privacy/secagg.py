@@ -27,9 +27,8 @@ import numpy as np
 
 from fedgrid.apps import secagg as sa
 from fedgrid.apps.codec import is_float
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.config import Job
-from fedgrid.flow.gather import reason_of
 
 
 class SecAggFailed(Exception):
@@ -51,36 +50,37 @@ class SecureAggregation:
         return {"run_id": self.run_id, "key_dir": self.spec.key_dir, "frac_bits": self.spec.frac_bits, **more}
 
     def _stage(self, rnd: int, clients: list[int], opts: dict[int, dict[str, Any]],
-               failures: list[dict]) -> dict[int, Any]:
+               failures: list[Failure]) -> dict[int, Any]:
         """Run one site step for `clients`; their answers, and a failure row for each that did not."""
         futs: dict[Future, int] = {}
         for c in clients:
             task = {"client": c, "site": self.sites[c], "round": rnd, "secagg": opts[c]}
             futs[self.runtime.call(self.sites[c], task)] = c
         out: dict[int, Any] = {}
-        why: dict[int, str] = {}
+        why: dict[int, BaseException] = {}
         try:
             for fut in as_completed(futs, timeout=self.job.round.deadline_s):
                 c = futs[fut]
                 if fut.exception() is None:
                     out[c] = fut.result()
                 else:
-                    why[c] = reason_of(fut.exception())
+                    why[c] = fut.exception()
         except FutureTimeout:
             pass
         for c in futs.values():
             if c not in out:
-                failures.append({"client": c, "site": self.sites[c], "reason": f"secagg {opts[c]['step']}: "
-                                 + why.get(c, "no answer within round.deadline_s")})
+                exc = why.get(c)
+                cause = f"{type(exc).__name__}: {exc}" if exc is not None else "no answer within round.deadline_s"
+                failures.append(Failure.of(c, self.sites[c], f"secagg {opts[c]['step']}: {cause}"))
         return out
 
     def setup(self, rnd: int, clients: list[int],
-              global_params: dict[str, np.ndarray]) -> tuple[list[int], list[dict], dict[int, dict]]:
+              global_params: dict[str, np.ndarray]) -> tuple[list[int], list[Failure], dict[int, dict]]:
         """Stages 1 and 2. Returns the clients in the masking, the failures, and each one's train
         instructions (its neighbours' public keys)."""
         names = [k for k, v in global_params.items() if is_float(v)]
         size = sum(int(global_params[k].size) for k in names) + 1
-        failures: list[dict] = []
+        failures: list[Failure] = []
         t = self.threshold(len(clients))
         pks = self._stage(rnd, clients, {c: self._opts(rnd, step="keys") for c in clients}, failures)
         if len(pks) < t:
@@ -105,7 +105,7 @@ class SecureAggregation:
         return u
 
     def finish(self, rnd: int, updates: list[ClientUpdate], global_params: dict[str, np.ndarray],
-               failures: list[dict]) -> ClientUpdate:
+               failures: list[Failure]) -> ClientUpdate:
         """Stage 4 and the unmasking: the round's mean update, as one ClientUpdate."""
         st = self.rounds.pop(rnd)
         t, pks = st["t"], st["pks"]

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fedgrid.flow.status import reason_kind, status_and_rows
+from fedgrid.flow.commands.status import reason_kind, status_and_rows
 
 
 def _plt():

@@ -123,8 +123,8 @@ def _load(args: argparse.Namespace) -> Job:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedgrid.flow.runlock import RunDirBusy
-    from fedgrid.flow.runner import ResumeRefused, RoundFailed, run
+    from fedgrid.flow.persist.runlock import RunDirBusy
+    from fedgrid.flow.rounds.runner import ResumeRefused, RoundFailed, run
 
     job = _load(args)
     more = args.rounds[1] if args.rounds and args.rounds[0] else None
@@ -149,8 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from fedgrid.flow.runner import run
-    from fedgrid.flow.schedule import Scheduler, SchedulerBusy
+    from fedgrid.flow.commands.schedule import Scheduler, SchedulerBusy
+    from fedgrid.flow.rounds.runner import run
 
     sched = Scheduler(load=lambda: _load(args), cron=args.cron, rounds_per_run=args.rounds_per_run, run=run,
                       base=Path.cwd(), stop=STOP, firings=args.firings, quiet=args.quiet,
@@ -165,7 +165,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedgrid.flow.report import write_report
+    from fedgrid.flow.commands.report import write_report
 
     run_dir = _run_dir(args.run_dir)
     try:
@@ -178,7 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedgrid.flow.export import export_model
+    from fedgrid.flow.commands.export import export_model
 
     run_dir = _run_dir(args.run_dir)
     try:
@@ -198,7 +198,7 @@ def _run_dir(arg: str) -> Path:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from fedgrid.flow.plan import print_plan
+    from fedgrid.flow.commands.plan import print_plan
 
     job = _load(args)
     try:
@@ -213,7 +213,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoint_config(args: argparse.Namespace) -> int:
-    from fedgrid.flow.endpoint_config import endpoint_config
+    from fedgrid.flow.commands.endpoint_config import endpoint_config
 
     job = _load(args)
     print(endpoint_config(job, args.site, args.job), end="")
@@ -221,7 +221,7 @@ def cmd_endpoint_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fedgrid.flow.status import status_info
+    from fedgrid.flow.commands.status import status_info
 
     run_dir = _run_dir(args.run_dir)
     info = status_info(run_dir)
@@ -231,7 +231,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if info["job"] is None:
         print(f"{run_dir}: no valid rounds yet")
         return 0
-    from fedgrid.flow.progress import round_line
+    from fedgrid.flow.rounds.progress import round_line
 
     state = f"running (pid {info['running_pid']})" if info["running_pid"] else "not running"
     print(f"{info['job']}: {info['rounds_done']}/{info['rounds_target']} rounds, {state}")

@@ -17,12 +17,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedgrid.executors.globus_compute import PAYLOAD_LIMIT
-from fedgrid.flow.config import ConfigError, Job, on_this_machine
-
-# ComputeSerializer sends numpy arrays base64-encoded pickles: ~1.37x the raw bytes (REFERENCE.md ~35%),
-# plus the task's other fields.
-GC_OVERHEAD = 1.4
+from fedgrid.flow.config import ConfigError, Job
 
 
 @dataclass
@@ -38,9 +33,12 @@ class TransferPlan:
 
 
 def site_limit(job: Job, site) -> int:
+    """Params bytes that may ride inline to `site`: the job's limit, or less where the site kind
+    caps its payloads (once its serializer has inflated them)."""
     limit = int(job.store.inline_max_mb * 2**20)
-    if site.executor.kind == "globus_compute":
-        limit = min(limit, int(PAYLOAD_LIMIT / GC_OVERHEAD))
+    ex = site.executor
+    if ex.payload_limit is not None:
+        limit = min(limit, int(ex.payload_limit / ex.payload_overhead))
     return limit
 
 
@@ -54,12 +52,13 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
             ref, why = True, "store.mode is always"
         elif st.mode == "never":
             ref, why = False, "store.mode is never"
-            if s.executor.kind == "globus_compute" and params_bytes * GC_OVERHEAD > PAYLOAD_LIMIT:
+            cap, over = s.executor.payload_limit, s.executor.payload_overhead
+            if cap is not None and params_bytes * over > cap:
                 raise ConfigError(file, "store.mode", f"is never, but the model's params are {mb:.1f} MB and "
-                                  f"site {s.name!r} is a Globus Compute endpoint, which accepts at most "
-                                  f"{PAYLOAD_LIMIT / 2**20:.0f} MB per task and per result (about "
-                                  f"{PAYLOAD_LIMIT / GC_OVERHEAD / 2**20:.1f} MB of params once serialized); "
-                                  f"expected store.mode auto or always with a store the endpoint can reach")
+                                  f"site {s.name!r} ({s.executor.kind}) accepts at most "
+                                  f"{cap / 2**20:.0f} MB per task and per result (about "
+                                  f"{cap / over / 2**20:.1f} MB of params once serialized); "
+                                  f"expected store.mode auto or always with a store the site can reach")
         else:
             ref = params_bytes > limit
             why = f"{mb:.1f} MB {'>' if ref else '<='} inline limit {limit / 2**20:.1f} MB"
@@ -71,7 +70,7 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
         if st.url:
             out.store_url = store_url(st.url)
         else:
-            remote = [s.name for s in needs_store if not on_this_machine(s)]
+            remote = [s.name for s in needs_store if not s.executor.runs_here()]
             if remote:
                 raise ConfigError(file, "store.url", f"site(s) {remote} get the params ({mb:.1f} MB) by reference "
                                   "but no store.url is set; expected a directory every site can reach (shared "

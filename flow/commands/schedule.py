@@ -4,7 +4,7 @@ A long-running process that, at each firing of a cron expression, continues the 
 newest checkpoint for N more rounds (`runner.run(more=N)`). What a team running nightly training
 needs from it:
 
-- **No overlap.** Every run takes the run directory's lock (flow/runlock.py), the same one a manual
+- **No overlap.** Every run takes the run directory's lock (flow/persist/runlock.py), the same one a manual
   `fedgrid run` takes, so a firing that finds a run in progress is skipped and logged, and a manual
   run during a scheduled one is refused. A second scheduler on the same run directory is refused
   at start (``.schedule.lock``).
@@ -37,7 +37,7 @@ from typing import Any
 from croniter import croniter
 
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.runlock import RunLock, holder
+from fedgrid.flow.persist.runlock import RunLock, holder
 
 log = logging.getLogger("fedgrid")
 STATE = "schedule.json"
@@ -104,8 +104,8 @@ class Scheduler:
     # -- the loop -----------------------------------------------------------------------------
     def serve(self) -> int:
         """Run until stopped (or `firings` runs); returns how many runs completed."""
-        from fedgrid.flow.runlock import RunDirBusy
-        from fedgrid.flow.runner import ResumeRefused, RoundFailed
+        from fedgrid.flow.persist.runlock import RunDirBusy
+        from fedgrid.flow.rounds.runner import ResumeRefused, RoundFailed
 
         self._lock.acquire()
         try:

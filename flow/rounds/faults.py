@@ -1,7 +1,7 @@
 """Fault injection, driver side: which faults a task carries, and which sites are down this round.
 
 The faults themselves happen at the site (:mod:`fedgrid.apps.faults`) or to the site's real
-processes (:meth:`fedgrid.flow.sites.SiteRuntime.take_down`), never by faking an outcome in the
+processes (:meth:`fedgrid.flow.rounds.sites.SiteRuntime.take_down`), never by faking an outcome in the
 driver: the round loop, the gather and Parsl's retries see exactly what a real failure produces.
 """
 

@@ -2,7 +2,7 @@
 
 `round.select: random` samples ``clients_per_round`` clients uniformly (Flower's default).
 
-`round.select: deadline` uses the clients' profiles (flow/profiles.py) to leave out clients that
+`round.select: deadline` uses the clients' profiles (flow/clients/profiles.py) to leave out clients that
 would not answer before ``round.deadline_s`` anyway, so a round neither waits on them nor loses
 their quorum share, and their sites' workers go to clients that can finish:
 
@@ -29,15 +29,16 @@ import heapq
 
 import numpy as np
 
+from fedgrid.apps.update import Failure
 from fedgrid.executors import site_workers
-from fedgrid.flow import pacing
-from fedgrid.flow import profiles as prof
+from fedgrid.flow.clients import pacing
+from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.config import Job
 
 
 def select(job: Job, rng: np.random.Generator, p: dict[str, np.ndarray], rnd: int,
-           busy: set[int] | None = None) -> tuple[list[int], list[dict]]:
-    """The clients of round `rnd`, and the ones left out with a reason ({client, site, reason})."""
+           busy: set[int] | None = None) -> tuple[list[int], list[Failure]]:
+    """The clients of round `rnd`, and the ones left out with a reason."""
     n, k = job.data.clients, min(job.clients_per_round(), job.data.clients)
     if job.round.select == "random":
         if k >= n:
@@ -66,7 +67,7 @@ def select(job: Job, rng: np.random.Generator, p: dict[str, np.ndarray], rnd: in
     chosen = [c for c in picked if c not in skipped]
     for c in chosen:
         p["last_selected"][c] = rnd
-    return chosen, [{"client": c, "site": sites[c], "reason": r} for c, r in sorted(skipped.items())]
+    return chosen, [Failure.of(c, sites[c], r) for c, r in sorted(skipped.items())]
 
 
 def predicted_s(job: Job, p: dict[str, np.ndarray], least: bool) -> np.ndarray:

@@ -67,11 +67,13 @@ ROWS_SCHEMA = pa.schema([
     ("updates", pa.list_(pa.struct([
         ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
         ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
-        ("worker", pa.string()), ("steps", pa.int64()), ("staleness", pa.int64()), ("bytes_up", pa.int64())]))),
+        ("worker", pa.string()), ("steps", pa.int64()), ("staleness", pa.int64()), ("bytes_up", pa.int64()),
+        # seconds to set up (data, model, global params) and whether it had to build the model itself
+        ("load_s", pa.float64()), ("cold", pa.bool_())]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
-    # privacy: this round's noise multiplier and sampling rate, and epsilon after it (flow/privacy.py)
+    # privacy: this round's noise multiplier and sampling rate, and epsilon after it (flow/privacy/dp.py)
     ("dp_noise", pa.float64()), ("dp_sample_rate", pa.float64()), ("dp_epsilon", pa.float64()),
 ])
 

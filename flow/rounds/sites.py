@@ -2,9 +2,9 @@
 
 A client's train app is bound to its site's executor label, so its task can only run there. The
 DFK is created directly (not `parsl.load`) so a Python pipeline can hold several runs, and it is
-configured as REFERENCE.md measured fastest: no scaling strategy (blocks start at once), no app
-cache (Parsl memoization cannot hash numpy arrays), no Parsl-level retries (a failed client is a
-recorded failure; the round decides what to do about it).
+configured for the fastest first round measured on this kind of machine: no scaling strategy
+(blocks start at once), no app cache (Parsl memoization cannot hash numpy arrays), no Parsl-level
+retries (a failed client is a recorded failure; the round decides what to do about it).
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from fedgrid.apps.task import TrainTask
 from fedgrid.executors import build_executor
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.runlock import record_processes
+from fedgrid.flow.persist.runlock import record_processes
 
 log = logging.getLogger("fedgrid")
-
-SCALED_KINDS = {"slurm", "pbs", "kubernetes", "aws"}
-
 
 TRANSIENT = frozenset({"WorkerLost", "ManagerLost", "ConnectionError", "TimeoutError", "ConnectionResetError",
                        "CommandClientTimeoutError", "BrokenPipeError"})
@@ -56,7 +55,7 @@ def monitoring_hub(job: Job, run_dir: Path) -> Any:
 def warm_slots(site: Any) -> int:
     """Workers to warm before round 1: every local worker; none on batch sites (their blocks may
     still be queued, and a warm task must not be what asks the scheduler for nodes)."""
-    if site.executor.kind in SCALED_KINDS:
+    if site.executor.scales:
         return 0
     return getattr(site.executor, "workers", 1)
 
@@ -94,7 +93,7 @@ class SiteRuntime:
         executors = [build_executor(s, run_dir) for s in job.sites]
         # Sites on this machine start their one block at once and never scale ("none": fastest first
         # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
-        scaled = [s for s in job.sites if s.executor.kind in SCALED_KINDS]
+        scaled = [s for s in job.sites if s.executor.scales]
         config = Config(executors=executors, strategy="simple" if scaled else "none",
                         strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
                         retry_handler=retry_cost, monitoring=monitoring_hub(job, run_dir),
@@ -113,8 +112,9 @@ class SiteRuntime:
         self._step = {s.name: python_app(secagg_step, executors=[s.name], data_flow_kernel=self.dfk)
                       for s in job.sites}
 
-    def warm_up(self, task_for: Any) -> list[Future]:
-        """One warm task per worker, so torch, data and model are loaded before round 1 needs them."""
+    def warm_up(self, task_for: Callable[[int], TrainTask]) -> list[Future]:
+        """One warm task per worker, so torch, data and model are loaded before round 1 needs them
+        (`task_for(client)`: the warm task of a client of the site, carrying the job's model)."""
         futs = []
         for s in self.job.sites:
             first = self.job.client_sites().index(s.name)
@@ -125,7 +125,7 @@ class SiteRuntime:
         """Note this run's processes (blocks exist once a worker has answered) for a later reaper."""
         record_processes(self.run_dir, self.executors)
 
-    def submit(self, site: str, task: dict[str, Any]) -> Future:
+    def submit(self, site: str, task: TrainTask) -> Future:
         return self._train[site](task)
 
     def call(self, site: str, task: dict[str, Any]) -> Future:
@@ -136,13 +136,14 @@ class SiteRuntime:
     def down_sites(self) -> set[str]:
         """Sites on this machine that had workers and now have none (pool crashed, node gone).
 
-        Only `htex` sites are judged: a batch or cloud site with no workers is normal while its
-        block waits in a queue, and a Globus Compute endpoint's workers are not visible from here.
+        Only kinds that declare ``watch_workers`` are judged: a batch or cloud site with no workers
+        is normal while its block waits in a queue, and a Globus Compute endpoint's workers are not
+        visible from here.
         A dead pool stays listed until the interchange misses its heartbeats (heartbeat_threshold).
         """
         down = set()
         for s in self.job.sites:
-            if s.executor.kind != "htex":
+            if not s.executor.watch_workers:
                 continue
             try:
                 n = len(self.by_site[s.name].connected_managers())

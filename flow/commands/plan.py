@@ -60,7 +60,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     """Print the plan; returns warnings (sites whose provider could not be set up from here)."""
     from fedgrid.apps import datasets
     from fedgrid.executors import describe
-    from fedgrid.flow import dataplane
+    from fedgrid.flow.persist import dataplane
 
     run_dir = job.run_dir(base)
     shape, classes, nbytes = count_params(job)

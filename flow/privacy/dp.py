@@ -30,8 +30,6 @@ from fedgrid.apps.privacy import clip_and_noise
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.config import ConfigError, Job
 
-MEAN_BASED = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
-
 
 def rdp_accountant() -> Any:
     """Opacus's RDPAccountant class. Importing opacus calls logging.basicConfig, which would send

@@ -1,6 +1,6 @@
 """The tolerant gather: wait for a round's train futures under a quorum and a deadline.
 
-Parsl cannot stop a running torch op (its walltime only interrupts Python code, REFERENCE.md), so
+Parsl cannot stop a running torch op (its walltime only interrupts Python code, by injecting an exception), so
 the deadline is enforced here, by whoever waits. The futures are never passed to another app as
 data dependencies: one failed client would turn every downstream app into a DependencyError. This
 waits on them directly and turns each outcome into data — an update, or a failure with a reason.
@@ -15,15 +15,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, TimeoutError, as_completed
 from dataclasses import dataclass, field
-from typing import Any
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 
 
 @dataclass
 class Gathered:
     updates: list[ClientUpdate] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)  # {client, site, reason}
+    failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     late: dict[int, tuple[str, Future]] = field(default_factory=dict)  # not waited for, still running
 
@@ -32,11 +31,6 @@ class Gathered:
 
 
 SITE_DOWN = "site down: it has no workers left (pool died or node lost); tried again next round"
-
-
-def reason_of(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
@@ -70,7 +64,7 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                     except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
                         exc = e
                 if exc is not None:
-                    out.failures.append({"client": client, "site": site, "reason": reason_of(exc)})
+                    out.failures.append(Failure.of(client, site, exc))
                 if on_result:
                     on_result(client, exc is None)
                 if len(out.updates) + len(pending) < quorum:
@@ -83,17 +77,17 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                 if site in lost:
                     pending.pop(fut)
                     fut.add_done_callback(lambda f: f.exception())
-                    out.failures.append({"client": client, "site": site, "reason": SITE_DOWN})
+                    out.failures.append(Failure.of(client, site, SITE_DOWN))
                     if on_result:
                         on_result(client, False)
     elapsed = time.monotonic() - t0
     for fut, client in pending.items():
         why = (f"late: no answer within round.deadline_s={deadline_s:g}" if elapsed >= deadline_s
                else "abandoned: round could not reach its quorum")
-        out.failures.append({"client": client, "site": futures[client][0], "reason": why})
+        out.failures.append(Failure.of(client, futures[client][0], why))
         fut.add_done_callback(lambda f: f.exception())  # consume the late outcome quietly
         out.late[client] = (futures[client][0], fut)  # still running: its client is busy; may be carried
     out.updates.sort(key=lambda u: u.client)
-    out.failures.sort(key=lambda f: f["client"])
+    out.failures.sort(key=lambda f: f.client)
     out.seconds = elapsed
     return out

@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.gather import Gathered
+from fedgrid.flow.rounds.gather import Gathered
 
 EMA = 0.3
 FIELDS = ("examples", "samples_per_s", "train_s", "queue_s", "rounds_ok", "rounds_failed", "last_round",
@@ -61,7 +61,7 @@ def update(p: dict[str, np.ndarray], rnd: int, g: Gathered) -> None:
         observe(p, u)
         answered(p, rnd, u.client)
     for f in g.failures:
-        failed(p, f["client"])
+        failed(p, f.client)
 
 
 def reliability(p: dict[str, np.ndarray], clients: list[int]) -> np.ndarray:

@@ -36,7 +36,7 @@ def run(job: Job | str | Path | dict[str, Any], *, base: Path | None = None, fre
         quiet: bool = False, more: int | None = None, stop: threading.Event | None = None,
         log_format: str = "text") -> Any:
     """Run or resume a job (see runner.run); returns a RunResult with the rounds table rows."""
-    from fedgrid.flow.runner import run as _run
+    from fedgrid.flow.rounds.runner import run as _run
 
     return _run(as_job(job), base=base, fresh=fresh, quiet=quiet, more=more, stop=stop, log_format=log_format)
 
@@ -44,9 +44,9 @@ def run(job: Job | str | Path | dict[str, Any], *, base: Path | None = None, fre
 def schedule(job: Job | str | Path | dict[str, Any], cron: str | None = None, rounds_per_run: int | None = None,
              *, base: Path | None = None, firings: int | None = None, stop: threading.Event | None = None,
              quiet: bool = True) -> int:
-    """Recurring training (flow/schedule.py); a path is re-read at every firing. Returns the runs done."""
-    from fedgrid.flow.runner import run as _run
-    from fedgrid.flow.schedule import Scheduler
+    """Recurring training (flow/commands/schedule.py); a path is re-read at every firing. Returns the runs done."""
+    from fedgrid.flow.commands.schedule import Scheduler
+    from fedgrid.flow.rounds.runner import run as _run
 
     return Scheduler(load=lambda: as_job(job), cron=cron, rounds_per_run=rounds_per_run, run=_run,
                      base=base or Path.cwd(), stop=stop or threading.Event(), firings=firings, quiet=quiet,
@@ -54,19 +54,19 @@ def schedule(job: Job | str | Path | dict[str, Any], cron: str | None = None, ro
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:
-    from fedgrid.flow.status import status_info
+    from fedgrid.flow.commands.status import status_info
 
     return status_info(Path(run_dir))
 
 
 def report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    from fedgrid.flow.report import write_report
+    from fedgrid.flow.commands.report import write_report
 
     return write_report(Path(run_dir), Path(out) if out else None)
 
 
 def export(run_dir: str | Path, rnd: int | None = None, fmt: str = "safetensors",
            out: str | Path | None = None) -> Path:
-    from fedgrid.flow.export import export_model
+    from fedgrid.flow.commands.export import export_model
 
     return export_model(Path(run_dir), rnd, fmt, Path(out) if out else None)

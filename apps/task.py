@@ -1,0 +1,49 @@
+"""TrainTask: what the driver sends a client's site for one round (docs/ARCHITECTURE.md, Contracts).
+
+One typed record instead of a dict of keys spread over the driver and four site modules: the
+driver builds it in one place (:meth:`fedgrid.flow.rounds.driver.Driver.task`), and the site reads
+its fields by name. It is pickled to the site with the rest of the app's arguments, so it holds only
+plain data: numbers, strings, dicts of them, numpy arrays or a store `Ref`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class TrainTask:
+    """One client's work for one round.
+
+    `train` is the job's train block with the strategy's per-client instructions merged in
+    (``prox_mu``, ``scaffold``, a paced ``steps`` budget, ``secagg``). `params` is the global model:
+    arrays inline, a `Ref` into the store, or None for a warm-up task. The optional blocks are set
+    only when the job uses the feature: a fault drill (`faults`), the data plane (`store`,
+    `ref_above`, `update_key`), local DP (`dp`), update compression (`compress`).
+    """
+
+    client: int
+    site: str
+    round: int
+    clients: int  # clients in the whole job: the partitioners need it to find this client's share
+    seed: int
+    data: dict[str, Any]  # the data block as this client's site sees it
+    model: dict[str, Any]  # name, input_shape, num_classes, kwargs (see model_spec)
+    train: dict[str, Any]
+    params: Any = None
+    submitted_at: float = 0.0
+    attempt: int = 1
+    draw: tuple[int, ...] = ()  # an asynchronous client may train twice from one global model: tells them apart
+    faults: dict[str, Any] | None = None
+    store: str | None = None
+    ref_above: int | None = None  # updates larger than this go back through the store
+    update_key: str | None = None
+    dp: dict[str, Any] | None = None
+    compress: dict[str, Any] | None = None
+
+
+def model_spec(name: str, input_shape: tuple[int, ...] | list[int], num_classes: int,
+               kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a site needs to build the job's model: the architecture and its shapes."""
+    return {"name": name, "input_shape": list(input_shape), "num_classes": num_classes, "kwargs": dict(kwargs or {})}

@@ -1,0 +1,157 @@
+"""Rules that span blocks of a job, which pydantic cannot express field by field: sites against
+clients, a quorum against the client count, data paths, the model factory, the strategy against
+the rest of the job (what the strategy and the site kinds declare about themselves), faults.
+
+Each raises :class:`ConfigError` naming the key to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedgrid.flow.config.errors import ConfigError
+from fedgrid.flow.config.schema import Job
+from fedgrid.flow.strategies import STRATEGIES, mean_based
+
+
+def check_consistency(job: Job, file: str | Path) -> None:
+    names = [s.name for s in job.sites]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(file, "sites", f"site names must be unique, {dup} repeated")
+    if not job.sites:
+        raise ConfigError(file, "sites", "at least one site is required")
+    # clients: sites without a count share what is left evenly
+    given = sum(s.clients or 0 for s in job.sites)
+    open_sites = [s for s in job.sites if s.clients is None]
+    if open_sites:
+        rest = job.data.clients - given
+        if rest < len(open_sites):
+            raise ConfigError(file, "sites", f"data.clients ({job.data.clients}) leaves {rest} client(s) "
+                              f"for {len(open_sites)} site(s) without a clients count")
+        for i, s in enumerate(open_sites):
+            s.clients = rest // len(open_sites) + (1 if i < rest % len(open_sites) else 0)
+    elif given != job.data.clients:
+        raise ConfigError(file, "sites", f"site clients add up to {given}, expected data.clients "
+                          f"({job.data.clients})")
+    if job.round.min_clients > job.data.clients:
+        raise ConfigError(file, "round.min_clients", f"must be <= data.clients ({job.data.clients}), "
+                          f"got {job.round.min_clients}")
+    _check_data(job, file)
+    _check_model(job, file)
+    _check_strategy(job, file)
+    _check_faults(job, file)
+
+
+def _check_faults(job: Job, file: str | Path) -> None:
+    names = {s.name: s for s in job.sites}
+    for i, f in enumerate(job.faults):
+        key = f"faults.{i}"
+        if f.site is not None and f.site not in names:
+            raise ConfigError(file, f"{key}.site", f"no site named {f.site!r}; sites: {', '.join(names)}")
+        if f.clients and (bad := [c for c in f.clients if not 0 <= c < job.data.clients]):
+            raise ConfigError(file, f"{key}.clients", f"client ids run 0..{job.data.clients - 1}, got {bad}")
+        if f.lost_from is not None and f.site is None:
+            raise ConfigError(file, f"{key}.lost_from", "a lost site needs `site`")
+        if f.lost_until is not None and (f.lost_from is None or f.lost_until <= f.lost_from):
+            raise ConfigError(file, f"{key}.lost_until", "must come after lost_from")
+        hit = {s for c, s in enumerate(job.client_sites()) if f.hits(c, s)}
+        if (f.kill_worker_at or f.lost_from) and (local := sorted(s for s in hit if names[s].executor.in_driver)):
+            raise ConfigError(file, f"{key}", f"killing workers needs worker processes; site(s) {local} are "
+                              "`local` threads in the driver (use htex)")
+
+
+def _check_strategy(job: Job, file: str | Path) -> None:
+    remote = [s.name for s in job.sites if not s.executor.runs_here()]
+    if (keepers := job.client_state()) and remote and not job.store.url:
+        raise ConfigError(file, "store.url", f"{' and '.join(keepers)} in the store, and sites {remote} run "
+                          f"elsewhere: set store.url to a location every site can reach (a shared path or s3://...)")
+    if job.compression.up_codec() != "none" and job.round.late == "carry":
+        raise ConfigError(file, "round.late", "a compressed update is a delta from its round's model, which a "
+                          "carried late update no longer has: use round.late: drop with compression")
+    _check_privacy(job, file)
+    _check_secagg(job, file)
+    if (problem := STRATEGIES[job.strategy.name].check_job(job)) is not None:
+        raise ConfigError(file, *problem)
+
+
+def _check_privacy(job: Job, file: str | Path) -> None:
+    if job.privacy is None:
+        return
+    if not STRATEGIES[job.strategy.name].mean_based:
+        raise ConfigError(file, "privacy", f"DP-FedAvg noises the clients' mean; strategy {job.strategy.name} "
+                          f"does not take one. Expected one of {', '.join(mean_based())}")
+    if job.round.absent == "reuse":
+        raise ConfigError(file, "round.absent", "a reused update would be counted again without being "
+                          "accounted for: use round.absent: drop with privacy")
+
+
+def _check_secagg(job: Job, file: str | Path) -> None:
+    if job.secagg is None:
+        return
+    why = ("strategy" if not STRATEGIES[job.strategy.name].mean_based else
+           "compression.up" if job.compression.up != "none" else
+           "privacy.mode" if job.privacy is not None and job.privacy.mode == "central" else
+           "round.max_update_norm" if job.round.max_update_norm is not None else
+           "round.late" if job.round.late == "carry" else
+           "round.absent" if job.round.absent == "reuse" else None)
+    if why:
+        raise ConfigError(file, why, "secure aggregation shows the driver only the sum of the updates, so it "
+                          f"works with {', '.join(mean_based())}, without update compression, central DP, a "
+                          "norm bound, carried or reused updates (local DP is fine)")
+
+
+def _check_data(job: Job, file: str | Path) -> None:
+    for site in job.sites:
+        d = job.site_data(site.name)
+        pre = "data" if not site.data else f"sites.{site.name}.data"
+        if not site.executor.runs_here():  # its paths are on the site's filesystem; the site checks them
+            if d.dataset == "parquet" and not d.path:
+                raise ConfigError(file, f"{pre}.path", "dataset 'parquet' needs a path (a file, or a "
+                                  "template with {client})")
+            continue
+        if d.dataset == "fashion_mnist":
+            from fedgrid.apps.datasets import FMNIST_DEFAULT_ROOT, fashion_mnist_missing
+
+            missing = fashion_mnist_missing(d.root or FMNIST_DEFAULT_ROOT)
+            if missing:
+                raise ConfigError(file, f"{pre}.root", missing)
+        if d.dataset == "parquet":
+            if not d.path:
+                raise ConfigError(file, f"{pre}.path", "dataset 'parquet' needs a path (a file, or a "
+                                  "template with {client})")
+            per_client = "{client" in d.path
+            if per_client and d.partition.kind not in ("none", "iid"):
+                raise ConfigError(file, f"{pre}.partition.kind", "per-client files ({client} in path) "
+                                  f"are already partitioned; expected 'none', got {d.partition.kind!r}")
+            paths = ([d.path.format(client=c) for c, s in enumerate(job.client_sites()) if s == site.name]
+                     if per_client else [d.path])
+            for pth in paths:
+                if not Path(pth).is_file():
+                    raise ConfigError(file, f"{pre}.path", f"parquet file not found: {pth}")
+        if d.partition.kind == "natural" and not d.partition.column:
+            raise ConfigError(file, f"{pre}.partition.column", "partition kind 'natural' needs a column")
+    d = job.data
+    if d.dataset == "parquet" and d.test_path and not Path(d.test_path).is_file():
+        raise ConfigError(file, "data.test_path", f"parquet file not found: {d.test_path}")
+
+
+def _check_model(job: Job, file: str | Path) -> None:
+    name = job.model.name
+    from fedgrid.apps.models import BUILTIN
+
+    if name in BUILTIN:
+        return
+    if ":" not in name:
+        raise ConfigError(file, "model", f"expected one of {sorted(BUILTIN)} or 'package.module:factory', "
+                          f"got {name!r}")
+    import importlib
+
+    mod, _, attr = name.partition(":")
+    try:
+        m = importlib.import_module(mod)
+    except ImportError as e:
+        raise ConfigError(file, "model", f"cannot import module {mod!r}: {e}") from None
+    if not callable(getattr(m, attr, None)):
+        raise ConfigError(file, "model", f"module {mod!r} has no callable {attr!r}")
+

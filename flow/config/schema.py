@@ -1,0 +1,288 @@
+"""The job file's schema: one pydantic model per block, ``Job`` at the top.
+
+Validation is pydantic's (``extra="forbid"`` catches misspelled keys). The strategy and executor
+blocks are unions discriminated by ``name`` / ``kind``, built from the strategies and site kinds
+themselves, so each documents and validates its own keys. Rules that span blocks live in
+:mod:`.checks`; turning pydantic's errors into one line lives in :mod:`.loading`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedgrid.executors import kind_module, specs
+from fedgrid.flow.strategies import DEFAULT, STRATEGIES, option_models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PartitionSpec(_Strict):
+    """How a pooled dataset is split into clients (simulation and `fedgrid partition`)."""
+
+    kind: Literal["iid", "dirichlet", "shards", "natural", "none"] = "iid"
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    shards_per_client: Annotated[int, Field(ge=1)] = 2
+    column: str | None = None
+    min_size: Annotated[int, Field(ge=0)] = 2
+
+
+class DataSpec(_Strict):
+    """What data each client trains on and what the driver evaluates on."""
+
+    dataset: Literal["digits", "fashion_mnist", "parquet", "synthetic"] = "digits"
+    clients: Annotated[int, Field(ge=1)] = 10
+    partition: PartitionSpec = PartitionSpec()
+    root: str | None = None  # fashion_mnist folder of idx .gz files
+    path: str | None = None  # parquet: one file to partition, or a template with {client}
+    test_path: str | None = None  # parquet: held-out test set for central evaluation
+    features: list[str] | None = None  # parquet: feature columns (default: every column but label)
+    label: str = "label"
+    shape: list[int] | None = None  # parquet: input shape, e.g. [1, 28, 28]
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits: held-out share
+    samples_per_client: Annotated[int, Field(ge=1)] = 32  # synthetic: rows per client
+
+
+class TrainSpec(_Strict):
+    epochs: Annotated[int, Field(ge=0)] = 1  # 0: no local training (a dry run of the round machinery)
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    threads: Annotated[int, Field(ge=1)] = 1  # torch threads per worker
+
+
+# The strategy block: `name` picks the strategy, whose Options class holds its keys.
+StrategySpec = Annotated[Union[tuple(option_models())], Field(discriminator="name")]  # noqa: UP007 - built at runtime
+
+
+class RoundSpec(_Strict):
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    min_clients: Annotated[int, Field(ge=1)] = 1
+    deadline_s: Annotated[float, Field(gt=0)] = 600.0
+    retries: Annotated[int, Field(ge=0)] = 1  # times a round that missed its quorum is run again
+    task_retries: Annotated[int, Field(ge=0)] = 1  # Parsl retries of a task, for transient causes only
+    pace: Literal["epochs", "deadline"] = "epochs"  # deadline: local steps sized so clients finish together
+    pace_quantile: Annotated[float, Field(gt=0, le=1)] = 0.5  # the round's target time among clients' full work
+    pace_min_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25  # a paced client does at least this share
+    pace_max_fraction: Annotated[float, Field(ge=1)] = 1.0  # ... and at most this multiple of its full work
+    select: Literal["random", "deadline"] = "random"  # deadline: skip clients predicted to miss deadline_s
+    explore_after: Annotated[int, Field(ge=1)] = 5  # a client skipped this many rounds is tried again
+    late: Literal["drop", "carry"] = "drop"  # an update past the deadline: ignored, or joins a later round
+    absent: Literal["drop", "reuse"] = "drop"  # reuse: a client that did not answer counts its last update
+    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried/reused weight (1 + staleness) ** -exponent
+    max_staleness: Annotated[int, Field(ge=1)] = 2  # carried/reused updates older than this are dropped
+    eval_every: Annotated[int, Field(ge=1)] = 1
+    max_update_norm: Annotated[float, Field(gt=0)] | None = None  # reject updates farther from the global model
+
+
+# A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the
+# kind's options (so each kind documents and validates its own keys in one place).
+ExecutorSpec = Annotated[Union[tuple(specs())], Field(discriminator="kind")]  # noqa: UP007 - built at runtime
+
+
+class SiteSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    executor: ExecutorSpec = Field(default_factory=lambda: kind_module("htex").Spec())
+    clients: Annotated[int, Field(ge=1)] | None = None
+    data: dict[str, Any] = Field(default_factory=dict)  # per-site overrides of the data block
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_shorthand(cls, v: Any) -> Any:
+        """`executor: slurm` means the kind with its defaults; a block without `kind` is `htex`."""
+        if isinstance(v, str):
+            return {"kind": v}
+        if isinstance(v, dict) and "kind" not in v:
+            return {"kind": "htex", **v}
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _known_data_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(DataSpec.model_fields))
+        if unknown:
+            raise ValueError(f"unknown data key(s) {unknown}; valid: {sorted(DataSpec.model_fields)}")
+        return v
+
+
+class FaultSpec(_Strict):
+    """One fault-injection rule (drills, tests, benchmarks): whom it hits and what happens.
+
+    Injected inside the real train app on the real executor, so the driver sees exactly what a
+    real failure looks like: an exception, a slow client, a dead worker process, a site with no
+    workers. Draws are seeded by (job seed, round, client), so a drill is reproducible.
+    """
+
+    site: str | None = None  # every client of this site ...
+    clients: list[int] | None = None  # ... or these client ids (neither: every client)
+    fail_p: Annotated[float, Field(ge=0, le=1)] = 0.0  # chance per client per round of an exception
+    slowdown: Annotated[float, Field(ge=1)] = 1.0  # training takes this many times as long
+    delay_s: Annotated[float, Field(ge=0)] = 0.0  # and then this many seconds more (a slow link, a busy node)
+    raise_at: list[int] = Field(default_factory=list)  # rounds in which the client raises
+    kill_worker_at: list[int] = Field(default_factory=list)  # rounds in which the worker process dies (once)
+    lost_from: Annotated[int, Field(ge=1)] | None = None  # the site's workers are gone from this round ...
+    lost_until: Annotated[int, Field(ge=1)] | None = None  # ... and come back at this round (none: never)
+    scale_update: float | None = None  # a bad client: sends G + scale * (its update - G); -10 flips and blows it up
+
+    def hits(self, client: int, site: str) -> bool:
+        """Whether this rule applies to a client (hosted at `site`)."""
+        if self.site is not None and self.site != site:
+            return False
+        return self.clients is None or client in self.clients
+
+
+class CheckpointSpec(_Strict):
+    dir: str = "runs/{name}"
+    keep: Annotated[int, Field(ge=0)] = 0  # 0 keeps every round file
+
+
+class StoreSpec(_Strict):
+    """The data plane: where params go when they are too big to ride inside a task."""
+
+    url: str | None = None  # a directory every site can reach, or an fsspec URL; default <run_dir>/store
+    mode: Literal["auto", "always", "never"] = "auto"  # auto: by reference above the inline limit
+    inline_max_mb: Annotated[float, Field(gt=0)] = 8.0
+
+
+class CompressionSpec(_Strict):
+    """What crosses the wire (apps/codec.py): clients send compressed deltas; the driver may send
+    the global model in fp16."""
+
+    up: Literal["none", "fp16", "int8", "topk"] = "none"
+    down: Literal["none", "fp16"] = "none"
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    dense_below: Annotated[int, Field(ge=0)] = 1024  # topk: smaller tensors are sent whole (as DGC)
+    error_feedback: bool = True  # topk: what is not sent is kept at the site for the next round
+
+    def needs_store(self) -> bool:
+        return self.up == "topk" and self.error_feedback
+
+    def up_codec(self) -> str:
+        """The codec the clients use: a float32 delta when only the download is compressed."""
+        return "fp32" if self.up == "none" and self.down == "fp16" else self.up
+
+
+class PrivacySpec(_Strict):
+    """Client-level differential privacy (flow/privacy/dp.py)."""
+
+    mode: Literal["central", "local"] = "central"
+    clip: Annotated[float, Field(gt=0)]  # L2 bound on each client's delta
+    noise_multiplier: Annotated[float, Field(gt=0)]  # z: noise std in units of the clip
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    epsilon_budget: Annotated[float, Field(gt=0)] | None = None  # stop before epsilon would pass it
+
+
+class SecAggSpec(_Strict):
+    """Secure aggregation (flow/privacy/secagg.py): the driver sees only the sum of masked updates."""
+
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # t = ceil(threshold * clients in the round), >= 2
+    frac_bits: Annotated[int, Field(ge=8, le=40)] = 24  # fixed-point precision in the ring Z_2^64
+    key_dir: str | None = None  # where sites keep their per-round secrets (default: the site's temp dir)
+
+
+class ScheduleSpec(_Strict):
+    """Recurring training (``fedgrid schedule``): at each firing of ``cron`` the job continues from
+    its newest checkpoint for ``rounds_per_run`` more rounds. Five fields (minute hour day month
+    weekday) as in crontab, or six with seconds last (``*/10 * * * * *``: every 10 s)."""
+
+    cron: str
+    rounds_per_run: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"not a cron expression: {v!r} (e.g. '0 2 * * *' for 02:00 every day)")
+        return v
+
+
+class ModelSpec(_Strict):
+    name: str = "cnn"  # logreg | mlp | cnn | package.module:factory
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "job"
+    rounds: Annotated[int, Field(ge=1)] = 10
+    seed: int = 0
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    strategy: StrategySpec = Field(default_factory=lambda: STRATEGIES[DEFAULT].Options())
+    round: RoundSpec = RoundSpec()
+    sites: list[SiteSpec] = Field(default_factory=lambda: [SiteSpec(name="here")])
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    store: StoreSpec = StoreSpec()
+    faults: list[FaultSpec] = Field(default_factory=list)
+    compression: CompressionSpec = CompressionSpec()
+    privacy: PrivacySpec | None = None
+    secagg: SecAggSpec | None = None
+    schedule: ScheduleSpec | None = None
+    monitoring: bool = False  # Parsl's MonitoringHub, into <run_dir>/monitoring.db (extra fedgrid[monitoring])
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_shorthand(cls, v: Any) -> Any:
+        """`strategy: fedprox` means that strategy with its defaults; a block without `name` is FedAvg."""
+        if isinstance(v, str):
+            return {"name": v}
+        if isinstance(v, dict) and "name" not in v:
+            return {"name": "fedavg", **v}
+        return v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    # -- derived views -------------------------------------------------------------------------
+    def run_dir(self, base: Path) -> Path:
+        d = Path(self.checkpoint.dir.format(name=self.name))
+        return d if d.is_absolute() else (base / d)
+
+    def client_sites(self) -> list[str]:
+        """Site name of every client id, in id order (clients are numbered across sites)."""
+        out: list[str] = []
+        for s in self.sites:
+            out += [s.name] * (s.clients or 0)
+        return out
+
+    def site(self, name: str) -> SiteSpec:
+        return next(s for s in self.sites if s.name == name)
+
+    def site_data(self, name: str) -> DataSpec:
+        """The data block as a given site sees it (global block plus the site's overrides)."""
+        merged = self.data.model_dump()
+        merged.update(self.site(name).data)
+        return DataSpec.model_validate(merged)
+
+    def client_state(self) -> list[str]:
+        """What keeps per-client state in the store (SCAFFOLD's variates, top-k's residuals): the
+        run then needs a store every site reaches."""
+        out = []
+        if STRATEGIES[self.strategy.name].needs_store:
+            out.append(f"strategy {self.strategy.name} keeps each client's control variate")
+        if self.compression.needs_store():
+            out.append("compression.up: topk with error_feedback (error_feedback: false avoids it) keeps each "
+                       "client's residual")
+        return out
+
+    def clients_per_round(self) -> int:
+        return max(self.round.min_clients, math.ceil(self.round.fraction * self.data.clients))
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: the model and the strategy."""
+        key = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+

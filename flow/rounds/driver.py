@@ -1,0 +1,104 @@
+"""The state of one run in progress, built in one place from its parts (flow/rounds/runner.py
+makes the parts; the synchronous rounds and the asynchronous loop play on it)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedgrid.flow.clients import profiles as prof
+from fedgrid.flow.clients.memory import UpdateMemory
+from fedgrid.flow.config import Job
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.privacy.dp import Privacy
+from fedgrid.flow.privacy.secagg import SecureAggregation
+from fedgrid.flow.rounds.gather import Gathered
+from fedgrid.flow.rounds.progress import RunProgress
+from fedgrid.flow.rounds.tasks import Tasks
+from fedgrid.flow.rounds.writer import RoundWriter
+from fedgrid.flow.strategies.base import Strategy
+
+
+@dataclass
+class Late:
+    """A task given up at its deadline that is still running: its client is busy, and with
+    round.late=carry its answer may join a later round."""
+
+    round: int  # the round it trained for
+    client: int
+    future: Future
+
+
+class Driver:
+    """Everything a run's rounds read and change: the sites, the strategy and its state, the
+    clients' profiles and memory, the RNG of selection, the tasks it sends and the writer of
+    finished rounds. `snapshot` captures all of it for a checkpoint."""
+
+    def __init__(self, job: Job, run_dir: Path, progress: RunProgress, runtime: Any, strategy: Strategy,
+                 tasks: Tasks, writer: RoundWriter, privacy: Privacy | None, secagg: SecureAggregation | None,
+                 stop: threading.Event | None):
+        self.job, self.run_dir, self.progress, self.runtime = job, run_dir, progress, runtime
+        self.strategy, self.tasks, self.writer = strategy, tasks, writer
+        self.privacy, self.secagg, self.stop = privacy, secagg, stop
+        self.sites = job.client_sites()
+        self.rng = np.random.default_rng(job.seed)
+        self.profiles = prof.empty(job.data.clients)
+        self.memory = UpdateMemory(job)
+        self.late: list[Late] = []
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.writer.rows
+
+    def stopping(self, after: int) -> bool:
+        """A stop was requested (SIGTERM): no round after `after` starts; the finished ones are all saved."""
+        if self.stop is None or not self.stop.is_set():
+            return False
+        self.progress.say(f"stop requested: stopping after round {after}")
+        return True
+
+    def busy(self) -> set[int]:
+        """Clients whose late task of an earlier round is still running."""
+        return {x.client for x in self.late if not x.future.done()}
+
+    def watch_late(self, rnd: int, g: Gathered) -> list[Late]:
+        """Late tasks that have finished since they were given up: their timings teach the profiles
+        (a client too slow for the deadline is then known to be); they are returned for carrying.
+        This attempt's late tasks are watched from now on; one still running keeps its client busy."""
+        arrived, keep = [], []
+        for item in self.late:
+            if not item.future.done():
+                keep.append(item)
+            elif item.future.exception() is None:
+                prof.observe(self.profiles, item.future.result())
+                arrived.append(item)
+        self.late = keep + [Late(rnd, c, fut) for c, (_, fut) in g.late.items()]
+        return arrived
+
+    def restore(self, state: ckpt.RoundState) -> None:
+        """Continue from a checkpoint: the strategy's state, the memory, profiles and RNG."""
+        self.strategy.load_state(state.strategy)
+        self.memory.load(state.memory)
+        if prof.compatible(state.profiles, self.job.data.clients):
+            self.profiles = OrderedDict((k, v.copy()) for k, v in state.profiles.items())
+        if state.rng:
+            self.rng.bit_generator.state = state.rng
+
+    def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
+        """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
+        return ckpt.RoundState(
+            round=rnd, params=params, strategy=OrderedDict((k, v.copy()) for k, v in self.strategy.state().items()),
+            profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()), memory=self.memory.state(),
+            rng=copy.deepcopy(self.rng.bit_generator.state), row=row, fingerprint=self.job.fingerprint(),
+            job=self.job.model_dump(mode="json"))
+
+    def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+        """Round `rnd` is aggregated: snapshot it now, write it in the background."""
+        self.writer.hand_off(self.snapshot(rnd, params, row))

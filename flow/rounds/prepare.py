@@ -1,0 +1,157 @@
+"""The stages before round one: the run directory made ready, the model built, the store opened,
+and the newest checkpoint turned back into a model (flow/rounds/runner.py calls them in order)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps import datasets
+from fedgrid.apps.store import Store
+from fedgrid.apps.task import model_spec
+from fedgrid.flow.config import Job
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist import dataplane
+from fedgrid.flow.persist.runlock import reap
+from fedgrid.flow.rounds.outcome import ResumeRefused
+from fedgrid.flow.rounds.progress import RunProgress
+from fedgrid.flow.rounds.writer import ALL_ROUNDS, Evaluate
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass
+class Start:
+    """Where the run starts: the job (its target already resolved for ``--rounds +N``), the newest
+    valid checkpoint, and the rounds table up to it."""
+
+    job: Job
+    state: ckpt.RoundState | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.state.round if self.state else 0
+
+    @property
+    def complete(self) -> bool:
+        return self.state is not None and self.done >= self.job.rounds
+
+
+def archive_rounds(run_dir: Path) -> Path | None:
+    """Move earlier rounds aside (never delete a user's results) so a --fresh run starts clean."""
+    items = [p for p in (run_dir / "rounds", ckpt.rows_path(run_dir)) if p.exists()]
+    if not items:
+        return None
+    dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in items:
+        shutil.move(str(p), dest / p.name)
+    return dest
+
+
+def _resume_point(job: Job, run_dir: Path, progress: RunProgress) -> ckpt.RoundState | None:
+    state, skipped = ckpt.latest_valid(run_dir)
+    for path, why in skipped:
+        progress.say(f"warning: skipped {path.name}: {why} (moved to rounds/corrupt/)")
+    if state is not None and state.fingerprint != job.fingerprint():
+        old = state.job
+        raise ResumeRefused(
+            f"{run_dir} holds rounds of a job with a different model or strategy (checkpoint: "
+            f"model={old.get('model', {}).get('name')} strategy={old.get('strategy', {}).get('name')}; this job: "
+            f"model={job.model.name} strategy={job.strategy.name}); run with --fresh to start over "
+            f"(earlier rounds are moved to {run_dir / 'archive'}) or use another checkpoint.dir")
+    return state
+
+
+def prepare(job: Job, run_dir: Path, fresh: bool, more: int | None, progress: RunProgress) -> Start:
+    """Stage 1: orphans reaped, --fresh archived, the resume point found, the rows reconciled."""
+    if (n := reap(run_dir)):
+        progress.say(f"ended {n} process(es) left behind by an earlier driver of this run")
+    if fresh and (dest := archive_rounds(run_dir)):
+        progress.say(f"--fresh: earlier rounds moved to {dest}")
+    state = _resume_point(job, run_dir, progress)
+    done = state.round if state else 0
+    if more is not None:
+        job = job.model_copy(update={"rounds": done + more})
+    start = Start(job, state, ckpt.reconcile_rows(run_dir, done))
+    if not start.complete:
+        progress.resume_at(done, job.rounds)
+        if state:
+            progress.say(f"resuming {job.name} after round {done} from {run_dir}")
+    return start
+
+
+@dataclass
+class ModelParts:
+    """The driver's half of the model: what the sites build (`spec`), the driver's own copy (for
+    central evaluation and to check a checkpoint fits), the central test set, the initial params."""
+
+    spec: dict[str, Any]
+    model: Any
+    test: datasets.Arrays | None
+    params: Params
+
+    def evaluator(self) -> Evaluate | None:
+        if self.test is None:
+            return None
+        from fedgrid.apps.evaluate import evaluate
+
+        return lambda params: evaluate(self.model, params, self.test)
+
+
+def build_model(job: Job) -> ModelParts:
+    """Stage 3a: the test set, the model's shapes and its initial params (seeded by the job)."""
+    import torch
+
+    from fedgrid.apps.models import build, get_params
+
+    torch.set_num_threads(1)
+    data = job.data.model_dump()
+    test = datasets.load_test(data, job.seed)
+    shape, num_classes = datasets.meta(data, test)
+    torch.manual_seed(job.seed)
+    model = build(job.model.name, shape, num_classes, job.model.kwargs)
+    return ModelParts(model_spec(job.model.name, shape, num_classes, job.model.kwargs), model, test,
+                      get_params(model))
+
+
+def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> Params:
+    """Stage 4: the checkpoint's params, checked against this job's model."""
+    from fedgrid.apps.models import set_params
+
+    try:
+        set_params(parts.model, state.params)
+    except ValueError as e:
+        raise ResumeRefused(f"{run_dir}: checkpoint of round {state.round} does not fit this job's model "
+                            f"({e}); run with --fresh to start over") from None
+    return state.params
+
+
+def open_store(job: Job, run_dir: Path, params: Params, progress: RunProgress,
+               needed: bool = False, first: bool = False) -> tuple[dataplane.TransferPlan, Store | None]:
+    """Decide how params travel; open (and clear out) this run's area of the store if one is used
+    (`needed`: the strategy keeps client state there, whatever the params do; `first`: no round
+    is checkpointed yet, so no client state is referred to either)."""
+    nbytes = int(sum(a.nbytes for a in params.values()))
+    tp = dataplane.plan(job, nbytes, run_dir)
+    url = tp.store_url or dataplane.store_url(job.store.url or str(run_dir / "store"))
+    if not (tp.any_ref() or needed):
+        return tp, None
+    if not job.store.url:  # an explicit store was probed before the sites started
+        dataplane.check_store(url)
+    store = Store(dataplane.run_area(url, job, run_dir))
+    # round objects a crashed driver of this run left behind (other runs' areas are theirs; the
+    # strategy's per-client state under state/ is kept: the checkpoint refers to it)
+    store.sweep(ALL_ROUNDS)
+    if first:
+        store.delete("state")
+    refs = [s for s, r in tp.by_ref.items() if r]
+    if refs:
+        progress.say(f"params ({nbytes / 2**20:.1f} MB) travel by reference to {', '.join(refs)} through {store.url}")
+    return tp, store

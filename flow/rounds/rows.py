@@ -1,0 +1,70 @@
+"""A round's row of the rounds table (rounds.parquet), built from what the round gathered.
+
+The synchronous rounds and the asynchronous loop's server steps both write their rows here, so
+`status`, `report` and every reader see one schema (``ROWS_SCHEMA`` in flow/persist/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedgrid.apps.store import Ref
+from fedgrid.apps.update import ClientUpdate, Failure
+from fedgrid.flow.rounds.gather import Gathered
+
+
+@dataclass
+class RoundInfo:
+    """How a round went, beside what it gathered: whom it selected, on which attempt, what it left
+    out or let stand in, and secure aggregation's unmasked sum when the job uses it."""
+
+    selected: list[int]
+    attempt: int = 1
+    ref_down: int = 0  # bytes of global params sent by reference
+    skipped: list[Failure] = field(default_factory=list)
+    reused: list[ClientUpdate] = field(default_factory=list)
+    secure: ClientUpdate | None = None
+
+    def contributions(self, g: Gathered) -> list[ClientUpdate]:
+        """What the strategy aggregates: the unmasked sum, or the updates and their stand-ins."""
+        return [self.secure] if self.secure is not None else g.updates + self.reused
+
+
+def ref_bytes(sent: dict[str, Any], sites: list[str], clients: list[int]) -> int:
+    return sum(r.nbytes for c in clients if isinstance(r := sent[sites[c]], Ref))
+
+
+def _update_row(u: ClientUpdate) -> dict[str, Any]:
+    return {"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
+            "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
+            "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"), "steps": u.extras.get("steps"),
+            "staleness": u.staleness, "bytes_up": u.nbytes(), "load_s": u.timings.get("load"),
+            "cold": u.extras.get("cold")}
+
+
+def _weighted_mean(updates: list[ClientUpdate], key: str, n: int) -> float | None:
+    return float(sum(u.metrics.get(key, 0.0) * u.num_examples for u in updates) / n) if n else None
+
+
+def round_row(rnd: int, info: RoundInfo, g: Gathered, params_bytes: int, started: float,
+              agg_s: float) -> dict[str, Any]:
+    """The row of round `rnd`; evaluation and privacy fill their columns in later."""
+    n = sum(u.num_examples for u in g.updates)
+    return {
+        "round": rnd, "attempt": info.attempt, "started_at": started, "seconds": time.time() - started,
+        "test_accuracy": None, "test_loss": None,
+        "train_loss": _weighted_mean(g.updates, "loss", n), "train_accuracy": _weighted_mean(g.updates, "accuracy", n),
+        "clients_selected": len(info.selected), "clients_ok": len(g.updates), "clients_failed": len(g.failures),
+        "participants": [u.client for u in g.updates], "failures": [f.row() for f in g.failures], "examples": n,
+        "carried": [{"client": u.client, "staleness": u.staleness} for u in g.updates if u.staleness],
+        "skipped": [f.row() for f in info.skipped],
+        "reused": [{"client": u.client, "staleness": u.staleness} for u in info.reused],
+        "updates": [_update_row(u) for u in g.updates],
+        "bytes_down": params_bytes * len(info.selected), "bytes_up": sum(u.nbytes() for u in g.updates),
+        "bytes_by_ref": info.ref_down + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
+        "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
+        "client_train_s_max": max((u.timings.get("train", 0.0) for u in g.updates), default=0.0),
+        "client_queue_s_max": max((u.timings.get("queue", 0.0) for u in g.updates), default=0.0),
+    }

@@ -1,0 +1,161 @@
+"""`run(job)`: what both the CLI and Python pipeline scripts call, as named stages.
+
+1. **prepare** the run directory: one driver at a time (the lock), orphans of a dead driver
+   reaped, ``--fresh`` archiving, the newest valid checkpoint found and the rounds table reconciled
+   with it (flow/rounds/prepare.py);
+2. **start sites**: one Parsl DataFlowKernel with an executor per site (flow/rounds/sites.py);
+3. **build the model and the store** while the workers start: the central test set, the model the
+   sites build (so the warm-up tasks carry it), how params travel;
+4. **restore** the strategy, profiles, memory and RNG from the checkpoint (or write round 0);
+5. **loop**: synchronous rounds (flow/rounds/synchronous.py) or FedBuff's server steps
+   (flow/rounds/asynchronous.py), each finished round handed to the background writer;
+6. **summarise**: drain the writer, one line on how the run went.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from fedgrid.apps import codec
+from fedgrid.flow.config import Job
+from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.runlock import RunLock
+from fedgrid.flow.privacy.dp import Privacy
+from fedgrid.flow.privacy.secagg import SecureAggregation
+from fedgrid.flow.rounds import asynchronous, synchronous
+from fedgrid.flow.rounds.driver import Driver
+from fedgrid.flow.rounds.outcome import ResumeRefused, RoundFailed, RunResult
+from fedgrid.flow.rounds.prepare import ModelParts, Start, build_model, open_store, prepare, restore_params
+from fedgrid.flow.rounds.progress import RunProgress, setup_log
+from fedgrid.flow.rounds.tasks import Tasks
+from fedgrid.flow.rounds.writer import RoundWriter
+from fedgrid.flow.strategies import make_strategy
+
+__all__ = ["ResumeRefused", "RoundFailed", "RunResult", "run"]
+
+log = logging.getLogger("fedgrid")
+
+
+def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = False, stream=None,
+        more: int | None = None, stop: threading.Event | None = None, log_format: str = "text") -> RunResult:
+    """Run (or resume) `job` to `job.rounds` rounds; returns the rounds table rows.
+
+    `more`: train that many rounds past the newest checkpoint instead (``fedgrid run --rounds +N``);
+    the target is read under the run directory's lock, so two invocations never count the same
+    rounds. `stop`: once set, the run finishes the round in progress, checkpoints it and returns
+    (`stopped` is then true). `log_format`: ``text`` or ``json`` (one object a line) for the run
+    directory's fedgrid.log.
+    """
+    run_dir = job.run_dir(base or Path.cwd()).resolve()
+    lock = RunLock(run_dir)
+    lock.acquire()
+    handler: logging.Handler | None = None
+    try:
+        handler = setup_log(run_dir, log_format)
+        return _run_locked(job, run_dir, fresh, RunProgress(job.rounds, 0, quiet=quiet, stream=stream), more, stop)
+    except Exception:
+        log.exception("run stopped")
+        raise
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        lock.release()
+
+
+def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, more: int | None,
+                stop: threading.Event | None) -> RunResult:
+    """The stages, with the lock held and the log open (run() releases both whatever happens)."""
+    # torch's import (~1.5 s) overlaps with the executors starting up; the driver needs it later
+    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
+    t_start = time.time()
+    with contextlib.ExitStack() as cleanup:  # unwinds in reverse: writer, sites, progress
+        cleanup.callback(progress.close)
+        start = prepare(job, run_dir, fresh, more, progress)
+        job = start.job
+        if start.complete:
+            progress.summary(f"{job.name}: already complete ({start.done} rounds) in {run_dir}")
+            return RunResult(run_dir, start.done, start.done, start.rows)
+        runtime = _start_sites(job, run_dir, progress)
+        cleanup.callback(runtime.close)
+        drv, params = _build_driver(job, run_dir, progress, runtime, start, stop)
+        cleanup.callback(drv.writer.close)
+        why = _loop(drv, start.done, params)
+        drv.writer.drain()
+        return _summarise(drv, start, t_start, why)
+
+
+def _start_sites(job: Job, run_dir: Path, progress: RunProgress):  # noqa: ANN202 - a SiteRuntime
+    from fedgrid.flow.persist import dataplane
+    from fedgrid.flow.rounds.sites import SiteRuntime
+
+    if job.store.url:  # an unusable store fails now, before any batch job is queued
+        dataplane.check_store(dataplane.store_url(job.store.url))
+    progress.say(f"{job.name}: starting {len(job.sites)} site(s): "
+                 + ", ".join(f"{s.name} ({s.executor.kind}, {s.clients} clients)" for s in job.sites))
+    return SiteRuntime(job, run_dir)
+
+
+def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start: Start,  # noqa: ANN001
+                  stop: threading.Event | None) -> tuple[Driver, dict]:
+    """Stages 3 and 4: everything the rounds need, built while the workers start, then restored."""
+    parts: ModelParts = build_model(job)
+    transfer, store = open_store(job, run_dir, parts.params, progress, needed=bool(job.client_state()),
+                                 first=start.state is None)
+    privacy = Privacy(job, start.rows) if job.privacy is not None else None
+    tasks = Tasks(job, run_dir, parts.spec, transfer, store, privacy)
+    warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
+    strategy = make_strategy(job.strategy)
+    strategy.bind(job.data.clients, store.url if store is not None else None)
+    writer = RoundWriter(run_dir, job.rounds, job.round.eval_every, job.checkpoint.keep, start.rows, progress,
+                         parts.evaluator(), store, sweep_lag(job, strategy))
+    secagg = SecureAggregation(job, runtime, run_dir) if job.secagg is not None else None
+    drv = Driver(job, run_dir, progress, runtime, strategy, tasks, writer, privacy, secagg, stop)
+    if start.state is None:
+        writer.first(drv.snapshot(0, parts.params, {"round": 0}))
+        params = parts.params
+    else:
+        params = restore_params(parts, start.state, run_dir)
+        drv.restore(start.state)
+    for f in warm:
+        if (exc := f.exception()) is not None:
+            progress.say(f"warning: warm-up failed on a worker: {exc}")
+    runtime.record()
+    return drv, params
+
+
+def sweep_lag(job: Job, strategy) -> int:  # noqa: ANN001 - a Strategy
+    """Rounds whose store objects may still be read: asynchronous clients train from the globals
+    of the last max_staleness steps, and a late client (round.late=carry) from its round's."""
+    if strategy.asynchronous:
+        return getattr(strategy.opts, "max_staleness", 0) + 1
+    return job.round.max_staleness + 1 if job.round.late == "carry" else 0
+
+
+def _loop(drv: Driver, done: int, params: dict) -> str:
+    """Stage 5; returns why the run stopped before its last round ('' when it did not)."""
+    params_bytes = codec.nbytes(codec.down(params, drv.job.compression.down))  # what one client receives
+    if drv.strategy.asynchronous:
+        asynchronous.run(drv, done, params, params_bytes)
+        return "on request"
+    return synchronous.run_rounds(drv, done, params, params_bytes)
+
+
+def _summarise(drv: Driver, start: Start, t_start: float, why: str) -> RunResult:
+    job, done = drv.job, start.done
+    last = drv.rows[-1] if drv.rows else {}
+    took = time.time() - t_start
+    acc = last.get("test_accuracy")
+    reached = int(last.get("round", done))
+    drv.progress.summary(
+        f"{job.name}: {len(drv.rows)} rounds done"
+        + (f" (stopped {why} at round {reached} of {job.rounds})" if reached < job.rounds else "")
+        + (f", test accuracy {acc:.4f}" if acc is not None else "")
+        + f", {took:.1f} s this run ({(took / max(reached - done, 1)):.2f} s/round); results in "
+          f"{ckpt.rows_path(drv.run_dir)}")
+    return RunResult(drv.run_dir, reached, done or None, drv.rows, stopped=reached < job.rounds)

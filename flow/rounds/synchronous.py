@@ -1,0 +1,209 @@
+"""Synchronous rounds: select -> train apps on their sites -> tolerant gather -> aggregate -> hand off.
+
+A round that misses its quorum is played again (``round.retries``) with a fresh selection; a
+round that misses it on every attempt stops the run at the last good round (RoundFailed). Secure
+aggregation adds its stages around the train tasks: keys and shares before, unmasking after.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.update import ClientUpdate, Failure
+from fedgrid.flow.clients import pacing, selection
+from fedgrid.flow.clients import profiles as prof
+from fedgrid.flow.privacy.dp import BudgetSpent
+from fedgrid.flow.privacy.secagg import SecAggFailed
+from fedgrid.flow.rounds import faults, validate
+from fedgrid.flow.rounds.driver import Driver, Late
+from fedgrid.flow.rounds.gather import SITE_DOWN, Gathered, gather
+from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
+from fedgrid.flow.rounds.rows import RoundInfo, ref_bytes, round_row
+
+log = logging.getLogger("fedgrid")
+
+Params = dict[str, np.ndarray]
+
+
+def _failed(exc: BaseException) -> Future:
+    fut: Future = Future()
+    fut.set_exception(exc)
+    return fut
+
+
+@dataclass
+class Attempt:
+    """One try at a round: the clients it sent, the quorum it needed, what it gathered."""
+
+    clients: list[int]
+    skipped: list[Failure]
+    quorum: int
+    g: Gathered
+    arrived: list[Late]
+    problem: str | None = None  # secure aggregation failed a stage: the attempt fails like a missed quorum
+    secure: ClientUpdate | None = None
+
+    def ok(self) -> bool:
+        return self.problem is None and self.g.quorum_met(self.quorum)
+
+
+def run_rounds(drv: Driver, done: int, params: Params, params_bytes: int) -> str:
+    """Rounds done+1 .. job.rounds, each handed to the writer; returns why it stopped early, or ''."""
+    for rnd in range(done + 1, drv.job.rounds + 1):
+        if drv.stopping(rnd - 1):
+            return "on request"
+        drv.writer.check()
+        started = time.time()
+        if drv.privacy is not None:
+            try:
+                drv.privacy.check_budget(rnd)
+            except BudgetSpent as e:
+                drv.progress.say(str(e))
+                return "the privacy budget is spent"
+        info, g = play_round(drv, rnd, params)
+        t0 = time.perf_counter()
+        if drv.privacy is not None:
+            drv.privacy.prepare(rnd, params, g.updates)
+        params = drv.strategy.aggregate(rnd, params, info.contributions(g), g.failures)
+        row = round_row(rnd, info, g, params_bytes, started, time.perf_counter() - t0)
+        if drv.privacy is not None:
+            drv.privacy.record(row)
+        drv.hand_off(rnd, params, row)
+    return ""
+
+
+def play_round(drv: Driver, rnd: int, params: Params) -> tuple[RoundInfo, Gathered]:
+    """Round `rnd` up to its aggregation: attempts until one meets its quorum (or RoundFailed)."""
+    rs = drv.job.round
+    sent = drv.tasks.outgoing(rnd, params)
+    if drv.job.faults:
+        drv.runtime.apply_drills(faults.lost_sites(drv.job, rnd))
+    for number in range(1, rs.retries + 2):
+        a = _attempt(drv, rnd, number, params, sent)
+        if a.ok():
+            _carry(drv, rnd, a.g, a.arrived, params)
+            return RoundInfo(selected=a.clients, attempt=number, ref_down=ref_bytes(sent, drv.sites, a.clients),
+                             skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure), a.g
+        _missed(drv, rnd, number, a)
+    raise AssertionError("unreachable: the last attempt raises")
+
+
+def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str, Any]) -> Attempt:
+    rs = drv.job.round
+    clients, skipped = selection.select(drv.job, drv.rng, drv.profiles, rnd, drv.busy())
+    if not clients:
+        raise RoundFailed(f"round {rnd}: every client was skipped ({skipped[0].reason}, ...); raise "
+                          f"round.deadline_s or use round.select: random")
+    quorum = min(rs.min_clients, len(clients))
+    instr = _instructions(drv, rnd, clients)
+    drv.progress.round_started(rnd, len(clients))
+    masking, early, problem = _secagg_setup(drv, rnd, clients, params, instr)
+    futs = _submit(drv, rnd, number, masking, sent, instr)
+    g = gather(futs, quorum, rs.deadline_s, drv.progress.client_done, accept=_acceptor(drv, rnd, params),
+               down=drv.runtime.down_sites)
+    g.failures[:0] = early
+    prof.update(drv.profiles, rnd, g)
+    arrived = drv.watch_late(rnd, g)  # late tasks of a failed attempt keep their clients busy too
+    a = Attempt(clients, skipped, quorum, g, arrived, problem)
+    if drv.secagg is not None and a.ok():
+        try:  # stage 4: unmask the sum
+            a.secure = drv.secagg.finish(rnd, g.updates, params, g.failures)
+        except SecAggFailed as e:
+            a.problem = str(e)
+    return a
+
+
+def _instructions(drv: Driver, rnd: int, clients: list[int]) -> dict[int, dict[str, Any]]:
+    """Each client's extra train settings: the strategy's, and a step budget when the round is paced."""
+    instr = drv.strategy.configure(rnd, clients, drv.profiles)
+    if drv.job.round.pace == "deadline":
+        for c, steps in pacing.assign_steps(drv.job, clients, drv.profiles).items():
+            instr.setdefault(c, {})["steps"] = steps
+    return instr
+
+
+def _secagg_setup(drv: Driver, rnd: int, clients: list[int], params: Params,
+                  instr: dict[int, dict[str, Any]]) -> tuple[list[int], list[Failure], str | None]:
+    """Secure aggregation's stages 1-2 (keys and shares) before anyone trains: the clients that
+    take part in the masking, the ones that failed a stage, and the problem if the round cannot."""
+    if drv.secagg is None:
+        return clients, [], None
+    try:
+        masking, early, opts = drv.secagg.setup(rnd, clients, params)
+    except SecAggFailed as e:
+        return [], [], str(e)
+    for c, o in opts.items():
+        instr.setdefault(c, {})["secagg"] = o
+    return masking, early, None
+
+
+def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[str, Any],
+            instr: dict[int, dict[str, Any]]) -> dict[int, tuple[str, Future]]:
+    """One train task per client, longest expected first; a site with no workers fails its clients at once."""
+    down = drv.runtime.down_sites()
+    futs = {}
+    for c in prof.longest_first(drv.profiles, clients):
+        site = drv.sites[c]
+        futs[c] = (site, _failed(SiteDown(SITE_DOWN)) if site in down else
+                   drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number)))
+    return futs
+
+
+def _acceptor(drv: Driver, rnd: int, params: Params):  # noqa: ANN202 - a ClientUpdate -> ClientUpdate hook
+    """The gather's check of each update as it arrives (fetch by reference, decode, validate)."""
+    if drv.secagg is not None:
+        return lambda u: drv.secagg.check(rnd, u.resolve())
+    bound = drv.job.round.max_update_norm
+    return lambda u: validate.check(u.resolve().decode(params), params, bound)
+
+
+def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:
+    """Say why the attempt failed; raise RoundFailed after the last one."""
+    rs = drv.job.round
+    if a.problem is not None:
+        a.g.failures.append(Failure.of(-1, "driver", a.problem))
+    reasons = "; ".join(f"client {f.client}@{f.site}: {f.reason}" for f in a.g.failures[:5])
+    msg = (f"round {rnd} attempt {number}: {len(a.g.updates)} of {len(a.clients)} clients answered, "
+           f"quorum is {a.quorum} ({reasons})")
+    drv.progress.say(msg)
+    if number > rs.retries:
+        raise RoundFailed(f"{msg}; gave up after {rs.retries} retr{'y' if rs.retries == 1 else 'ies'}. "
+                          f"The run stopped at round {rnd - 1}; fix the failing sites and run again to resume")
+
+
+def _stand_ins(drv: Driver, rnd: int, params: Params, a: Attempt) -> list[ClientUpdate]:
+    """round.absent=reuse: the last update of each selected client that did not answer."""
+    if drv.job.round.absent != "reuse":
+        return []
+    drv.memory.remember(rnd, params, a.g.updates)
+    answered = {u.client for u in a.g.updates}
+    return drv.memory.stand_ins(rnd, params, [c for c in a.clients if c not in answered], drv.sites)
+
+
+def _carry(drv: Driver, rnd: int, g: Gathered, arrived: list[Late], g_params: Params) -> None:
+    """round.late=carry: late updates that have arrived join this round, weighted by
+    (1 + staleness) ** -staleness_exponent, up to max_staleness rounds late."""
+    rs = drv.job.round
+    if rs.late != "carry":
+        return
+    fresh = {u.client for u in g.updates}
+    for late in arrived:
+        stale = rnd - late.round
+        if late.client in fresh or stale > rs.max_staleness:
+            continue
+        try:
+            # (no norm bound: it trained from an older model than g_params)
+            u = validate.check(late.future.result().resolve(), g_params)
+        except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
+            log.warning("round %d: carried update of client %d dropped: %s", rnd, late.client, e)
+            continue
+        u.staleness, u.scale = stale, (1.0 + stale) ** -rs.staleness_exponent
+        g.updates.append(u)
+        fresh.add(late.client)
+    g.updates.sort(key=lambda u: u.client)

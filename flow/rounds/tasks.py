@@ -1,0 +1,79 @@
+"""What the driver sends to the sites: the global params of a round and each client's TrainTask.
+
+The one place that knows what a site needs to train, so the synchronous rounds, the asynchronous
+loop and the warm-up all send the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps import codec
+from fedgrid.apps.store import Ref, Store
+from fedgrid.apps.task import TrainTask
+from fedgrid.flow.config import Job
+from fedgrid.flow.persist import dataplane
+from fedgrid.flow.privacy.dp import Privacy
+from fedgrid.flow.rounds import faults
+
+
+def round_key(rnd: int) -> str:
+    """The store folder of a round's objects (its global model, by-reference updates)."""
+    return f"round-{rnd:06d}"
+
+
+class Tasks:
+    """Builds the TrainTasks of one run from its parts: the job, the model the sites build, how
+    params travel (the transfer plan and store), and local DP's options when the job uses them."""
+
+    def __init__(self, job: Job, run_dir: Path, model: dict[str, Any], transfer: dataplane.TransferPlan,
+                 store: Store | None, privacy: Privacy | None):
+        self.job, self.model, self.transfer, self.store = job, model, transfer, store
+        self.sites = job.client_sites()
+        self.site_data = {s.name: job.site_data(s.name).model_dump() for s in job.sites}
+        self.fault_dir = str(run_dir / "faults")
+        self.dp = privacy.task_options() if privacy is not None else None
+        self.compress = self._compression()
+
+    def _compression(self) -> dict[str, Any] | None:
+        comp = self.job.compression
+        if comp.up_codec() == "none":
+            return None
+        return {"codec": comp.up_codec(), "topk_fraction": comp.topk_fraction, "dense_below": comp.dense_below,
+                "residual_key": "state/residual/client-{client:05d}" if comp.needs_store() else None}
+
+    def train(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
+              extra: dict[str, Any] | None = None, attempt: int = 1) -> TrainTask:
+        """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it."""
+        job, site = self.job, self.sites[client]
+        task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
+                         data=self.site_data[site], model=self.model, train={**job.train.model_dump(), **(extra or {})},
+                         params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp)
+        if job.faults:
+            task.faults = faults.for_task(job, client, site, rnd, self.fault_dir, attempt)
+        if self.store is not None:
+            task.store, task.ref_above = self.store.url, self.transfer.ref_above[site]
+            # per attempt: a client abandoned by attempt 1 may still write after attempt 2 answers
+            task.update_key = f"{round_key(rnd)}/client-{client:05d}-a{attempt}"
+        if self.compress is not None:
+            key = self.compress["residual_key"]
+            task.compress = {**self.compress, "residual_key": key.format(client=client) if key else None}
+        return task
+
+    def warm(self, client: int) -> TrainTask:
+        """A warm-up task: this client's data and the job's model, no params."""
+        return self.train(client, 0, None)
+
+    def outgoing(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        """What each site receives as the global params: the arrays, or a Ref written once a round
+        (in fp16 with compression.down: fp16; the driver keeps its full-precision model)."""
+        params = codec.down(params, self.job.compression.down)
+        tp = self.transfer
+        if not tp.any_ref() or self.store is None:
+            return {s: params for s in self.site_data}
+        ref = self.store.put(params, f"{round_key(rnd)}/global")
+        return {s: (ref if tp.by_ref[s] else params) for s in self.site_data}
