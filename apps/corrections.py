@@ -21,20 +21,20 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps.store import Ref, Store, StoreError, fetch
-from fedgrid.apps.task import TrainTask
 
 
 class Corrections:
-    def __init__(self, task: TrainTask, model: Any, global_params: dict[str, np.ndarray]):
+    def __init__(self, train: dict[str, Any], model: Any, global_params: dict[str, np.ndarray]):
+        """`train`: the task's train block, where the strategy put its instructions."""
         import torch
 
-        tr = task.train
+        tr = train
         self.params = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
         self.mu = float(tr.get("prox_mu") or 0.0)
         self.sc: dict[str, Any] | None = tr.get("scaffold")
         self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])) for n in self.params} if (
             self.mu or self.sc) else {}
-        self.task = task
+        self.lr = float(tr["lr"])
         self.reset = False
         self.ci: dict[str, np.ndarray] = {}
         self.shift: dict[str, Any] = {}
@@ -74,11 +74,10 @@ class Corrections:
         """SCAFFOLD: write the new variate to the store; return what the driver needs."""
         if not self.sc:
             return {}
-        lr = float(self.task.train["lr"])
         c = self.sc.get("c") or {}
         new, delta = OrderedDict(), OrderedDict()
         for n, p in self.params.items():
-            drift = (self.anchor[n].numpy() - p.detach().numpy()) / (max(steps, 1) * lr)
+            drift = (self.anchor[n].numpy() - p.detach().numpy()) / (max(steps, 1) * self.lr)
             new[n] = (self.ci[n] - np.asarray(c.get(n, 0.0), np.float32) + drift).astype(np.float32)
             delta[n] = new[n] - self.ci[n]
         store = Store(self.sc["store"])

@@ -142,7 +142,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     model = cached_model(task.model)
     start = codec.up_from_down(global_params(task.params))  # float32 again if it came down in fp16
     set_params(model, start)
-    fix = Corrections(task, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
+    fix = Corrections(task.train, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
     t_load = time.perf_counter() - t0
 
     tr = task.train

@@ -21,7 +21,7 @@ def _model():
 
 def test_fedprox_adds_mu_times_the_distance_to_the_global_model() -> None:
     m = _model()
-    fix = Corrections({"train": {"prox_mu": 0.5, "lr": 0.1}}, m, {"weight": np.array([[1.0, 1.0]], np.float32)})
+    fix = Corrections({"prox_mu": 0.5, "lr": 0.1}, m, {"weight": np.array([[1.0, 1.0]], np.float32)})
     fix.apply()
     np.testing.assert_allclose(m.weight.grad.numpy(), [[0.5, -1.0]])  # 0.5 * ([2, -1] - [1, 1])
     assert fix.finish(3) == {}
@@ -36,7 +36,7 @@ def test_scaffold_corrects_each_step_and_keeps_the_client_variate_in_the_store(t
           "key": "state/scaffold/client-000007/round-000004", "keep": ["round-000001"]}
     m = _model()
     g = {"weight": np.array([[1.0, 0.0]], np.float32)}
-    fix = Corrections({"train": {"lr": 0.5, "scaffold": sc}}, m, g)
+    fix = Corrections({"lr": 0.5, "scaffold": sc}, m, g)
     fix.apply()
     np.testing.assert_allclose(m.weight.grad.numpy(), [[0.75, 1.0]])  # + c - c_i
     out = fix.finish(steps=2)  # y = [2, -1]: c_i+ = c_i - c + (G - y) / (2 * 0.5) = [-1.75, 0]

@@ -3,7 +3,7 @@
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.rounds.gather import gather
 
 
@@ -22,7 +22,7 @@ def test_failures_are_recorded_and_round_goes_on():
         seen = []
         g = gather(futs, quorum=2, deadline_s=10, on_result=lambda c, ok: seen.append((c, ok)))
     assert [u.client for u in g.updates] == [0, 2]
-    assert g.failures == [{"client": 1, "site": "b", "reason": "RuntimeError: client 1 exploded"}]
+    assert g.failures == [Failure(client=1, site="b", reason="RuntimeError: client 1 exploded")]
     assert sorted(seen) == [(0, True), (1, False), (2, True)]
     assert g.quorum_met(2) and not g.quorum_met(3)
 

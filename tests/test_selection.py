@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgrid.apps.update import Failure
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.clients import selection
 from fedgrid.flow.config import parse_job
@@ -38,7 +39,7 @@ def test_clients_predicted_past_the_deadline_are_skipped_with_the_reason(make_jo
     p = _profiles([1, 1, 1, 1, 1, 30])  # client 5 needs 30 s for its epoch, the deadline is 10 s
     chosen, skipped = selection.select(job, np.random.default_rng(0), p, 2)
     assert chosen == [0, 1, 2, 3, 4]
-    assert skipped == [{"client": 5, "site": "b", "reason": "predicted 30.0 s > round.deadline_s 10"}]
+    assert skipped == [Failure(5, "b", "predicted 30.0 s > round.deadline_s 10")]
     # pacing may cut it to a quarter of its work (7.5 s): then it fits
     chosen, skipped = selection.select(_job(make_job, pace="deadline", pace_min_fraction=0.25),
                                        np.random.default_rng(0), p, 2)
@@ -53,14 +54,14 @@ def test_a_site_queue_that_overruns_the_deadline_sheds_its_slowest_clients(make_
     assert [s.client for s in skipped] == [5] and "site b is full" in skipped[0].reason
     # next round the one that waited goes first: 5 + 4 s fit, the other 4 s client waits
     chosen, skipped = selection.select(job, np.random.default_rng(0), p, 3)
-    assert chosen == [0, 1, 2, 3, 5] and [s["client"] for s in skipped] == [4]
+    assert chosen == [0, 1, 2, 3, 5] and [s.client for s in skipped] == [4]
 
 
 def test_busy_clients_wait_and_skipped_ones_are_explored_again(make_job) -> None:
     job = _job(make_job, explore_after=3)
     p = _profiles([1, 1, 1, 1, 1, 30])
     chosen, skipped = selection.select(job, np.random.default_rng(0), p, 2, busy={0})
-    assert 0 not in chosen and {"client": 0, "site": "a", "reason": "busy: still training an earlier round"} in skipped
+    assert 0 not in chosen and Failure(0, "a", "busy: still training an earlier round") in skipped
     assert p["last_selected"][5] == 1 and p["last_selected"][1] == 2
     # client 5 last went in round 1; after sitting out explore_after rounds it is tried again
     assert 5 not in selection.select(job, np.random.default_rng(0), p, 4)[0]
