@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -129,11 +130,78 @@ def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray
     return payload
 
 
+@dataclass
+class _Pass:
+    """What local training did: steps taken and the running loss and accuracy over its batches."""
+
+    steps: int = 0
+    seen: int = 0
+    loss: float = 0.0
+    correct: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.loss / max(self.seen, 1), "accuracy": self.correct / max(self.seen, 1)}
+
+
+def local_sgd(task: TrainTask, model: Any, x: Any, y: Any, fix: Corrections) -> _Pass:
+    """Minibatch SGD on cross-entropy for the task's budget: a paced step count when the driver
+    sized this client's work to the deadline, the job's epochs otherwise."""
+    torch = _torch(task.train["threads"])
+    tr = task.train
+    # an asynchronous client may train twice from the same global model: `draw` tells the two apart
+    seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
+    gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+    opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr["momentum"], weight_decay=tr["weight_decay"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    n, bs = len(y), tr["batch_size"]
+    done = _Pass()
+    budget = tr.get("steps") or tr["epochs"] * -(-n // bs)
+    while done.steps < budget:
+        order = torch.randperm(n, generator=gen)
+        for s in range(0, n, bs):
+            if done.steps >= budget:
+                break
+            idx = order[s:s + bs]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            loss.backward()
+            if fix.active:
+                fix.apply()
+            opt.step()
+            done.loss += loss.item() * len(idx)
+            done.correct += int((out.argmax(1) == yb).sum())
+            done.seen += len(idx)
+            done.steps += 1
+    return done
+
+
+def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np.ndarray],
+             n: int) -> tuple[dict[str, np.ndarray], str, int]:
+    """The update as it leaves the site: local DP's clipping and noise, then secure aggregation's
+    mask or the compression codec. Returns the payload, its codec and its wire bytes (0: raw)."""
+    if dp := task.dp:  # local DP: the update is clipped and noised before it leaves the site
+        from fedgrid.apps.privacy import clip_and_noise
+
+        rng = np.random.default_rng(np.random.SeedSequence([task.seed, task.round, task.client, 0xD9]))
+        params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], rng)
+    if sec := task.train.get("secagg"):  # secure aggregation: only the masked vector leaves the site
+        from fedgrid.apps.secagg import mask
+
+        return {"masked": mask(sec, task.client, task.round, params, start, n)}, "secagg", 0
+    if comp := task.compress:
+        payload = compress(task, comp, params, start)
+        return payload, comp["codec"], codec.nbytes(payload)
+    return params, "none", 0
+
+
 def train_client(task: TrainTask) -> ClientUpdate:
     """Local SGD from the global params on this client's shard; returns the new params."""
     started = time.time()
     t0 = time.perf_counter()
-    torch = _torch(task.train["threads"])
+    _torch(task.train["threads"])
     from fedgrid.apps.models import get_params, set_params
 
     faults.before_training(task)
@@ -145,39 +213,9 @@ def train_client(task: TrainTask) -> ClientUpdate:
     fix = Corrections(task.train, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
     t_load = time.perf_counter() - t0
 
-    tr = task.train
-    # an asynchronous client may train twice from the same global model: `draw` tells the two apart
-    seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
-    gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-    opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr["momentum"],
-                          weight_decay=tr["weight_decay"])
-    loss_fn = torch.nn.CrossEntropyLoss()
-    model.train()
-    n, bs = len(y), tr["batch_size"]
-    total_loss, correct, seen, steps = 0.0, 0, 0, 0
     t1 = time.perf_counter()
-    # the driver may pace this client (fewer local steps on a slow site); epochs otherwise
-    budget = tr.get("steps") or tr["epochs"] * -(-n // bs)
-    while steps < budget:
-        order = torch.randperm(n, generator=gen)
-        for s in range(0, n, bs):
-            if steps >= budget:
-                break
-            idx = order[s:s + bs]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            if fix.active:
-                fix.apply()
-            opt.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((out.argmax(1) == yb).sum())
-            seen += len(idx)
-            steps += 1
-    t_train = time.perf_counter() - t1
-    faults.after_training(task, t_train)
+    done = local_sgd(task, model, x, y, fix)
+    faults.after_training(task, time.perf_counter() - t1)
     t_train = time.perf_counter() - t1
     params = get_params(model)
     faults.tamper(task, start, params)
@@ -185,27 +223,15 @@ def train_client(task: TrainTask) -> ClientUpdate:
         raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); "
                                  f"lower train.lr")
     t2 = time.perf_counter()
-    extras = fix.finish(steps)
-    if dp := task.dp:  # local DP: the update is clipped and noised before it leaves the site
-        from fedgrid.apps.privacy import clip_and_noise
-
-        rng = np.random.default_rng(np.random.SeedSequence([task.seed, task.round, task.client, 0xD9]))
-        params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], rng)
-    used, wire = "none", 0
-    if sec := tr.get("secagg"):  # secure aggregation: only the masked vector leaves the site
-        from fedgrid.apps.secagg import mask
-
-        params, used = {"masked": mask(sec, task.client, task.round, params, start, n)}, "secagg"
-    elif comp := task.compress:
-        params, used = compress(task, comp, params, start), comp["codec"]
-        wire = codec.nbytes(params)
+    extras = fix.finish(done.steps)
+    params, used, wire = outgoing(task, params, start, len(y))
     params, ref = send_back(task, params)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
-        client=task.client, site=task.site, round=task.round, num_examples=n, params=params, ref=ref,
-        metrics={"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)},
+        client=task.client, site=task.site, round=task.round, num_examples=len(y), params=params, ref=ref,
+        metrics=done.metrics(),
         timings={"queue": max(0.0, started - task.submitted_at), "load": t_load, "train": t_train,
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
-                 "samples_per_s": seen / max(t_train, 1e-9)},
-        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold, **extras},
+                 "samples_per_s": done.seen / max(t_train, 1e-9)},
+        extras={"steps": done.steps, "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold, **extras},
     )

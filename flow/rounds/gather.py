@@ -72,14 +72,7 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
         except TimeoutError:
             pass
         if down and pending and (lost := down()):
-            for fut, client in list(pending.items()):
-                site = futures[client][0]
-                if site in lost:
-                    pending.pop(fut)
-                    fut.add_done_callback(lambda f: f.exception())
-                    out.failures.append(Failure.of(client, site, SITE_DOWN))
-                    if on_result:
-                        on_result(client, False)
+            _drop_lost(lost, pending, futures, out, on_result)
     elapsed = time.monotonic() - t0
     for fut, client in pending.items():
         why = (f"late: no answer within round.deadline_s={deadline_s:g}" if elapsed >= deadline_s
@@ -91,3 +84,16 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
     out.failures.sort(key=lambda f: f.client)
     out.seconds = elapsed
     return out
+
+
+def _drop_lost(lost: set[str], pending: dict[Future, int], futures: dict[int, tuple[str, Future]], out: Gathered,
+               on_result: Callable[[int, bool], None] | None) -> None:
+    """The pending clients of sites that lost their workers fail now, not at the deadline."""
+    for fut, client in list(pending.items()):
+        site = futures[client][0]
+        if site in lost:
+            pending.pop(fut)
+            fut.add_done_callback(lambda f: f.exception())
+            out.failures.append(Failure.of(client, site, SITE_DOWN))
+            if on_result:
+                on_result(client, False)
