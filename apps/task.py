@@ -1,7 +1,7 @@
 """TrainTask: what the driver sends a client's site for one round (docs/ARCHITECTURE.md, Contracts).
 
 One typed record instead of a dict of keys spread over the driver and four site modules: the
-driver builds it in one place (:meth:`fedgrid.flow.rounds.driver.Driver.task`), and the site reads
+driver builds it in one place (:meth:`fedgrid.flow.rounds.tasks.Tasks.train`), and the site reads
 its fields by name. It is pickled to the site with the rest of the app's arguments, so it holds only
 plain data: numbers, strings, dicts of them, numpy arrays or a store `Ref`.
 """
