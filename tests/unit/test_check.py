@@ -13,7 +13,7 @@ from fedgrid.flow.commands.cli import main
 from fedgrid.flow.config import ConfigError, parse_job
 from fedgrid.flow.persist import dataplane
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HYBRID = str(REPO / "examples" / "hybrid.yaml")
 
 KUBECONFIG = """

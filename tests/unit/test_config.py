@@ -11,7 +11,7 @@ import pytest
 
 from fedgrid.flow.config import ConfigError, Job, load_job, parse_job
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 
 # A small valid job; the error cases below change one thing in it.
