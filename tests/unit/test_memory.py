@@ -1,4 +1,5 @@
-"""round.absent: reuse (MIFA): an absent client's last delta stands in, and survives a resume."""
+"""round.absent: reuse (MIFA): an absent client's last delta stands in, and its memory survives a
+save and load (in a real run: tests/integration/test_memory_run.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.clients.memory import UpdateMemory
 from fedgrid.flow.config import parse_job
-from fedgrid.flow.persist import checkpoint as ckpt
 
 
 def test_stand_in_is_the_last_delta_on_the_current_model_weighted_by_staleness(make_job) -> None:
@@ -32,27 +32,3 @@ def test_stand_in_is_the_last_delta_on_the_current_model_weighted_by_staleness(m
     back.load(mem.state())
     assert back.last.keys() == {4} and back.last[4][:3] == (1, 7, 5)
     np.testing.assert_array_equal(back.last[4][3]["w"], [0.5, -1.0])
-
-
-def test_reuse_records_stand_ins_and_resumes_to_the_same_model(tmp_path, make_job) -> None:
-    from fedgrid.flow.rounds.runner import run
-
-    def job(d, rounds):
-        return parse_job(make_job(d, rounds=rounds, model="mlp", train={"epochs": 1, "batch_size": 16, "lr": 0.05},
-                                  round={"min_clients": 2, "absent": "reuse", "max_staleness": 3},
-                                  faults=[{"clients": [3, 4, 5], "fail_p": 0.6}]))
-
-    whole = run(job(tmp_path / "whole", 5), quiet=True)
-    reused = [(r["round"], x["client"], x["staleness"]) for r in whole.rows for x in r["reused"]]
-    assert reused, "some failed client had answered before and should have stood in"
-    for rnd, client, stale in reused:
-        row = whole.rows[rnd - 1]
-        assert client in {f["client"] for f in row["failures"]} and 1 <= stale <= 3
-    run(job(tmp_path / "split", 3), quiet=True)
-    split = run(job(tmp_path / "split", 5), quiet=True)
-    assert split.resumed_from == 3
-    a = ckpt.read_round(ckpt.round_path(tmp_path / "whole", 5))
-    b = ckpt.read_round(ckpt.round_path(tmp_path / "split", 5))
-    assert a.memory.keys() == b.memory.keys() and a.memory
-    for k in a.params:
-        np.testing.assert_array_equal(a.params[k], b.params[k])
