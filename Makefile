@@ -1,10 +1,10 @@
-# fedgrid: `make demo`, `make test`, `make bench`. Each creates .venv on first use.
+# fedgrid: `make demo`, `make test`, `make test-fast`, `make bench`. Each creates .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-full clean
+.PHONY: venv demo test test-fast lint bench bench-full clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg
 
+# the whole suite: tests/unit and tests/integration (real executors and CLI runs, marked `integration`)
 test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# the unit tests only (pure logic, no executor started): for the edit-test loop
+test-fast: lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
