@@ -7,14 +7,16 @@ driver: the round loop, the gather and Parsl's retries see exactly what a real f
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fedgrid.flow.config import Job
+from fedgrid.flow.persist.checkpoint import round_path
 
 
 def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attempt: int = 1) -> dict[str, Any] | None:
     """The faults a client's task injects this round (None when it has none)."""
-    p_ok, slow, delay, raise_, kill, scale = 1.0, 1.0, 0.0, False, False, None
+    p_ok, slow, delay, raise_, kill, hold, scale = 1.0, 1.0, 0.0, False, False, False, None
     for f in job.faults:
         if not f.hits(client, site):
             continue
@@ -24,10 +26,21 @@ def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attemp
         delay += f.delay_s
         raise_ |= rnd in f.raise_at
         kill |= rnd in f.kill_worker_at
-    if p_ok == 1.0 and slow == 1.0 and delay == 0.0 and not raise_ and not kill and scale is None:
+        hold |= rnd in f.hold_at
+    if p_ok == 1.0 and slow == 1.0 and delay == 0.0 and not raise_ and not kill and not hold and scale is None:
         return None
     return {"fail_p": 1.0 - p_ok, "slowdown": slow, "delay_s": delay, "raise": raise_, "kill": kill, "seed": job.seed,
-            "attempt": attempt, "marker_dir": marker_dir, "scale_update": scale}
+            "attempt": attempt, "marker_dir": marker_dir, "scale_update": scale,
+            "hold": _hold(job, rnd, marker_dir) if hold else None}
+
+
+def _hold(job: Job, rnd: int, marker_dir: str) -> dict[str, Any]:
+    """What a held answer waits for: round `rnd`'s checkpoint (the driver finished the round, or
+    FedBuff's server step, without it) or the drill's release file, and for no longer than every
+    attempt of the round can take (so a thread site never outlives a run that stopped early)."""
+    run_dir = Path(marker_dir).parent
+    return {"until": [str(round_path(run_dir, rnd)), str(Path(marker_dir) / "release")],
+            "max_s": (job.round.retries + 2) * job.round.deadline_s}
 
 
 def lost_sites(job: Job, rnd: int) -> set[str]:
