@@ -1,14 +1,15 @@
 """The tolerant gather on real futures: quorum, deadline, failures as data."""
 
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.rounds.gather import gather
 
 
-def _ok(c, delay=0.0):
-    time.sleep(delay)
+def _ok(c, gate: threading.Event | None = None):
+    if gate is not None:  # a straggler: answers only once the test has looked (no race with the clock)
+        gate.wait(60)
     return ClientUpdate(client=c, site="s", round=1, num_examples=1, params={})
 
 
@@ -28,19 +29,27 @@ def test_failures_are_recorded_and_round_goes_on():
 
 
 def test_deadline_cuts_stragglers_and_marks_them_late():
+    gate = threading.Event()
     with ThreadPoolExecutor(4) as ex:
-        futs = {0: ("a", ex.submit(_ok, 0)), 1: ("a", ex.submit(_ok, 1, 1.5))}
-        g = gather(futs, quorum=1, deadline_s=0.3)
-        assert not futs[1][1].done()  # returned at the deadline, not when the straggler finished
-        assert [u.client for u in g.updates] == [0]
-        assert g.failures[0].client == 1 and g.failures[0].reason.startswith("late")
+        try:
+            futs = {0: ("a", ex.submit(_ok, 0)), 1: ("a", ex.submit(_ok, 1, gate))}
+            g = gather(futs, quorum=1, deadline_s=1.0)
+            assert not futs[1][1].done()  # returned at the deadline, not when the straggler finished
+            assert [u.client for u in g.updates] == [0]
+            assert g.failures[0].client == 1 and g.failures[0].reason.startswith("late")
+        finally:
+            gate.set()
 
 
 def test_gives_up_as_soon_as_quorum_is_impossible():
+    gate = threading.Event()
     with ThreadPoolExecutor(4) as ex:
-        futs = {0: ("a", ex.submit(_boom, 0)), 1: ("a", ex.submit(_boom, 1)), 2: ("a", ex.submit(_ok, 2, 1.5))}
-        g = gather(futs, quorum=2, deadline_s=30)
-        assert not futs[2][1].done()
-        assert not g.quorum_met(2)
-        reasons = {f.client: f.reason for f in g.failures}
-        assert reasons[2].startswith("abandoned")
+        try:
+            futs = {0: ("a", ex.submit(_boom, 0)), 1: ("a", ex.submit(_boom, 1)), 2: ("a", ex.submit(_ok, 2, gate))}
+            g = gather(futs, quorum=2, deadline_s=30)
+            assert not futs[2][1].done()
+            assert not g.quorum_met(2)
+            reasons = {f.client: f.reason for f in g.failures}
+            assert reasons[2].startswith("abandoned")
+        finally:
+            gate.set()
