@@ -96,23 +96,26 @@ def warm(task: TrainTask) -> dict[str, Any]:
     t0 = time.perf_counter()
     x, y = _client_tensors(task)
     if task.model:
-        _prime(cached_model(task.model), x, y, task.train["batch_size"])
+        _prime(cached_model(task.model), x, y, task.train)
     return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "model": task.model.get("name")}
 
 
-def _prime(model: Any, x: Any, y: Any, batch_size: int) -> None:
-    """One forward and backward pass on a batch, no optimiser step: torch's first pass in a process
-    (kernel selection, allocator pools) is much slower than the ones after, and round 1 should not
-    pay for it. The weights are untouched; buffers a pass changes (BatchNorm statistics) are
-    overwritten by the global params every round."""
+def _prime(model: Any, x: Any, y: Any, train: dict[str, Any]) -> None:
+    """One optimiser step on a batch, as round 1 will take them. A fresh process pays ~1.5 s the
+    first time it builds a torch optimiser (it imports torch._dynamo) and more on its first
+    forward and backward pass; round 1 should not. The step changes the cached model's weights,
+    which is harmless: every task loads the global params into it first."""
     import torch
 
     if len(y) == 0:
         return
     model.train()
-    loss = torch.nn.functional.cross_entropy(model(x[:batch_size]), y[:batch_size])
-    loss.backward()
-    model.zero_grad(set_to_none=True)
+    opt = torch.optim.SGD(model.parameters(), lr=train["lr"], momentum=train["momentum"],
+                          weight_decay=train["weight_decay"])
+    bs = train["batch_size"]
+    torch.nn.functional.cross_entropy(model(x[:bs]), y[:bs]).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray],
