@@ -5,10 +5,11 @@ executor like a real bug. A killed worker is a real ``os._exit`` of the worker p
 reports as a lost worker (a transient cause, so Parsl retries it): a marker file makes the kill
 happen once per (round, client), as a crash would, rather than on every retry. A slow client
 sleeps for ``(slowdown - 1)`` times its measured training time (so its site looks that much slower),
-plus ``delay_s``. A held client (``hold_at``) keeps its trained answer until the driver has
-checkpointed the round without it, or until the drill's release file exists: late (or, under
-FedBuff, stale) by construction rather than by a race against the clock. Markers and checkpoints
-are read through the run directory, so kills and holds need a site that shares the driver's disk.
+plus ``delay_s``. A held client (``hold_at``) keeps its trained answer until the driver has moved
+on without it (the next round has started, or the round is checkpointed), or until the drill's
+release file exists: late (or, under FedBuff, stale) by construction rather than by a race against
+the clock, and it arrives while the next round runs. Markers and checkpoints are read through the
+run directory, so kills and holds need a site that shares the driver's disk.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def after_training(task: TrainTask, train_s: float) -> None:
 
 
 def hold(spec: dict) -> None:
-    """Wait until one of ``spec["until"]`` exists (the round's checkpoint, the release file), at
-    most ``spec["max_s"]`` seconds."""
+    """Wait until one of ``spec["until"]`` exists (the next round's marker, the round's checkpoint,
+    the release file), at most ``spec["max_s"]`` seconds."""
     paths = [Path(p) for p in spec["until"]]
     end = time.monotonic() + spec["max_s"]
     while not any(p.exists() for p in paths) and time.monotonic() < end:

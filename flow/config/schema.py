@@ -132,9 +132,10 @@ class FaultSpec(_Strict):
     lost_from: Annotated[int, Field(ge=1)] | None = None  # the site's workers are gone from this round ...
     lost_until: Annotated[int, Field(ge=1)] | None = None  # ... and come back at this round (none: never)
     scale_update: float | None = None  # a bad client: sends G + scale * (its update - G); -10 flips and blows it up
-    # rounds in which the client, once trained, keeps its answer until the driver has checkpointed that
-    # round without it (so it is late for certain; under FedBuff, stale for certain), or until the file
-    # <run_dir>/faults/release exists (a drill released by hand); then delay_s as usual
+    # rounds in which the client, once trained, keeps its answer until the driver has moved on without
+    # it (the next round has started, or this one is checkpointed): late for certain, and it arrives
+    # while the next round runs (under FedBuff: stale for certain); or until the file
+    # <run_dir>/faults/release exists (a drill released by hand). Then delay_s as usual
     hold_at: list[int] = Field(default_factory=list)
 
     def hits(self, client: int, site: str) -> bool:

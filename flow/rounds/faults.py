@@ -15,8 +15,13 @@ from fedgrid.flow.persist.checkpoint import round_path
 
 
 def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attempt: int = 1) -> dict[str, Any] | None:
-    """The faults a client's task injects this round (None when it has none)."""
+    """The faults a client's task injects this round (None when it has none).
+
+    With a `hold_at` rule in the job, building a task of round `rnd` also leaves the marker that
+    round `rnd` has started, which a held client of round `rnd - 1` waits for."""
     p_ok, slow, delay, raise_, kill, hold, scale = 1.0, 1.0, 0.0, False, False, False, None
+    if any(f.hold_at for f in job.faults):
+        _started(marker_dir, rnd)
     for f in job.faults:
         if not f.hits(client, site):
             continue
@@ -34,12 +39,21 @@ def for_task(job: Job, client: int, site: str, rnd: int, marker_dir: str, attemp
             "hold": _hold(job, rnd, marker_dir) if hold else None}
 
 
+def _started(marker_dir: str, rnd: int) -> None:
+    mark = Path(marker_dir) / f"started-r{rnd:06d}"
+    if not mark.exists():
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+
+
 def _hold(job: Job, rnd: int, marker_dir: str) -> dict[str, Any]:
-    """What a held answer waits for: round `rnd`'s checkpoint (the driver finished the round, or
-    FedBuff's server step, without it) or the drill's release file, and for no longer than every
-    attempt of the round can take (so a thread site never outlives a run that stopped early)."""
+    """What a held answer of round `rnd` waits for: the driver has moved on without it (a task of
+    round `rnd + 1` was built, or round `rnd` -- FedBuff's server step -- is checkpointed, which is
+    what frees the last round's), or the drill's release file; and for no longer than every attempt
+    of the round can take (so a thread site never outlives a run that stopped early)."""
     run_dir = Path(marker_dir).parent
-    return {"until": [str(round_path(run_dir, rnd)), str(Path(marker_dir) / "release")],
+    return {"until": [str(Path(marker_dir) / f"started-r{rnd + 1:06d}"), str(round_path(run_dir, rnd)),
+                      str(Path(marker_dir) / "release")],
             "max_s": (job.round.retries + 2) * job.round.deadline_s}
 
 

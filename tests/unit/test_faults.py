@@ -48,25 +48,30 @@ def test_parsl_retries_only_transient_causes() -> None:
     assert retry_cost(FloatingPointError("diverged"), None) == float("inf")
 
 
-def test_a_held_client_waits_for_its_rounds_checkpoint_or_the_release_file(make_job, tmp_path) -> None:
+def test_a_held_client_waits_until_the_driver_has_moved_on_or_the_release_file(make_job, tmp_path) -> None:
     from fedgrid.apps import faults as site_faults
 
     job = parse_job(make_job(tmp_path / "run", round={"deadline_s": 10, "retries": 1},
                              faults=[{"clients": [5], "hold_at": [2, 3]}]))
-    marker_dir = str(tmp_path / "run" / "faults")
-    assert faults.for_task(job, 5, "b", 1, marker_dir) is None  # not held in round 1: no faults at all
-    assert faults.for_task(job, 4, "b", 2, marker_dir) is None
-    held = faults.for_task(job, 5, "b", 2, marker_dir)["hold"]
-    # round 2's checkpoint (the round was finished without it) or the drill's release file; at most
-    # as long as every attempt of the round can take, plus one deadline
-    assert held == {"until": [str(tmp_path / "run/rounds/round-000002.arrow"), f"{marker_dir}/release"],
-                    "max_s": 30.0}
-    # the site side returns once either file exists (or at max_s: a thread site never hangs a run)
-    (tmp_path / "run/faults").mkdir(parents=True)
-    (tmp_path / "run/faults/release").touch()
-    site_faults.hold(held)
-    (tmp_path / "run/faults/release").unlink()
-    (tmp_path / "run/rounds").mkdir()
-    (tmp_path / "run/rounds/round-000002.arrow").touch()
-    site_faults.hold(held)
-    site_faults.hold({"until": [str(tmp_path / "never")], "max_s": 0})
+    marker_dir = tmp_path / "run" / "faults"
+    assert faults.for_task(job, 5, "b", 1, str(marker_dir)) is None  # not held in round 1: no faults at all
+    assert faults.for_task(job, 4, "b", 2, str(marker_dir)) is None
+    held = faults.for_task(job, 5, "b", 2, str(marker_dir))["hold"]
+    # the next round has started (the driver built one of its tasks), round 2 is checkpointed (it
+    # finished without the client; FedBuff's last step), or the drill's release file; at most as
+    # long as every attempt of the round can take, plus one deadline
+    until = [marker_dir / "started-r000003", tmp_path / "run/rounds/round-000002.arrow", marker_dir / "release"]
+    assert held == {"until": [str(p) for p in until], "max_s": 30.0}
+    # building round r's tasks leaves round r's marker (drills with a hold only)
+    assert sorted(p.name for p in marker_dir.iterdir()) == ["started-r000001", "started-r000002"]
+    faults.for_task(job, 0, "a", 3, str(marker_dir))
+    assert until[0].exists()
+    site_faults.hold(held)  # returns: round 3 has started
+    until[0].unlink()
+    for p in until[1:]:  # ... or on either of the others
+        p.parent.mkdir(exist_ok=True)
+        p.touch()
+        site_faults.hold(held)
+        p.unlink()
+    site_faults.hold({"until": [str(tmp_path / "never")], "max_s": 0})  # (a thread site never hangs a run)
+    assert not (Path("/m")).exists()  # (a job without a hold leaves no marker)
