@@ -234,4 +234,6 @@ def describe(data: dict[str, Any]) -> str:
         how += f"(by {part.get('column')})"
     if ds == "parquet":
         return f"parquet {data.get('path')} ({how})"
+    if ds == "custom":
+        return f"loaded by the job's client code ({how} split where it uses ctx.split)"
     return f"{ds} ({how})"

@@ -2,8 +2,9 @@
 
 torch is imported inside the builders, not at module level, so `fedgrid check` and the config
 validator can list the names without paying for ``import torch``.
-A factory is called as ``factory(input_shape=(C, H, W), num_classes=K, **model.kwargs)`` and must
-return a ``torch.nn.Module``.
+A factory is called as ``factory(input_shape=(C, H, W), num_classes=K, **model.kwargs)``, passing
+only the arguments its signature takes (a factory of no arguments is called bare), and must return
+a ``torch.nn.Module``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,26 @@ def build(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dic
     if name == "cnn":
         return _cnn(input_shape, num_classes, **kwargs)
     mod, _, attr = name.partition(":")
-    model = getattr(importlib.import_module(mod), attr)(input_shape=tuple(input_shape),
-                                                        num_classes=num_classes, **kwargs)
+    factory = getattr(importlib.import_module(mod), attr)
+    model = factory(**factory_arguments(factory, tuple(input_shape), num_classes, kwargs))
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model factory {name!r} returned {type(model).__name__}, expected torch.nn.Module")
     return model
+
+
+def factory_arguments(factory: Any, input_shape: tuple[int, ...], num_classes: int,
+                      kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments to call a model factory with: the shapes where its signature takes
+    them, and the job's model.kwargs. Raises TypeError (what is wrong) when they cannot bind."""
+    import inspect
+
+    sig = inspect.signature(factory)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    args = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes))
+            if takes_any or k in sig.parameters}
+    args.update(kwargs)
+    sig.bind(**args)
+    return args
 
 
 def _cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] = (16, 32),

@@ -29,7 +29,7 @@ class TrainTask:
     clients: int  # clients in the whole job: the partitioners need it to find this client's share
     seed: int
     data: dict[str, Any]  # the data block as this client's site sees it
-    model: dict[str, Any]  # name, input_shape, num_classes, kwargs (see model_spec)
+    code: dict[str, Any]  # the client code: {"path": "module:Class", "options": {...}} (see client_code)
     train: dict[str, Any]
     params: Any = None
     submitted_at: float = 0.0
@@ -45,5 +45,10 @@ class TrainTask:
 
 def model_spec(name: str, input_shape: tuple[int, ...] | list[int], num_classes: int,
                kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a site needs to build the job's model: the architecture and its shapes."""
+    """What the built-in client needs to build the job's model: the architecture and its shapes."""
     return {"name": name, "input_shape": list(input_shape), "num_classes": num_classes, "kwargs": dict(kwargs or {})}
+
+
+def client_code(path: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Which client class a site runs (``module:Class``) and the options its Context carries."""
+    return {"path": path, "options": dict(options or {})}

@@ -1,34 +1,80 @@
 """The train app body: runs at a client's site, inside a persistent Parsl worker.
 
-A worker process lives across rounds (HTEX), so everything expensive is paid once per process and
-kept in module state: ``import torch``, the site's data pool and its split
-(:mod:`fedgrid.apps.datasets`), each client's tensors, and one model object per architecture whose
-weights are overwritten every round. A round then costs only the training itself.
+It runs the job's client code (:mod:`fedgrid.apps.client`; fedgrid's own loop is
+:mod:`fedgrid.apps.builtin`) and does everything around it: fetching the global params, fault
+drills, the checks on what the client returned, SCAFFOLD's variate, local DP, secure masking or
+compression, sending the update back inline or through the store, and the timings.
+
+A worker process lives across rounds (HTEX), so one client object per client is kept in module
+state and whatever it loads once (torch, its data, its model) is paid once per process.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+import traceback
 from typing import Any
 
 import numpy as np
 
 from fedgrid.apps import codec, faults
-from fedgrid.apps.corrections import Corrections
-from fedgrid.apps.datasets import client_arrays
+from fedgrid.apps.client import Context, Fit, Work
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.update import ClientUpdate
 
-_MODELS: dict[tuple, Any] = {}
-_TENSORS: dict[tuple, Any] = {}
-_THREADS: list[int] = []
+_CLIENTS: dict[tuple, Any] = {}
 _GLOBAL: dict[str, Any] = {}  # sha256 -> params: the round's global model, fetched once per worker
 _GLOBAL_LOCK = threading.Lock()
+
+
+class ClientCodeError(RuntimeError):
+    """The client's own code raised: its type, message and where, with the whole remote
+    traceback in `remote_traceback` (the driver logs it; the failure reason keeps the gist)."""
+
+    def __init__(self, message: str, remote_traceback: str):
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):  # noqa: ANN204 - pickled back to the driver with its traceback
+        return (ClientCodeError, (str(self), self.remote_traceback))
+
+
+def call_client(method: Any, *args: Any) -> Any:
+    """Call the client's code; what it raises becomes a ClientCodeError naming where."""
+    try:
+        return method(*args)
+    except Exception as e:  # noqa: BLE001 - any error of the user's code is this client's failure
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" [at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name}]" if tb else ""
+        raise ClientCodeError(f"{type(e).__name__}: {e}{where}", traceback.format_exc()) from None
+
+
+def load_class(path: str) -> type:
+    """The class a ``module:Class`` path names (``fedgrid check`` has already vetted it)."""
+    mod, _, attr = path.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def context(task: TrainTask) -> Context:
+    return Context(client=task.client, clients=task.clients, site=task.site, seed=task.seed, data=task.data,
+                   options=task.code.get("options") or {})
+
+
+def site_client(task: TrainTask) -> Any:
+    """This worker's object for the task's client (made on its first task, kept across rounds)."""
+    # per thread too: a `local` site runs several clients at once in one process
+    key = (threading.get_ident(), task.code["path"], task.client, task.clients, task.seed, task.site,
+           json.dumps(task.data, sort_keys=True, default=str),
+           json.dumps(task.code.get("options") or {}, sort_keys=True, default=str))
+    if key not in _CLIENTS:
+        _CLIENTS[key] = call_client(load_class(task.code["path"]), context(task))
+    return _CLIENTS[key]
 
 
 def global_params(params: Any) -> dict[str, np.ndarray]:
@@ -51,71 +97,16 @@ def send_back(task: TrainTask, params: dict[str, np.ndarray]) -> tuple[dict[str,
     return {}, Store(task.store).put(params, task.update_key)
 
 
-def _torch(threads: int):
-    import torch
-
-    if not _THREADS or _THREADS[0] != threads:
-        torch.set_num_threads(threads)
-        _THREADS[:] = [threads]
-    return torch
-
-
-def _model_key(spec: dict[str, Any]) -> tuple:
-    # per thread too: a `local` site runs several clients at once in one process, and two of them
-    # training the same module object would corrupt each other's autograd state
-    return (threading.get_ident(), spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
-            repr(sorted(spec["kwargs"].items())))
-
-
-def cached_model(spec: dict[str, Any]):
-    """One model object per architecture per worker; weights are loaded into it every round."""
-    from fedgrid.apps.models import build
-
-    key = _model_key(spec)
-    if key not in _MODELS:
-        _MODELS[key] = build(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec["kwargs"])
-    return _MODELS[key]
-
-
-def _client_tensors(task: TrainTask):
-    torch = _torch(task.train["threads"])
-    key = (task.client, repr(sorted(task.data.items())), task.clients, task.seed)
-    if key not in _TENSORS:
-        arr = client_arrays(task.data, task.client, task.clients, task.seed)
-        x = arr.x if arr.x.flags.writeable and arr.x.flags.c_contiguous else np.array(arr.x, order="C")
-        y = arr.y if arr.y.flags.writeable else arr.y.copy()
-        _TENSORS[key] = (torch.from_numpy(x), torch.from_numpy(y))
-    return _TENSORS[key]
-
-
 def warm(task: TrainTask) -> dict[str, Any]:
-    """Pay a worker's one-time costs (torch import, data pool, split, model) before round 1 needs them.
+    """Pay a worker's one-time costs (torch import, data, model) before round 1 needs them.
 
-    Returns what it cached, so the driver can tell a warm-up that loaded the model from one that
-    could not (a task built before the driver knew the model's shapes)."""
+    Returns what it warmed, so the driver can tell a warm-up that loaded the client's model from
+    one that could not."""
     t0 = time.perf_counter()
-    x, y = _client_tensors(task)
-    if task.model:
-        _prime(cached_model(task.model), x, y, task.train)
-    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "model": task.model.get("name")}
-
-
-def _prime(model: Any, x: Any, y: Any, train: dict[str, Any]) -> None:
-    """One optimiser step on a batch, as round 1 will take them. A fresh process pays ~1.5 s the
-    first time it builds a torch optimiser (it imports torch._dynamo) and more on its first
-    forward and backward pass; round 1 should not. The step changes the cached model's weights,
-    which is harmless: every task loads the global params into it first."""
-    import torch
-
-    if len(y) == 0:
-        return
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=train["lr"], momentum=train["momentum"],
-                          weight_decay=train["weight_decay"])
-    bs = train["batch_size"]
-    torch.nn.functional.cross_entropy(model(x[:bs]), y[:bs]).backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    client = site_client(task)
+    if hasattr(client, "warm"):
+        call_client(client.warm)
+    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "client": task.code["path"]}
 
 
 def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray],
@@ -131,54 +122,6 @@ def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray
     if store is not None:
         store.put(left, key)
     return payload
-
-
-@dataclass
-class _Pass:
-    """What local training did: steps taken and the running loss and accuracy over its batches."""
-
-    steps: int = 0
-    seen: int = 0
-    loss: float = 0.0
-    correct: int = 0
-
-    def metrics(self) -> dict[str, float]:
-        return {"loss": self.loss / max(self.seen, 1), "accuracy": self.correct / max(self.seen, 1)}
-
-
-def local_sgd(task: TrainTask, model: Any, x: Any, y: Any, fix: Corrections) -> _Pass:
-    """Minibatch SGD on cross-entropy for the task's budget: a paced step count when the driver
-    sized this client's work to the deadline, the job's epochs otherwise."""
-    torch = _torch(task.train["threads"])
-    tr = task.train
-    # an asynchronous client may train twice from the same global model: `draw` tells the two apart
-    seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
-    gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-    opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr["momentum"], weight_decay=tr["weight_decay"])
-    loss_fn = torch.nn.CrossEntropyLoss()
-    model.train()
-    n, bs = len(y), tr["batch_size"]
-    done = _Pass()
-    budget = tr.get("steps") or tr["epochs"] * -(-n // bs)
-    while done.steps < budget:
-        order = torch.randperm(n, generator=gen)
-        for s in range(0, n, bs):
-            if done.steps >= budget:
-                break
-            idx = order[s:s + bs]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            if fix.active:
-                fix.apply()
-            opt.step()
-            done.loss += loss.item() * len(idx)
-            done.correct += int((out.argmax(1) == yb).sum())
-            done.seen += len(idx)
-            done.steps += 1
-    return done
 
 
 def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np.ndarray],
@@ -200,41 +143,62 @@ def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np
     return params, "none", 0
 
 
+def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
+    """What the client's train returned, checked before anything else reads it: a Fit with
+    params of the global model's names and shapes and a positive example count."""
+    if not isinstance(fit, Fit):
+        raise TypeError(f"client train() returned {type(fit).__name__}, expected fedgrid.client.Fit")
+    if not isinstance(fit.params, dict) or list(fit.params) != list(start):
+        got = list(fit.params) if isinstance(fit.params, dict) else type(fit.params).__name__
+        raise ValueError(f"client train() returned params {got}, expected the global model's {list(start)}")
+    fit.params = {k: np.asarray(v) for k, v in fit.params.items()}
+    if isinstance(fit.num_examples, bool) or not isinstance(fit.num_examples, int | np.integer) \
+            or fit.num_examples <= 0:
+        raise ValueError(f"client train() returned num_examples {fit.num_examples!r}, expected an int > 0")
+    if fit.steps is None:
+        fit.steps = work.budget(work.batches_per_epoch(int(fit.num_examples)))
+    return fit
+
+
+def _work(task: TrainTask, start: dict[str, np.ndarray]) -> Work:
+    # an asynchronous client may train twice from the same global model: `draw` tells the two apart
+    seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
+    return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=task.train, global_params=start)
+
+
 def train_client(task: TrainTask) -> ClientUpdate:
-    """Local SGD from the global params on this client's shard; returns the new params."""
+    """One client's round: its client code trains from the global params; the update goes back."""
     started = time.time()
     t0 = time.perf_counter()
-    _torch(task.train["threads"])
-    from fedgrid.apps.models import get_params, set_params
-
     faults.before_training(task)
-    x, y = _client_tensors(task)
-    cold = _model_key(task.model) not in _MODELS
-    model = cached_model(task.model)
+    client = site_client(task)
+    cold = bool(getattr(client, "cold", False))
     start = codec.up_from_down(global_params(task.params))  # float32 again if it came down in fp16
-    set_params(model, start)
-    fix = Corrections(task.train, model, start)  # FedProx / SCAFFOLD, when the strategy asks for them
+    work = _work(task, start)
+    if missing := work.needs() - set(getattr(client, "supports", ())):
+        raise RuntimeError(f"client {task.code['path']} does not support {sorted(missing)}, which this round needs")
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    done = local_sgd(task, model, x, y, fix)
+    fit = checked_fit(call_client(client.train, start, work), start, work)
     faults.after_training(task, time.perf_counter() - t1)
     t_train = time.perf_counter() - t1
-    params = get_params(model)
+    params = fit.params
     faults.tamper(task, start, params)
     if not all(np.isfinite(a).all() for a in params.values()):
         raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); "
                                  f"lower train.lr")
     t2 = time.perf_counter()
-    extras = fix.finish(done.steps)
-    params, used, wire = outgoing(task, params, start, len(y))
+    extras = work._fix.finish(fit.steps) if work._fix is not None else {}
+    n = int(fit.num_examples)
+    params, used, wire = outgoing(task, params, start, n)
     params, ref = send_back(task, params)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
-        client=task.client, site=task.site, round=task.round, num_examples=len(y), params=params, ref=ref,
-        metrics=done.metrics(),
+        client=task.client, site=task.site, round=task.round, num_examples=n, params=params, ref=ref,
+        metrics=dict(fit.metrics),
         timings={"queue": max(0.0, started - task.submitted_at), "load": t_load, "train": t_train,
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
-                 "samples_per_s": done.seen / max(t_train, 1e-9)},
-        extras={"steps": done.steps, "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold, **extras},
+                 "samples_per_s": work.examples_seen(int(fit.steps), n) / max(t_train, 1e-9)},
+        extras={"steps": int(fit.steps), "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold, **extras},
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,11 @@ class Failure:
 
     @classmethod
     def of(cls, client: int, site: str, why: BaseException | str) -> Failure:
-        """From an exception (its type and message) or a reason already in words."""
+        """From an exception (its type and message) or a reason already in words. The client
+        code's own traceback (ClientCodeError) goes to the log whole; the reason keeps its gist."""
         text = (f"{type(why).__name__}: {why}" if isinstance(why, BaseException) else str(why)).strip()
+        if (tb := getattr(why, "remote_traceback", None)) is not None:
+            logging.getLogger("fedgrid").warning("client %s at %s failed in its client code:\n%s", client, site, tb)
         return cls(int(client), str(site), text if len(text) <= REASON_MAX else text[:REASON_MAX - 3] + "...")
 
     def row(self) -> dict[str, Any]:

@@ -63,8 +63,9 @@ def bench_fmnist(rounds: int, workdir: Path, executor: dict | None = None, tag: 
 def floor_tasks() -> list:
     """Round-1 train tasks of the fmnist example for every client, with each shard loaded and cached."""
     from fedgrid.apps import datasets
+    from fedgrid.apps.builtin import PATH
     from fedgrid.apps.models import build, get_params
-    from fedgrid.apps.task import TrainTask, model_spec
+    from fedgrid.apps.task import TrainTask, client_code, model_spec
     from fedgrid.flow.config import load_job
 
     job = load_job(REPO / "examples" / "fmnist.yaml")
@@ -75,8 +76,8 @@ def floor_tasks() -> list:
     shape, classes = datasets.meta(data, None)
     torch.manual_seed(0)
     params = get_params(build(job.model.name, shape, classes, job.model.kwargs))
-    spec = model_spec(job.model.name, shape, classes, job.model.kwargs)
-    tasks = [TrainTask(client=c, site="x", round=1, clients=job.data.clients, seed=job.seed, data=data, model=spec,
+    code = client_code(PATH, {"model": model_spec(job.model.name, shape, classes, job.model.kwargs)})
+    tasks = [TrainTask(client=c, site="x", round=1, clients=job.data.clients, seed=job.seed, data=data, code=code,
                        train=job.train.model_dump(), params=params, submitted_at=time.time())
              for c in range(job.data.clients)]
     for t in tasks:  # load and cache every shard first: the floor is training only

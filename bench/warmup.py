@@ -1,5 +1,5 @@
-"""What the warm-up saves round 1 (issue 14): workers that built the model and primed torch
-before round 1, against workers whose warm task carried no model (as before the fix).
+"""What the warm-up saves round 1 (issue 14): workers that loaded their client's data, built the
+model and took one optimiser step before round 1, against workers that were not warmed.
 
     python bench/warmup.py [--repeat 3]
 
@@ -23,10 +23,10 @@ from unittest import mock
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one(work: Path, carry_model: bool) -> dict:
+def one(work: Path, warmed: bool) -> dict:
     from fedgrid.flow.config import parse_job
     from fedgrid.flow.rounds.runner import run
-    from fedgrid.flow.rounds.tasks import Tasks
+    from fedgrid.flow.rounds.sites import SiteRuntime
 
     job = parse_job({
         "name": "warmup", "rounds": 2, "model": "cnn",
@@ -36,14 +36,8 @@ def one(work: Path, carry_model: bool) -> dict:
         "sites": [{"name": n, "executor": {"kind": "htex", "workers": 1}, "clients": 1} for n in ("a", "b")],
         "checkpoint": {"dir": str(work)},
     })
-    warm = Tasks.warm
-
-    def without_model(self: Tasks, client: int):  # noqa: ANN202 - a TrainTask
-        task = warm(self, client)
-        task.model = {}
-        return task
-
-    with mock.patch.object(Tasks, "warm", warm if carry_model else without_model):
+    warm_up = SiteRuntime.warm_up if warmed else (lambda self, task_for: [])
+    with mock.patch.object(SiteRuntime, "warm_up", warm_up):
         rows = run(job, quiet=True, fresh=True).rows
     out = {}
     for r in rows:
@@ -58,11 +52,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    runs: dict[str, list[dict]] = {"warm model": [], "no model (before)": []}
+    runs: dict[str, list[dict]] = {"warmed": [], "not warmed": []}
     with tempfile.TemporaryDirectory() as d:
         for i in range(args.repeat):  # alternating, so drifts of a shared machine hit both alike
-            for name, carry in (("warm model", True), ("no model (before)", False)):
-                runs[name].append(one(Path(d) / f"{i}-{carry}", carry))
+            for name, warmed in (("warmed", True), ("not warmed", False)):
+                runs[name].append(one(Path(d) / f"{i}-{warmed}", warmed))
     res = {"date": time.strftime("%Y-%m-%d"), "repeat": args.repeat, "runs": runs}
     out = REPO / "bench" / "results" / "warmup.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # The HTEX worker pool and interchange are started with this interpreter; keep its bin on PATH too.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# tests/clients holds client code written as a user would (`client: sgd_client:SGDClient`): importable
+# here and, through PYTHONPATH, in the worker processes a run starts
+CLIENTS = str(Path(__file__).resolve().parent / "clients")
+sys.path.insert(0, CLIENTS)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (CLIENTS, os.environ.get("PYTHONPATH")) if p)
 
 
 def job_dict(run_dir: Path, **over) -> dict:

@@ -15,17 +15,27 @@ from typing import Any
 from fedgrid.flow.config import Job
 
 
-def count_params(job: Job) -> tuple[tuple[int, ...], int, int]:
-    """(input shape, classes, parameter bytes) of the job's model, built as a site would build it."""
+def describe_model(job: Job) -> tuple[str, int]:
+    """One line on the job's model and its parameter bytes, built as a run would build it: the
+    built-in model from the data's shapes, or the job's client's init_params()."""
     from fedgrid.apps import datasets
     from fedgrid.apps.models import build
 
+    if job.client is not None:
+        from fedgrid.flow.rounds.prepare import build_model
+
+        params = build_model(job).params
+        nbytes = int(sum(a.nbytes for a in params.values()))
+        count = sum(int(a.size) for a in params.values())
+        return (f"client {job.client.path}: {count:,} params in {len(params)} tensors ({nbytes / 2**20:.2f} MB) "
+                f"from its init_params()"), nbytes
     d = job.data.model_dump()
     test = datasets.load_test(d, job.seed) if job.data.dataset == "parquet" and job.data.test_path else None
     shape, classes = datasets.meta(d, test)
     model = build(job.model.name, shape, classes, job.model.kwargs)
     nbytes = int(sum(math.prod(p.shape) * p.element_size() for p in model.state_dict().values()))
-    return shape, classes, nbytes
+    return (f"model {job.model.name}: input {list(shape)}, {classes} classes, {nbytes // 4:,} params "
+            f"({nbytes / 2**20:.2f} MB)"), nbytes
 
 
 def dry_build(site: Any, run_dir: Path) -> Any:
@@ -63,10 +73,10 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     from fedgrid.flow.persist import dataplane
 
     run_dir = job.run_dir(base)
-    shape, classes, nbytes = count_params(job)
+    line, nbytes = describe_model(job)
     mb = nbytes / 2**20
     print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}")
-    print(f"model {job.model.name}: input {list(shape)}, {classes} classes, {nbytes // 4:,} params ({mb:.2f} MB)")
+    print(line)
     print(f"data: {datasets.describe(job.data.model_dump())}, {job.data.clients} clients; "
           f"training rows are read only at their site")
     per_round = job.clients_per_round()

@@ -8,6 +8,7 @@ Each raises :class:`ConfigError` naming the key to change.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fedgrid.flow.config.errors import ConfigError
 from fedgrid.flow.config.schema import Job
@@ -39,6 +40,7 @@ def check_consistency(job: Job, file: str | Path) -> None:
                           f"got {job.round.min_clients}")
     _check_data(job, file)
     _check_model(job, file)
+    _check_client(job, file)
     _check_strategy(job, file)
     _check_faults(job, file)
 
@@ -136,22 +138,59 @@ def _check_data(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "data.test_path", f"parquet file not found: {d.test_path}")
 
 
+def import_path(file: str | Path, key: str, path: str, what: str) -> Any:
+    """The object a ``package.module:name`` path names, or a ConfigError of one line saying why not
+    (the module is missing or fails to import, or has no such name)."""
+    import importlib
+
+    mod, _, attr = path.partition(":")
+    try:
+        m = importlib.import_module(mod)
+    except Exception as e:  # noqa: BLE001 - whatever the user's module raises on import is reported in one line
+        raise ConfigError(file, key, f"cannot import module {mod!r}: {type(e).__name__}: {e}") from None
+    obj = getattr(m, attr, None)
+    if obj is None or not callable(obj):
+        raise ConfigError(file, key, f"module {mod!r} has no {what} {attr!r}")
+    return obj
+
+
 def _check_model(job: Job, file: str | Path) -> None:
     name = job.model.name
-    from fedgrid.apps.models import BUILTIN
+    from fedgrid.apps.models import BUILTIN, factory_arguments
 
-    if name in BUILTIN:
+    if job.client is not None or name in BUILTIN:
         return
     if ":" not in name:
         raise ConfigError(file, "model", f"expected one of {sorted(BUILTIN)} or 'package.module:factory', "
                           f"got {name!r}")
-    import importlib
-
-    mod, _, attr = name.partition(":")
+    factory = import_path(file, "model", name, "callable")
     try:
-        m = importlib.import_module(mod)
-    except ImportError as e:
-        raise ConfigError(file, "model", f"cannot import module {mod!r}: {e}") from None
-    if not callable(getattr(m, attr, None)):
-        raise ConfigError(file, "model", f"module {mod!r} has no callable {attr!r}")
+        factory_arguments(factory, (1,), 2, job.model.kwargs)
+    except TypeError as e:
+        raise ConfigError(file, "model", f"{name} cannot be called as the model factory: {e}") from None
 
+
+def _check_client(job: Job, file: str | Path) -> None:
+    """The client class imports, has the methods fedgrid calls, and honours what the job needs."""
+    if job.client is None:
+        if job.data.dataset == "custom":
+            raise ConfigError(file, "data.dataset", "custom means the job's own client code loads its data; expected "
+                              "a client block (client: package.module:Class) or a built-in dataset")
+        return
+    from fedgrid.apps.client import HOOKS, REQUIRED
+
+    path = job.client.path
+    cls = import_path(file, "client.path", path, "class")
+    if not isinstance(cls, type):
+        raise ConfigError(file, "client.path", f"{path} is a {type(cls).__name__}, expected a class "
+                          "(subclass fedgrid.client.Client)")
+    lacking = [m for m in REQUIRED if not callable(getattr(cls, m, None))]
+    if lacking:
+        raise ConfigError(file, "client.path", f"{path} has no {' or '.join(lacking)}(); expected the methods "
+                          f"of fedgrid.client.Client ({', '.join(REQUIRED)}, and evaluate for federated evaluation)")
+    needs = set(STRATEGIES[job.strategy.name].needs) | ({"steps"} if job.round.pace == "deadline" else set())
+    if missing := sorted(needs - set(getattr(cls, "supports", ()) or ())):
+        hook = missing[0]
+        raise ConfigError(file, "client.path", f"{path} does not support {hook!r}, which "
+                          f"{'round.pace: deadline' if hook == 'steps' else 'strategy ' + job.strategy.name} needs: "
+                          f"{HOOKS[hook]}; honour it and add {hook!r} to the class's `supports`")

@@ -37,7 +37,8 @@ class PartitionSpec(_Strict):
 class DataSpec(_Strict):
     """What data each client trains on and what the driver evaluates on."""
 
-    dataset: Literal["digits", "fashion_mnist", "parquet", "synthetic"] = "digits"
+    # custom: the job's client code loads its own data (its client.options say from where)
+    dataset: Literal["digits", "fashion_mnist", "parquet", "synthetic", "custom"] = "digits"
     clients: Annotated[int, Field(ge=1)] = 10
     partition: PartitionSpec = PartitionSpec()
     root: str | None = None  # fashion_mnist folder of idx .gz files
@@ -217,11 +218,21 @@ class ModelSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class ClientSpec(_Strict):
+    """The code that runs at each site (fedgrid.client): ``path`` names a class the sites can
+    import, ``options`` reach it as ``ctx.options``. Without a client block a job runs the built-in
+    client (the model, data and train blocks)."""
+
+    path: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class Job(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "job"
     rounds: Annotated[int, Field(ge=1)] = 10
     seed: int = 0
     model: ModelSpec = ModelSpec()
+    client: ClientSpec | None = None
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     strategy: StrategySpec = Field(default_factory=lambda: STRATEGIES[DEFAULT].Options())
@@ -250,6 +261,12 @@ class Job(_Strict):
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _client_shorthand(cls, v: Any) -> Any:
+        """`client: mypkg.fl:Client` means that class with no options."""
+        return {"path": v} if isinstance(v, str) else v
 
     # -- derived views -------------------------------------------------------------------------
     def run_dir(self, base: Path) -> Path:
@@ -287,7 +304,9 @@ class Job(_Strict):
         return max(self.round.min_clients, math.ceil(self.round.fraction * self.data.clients))
 
     def fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed: the model and the strategy."""
+        """What a checkpoint must match to be resumed: the model (or client code) and the strategy."""
         key = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
+        if self.client is not None:  # (absent for the built-in client: old checkpoints still match)
+            key["client"] = self.client.path
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

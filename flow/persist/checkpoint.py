@@ -69,13 +69,17 @@ ROWS_SCHEMA = pa.schema([
         ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
         ("worker", pa.string()), ("steps", pa.int64()), ("staleness", pa.int64()), ("bytes_up", pa.int64()),
         # seconds to set up (data, model, global params) and whether it had to build the model itself
-        ("load_s", pa.float64()), ("cold", pa.bool_())]))),
+        ("load_s", pa.float64()), ("cold", pa.bool_()),
+        ("metrics", pa.list_(pa.struct([("name", pa.string()), ("value", pa.float64())])))]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
     # privacy: this round's noise multiplier and sampling rate, and epsilon after it (flow/privacy/dp.py)
     ("dp_noise", pa.float64()), ("dp_sample_rate", pa.float64()), ("dp_epsilon", pa.float64()),
 ])
+
+
+METRIC_PREFIXES = ("train_",)
 
 
 class CheckpointError(Exception):
@@ -276,9 +280,17 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
+def rows_schema(rows: list[dict[str, Any]]) -> pa.Schema:
+    """ROWS_SCHEMA plus one float column per metric the clients reported (``train_<name>``), so
+    pandas, polars and duckdb read a user's metrics as plain columns."""
+    extra = sorted({k for r in rows for k in r if k.startswith(METRIC_PREFIXES) and k not in ROWS_SCHEMA.names})
+    return ROWS_SCHEMA if not extra else pa.schema([*ROWS_SCHEMA, *((k, pa.float64()) for k in extra)])
+
+
 def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    rows = [{k: r.get(k) for k in ROWS_SCHEMA.names} for r in rows if r.get("round", 0) > 0]
-    table = pa.Table.from_pylist(rows, schema=ROWS_SCHEMA)
+    schema = rows_schema(rows)
+    rows = [{k: r.get(k) for k in schema.names} for r in rows if r.get("round", 0) > 0]
+    table = pa.Table.from_pylist(rows, schema=schema)
     atomic_write(rows_path(run_dir), lambda tmp: pq.write_table(table, tmp))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ import numpy as np
 
 from fedgrid.apps import datasets
 from fedgrid.apps.store import Store
-from fedgrid.apps.task import model_spec
-from fedgrid.flow.config import Job
+from fedgrid.apps.task import client_code, model_spec
+from fedgrid.flow.config import ConfigError, Job
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist import dataplane
 from fedgrid.flow.persist.runlock import reap
@@ -89,16 +90,18 @@ def prepare(job: Job, run_dir: Path, fresh: bool, more: int | None, progress: Ru
 
 @dataclass
 class ModelParts:
-    """The driver's half of the model: what the sites build (`spec`), the driver's own copy (for
-    central evaluation and to check a checkpoint fits), the central test set, the initial params."""
+    """The driver's half of the model: the client code the sites run (`code`), the driver's own
+    copy of the built-in model (for central evaluation and to check a checkpoint fits; None for
+    a job's own client), the central test set (None when the data never leaves the sites), and
+    the initial params."""
 
-    spec: dict[str, Any]
+    code: dict[str, Any]
     model: Any
     test: datasets.Arrays | None
     params: Params
 
     def evaluator(self) -> Evaluate | None:
-        if self.test is None:
+        if self.test is None or self.model is None:
             return None
         from fedgrid.apps.evaluate import evaluate
 
@@ -106,9 +109,12 @@ class ModelParts:
 
 
 def build_model(job: Job) -> ModelParts:
-    """Stage 3a: the test set, the model's shapes and its initial params (seeded by the job)."""
+    """Stage 3a: what the sites run and the initial params (seeded by the job)."""
+    if job.client is not None:
+        return _client_model(job)
     import torch
 
+    from fedgrid.apps.builtin import PATH
     from fedgrid.apps.models import build, get_params
 
     torch.set_num_threads(1)
@@ -117,8 +123,29 @@ def build_model(job: Job) -> ModelParts:
     shape, num_classes = datasets.meta(data, test)
     torch.manual_seed(job.seed)
     model = build(job.model.name, shape, num_classes, job.model.kwargs)
-    return ModelParts(model_spec(job.model.name, shape, num_classes, job.model.kwargs), model, test,
-                      get_params(model))
+    spec = model_spec(job.model.name, shape, num_classes, job.model.kwargs)
+    code = client_code(PATH, {"model": spec, "threads": job.train.threads, "batch_size": job.train.batch_size})
+    return ModelParts(code, model, test, get_params(model))
+
+
+def _client_model(job: Job) -> ModelParts:
+    """A job's own client: its init_params() on the driver (client 0's context, no data read)."""
+    from fedgrid.apps.client import Context
+    from fedgrid.apps.train import ClientCodeError, call_client, load_class
+
+    assert job.client is not None
+    path = job.client.path
+    site = job.client_sites()[0]
+    ctx = Context(client=0, clients=job.data.clients, site=site, seed=job.seed,
+                  data=job.site_data(site).model_dump(), options=job.client.options)
+    try:
+        params = call_client(call_client(load_class(path), ctx).init_params)
+    except ClientCodeError as e:
+        raise ConfigError("<job>", "client.path", f"{path}: init_params() on the driver raised {e}") from None
+    if not isinstance(params, dict) or not params or not all(isinstance(v, np.ndarray) for v in params.values()):
+        raise ConfigError("<job>", "client.path", f"{path}: init_params() returned {type(params).__name__}, "
+                          "expected an ordered dict of numpy arrays (the model's state_dict order)")
+    return ModelParts(client_code(path, job.client.options), None, None, OrderedDict(params))
 
 
 def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> Params:
@@ -126,7 +153,10 @@ def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> 
     from fedgrid.apps.models import set_params
 
     try:
-        set_params(parts.model, state.params)
+        if parts.model is not None:
+            set_params(parts.model, state.params)
+        elif list(state.params) != list(parts.params):
+            raise ValueError(f"parameter names differ: expected {list(parts.params)}, got {list(state.params)}")
     except ValueError as e:
         raise ResumeRefused(f"{run_dir}: checkpoint of round {state.round} does not fit this job's model "
                             f"({e}); run with --fresh to start over") from None

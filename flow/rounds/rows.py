@@ -41,11 +41,21 @@ def _update_row(u: ClientUpdate) -> dict[str, Any]:
             "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
             "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"), "steps": u.extras.get("steps"),
             "staleness": u.staleness, "bytes_up": u.nbytes(), "load_s": u.timings.get("load"),
-            "cold": u.extras.get("cold")}
+            "cold": u.extras.get("cold"), "metrics": [{"name": k, "value": v} for k, v in u.metrics.items()]}
 
 
-def _weighted_mean(updates: list[ClientUpdate], key: str, n: int) -> float | None:
-    return float(sum(u.metrics.get(key, 0.0) * u.num_examples for u in updates) / n) if n else None
+def _weighted_mean(updates: list[ClientUpdate], key: str) -> float | None:
+    """The example-weighted mean of a metric over the updates that report it."""
+    have = [u for u in updates if key in u.metrics]
+    n = sum(u.num_examples for u in have)
+    return float(sum(u.metrics[key] * u.num_examples for u in have) / n) if n else None
+
+
+def train_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
+    """``train_<name>`` for every metric the clients' train reported (loss and accuracy always
+    have a column, None when no client reports them)."""
+    names = dict.fromkeys(["loss", "accuracy", *(k for u in updates for k in u.metrics)])
+    return {f"train_{k}": _weighted_mean(updates, k) for k in names}
 
 
 def round_row(rnd: int, info: RoundInfo, g: Gathered, params_bytes: int, started: float,
@@ -54,8 +64,7 @@ def round_row(rnd: int, info: RoundInfo, g: Gathered, params_bytes: int, started
     n = sum(u.num_examples for u in g.updates)
     return {
         "round": rnd, "attempt": info.attempt, "started_at": started, "seconds": time.time() - started,
-        "test_accuracy": None, "test_loss": None,
-        "train_loss": _weighted_mean(g.updates, "loss", n), "train_accuracy": _weighted_mean(g.updates, "accuracy", n),
+        "test_accuracy": None, "test_loss": None, **train_metrics(g.updates),
         "clients_selected": len(info.selected), "clients_ok": len(g.updates), "clients_failed": len(g.failures),
         "participants": [u.client for u in g.updates], "failures": [f.row() for f in g.failures], "examples": n,
         "carried": [{"client": u.client, "staleness": u.staleness} for u in g.updates if u.staleness],

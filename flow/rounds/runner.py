@@ -108,7 +108,7 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     transfer, store = open_store(job, run_dir, parts.params, progress, needed=bool(job.client_state()),
                                  first=start.state is None)
     privacy = Privacy(job, start.rows) if job.privacy is not None else None
-    tasks = Tasks(job, run_dir, parts.spec, transfer, store, privacy)
+    tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy)
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
     strategy = make_strategy(job.strategy)
     strategy.bind(job.data.clients, store.url if store is not None else None)

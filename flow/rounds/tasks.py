@@ -27,12 +27,12 @@ def round_key(rnd: int) -> str:
 
 
 class Tasks:
-    """Builds the TrainTasks of one run from its parts: the job, the model the sites build, how
+    """Builds the TrainTasks of one run from its parts: the job, the client code the sites run, how
     params travel (the transfer plan and store), and local DP's options when the job uses them."""
 
-    def __init__(self, job: Job, run_dir: Path, model: dict[str, Any], transfer: dataplane.TransferPlan,
+    def __init__(self, job: Job, run_dir: Path, code: dict[str, Any], transfer: dataplane.TransferPlan,
                  store: Store | None, privacy: Privacy | None):
-        self.job, self.model, self.transfer, self.store = job, model, transfer, store
+        self.job, self.code, self.transfer, self.store = job, code, transfer, store
         self.sites = job.client_sites()
         self.site_data = {s.name: job.site_data(s.name).model_dump() for s in job.sites}
         self.fault_dir = str(run_dir / "faults")
@@ -51,7 +51,7 @@ class Tasks:
         """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it."""
         job, site = self.job, self.sites[client]
         task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
-                         data=self.site_data[site], model=self.model, train={**job.train.model_dump(), **(extra or {})},
+                         data=self.site_data[site], code=self.code, train={**job.train.model_dump(), **(extra or {})},
                          params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp)
         if job.faults:
             task.faults = faults.for_task(job, client, site, rnd, self.fault_dir, attempt)
@@ -65,7 +65,7 @@ class Tasks:
         return task
 
     def warm(self, client: int) -> TrainTask:
-        """A warm-up task: this client's data and the job's model, no params."""
+        """A warm-up task: this client's data and code, no params."""
         return self.train(client, 0, None)
 
     def outgoing(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:

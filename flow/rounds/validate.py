@@ -11,10 +11,15 @@ reason (in the rounds table), does not count toward the quorum, and never stops 
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
+
+METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+MAX_METRICS = 32
 
 
 class InvalidUpdate(ValueError):
@@ -49,6 +54,26 @@ def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None =
     for name, a in (u.extras.get("scaffold_delta_c") or {}).items():
         if name not in like or np.shape(a) != like[name].shape or not np.isfinite(a).all():
             raise InvalidUpdate(f"rejected: scaffold_delta_c[{name!r}] does not fit the model or is not finite")
+    u.metrics = metrics(u.metrics)
     if max_norm is not None and math.sqrt(sq) > max_norm:
         raise InvalidUpdate(f"rejected: update norm {math.sqrt(sq):.3g} > round.max_update_norm {max_norm:g}")
     return u
+
+
+def metrics(raw: Any) -> dict[str, float]:
+    """A client's metrics as the rounds table can hold them: at most MAX_METRICS names of letters,
+    digits and underscores, each a finite real number (bools are not numbers here)."""
+    if not isinstance(raw, dict) or len(raw) > MAX_METRICS:
+        raise InvalidUpdate(f"rejected: metrics must be a dict of at most {MAX_METRICS} floats")
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(k, str) or not METRIC_NAME.match(k):
+            raise InvalidUpdate(f"rejected: metric name {str(k)[:50]!r} (letters, digits and _, at most 48)")
+        try:
+            f = float(v) if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) else None
+        except OverflowError:  # an int beyond float's range
+            f = None
+        if f is None or not math.isfinite(f):
+            raise InvalidUpdate(f"rejected: metric {k} is {str(v)[:30]!r}, expected a finite number")
+        out[k] = f
+    return out

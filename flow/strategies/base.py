@@ -38,6 +38,8 @@ class Strategy:
     # the next model depends on the updates only through their example-weighted mean, so central DP
     # can noise that mean and secure aggregation can hand over only the sum
     mean_based: ClassVar[bool] = False
+    # hooks into the clients' local training (fedgrid.client HOOKS) a client must honour
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def check_job(cls, job: Any) -> tuple[str, str] | None:

@@ -26,6 +26,7 @@ class FedProxOptions(StrategyOptions):
 class FedProx(Strategy):
     name = "fedprox"
     mean_based = True
+    needs = frozenset({"prox"})
     Options = FedProxOptions
     opts: FedProxOptions
 

@@ -43,6 +43,7 @@ class Scaffold(Strategy):
     Options = ScaffoldOptions
     opts: ScaffoldOptions
     needs_store = True
+    needs = frozenset({"scaffold"})
 
     @classmethod
     def check_job(cls, job: Any) -> tuple[str, str] | None:

@@ -1,0 +1,161 @@
+"""fedgrid's own client: the built-in datasets and models trained by minibatch SGD on
+cross-entropy. It is one implementation of the client API (:mod:`fedgrid.apps.client`), the one a
+job gets when it names no ``client:``; nothing about it is special to the round machinery.
+
+Its options are the model the driver chose (``model``: name, input shape, classes, kwargs). Data
+comes from the job's data block (digits, fashion_mnist, parquet, synthetic) through
+:mod:`fedgrid.apps.datasets`, cached per worker process; one model object per architecture and
+thread is kept per worker and its weights overwritten every round.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.client import Client, Fit, Params, Work
+from fedgrid.apps.datasets import client_arrays
+
+PATH = "fedgrid.apps.builtin:BuiltinClient"
+
+_MODELS: dict[tuple, Any] = {}
+_TENSORS: dict[tuple, Any] = {}
+_THREADS: list[int] = []
+
+
+def set_threads(threads: int):  # noqa: ANN201 - the torch module
+    import torch
+
+    if not _THREADS or _THREADS[0] != threads:
+        torch.set_num_threads(threads)
+        _THREADS[:] = [threads]
+    return torch
+
+
+def model_key(spec: dict[str, Any]) -> tuple:
+    # per thread too: a `local` site runs several clients at once in one process, and two of them
+    # training the same module object would corrupt each other's autograd state
+    return (threading.get_ident(), spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
+            repr(sorted(spec["kwargs"].items())))
+
+
+def cached_model(spec: dict[str, Any]):  # noqa: ANN201 - a torch module
+    """One model object per architecture per worker; weights are loaded into it every round."""
+    from fedgrid.apps.models import build
+
+    key = model_key(spec)
+    if key not in _MODELS:
+        _MODELS[key] = build(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec["kwargs"])
+    return _MODELS[key]
+
+
+class BuiltinClient(Client):
+    supports = frozenset({"prox", "scaffold", "steps"})
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.ctx.options["model"]
+
+    @property
+    def cold(self) -> bool:
+        """The model of this architecture is not built in this worker (thread) yet."""
+        return model_key(self.spec) not in _MODELS
+
+    def tensors(self, threads: int = 1):  # noqa: ANN201 - (x, y) torch tensors
+        torch = set_threads(threads)
+        c = self.ctx
+        key = (c.client, repr(sorted(c.data.items())), c.clients, c.seed)
+        if key not in _TENSORS:
+            arr = client_arrays(c.data, c.client, c.clients, c.seed)
+            x = arr.x if arr.x.flags.writeable and arr.x.flags.c_contiguous else np.array(arr.x, order="C")
+            y = arr.y if arr.y.flags.writeable else arr.y.copy()
+            _TENSORS[key] = (torch.from_numpy(x), torch.from_numpy(y))
+        return _TENSORS[key]
+
+    def init_params(self) -> Params:
+        import torch
+
+        from fedgrid.apps.models import get_params
+
+        torch.manual_seed(self.ctx.seed)
+        return get_params(cached_model(self.spec))
+
+    def warm(self) -> None:
+        """Data and model loaded, and one optimiser step taken on a batch (see `prime`)."""
+        opts = self.ctx.options
+        x, y = self.tensors(int(opts.get("threads", 1)))
+        prime(cached_model(self.spec), x, y, int(opts.get("batch_size", 32)))
+
+    def train(self, params: Params, work: Work) -> Fit:
+        from fedgrid.apps.models import get_params, set_params
+
+        x, y = self.tensors(int(work.settings.get("threads", 1)))
+        model = cached_model(self.spec)
+        set_params(model, params)
+        fix = work.corrections(model)  # FedProx / SCAFFOLD, when the strategy asks for them
+        done = local_sgd(work, model, x, y, fix)
+        return Fit(get_params(model), len(y), done.metrics(), steps=done.steps)
+
+
+def prime(model: Any, x: Any, y: Any, batch_size: int) -> None:
+    """One optimiser step on a batch, as round 1 will take them. A fresh process pays ~1.5 s the
+    first time it builds a torch optimiser (it imports torch._dynamo) and more on its first
+    forward and backward pass; round 1 should not. The step changes the cached model's weights,
+    which is harmless: every task loads the global params into it first."""
+    import torch
+
+    if len(y) == 0:
+        return
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    torch.nn.functional.cross_entropy(model(x[:batch_size]), y[:batch_size]).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+class _Pass:
+    """What local training did: steps taken and the running loss and accuracy over its batches."""
+
+    def __init__(self) -> None:
+        self.steps, self.seen, self.loss, self.correct = 0, 0, 0.0, 0
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.loss / max(self.seen, 1), "accuracy": self.correct / max(self.seen, 1)}
+
+
+def local_sgd(work: Work, model: Any, x: Any, y: Any, fix: Any) -> _Pass:
+    """Minibatch SGD on cross-entropy for the round's budget: a paced step count when the driver
+    sized this client's work to the deadline, the job's epochs otherwise."""
+    import torch
+
+    tr = work.settings
+    gen = torch.Generator().manual_seed(work.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr["momentum"], weight_decay=tr["weight_decay"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    n, bs = len(y), tr["batch_size"]
+    done = _Pass()
+    if n == 0:
+        return done
+    budget = work.budget(work.batches_per_epoch(n))
+    while done.steps < budget:
+        order = torch.randperm(n, generator=gen)
+        for s in range(0, n, bs):
+            if done.steps >= budget:
+                break
+            idx = order[s:s + bs]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            loss.backward()
+            if fix.active:
+                fix.apply()
+            opt.step()
+            done.loss += loss.item() * len(idx)
+            done.correct += int((out.argmax(1) == yb).sum())
+            done.seen += len(idx)
+            done.steps += 1
+    return done

@@ -1,0 +1,182 @@
+"""The client API: the code that runs at a site, written by the user (``fedgrid.client``).
+
+A job names a class (``client: mypkg.fl:Client``) that the site can import. fedgrid makes one
+object of it per client per worker process and keeps it across rounds, so whatever it loads or
+builds once (its data, its model) is paid once. Everything around the user's code stays fedgrid's:
+deltas, compression, DP, secure masking, the store, validation, timings, pacing and retries.
+
+    from fedgrid.client import Client, Evaluation, Fit
+
+    class MyClient(Client):
+        supports = {"prox", "steps"}           # strategy hooks this loop honours (see Work)
+
+        def init_params(self):                 # the initial global model, on the driver: no data here
+            return params_of(build_model(self.ctx.options))
+
+        def train(self, params, work):         # from the global params, for work.budget(...) steps
+            ...
+            return Fit(new_params, num_examples, {"loss": ..., "mae": ...}, steps=taken)
+
+        def evaluate(self, params):            # on this client's held-out data
+            return Evaluation(num_examples, {"loss": ..., "rmse": ...})
+
+Params cross as an ordered dict of numpy arrays (``state_dict`` order), so the API is not tied to
+torch: :func:`torch_params` and :func:`load_torch_params` convert for torch models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+Params = OrderedDict[str, np.ndarray]
+
+# What a strategy or the round may ask of local training, and what a client says it honours:
+HOOKS = {
+    "prox": "FedProx's proximal term (work.corrections(model).apply() after each backward pass)",
+    "scaffold": "SCAFFOLD's control-variate correction (work.corrections(model).apply() after each backward pass)",
+    "steps": "a step budget set by the round's pacing (train for work.budget(batches_per_epoch) steps)",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who this client is and what the job says about its data and options."""
+
+    client: int  # this client's id, 0 .. clients-1 across all sites
+    clients: int  # clients in the whole job
+    site: str
+    seed: int  # the job's seed
+    data: dict[str, Any]  # the job's data block as this client's site sees it (paths, partition, ...)
+    options: dict[str, Any]  # the job's client.options
+
+    def split(self, labels: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """This client's rows of a dataset pooled at the site, by the job's ``data.partition``
+        (iid, dirichlet, shards, natural): the same split on every site, nothing sent around."""
+        from fedgrid.apps.partition import partition
+
+        return partition(np.asarray(labels), self.clients, self.data.get("partition") or {}, self.seed,
+                         groups)[self.client]
+
+
+@dataclass
+class Fit:
+    """What `train` returns: the new params (same names, shapes and dtypes as the global ones),
+    how many examples they were trained on (the aggregation weight), any float metrics, and the
+    local steps taken (FedNova and SCAFFOLD need it; None means ``work.budget`` of them)."""
+
+    params: Params
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` returns: examples evaluated (the weight in the mean) and float metrics."""
+
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Work:
+    """How much to train this round, and the strategy's hooks into the loop.
+
+    `settings` is the job's train block (epochs, batch_size, lr, momentum, weight_decay, ...) with
+    the strategy's instructions for this client merged in. `steps` is set when the round paces
+    clients to its deadline: train that many optimiser steps instead of `epochs` epochs.
+    """
+
+    round: int
+    seed: int  # for this client's shuffling this round (differs per round, client and draw)
+    settings: dict[str, Any]
+    global_params: Params
+    _fix: Any = None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.settings.get("epochs", 1))
+
+    @property
+    def steps(self) -> int | None:
+        return self.settings.get("steps")
+
+    def budget(self, batches_per_epoch: int) -> int:
+        """Optimiser steps to take: the paced budget, or epochs x batches per epoch (0 epochs: a
+        dry run of the round machinery)."""
+        return int(self.steps or self.epochs * batches_per_epoch)
+
+    def batches_per_epoch(self, num_examples: int) -> int:
+        return math.ceil(num_examples / int(self.settings.get("batch_size", 32)))
+
+    def examples_seen(self, steps: int, num_examples: int) -> int:
+        """Examples that `steps` minibatch steps go through over epochs of `num_examples` (the
+        last batch of an epoch is the remainder): the training speed pacing learns from."""
+        bpe, bs = self.batches_per_epoch(num_examples), int(self.settings.get("batch_size", 32))
+        if bpe == 0:
+            return 0
+        return (steps // bpe) * num_examples + min((steps % bpe) * bs, num_examples)
+
+    def corrections(self, model: Any) -> Any:
+        """FedProx's and SCAFFOLD's per-step correction for a torch model: call ``.apply()`` after
+        each ``loss.backward()``, before ``optimizer.step()``. A no-op object when the strategy
+        asks for neither. Call it after loading the global params into `model`."""
+        from fedgrid.apps.corrections import Corrections
+
+        self._fix = Corrections(self.settings, model, self.global_params)
+        return self._fix
+
+    def needs(self) -> set[str]:
+        """The hooks this round's strategy uses (of HOOKS)."""
+        need = set()
+        if self.settings.get("prox_mu"):
+            need.add("prox")
+        if self.settings.get("scaffold"):
+            need.add("scaffold")
+        if self.steps:
+            need.add("steps")
+        return need
+
+
+class Client:
+    """Subclass this (or write a class with the same methods). `supports` names the HOOKS the
+    training loop honours; a job whose strategy needs another is refused at ``fedgrid check``."""
+
+    supports: ClassVar[frozenset[str] | set[str]] = frozenset()
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def init_params(self) -> Params:
+        """The initial global model. Called once, on the driver, where the client's data is not."""
+        raise NotImplementedError
+
+    def train(self, params: Params, work: Work) -> Fit:
+        raise NotImplementedError
+
+    def evaluate(self, params: Params) -> Evaluation:
+        """This client's metrics of the global `params` on its held-out data (federated evaluation)."""
+        raise NotImplementedError
+
+    def warm(self) -> None:
+        """Optional: load what the first round would (data, model), before round 1 needs it."""
+
+
+REQUIRED = ("init_params", "train")
+
+
+def torch_params(model: Any) -> Params:
+    """A torch module's state_dict as numpy arrays, in state_dict order (copies)."""
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
+
+
+def load_torch_params(model: Any, params: dict[str, np.ndarray]) -> None:
+    """Load numpy params into a torch module (names must match its state_dict, in order)."""
+    from fedgrid.apps.models import set_params
+
+    set_params(model, params)

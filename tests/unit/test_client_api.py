@@ -1,0 +1,148 @@
+"""The client API (fedgrid.client): what a job's client code is checked for before a run, and what
+the site does with what it returns."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fedgrid.apps.client import Work
+from fedgrid.apps.task import TrainTask, client_code
+from fedgrid.apps.train import ClientCodeError, train_client
+from fedgrid.apps.update import Failure
+from fedgrid.flow.commands.cli import main
+from fedgrid.flow.rounds import validate
+
+
+def _job_file(tmp_path: Path, make_job, **over) -> Path:
+    raw = make_job(tmp_path / "run", **{"sites": [{"name": "a", "executor": {"kind": "local"}, "clients": 6}],
+                                        "train": {"epochs": 1, "batch_size": 32, "lr": 0.1}, **over})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _check(path: Path, capsys) -> tuple[int, list[str]]:
+    code = main(["check", str(path)])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(("client", "fragments"), [
+    ("no_such_module_xyz:Client", ["client.path", "cannot import module 'no_such_module_xyz'"]),
+    ("numpy_client:Nope", ["client.path", "module 'numpy_client' has no class 'Nope'"]),
+    ("broken_clients:NoTrain", ["client.path", "broken_clients:NoTrain has no train()", "fedgrid.client.Client"]),
+])
+def test_a_client_that_cannot_be_used_fails_check_with_one_line(client, fragments, tmp_path, make_job, capsys):
+    code, err = _check(_job_file(tmp_path, make_job, client=client), capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:")
+    assert all(f in err[0] for f in fragments), err[0]
+
+
+def test_fedgrid_run_refuses_a_client_that_cannot_be_imported_with_one_line(tmp_path, make_job):
+    import subprocess
+    import sys
+
+    path = _job_file(tmp_path, make_job, client="no_such_module_xyz:Client")
+    proc = subprocess.run([sys.executable, "-m", "fedgrid.flow.commands.cli", "run", str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: client.path: cannot import module 'no_such_module_xyz'")
+
+
+def test_a_strategy_hook_the_client_does_not_honour_is_refused(tmp_path, make_job, capsys):
+    # the numpy client paces (supports "steps") but has no proximal term
+    code, err = _check(_job_file(tmp_path, make_job, client="numpy_client:NumpyLogReg",
+                                 strategy={"name": "fedprox", "mu": 0.1}), capsys)
+    assert code == 2 and len(err) == 1
+    assert "does not support 'prox', which strategy fedprox needs" in err[0] and "supports" in err[0]
+    code, err = _check(_job_file(tmp_path, make_job, client="numpy_client:NumpyLogReg",
+                                 round={"min_clients": 4, "pace": "deadline"}), capsys)
+    assert code == 0, err
+
+
+def test_model_factories_without_arguments_work_and_bad_signatures_exit_2(tmp_path, make_job, capsys):
+    from fedgrid.apps.models import build
+
+    assert build("broken_clients:no_arg_factory", (1, 8, 8), 10, {})(__import__("torch").zeros(2, 64)).shape == (2, 10)
+    assert _check(_job_file(tmp_path, make_job, model="broken_clients:no_arg_factory"), capsys)[0] == 0
+    code, err = _check(_job_file(tmp_path, make_job, model="broken_clients:bad_factory"), capsys)
+    assert code == 2 and len(err) == 1 and "cannot be called as the model factory" in err[0]
+
+
+def test_custom_data_needs_client_code(tmp_path, make_job, capsys):
+    data = {"dataset": "custom", "clients": 6}
+    code, err = _check(_job_file(tmp_path, make_job, data=data), capsys)
+    assert code == 2 and "data.dataset" in err[0] and "client" in err[0]
+    assert _check(_job_file(tmp_path, make_job, data=data, client="numpy_client:NumpyLogReg"), capsys)[0] == 0
+
+
+def _task(path: str, client: int = 0, **train) -> TrainTask:
+    from numpy_client import NumpyLogReg
+
+    params = NumpyLogReg(None).init_params()
+    return TrainTask(client=client, site="a", round=1, clients=6, seed=0,
+                     data={"dataset": "digits", "clients": 6, "partition": {"kind": "iid"}},
+                     code=client_code(path), train={"epochs": 1, "batch_size": 32, "lr": 0.5, "threads": 1, **train},
+                     params=params)
+
+
+def test_a_numpy_client_trains_and_the_site_reports_its_metrics_and_steps():
+    u = train_client(_task("numpy_client:NumpyLogReg"))
+    assert u.num_examples == 300 and list(u.params) == ["w", "b"]  # 1797 digits / 6 clients (iid)
+    assert u.extras["steps"] == 10 and 0.0 < u.metrics["accuracy"] <= 1.0  # ceil(300 / 32) batches
+    paced = train_client(_task("numpy_client:NumpyLogReg", steps=3))
+    assert paced.extras["steps"] == 3
+
+
+def test_an_error_in_client_code_carries_its_type_message_place_and_traceback():
+    with pytest.raises(ClientCodeError) as ei:
+        train_client(_task("broken_clients:RaisesForClient2", client=2))
+    e = ei.value
+    assert str(e).startswith("ValueError: client 2 cannot read its data shard [at broken_clients.py:")
+    assert "in train]" in str(e) and "Traceback (most recent call last)" in e.remote_traceback
+    assert "raise ValueError" in e.remote_traceback
+    f = Failure.of(2, "a", e)
+    assert f.reason.startswith("ClientCodeError: ValueError: client 2 cannot read its data shard")
+    import pickle
+
+    back = pickle.loads(pickle.dumps(e))  # as it comes back from a worker process
+    assert str(back) == str(e) and back.remote_traceback == e.remote_traceback
+
+
+def test_train_results_that_do_not_fit_the_global_model_are_the_clients_failure(monkeypatch):
+    from numpy_client import NumpyLogReg
+
+    from fedgrid.client import Fit
+
+    monkeypatch.setattr(NumpyLogReg, "train", lambda self, p, w: Fit(OrderedDict(w=p["w"]), 10))
+    with pytest.raises(ValueError, match=r"returned params \['w'\], expected the global model's \['w', 'b'\]"):
+        train_client(_task("numpy_client:NumpyLogReg", client=1))
+    monkeypatch.setattr(NumpyLogReg, "train", lambda self, p, w: Fit(p, True))
+    with pytest.raises(ValueError, match="num_examples True, expected an int > 0"):
+        train_client(_task("numpy_client:NumpyLogReg", client=3))
+    monkeypatch.setattr(NumpyLogReg, "train", lambda self, p, w: (p, 10))
+    with pytest.raises(TypeError, match="returned tuple, expected fedgrid.client.Fit"):
+        train_client(_task("numpy_client:NumpyLogReg", client=4))
+
+
+@pytest.mark.parametrize("bad", [{"loss": float("nan")}, {"loss": float("inf")}, {"ok": True}, {"n": 10**400},
+                                 {"bad name": 1.0}, {"x": "1.0"}, {f"m{i}": 1.0 for i in range(40)}, [1.0]])
+def test_metrics_that_the_rounds_table_cannot_hold_are_rejected(bad):
+    with pytest.raises(validate.InvalidUpdate, match="rejected: metric"):
+        validate.metrics(bad)
+
+
+def test_metrics_become_floats():
+    assert validate.metrics({"rmse": np.float32(0.5), "n": np.int64(3), "r2": 1}) == {"rmse": 0.5, "n": 3.0, "r2": 1.0}
+
+
+@pytest.mark.parametrize(("steps", "n", "bs", "seen"), [(10, 300, 32, 300), (3, 300, 32, 96), (11, 300, 32, 332),
+                                                       (0, 300, 32, 0), (5, 0, 32, 0)])
+def test_examples_seen_counts_the_short_last_batch_of_each_epoch(steps, n, bs, seen):
+    w = Work(round=1, seed=0, settings={"batch_size": bs, "epochs": 1}, global_params=OrderedDict())
+    assert w.examples_seen(steps, n) == seen
