@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps.client import Client, Fit, Params, Work
+from fedgrid.apps.client import Client, Evaluation, Fit, Params, Work
 from fedgrid.apps.datasets import client_arrays
 
 PATH = "fedgrid.apps.builtin:BuiltinClient"
@@ -63,7 +63,9 @@ class BuiltinClient(Client):
         """The model of this architecture is not built in this worker (thread) yet."""
         return model_key(self.spec) not in _MODELS
 
-    def tensors(self, threads: int = 1):  # noqa: ANN201 - (x, y) torch tensors
+    def tensors(self, threads: int = 1, part: str = "train"):  # noqa: ANN201 - (x, y) torch tensors
+        """This client's rows as tensors: the ones it trains on, or (``part="holdout"``) the
+        ``data.holdout`` share it keeps out of training for federated evaluation."""
         torch = set_threads(threads)
         c = self.ctx
         key = (c.client, repr(sorted(c.data.items())), c.clients, c.seed)
@@ -71,8 +73,11 @@ class BuiltinClient(Client):
             arr = client_arrays(c.data, c.client, c.clients, c.seed)
             x = arr.x if arr.x.flags.writeable and arr.x.flags.c_contiguous else np.array(arr.x, order="C")
             y = arr.y if arr.y.flags.writeable else arr.y.copy()
-            _TENSORS[key] = (torch.from_numpy(x), torch.from_numpy(y))
-        return _TENSORS[key]
+            held = holdout_rows(len(y), float(c.data.get("holdout") or 0.0), c.seed, c.client)
+            keep = np.setdiff1d(np.arange(len(y)), held)
+            _TENSORS[key] = {"train": (torch.from_numpy(np.ascontiguousarray(x[keep])), torch.from_numpy(y[keep])),
+                             "holdout": (torch.from_numpy(np.ascontiguousarray(x[held])), torch.from_numpy(y[held]))}
+        return _TENSORS[key][part]
 
     def init_params(self) -> Params:
         import torch
@@ -88,6 +93,15 @@ class BuiltinClient(Client):
         x, y = self.tensors(int(opts.get("threads", 1)))
         prime(cached_model(self.spec), x, y, int(opts.get("batch_size", 32)))
 
+    def evaluate(self, params: Params) -> Evaluation:
+        """Loss and accuracy of `params` on the rows this client held out (``data.holdout``)."""
+        from fedgrid.apps.datasets import Arrays
+        from fedgrid.apps.evaluate import evaluate
+
+        x, y = self.tensors(part="holdout")
+        m = evaluate(cached_model(self.spec), params, Arrays(x.numpy(), y.numpy(), self.spec["num_classes"]))
+        return Evaluation(len(y), m)
+
     def train(self, params: Params, work: Work) -> Fit:
         from fedgrid.apps.models import get_params, set_params
 
@@ -97,6 +111,15 @@ class BuiltinClient(Client):
         fix = work.corrections(model)  # FedProx / SCAFFOLD, when the strategy asks for them
         done = local_sgd(work, model, x, y, fix)
         return Fit(get_params(model), len(y), done.metrics(), steps=done.steps)
+
+
+def holdout_rows(n: int, share: float, seed: int, client: int) -> np.ndarray:
+    """The sorted indices of the `share` of a client's n rows kept out of training (seeded per
+    client, so every worker and every resume holds out the same rows); none when share is 0."""
+    k = int(round(n * share))
+    if k == 0:
+        return np.zeros(0, np.int64)
+    return np.sort(np.random.default_rng([seed, client, 0x401D]).permutation(n)[:min(k, n - 1)])
 
 
 def prime(model: Any, x: Any, y: Any, batch_size: int) -> None:

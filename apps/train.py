@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import codec, faults
-from fedgrid.apps.client import Context, Fit, Work
+from fedgrid.apps.client import Context, Evaluation, Fit, Work
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
-from fedgrid.apps.update import ClientUpdate
+from fedgrid.apps.update import ClientEvaluation, ClientUpdate
 
 _CLIENTS: dict[tuple, Any] = {}
 _GLOBAL: dict[str, Any] = {}  # sha256 -> params: the round's global model, fetched once per worker
@@ -202,3 +202,17 @@ def train_client(task: TrainTask) -> ClientUpdate:
                  "samples_per_s": work.examples_seen(int(fit.steps), n) / max(t_train, 1e-9)},
         extras={"steps": int(fit.steps), "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold, **extras},
     )
+
+
+def evaluate_client(task: TrainTask) -> ClientEvaluation:
+    """One client's federated evaluation: its client code evaluates the global params on its own
+    held-out data; only the example count and the metrics go back."""
+    t0 = time.perf_counter()
+    client = site_client(task)
+    ev = call_client(client.evaluate, codec.up_from_down(global_params(task.params)))
+    if not isinstance(ev, Evaluation):
+        raise TypeError(f"client evaluate() returned {type(ev).__name__}, expected fedgrid.client.Evaluation")
+    if isinstance(ev.num_examples, bool) or not isinstance(ev.num_examples, int | np.integer) or ev.num_examples <= 0:
+        raise ValueError(f"client evaluate() returned num_examples {ev.num_examples!r}, expected an int > 0")
+    return ClientEvaluation(client=task.client, site=task.site, round=task.round, num_examples=int(ev.num_examples),
+                            metrics=dict(ev.metrics), seconds=time.perf_counter() - t0)

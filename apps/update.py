@@ -58,6 +58,21 @@ class ClientUpdate:
         return self
 
 
+@dataclass
+class ClientEvaluation:
+    """One client's evaluation of a global model on its own held-out data (federated evaluation)."""
+
+    client: int
+    site: str
+    round: int
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def resolve(self) -> ClientEvaluation:  # (the gather's accept hook treats it like an update)
+        return self
+
+
 # a reason longer than this is cut: rows stay small and a site cannot flood the rounds table
 REASON_MAX = 300
 

@@ -240,6 +240,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if info["best_accuracy"] is not None:
         print(f"best test accuracy {info['best_accuracy']:.4f}; median {info['seconds_per_round']:.2f} s/round; "
               f"{info['total_failures']} client failure(s) recorded")
+    _print_metrics(info["metrics"])
     if info["failures_by_reason"]:
         print("failures by reason: " + ", ".join(f"{k} {n}" for k, n in info["failures_by_reason"].items()))
     for site, v in info["sites"].items():
@@ -254,6 +255,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in info["skipped"]:
         print(f"warning: {s['file']}: {s['reason']}")
     return 0
+
+
+def _print_metrics(m: dict) -> None:
+    """The clients' metrics of the newest round, and of the newest federated evaluation."""
+    if m.get("train"):
+        print("train metrics (clients, last round): " + ", ".join(f"{k} {v:.4g}" for k, v in m["train"].items()))
+    if fed := m.get("federated"):
+        parts = [f"{k} {v['mean']:.4g} (min {v['min']:.4g}, p10 {v['p10']:.4g})" for k, v in fed["metrics"].items()]
+        print(f"federated evaluation (round {fed['round']}, {fed['clients']} clients, {fed['failed']} failed): "
+              + ", ".join(parts))
 
 
 def _secs(x: float | None) -> str:

@@ -45,25 +45,64 @@ def _line(ax: Any, rows: list[dict[str, Any]], key: str, **style: Any) -> None:
         ax.plot(*zip(*pts, strict=True), **style)
 
 
+def _legend(ax: Any, where: str) -> None:
+    """A legend for what the panel shows (a run may have no loss of any kind to plot)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=where, fontsize="small")
+
+
 def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     plt = _plt()
     rounds = [r["round"] for r in rows]
     fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     _line(a, rows, "test_accuracy", marker="o", ms=3, label="test accuracy")
     _line(a, rows, "train_accuracy", ls="--", alpha=0.7, label="train accuracy (clients)")
+    _line(a, rows, "fed_accuracy", marker="s", ms=3, color="C2", label="federated accuracy (clients' held-out)")
     a.set_ylabel("accuracy")
     a.grid(alpha=0.3)
-    a.legend(loc="lower right")
+    _legend(a, "lower right")
     _line(b, rows, "test_loss", marker="o", ms=3, color="C3", label="test loss")
     _line(b, rows, "train_loss", ls="--", alpha=0.7, color="C1", label="train loss (clients)")
+    _line(b, rows, "fed_loss", marker="s", ms=3, color="C4", label="federated loss")
     b.set_ylabel("loss")
     b.set_xlabel("round")
     b.grid(alpha=0.3)
-    b.legend(loc="upper right")
+    _legend(b, "upper right")
     if rounds:
         b.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
     _integer_axes(a, b)
     fig.suptitle("accuracy and loss per round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The clients' own metrics beyond loss and accuracy (those have their own plot)."""
+    seen = dict.fromkeys(m["name"] for r in rows for u in (r.get("updates") or []) for m in (u.get("metrics") or []))
+    seen.update(dict.fromkeys(m["name"] for r in rows for c in (r.get("fed_clients") or []) for m in c["metrics"]))
+    return [n for n in seen if n not in ("loss", "accuracy")]
+
+
+def plot_metrics(rows: list[dict[str, Any]], path: Path, names: list[str]) -> None:
+    """One panel per metric: the clients' training mean, and the federated evaluation's mean with
+    its spread across clients (the band from the lowest client to the mean, the 10th percentile)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.6 * len(names)), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        _line(ax, rows, f"train_{name}", ls="--", alpha=0.8, label="train (clients' mean)")
+        _line(ax, rows, f"fed_{name}", marker="s", ms=3, color="C2", label="federated (mean)")
+        _line(ax, rows, f"fed_{name}_p10", ls=":", color="C2", alpha=0.8, label="federated (10th percentile)")
+        pts = [(r["round"], r[f"fed_{name}_min"], r[f"fed_{name}"]) for r in rows if r.get(f"fed_{name}") is not None]
+        if pts:
+            xs, lo, hi = zip(*pts, strict=True)
+            ax.fill_between(xs, lo, hi, color="C2", alpha=0.15, label="lowest client to mean")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        _legend(ax, "best")
+    axes[-1, 0].set_xlabel("round")
+    _integer_axes(*axes[:, 0])
+    fig.suptitle("the clients' own metrics per round")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -90,8 +129,7 @@ def plot_sites(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=f"C{i % 10}", label=site)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper right", fontsize="small")
+        _legend(ax, "upper right")
     b.set_xlabel("round")
     _integer_axes(a, b)
     fig.suptitle("per-site timings")
@@ -143,6 +181,15 @@ def _traffic(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _metric_lines(m: dict[str, Any]) -> list[str]:
+    out = [f"| train {k} (clients, last round) | {v:.4g} |" for k, v in (m.get("train") or {}).items()]
+    if fed := m.get("federated"):
+        out += [f"| federated {k} (round {fed['round']}, {fed['clients']} clients): mean / min / p10 | "
+                f"{_num(v['mean'], '.4g')} / {_num(v['min'], '.4g')} / {_num(v['p10'], '.4g')} |"
+                for k, v in fed["metrics"].items()]
+    return out
+
+
 def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[str]) -> str:
     lines = [f"# {info['job']}: {info['rounds_done']} of {info['rounds_target']} rounds", "",
              f"Run directory: `{info['run_dir']}`", ""]
@@ -161,6 +208,7 @@ def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[st
     eps = [r["dp_epsilon"] for r in rows if r.get("dp_epsilon") is not None]
     if eps:
         lines.append(f"| privacy: epsilon after the last round | {eps[-1]:.2f} |")
+    lines += _metric_lines(info.get("metrics") or {})
     lines += ["", "## Failures by reason", ""]
     if info["failures_by_reason"]:
         lines += ["| reason | count |", "|---|---|"]
@@ -176,7 +224,8 @@ def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[st
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Write accuracy.png, sites.png, failures.png and summary.md into `out` (default
+    """Write accuracy.png, sites.png, failures.png (metrics.png when the clients report their own
+    metrics) and summary.md into `out` (default
     <run_dir>/report); returns their paths. Raises ValueError when the run has no rounds yet."""
     run_dir = run_dir.resolve()
     info, rows = status_and_rows(run_dir)
@@ -187,6 +236,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     pngs = [out / "accuracy.png", out / "sites.png", out / "failures.png"]
     for fn, path in zip((plot_accuracy, plot_sites, plot_failures), pngs, strict=True):
         fn(rows, path)
+    if names := metric_names(rows):
+        pngs.append(out / "metrics.png")
+        plot_metrics(rows, pngs[-1], names)
     md = out / "summary.md"
     md.write_text(summary_md(info, rows, [p.name for p in pngs]))
     return [*pngs, md]

@@ -49,6 +49,24 @@ def failures_by_reason(rows: list[dict[str, Any]]) -> dict[str, int]:
                 .most_common())
 
 
+def metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest round's client metrics: ``train`` (train_<name> means) and, from the newest round
+    that had a federated evaluation, ``federated`` ({name: {mean, min, p10}}, its round and clients)."""
+    out: dict[str, Any] = {}
+    if rows:
+        last = rows[-1]
+        out["train"] = {k[6:]: v for k, v in last.items() if k.startswith("train_") and v is not None
+                        and isinstance(v, int | float)}
+    fed = next((r for r in reversed(rows) if r.get("fed_clients")), None)
+    if fed is not None:
+        names = dict.fromkeys(m["name"] for c in fed["fed_clients"] for m in c["metrics"])
+        out["federated"] = {"round": fed["round"], "clients": len(fed["fed_clients"]),
+                            "failed": len(fed.get("fed_failures") or []),
+                            "metrics": {n: {"mean": fed.get(f"fed_{n}"), "min": fed.get(f"fed_{n}_min"),
+                                            "p10": fed.get(f"fed_{n}_p10")} for n in names}}
+    return out
+
+
 def status_info(run_dir: Path) -> dict[str, Any]:
     return status_and_rows(run_dir)[0]
 
@@ -71,6 +89,7 @@ def status_and_rows(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]
         "total_failures": sum(r.get("clients_failed") or 0 for r in rows),
         "failures_by_reason": failures_by_reason(rows),
         "sites": per_site(rows),
+        "metrics": metrics(rows),
         "schedule": sched,
         "next_firing": sched.get("next_firing") if sched and sched.get("active") else None,
         "last": last,

@@ -170,9 +170,27 @@ def _check_model(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "model", f"{name} cannot be called as the model factory: {e}") from None
 
 
+def _check_federated(job: Job, file: str | Path, cls: Any) -> None:
+    """Federated evaluation needs clients that can evaluate, and rounds to evaluate after."""
+    if not job.round.federated_every:
+        return
+    if STRATEGIES[job.strategy.name].asynchronous:
+        raise ConfigError(file, "round.federated_every", f"federated evaluation follows a synchronous round; "
+                          f"strategy {job.strategy.name} has none (expected 0)")
+    if cls is None and not job.data.holdout:
+        raise ConfigError(file, "data.holdout", "federated evaluation with the built-in client evaluates on the "
+                          "share of each client's rows it holds out; expected a value in (0, 1), e.g. 0.2")
+    from fedgrid.apps.client import Client
+
+    if cls is not None and (not callable(getattr(cls, "evaluate", None)) or cls.evaluate is Client.evaluate):
+        raise ConfigError(file, "round.federated_every", f"{job.client.path} has no evaluate(params); expected it "
+                          "to return fedgrid.client.Evaluation for federated evaluation, or 0 here")
+
+
 def _check_client(job: Job, file: str | Path) -> None:
     """The client class imports, has the methods fedgrid calls, and honours what the job needs."""
     if job.client is None:
+        _check_federated(job, file, None)
         if job.data.dataset == "custom":
             raise ConfigError(file, "data.dataset", "custom means the job's own client code loads its data; expected "
                               "a client block (client: package.module:Class) or a built-in dataset")
@@ -194,3 +212,4 @@ def _check_client(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "client.path", f"{path} does not support {hook!r}, which "
                           f"{'round.pace: deadline' if hook == 'steps' else 'strategy ' + job.strategy.name} needs: "
                           f"{HOOKS[hook]}; honour it and add {hook!r} to the class's `supports`")
+    _check_federated(job, file, cls)

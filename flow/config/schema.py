@@ -49,6 +49,8 @@ class DataSpec(_Strict):
     shape: list[int] | None = None  # parquet: input shape, e.g. [1, 28, 28]
     num_classes: Annotated[int, Field(ge=2)] | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits: held-out share
+    holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # built-in client: share of each client's rows it
+    # keeps out of training for federated evaluation
     samples_per_client: Annotated[int, Field(ge=1)] = 32  # synthetic: rows per client
 
 
@@ -82,6 +84,10 @@ class RoundSpec(_Strict):
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5  # carried/reused weight (1 + staleness) ** -exponent
     max_staleness: Annotated[int, Field(ge=1)] = 2  # carried/reused updates older than this are dropped
     eval_every: Annotated[int, Field(ge=1)] = 1
+    # federated evaluation: clients evaluate the new global model on their own held-out data
+    federated_every: Annotated[int, Field(ge=0)] = 0  # every N rounds (and the last); 0: never
+    federated_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # share of all clients asked
+    show: str | None = None  # the rounds-table column the progress line shows (e.g. fed_rmse)
     max_update_norm: Annotated[float, Field(gt=0)] | None = None  # reject updates farther from the global model
 
 

@@ -74,12 +74,18 @@ ROWS_SCHEMA = pa.schema([
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
+    # federated evaluation (flow/rounds/fedeval.py): every client's metrics, who failed, how long;
+    # the means, minima and 10th percentiles per metric are fed_<name>[_min|_p10] columns
+    ("fed_clients", pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()),
+                                        ("metrics", pa.list_(pa.struct([("name", pa.string()),
+                                                                        ("value", pa.float64())])))]))),
+    ("fed_failures", _REASONS), ("fed_s", pa.float64()), ("fed_examples", pa.int64()),
     # privacy: this round's noise multiplier and sampling rate, and epsilon after it (flow/privacy/dp.py)
     ("dp_noise", pa.float64()), ("dp_sample_rate", pa.float64()), ("dp_epsilon", pa.float64()),
 ])
 
 
-METRIC_PREFIXES = ("train_",)
+METRIC_PREFIXES = ("train_", "fed_")
 
 
 class CheckpointError(Exception):

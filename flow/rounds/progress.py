@@ -58,10 +58,14 @@ def setup_log(run_dir: Path, fmt: str = "text") -> logging.Handler:
     return handler
 
 
-def round_line(row: dict[str, Any], total: int) -> str:
+def round_line(row: dict[str, Any], total: int, show: str | None = None) -> str:
+    """One round in a line; `show` (round.show) puts that rounds-table column first."""
     acc = row.get("test_accuracy")
     loss = row.get("test_loss")
     acc_s = f"acc {acc:.4f}" if acc is not None else "acc   -   "
+    if show:
+        v = row.get(show)
+        acc_s = f"{show} {v:.4f}" if isinstance(v, int | float) else f"{show}   -   "
     loss_s = f"loss {loss:.4f}" if loss is not None else f"train loss {row.get('train_loss') or 0:.4f}"
     retry = f"  (attempt {row['attempt']})" if row.get("attempt", 1) > 1 else ""
     return (f"round {row['round']:>4}/{total}  {acc_s}  {loss_s}  clients {row['clients_ok']} ok, "
@@ -71,8 +75,8 @@ def round_line(row: dict[str, Any], total: int) -> str:
 class RunProgress:
     """Round progress for one run; a no-op bar when quiet or not on a terminal."""
 
-    def __init__(self, total_rounds: int, done: int, quiet: bool = False, stream=None):
-        self.total, self.quiet = total_rounds, quiet
+    def __init__(self, total_rounds: int, done: int, quiet: bool = False, stream=None, show: str | None = None):
+        self.total, self.quiet, self.show = total_rounds, quiet, show
         self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal and not quiet
         self._bar: Progress | None = None
@@ -105,7 +109,7 @@ class RunProgress:
             self._bar.advance(self._clients)
 
     def round_done(self, row: dict[str, Any]) -> None:
-        self.say(round_line(row, self.total))
+        self.say(round_line(row, self.total, self.show))
         if self._bar:
             self._bar.update(self._rounds, completed=row["round"])
 

@@ -57,7 +57,8 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
     handler: logging.Handler | None = None
     try:
         handler = setup_log(run_dir, log_format)
-        return _run_locked(job, run_dir, fresh, RunProgress(job.rounds, 0, quiet=quiet, stream=stream), more, stop)
+        progress = RunProgress(job.rounds, 0, quiet=quiet, stream=stream, show=job.round.show)
+        return _run_locked(job, run_dir, fresh, progress, more, stop)
     except Exception:
         log.exception("run stopped")
         raise

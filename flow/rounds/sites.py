@@ -86,7 +86,7 @@ class SiteRuntime:
         from parsl.dataflow.dflow import DataFlowKernel
 
         from fedgrid.apps.secagg import step as secagg_step
-        from fedgrid.apps.train import train_client, warm
+        from fedgrid.apps.train import evaluate_client, train_client, warm
 
         self.job = job
         self.run_dir = run_dir
@@ -109,6 +109,8 @@ class SiteRuntime:
         self._train = {s.name: python_app(train_client, executors=[s.name], data_flow_kernel=self.dfk)
                        for s in job.sites}
         self._warm = {s.name: python_app(warm, executors=[s.name], data_flow_kernel=self.dfk) for s in job.sites}
+        self._evaluate = {s.name: python_app(evaluate_client, executors=[s.name], data_flow_kernel=self.dfk)
+                          for s in job.sites}
         self._step = {s.name: python_app(secagg_step, executors=[s.name], data_flow_kernel=self.dfk)
                       for s in job.sites}
 
@@ -127,6 +129,10 @@ class SiteRuntime:
 
     def submit(self, site: str, task: TrainTask) -> Future:
         return self._train[site](task)
+
+    def evaluate(self, site: str, task: TrainTask) -> Future:
+        """A federated evaluation task: the client evaluates the task's params on its held-out data."""
+        return self._evaluate[site](task)
 
     def call(self, site: str, task: dict[str, Any]) -> Future:
         """A secure-aggregation step at a site (apps/secagg.py)."""

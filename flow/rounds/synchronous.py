@@ -20,7 +20,7 @@ from fedgrid.flow.clients import pacing, selection
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.privacy.dp import BudgetSpent
 from fedgrid.flow.privacy.secagg import SecAggFailed
-from fedgrid.flow.rounds import faults, validate
+from fedgrid.flow.rounds import faults, fedeval, validate
 from fedgrid.flow.rounds.driver import Driver, Late
 from fedgrid.flow.rounds.gather import SITE_DOWN, Gathered, gather
 from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
@@ -72,6 +72,8 @@ def run_rounds(drv: Driver, done: int, params: Params, params_bytes: int) -> str
             drv.privacy.prepare(rnd, params, g.updates)
         params = drv.strategy.aggregate(rnd, params, info.contributions(g), g.failures)
         row = round_row(rnd, info, g, params_bytes, started, time.perf_counter() - t0)
+        if fedeval.due(drv, rnd):
+            row.update(fedeval.evaluate(drv, rnd, params))
         if drv.privacy is not None:
             drv.privacy.record(row)
         drv.hand_off(rnd, params, row)

@@ -68,12 +68,13 @@ class Tasks:
         """A warm-up task: this client's data and code, no params."""
         return self.train(client, 0, None)
 
-    def outgoing(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
+    def outgoing(self, rnd: int, params: dict[str, np.ndarray], name: str = "global") -> dict[str, Any]:
         """What each site receives as the global params: the arrays, or a Ref written once a round
-        (in fp16 with compression.down: fp16; the driver keeps its full-precision model)."""
+        (in fp16 with compression.down: fp16; the driver keeps its full-precision model). `name`
+        keeps apart the round's objects: its global model, and the model it evaluates."""
         params = codec.down(params, self.job.compression.down)
         tp = self.transfer
         if not tp.any_ref() or self.store is None:
             return {s: params for s in self.site_data}
-        ref = self.store.put(params, f"{round_key(rnd)}/global")
+        ref = self.store.put(params, f"{round_key(rnd)}/{name}")
         return {s: (ref if tp.by_ref[s] else params) for s in self.site_data}

@@ -39,7 +39,8 @@ def test_a_user_loop_with_the_helpers_gives_the_builtin_model(strategy, tmp_path
 def test_a_client_without_torch_trains_on_htex_and_a_failing_client_is_recorded(tmp_path, make_job):
     job = parse_job(make_job(tmp_path / "run", rounds=3, client="broken_clients:RaisesForClient2",
                              data={"dataset": "custom", "clients": 6, "partition": {"kind": "iid"}},
-                             train={"epochs": 2, "batch_size": 32, "lr": 0.5}))
+                             train={"epochs": 2, "batch_size": 32, "lr": 0.5},
+                             round={"min_clients": 4, "deadline_s": 120, "federated_every": 2, "show": "fed_accuracy"}))
     res = run(job, quiet=True)
     rows = pq.read_table(ckpt.rows_path(res.run_dir)).to_pylist()
     assert [r["clients_ok"] for r in rows] == [5, 5, 5]  # client 2 fails every round; the rounds go on
@@ -52,3 +53,33 @@ def test_a_client_without_torch_trains_on_htex_and_a_failing_client_is_recorded(
     log = (res.run_dir / "fedgrid.log").read_text()
     assert "Traceback (most recent call last)" in log and 'raise ValueError("client 2 cannot read' in log
     assert rows[0]["test_accuracy"] is None  # no central test set: the data never left the sites
+    # federated evaluation in rounds 2 and 3 (every 2, and the last): each client on its own data,
+    # client 2 included (only its training fails)
+    assert [r["round"] for r in rows if r["fed_clients"]] == [2, 3] and rows[0]["fed_accuracy"] is None
+    last = rows[-1]
+    accs = {c["client"]: c["metrics"][0]["value"] for c in last["fed_clients"]}
+    assert sorted(accs) == list(range(6)) and last["fed_examples"] == 1797 and not last["fed_failures"]
+    w = {c["client"]: c["examples"] for c in last["fed_clients"]}
+    assert last["fed_accuracy"] == pytest.approx(sum(accs[c] * w[c] for c in accs) / sum(w.values()))
+    assert last["fed_accuracy_min"] == min(accs.values()) <= last["fed_accuracy_p10"] <= last["fed_accuracy"]
+    assert last["fed_accuracy"] > 0.8
+
+    from fedgrid.flow.commands.report import write_report
+    from fedgrid.flow.commands.status import status_info
+
+    fed = status_info(res.run_dir)["metrics"]["federated"]
+    assert fed["round"] == 3 and fed["clients"] == 6 and fed["metrics"]["accuracy"]["mean"] == last["fed_accuracy"]
+    assert "metrics.png" not in {p.name for p in write_report(res.run_dir)}  # accuracy only: the main plot
+
+
+def test_the_builtin_client_evaluates_on_the_rows_it_holds_out(tmp_path, make_job):
+    job = parse_job(make_job(tmp_path / "run", rounds=2, model="mlp", data={
+        "dataset": "digits", "clients": 6, "partition": {"kind": "iid"}, "holdout": 0.25},
+        train={"epochs": 1, "batch_size": 32, "lr": 0.1}, round={"min_clients": 6, "federated_every": 1},
+        sites=[{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]))
+    rows = run(job, quiet=True).rows
+    for r in rows:
+        # 1438 training digits / 6 = 239 or 240 each; a quarter (60) held out, the rest trained on
+        assert sorted(c["examples"] for c in r["fed_clients"]) == [60] * 6
+        assert sum(u["examples"] for u in r["updates"]) == 1438 - 360
+        assert r["fed_loss"] is not None and r["test_accuracy"] is not None  # beside the central test set

@@ -146,3 +146,38 @@ def test_metrics_become_floats():
 def test_examples_seen_counts_the_short_last_batch_of_each_epoch(steps, n, bs, seen):
     w = Work(round=1, seed=0, settings={"batch_size": bs, "epochs": 1}, global_params=OrderedDict())
     assert w.examples_seen(steps, n) == seen
+
+
+def test_federated_summary_is_the_example_weighted_mean_with_the_spread_across_clients():
+    from fedgrid.apps.update import ClientEvaluation
+    from fedgrid.flow.rounds.fedeval import summary
+
+    evals = [ClientEvaluation(c, "a", 1, n, {"rmse": v}) for c, n, v in ((0, 10, 1.0), (1, 30, 2.0), (2, 60, 4.0))]
+    evals[0].metrics["r2"] = 0.5  # a metric only one client reports is that client's
+    out = summary(evals, [{"client": 3, "site": "a", "reason": "late"}], 1.5)
+    assert out["fed_rmse"] == pytest.approx((10 * 1 + 30 * 2 + 60 * 4) / 100)
+    assert out["fed_rmse_min"] == 1.0 and out["fed_rmse_p10"] == pytest.approx(1.2)  # numpy's linear percentile
+    assert out["fed_r2"] == 0.5 and out["fed_examples"] == 100 and out["fed_failures"][0]["client"] == 3
+    assert [c["client"] for c in out["fed_clients"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("over", "fragments"), [
+    ({"round": {"min_clients": 4, "federated_every": 2}}, ["data.holdout", "expected a value in (0, 1)"]),
+    ({"round": {"min_clients": 4, "federated_every": 2}, "client": "sgd_client:SGDClient"},
+     ["round.federated_every", "sgd_client:SGDClient has no evaluate(params)"]),
+    ({"round": {"min_clients": 4, "federated_every": 2}, "strategy": "fedbuff", "data": {"holdout": 0.2}},
+     ["round.federated_every", "strategy fedbuff has none"]),
+])
+def test_federated_evaluation_needs_clients_that_can_evaluate(over, fragments, tmp_path, make_job, capsys):
+    if "data" in over:
+        over = {**over, "data": {"dataset": "digits", "clients": 6, **over["data"]}}
+    code, err = _check(_job_file(tmp_path, make_job, **over), capsys)
+    assert code == 2 and len(err) == 1 and all(f in err[0] for f in fragments), err
+
+
+def test_the_progress_line_shows_the_metric_the_job_names():
+    from fedgrid.flow.rounds.progress import round_line
+
+    row = {"round": 3, "clients_ok": 5, "clients_failed": 1, "seconds": 2.0, "train_loss": 0.5, "fed_rmse": 1.25}
+    assert round_line(row, 10, "fed_rmse").startswith("round    3/10  fed_rmse 1.2500  train loss 0.5000")
+    assert "fed_mae   -" in round_line(row, 10, "fed_mae")
