@@ -122,7 +122,13 @@ def build_model(job: Job) -> ModelParts:
     test = datasets.load_test(data, job.seed)
     shape, num_classes = datasets.meta(data, test)
     torch.manual_seed(job.seed)
-    model = build(job.model.name, shape, num_classes, job.model.kwargs)
+    try:
+        model = build(job.model.name, shape, num_classes, job.model.kwargs)
+    except Exception as e:  # noqa: BLE001 - a user's model factory may raise anything; one line, exit 2
+        if ":" not in job.model.name:
+            raise
+        raise ConfigError("<job>", "model", f"{job.model.name} raised {type(e).__name__}: {e} when called with "
+                          f"input_shape={tuple(shape)}, num_classes={num_classes}") from None
     spec = model_spec(job.model.name, shape, num_classes, job.model.kwargs)
     code = client_code(PATH, {"model": spec, "threads": job.train.threads, "batch_size": job.train.batch_size})
     return ModelParts(code, model, test, get_params(model))

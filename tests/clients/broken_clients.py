@@ -34,3 +34,8 @@ def no_arg_factory():
 def bad_factory(width, depth):
     """A model factory whose arguments fedgrid cannot supply."""
     raise AssertionError("never called")
+
+
+def raising_factory(input_shape, num_classes):
+    """A model factory that fails when the driver builds the model."""
+    raise RuntimeError(f"no layer for {num_classes} classes")
