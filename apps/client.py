@@ -131,6 +131,17 @@ class Work:
         self._fix = Corrections(self.settings, model, self.global_params)
         return self._fix
 
+    def finish(self, steps: int) -> dict[str, Any]:
+        """fedgrid's side, after train: SCAFFOLD writes the client's new variate to the store and
+        returns its change for the server. A round whose strategy corrects local training, from a
+        client that never asked for the correction, is an error rather than a silent FedAvg."""
+        if self._fix is None:
+            if used := sorted(self.needs() & {"prox", "scaffold"}):
+                raise RuntimeError(f"the strategy needs {used} in local training, but the client's train() never "
+                                   "called work.corrections(model) (and .apply() after each backward pass)")
+            return {}
+        return self._fix.finish(steps)
+
     def needs(self) -> set[str]:
         """The hooks this round's strategy uses (of HOOKS)."""
         need = set()

@@ -189,7 +189,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
         raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); "
                                  f"lower train.lr")
     t2 = time.perf_counter()
-    extras = work._fix.finish(fit.steps) if work._fix is not None else {}
+    extras = work.finish(int(fit.steps))
     n = int(fit.num_examples)
     params, used, wire = outgoing(task, params, start, n)
     params, ref = send_back(task, params)

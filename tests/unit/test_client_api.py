@@ -181,3 +181,13 @@ def test_the_progress_line_shows_the_metric_the_job_names():
     row = {"round": 3, "clients_ok": 5, "clients_failed": 1, "seconds": 2.0, "train_loss": 0.5, "fed_rmse": 1.25}
     assert round_line(row, 10, "fed_rmse").startswith("round    3/10  fed_rmse 1.2500  train loss 0.5000")
     assert "fed_mae   -" in round_line(row, 10, "fed_mae")
+
+
+def test_a_client_that_claims_a_hook_but_never_uses_it_fails_instead_of_training_plain_sgd(monkeypatch):
+    from numpy_client import NumpyLogReg
+
+    monkeypatch.setattr(NumpyLogReg, "supports", {"prox", "steps"})
+    with pytest.raises(RuntimeError, match=r"needs \['prox'\] in local training, but .* never called work.corrections"):
+        train_client(_task("numpy_client:NumpyLogReg", client=5, prox_mu=0.1))
+    with pytest.raises(RuntimeError, match=r"does not support \['scaffold'\], which this round needs"):
+        train_client(_task("numpy_client:NumpyLogReg", client=5, scaffold={"c": {}}))
