@@ -38,11 +38,12 @@ def _clients(drv: Driver, rnd: int) -> list[int]:
     return sorted(int(c) for c in rng.choice(n, size=k, replace=False))
 
 
-def _checked(e: ClientEvaluation) -> ClientEvaluation:
-    if not isinstance(e, ClientEvaluation) or isinstance(e.num_examples, bool) or e.num_examples <= 0:
-        raise validate.InvalidUpdate(f"rejected: evaluation of {type(e).__name__} with no examples")
-    e.metrics = validate.metrics(e.metrics)
-    return e
+def _checker(rnd: int):  # noqa: ANN202 - the gather's accept hook
+    def check(client: int, site: str, e: ClientEvaluation) -> ClientEvaluation:
+        if not isinstance(e, ClientEvaluation):
+            raise validate.InvalidUpdate(f"rejected: the site answered {type(e).__name__}, expected an evaluation")
+        return validate.envelope(e, client, site, rnd)
+    return check
 
 
 def evaluate(drv: Driver, rnd: int, params: Params) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def evaluate(drv: Driver, rnd: int, params: Params) -> dict[str, Any]:
     down = drv.runtime.down_sites()
     futs = {c: (drv.sites[c], drv.runtime.evaluate(drv.sites[c], drv.tasks.train(c, rnd, sent[drv.sites[c]])))
             for c in clients if drv.sites[c] not in down}
-    g = gather(futs, 0, drv.job.round.deadline_s, accept=_checked, down=drv.runtime.down_sites)
+    g = gather(futs, 0, drv.job.round.deadline_s, accept=_checker(rnd), down=drv.runtime.down_sites)
     return summary(g.updates, [f.row() for f in g.failures], time.time() - t0)
 
 

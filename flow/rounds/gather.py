@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, TimeoutError, as_completed
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedgrid.apps.update import ClientUpdate, Failure
 
@@ -35,11 +36,12 @@ SITE_DOWN = "site down: it has no workers left (pool died or node lost); tried a
 
 def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
            on_result: Callable[[int, bool], None] | None = None,
-           accept: Callable[[ClientUpdate], ClientUpdate] | None = None,
+           accept: Callable[[int, str, Any], ClientUpdate] | None = None,
            down: Callable[[], set[str]] | None = None, poll_s: float = 1.0) -> Gathered:
     """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client.
 
-    `accept` runs on each update as it arrives, while other clients are still training (fetching a
+    `accept(client, site, answer)` runs on each answer as it arrives, while other clients are still
+    training (checking it against what was sent to that client, fetching a
     by-reference update, checking it); if it raises, that client is a failure with the reason.
     `down` is polled every `poll_s` while waiting: the pending clients of a site it names (its
     workers are gone) fail at once instead of holding the round until its deadline.
@@ -60,7 +62,8 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                 exc = fut.exception()
                 if exc is None:
                     try:
-                        out.updates.append(accept(fut.result()) if accept is not None else fut.result())
+                        out.updates.append(accept(client, site, fut.result()) if accept is not None
+                                           else fut.result())
                     except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
                         exc = e
                 if exc is not None:

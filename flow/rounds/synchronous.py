@@ -157,12 +157,14 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
     return futs
 
 
-def _acceptor(drv: Driver, rnd: int, params: Params):  # noqa: ANN202 - a ClientUpdate -> ClientUpdate hook
-    """The gather's check of each update as it arrives (fetch by reference, decode, validate)."""
+def _acceptor(drv: Driver, rnd: int, params: Params):  # noqa: ANN202 - the gather's accept hook
+    """The gather's check of each answer as it arrives: against what was sent to that client, then
+    fetched by reference, decoded and validated against the global model."""
     if drv.secagg is not None:
-        return lambda u: drv.secagg.check(rnd, u.resolve())
+        return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd).resolve())
     bound = drv.job.round.max_update_norm
-    return lambda u: validate.check(u.resolve().decode(params), params, bound)
+    return lambda client, site, u: validate.check(validate.envelope(u, client, site, rnd).resolve().decode(params),
+                                                  params, bound)
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:
@@ -201,7 +203,8 @@ def _carry(drv: Driver, rnd: int, g: Gathered, arrived: list[Late], g_params: Pa
             continue
         try:
             # (no norm bound: it trained from an older model than g_params)
-            u = validate.check(late.future.result().resolve(), g_params)
+            sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round)
+            u = validate.check(sent.resolve(), g_params)
         except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
             log.warning("round %d: carried update of client %d dropped: %s", rnd, late.client, e)
             continue

@@ -18,12 +18,67 @@ import numpy as np
 
 from fedgrid.apps.update import ClientUpdate
 
+MAX_EXAMPLES = 2**31 - 1  # more than any one client holds; keeps example-weighted sums exact in float64
+MAX_BYTES = 2**40  # a TiB: any larger size claim is a lie (and would overflow the rounds table's int64 sums)
+
 METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 MAX_METRICS = 32
 
 
 class InvalidUpdate(ValueError):
     """An update that failed validation; the message is the reason recorded for the client."""
+
+
+def _count(value: Any, what: str, lo: int, hi: int) -> int:
+    """`value` as a Python int in [lo, hi] (bools and floats are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= int(value) <= hi:
+        raise InvalidUpdate(f"rejected: {what} is {str(value)[:40]!r}, expected a whole number in [{lo}, {hi}]")
+    return int(value)
+
+
+def envelope(u: Any, client: int, site: str, rnd: int) -> Any:
+    """What a site says about its answer, checked against what the driver sent before anything is
+    fetched or decoded: the same client, site and round, counts and sizes that are whole numbers in
+    range, finite non-negative timings, and metrics the rounds table can hold. Values are turned
+    into plain Python numbers, so the round file's JSON and the rounds table can always be written.
+    Works on a ClientUpdate and on a ClientEvaluation."""
+    from fedgrid.apps.update import ClientEvaluation
+
+    if not isinstance(u, ClientUpdate | ClientEvaluation):
+        raise InvalidUpdate(f"rejected: the site answered {type(u).__name__}, expected a ClientUpdate")
+    wrong_type = any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in (u.client, u.round))
+    if wrong_type or u.client != client or u.site != site or u.round != rnd:
+        raise InvalidUpdate(f"rejected: the answer is for client {str(u.client)[:20]!r} at {str(u.site)[:40]!r}, "
+                            f"round {str(u.round)[:20]!r}; client {client} at {site!r} was sent round {rnd}")
+    u.client, u.round = int(client), int(rnd)
+    u.num_examples = _count(u.num_examples, "num_examples", 1, MAX_EXAMPLES)
+    u.metrics = metrics(u.metrics)
+    if isinstance(u, ClientEvaluation):
+        return u
+    u.wire_nbytes = _count(u.wire_nbytes, "wire_nbytes", 0, MAX_BYTES)
+    if u.ref is not None:
+        _count(u.ref.nbytes, "ref.nbytes", 0, MAX_BYTES)
+    if not isinstance(u.timings, dict) or not isinstance(u.extras, dict) or not isinstance(u.params, dict):
+        raise InvalidUpdate("rejected: timings, extras and params must be dicts")
+    u.timings = {str(k)[:40]: _seconds(k, v) for k, v in list(u.timings.items())[:16]}
+    if "steps" in u.extras:
+        u.extras["steps"] = _count(u.extras["steps"], "extras.steps", 0, MAX_EXAMPLES)
+    for key in ("worker",):
+        if key in u.extras and not isinstance(u.extras[key], str):
+            raise InvalidUpdate(f"rejected: extras.{key} is {type(u.extras[key]).__name__}, expected a string")
+    if "cold" in u.extras and not isinstance(u.extras["cold"], bool):
+        raise InvalidUpdate("rejected: extras.cold must be true or false")
+    return u
+
+
+def _seconds(name: Any, v: Any) -> float:
+    try:
+        f = float(v) if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) else None
+    except OverflowError:
+        f = None
+    if f is None or not math.isfinite(f) or f < 0:
+        raise InvalidUpdate(f"rejected: timing {str(name)[:40]!r} is {str(v)[:30]!r}, expected seconds >= 0")
+    return f
 
 
 def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None = None) -> ClientUpdate:
