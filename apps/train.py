@@ -131,8 +131,8 @@ def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np
     if dp := task.dp:  # local DP: the update is clipped and noised before it leaves the site
         from fedgrid.apps.privacy import clip_and_noise
 
-        rng = np.random.default_rng(np.random.SeedSequence([task.seed, task.round, task.client, 0xD9]))
-        params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], rng)
+        # from the OS's entropy: the driver, whom local DP protects against, knows every seed
+        params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], np.random.default_rng())
     if sec := task.train.get("secagg"):  # secure aggregation: only the masked vector leaves the site
         from fedgrid.apps.secagg import mask
 

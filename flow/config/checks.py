@@ -86,6 +86,9 @@ def _check_privacy(job: Job, file: str | Path) -> None:
     if job.round.absent == "reuse":
         raise ConfigError(file, "round.absent", "a reused update would be counted again without being "
                           "accounted for: use round.absent: drop with privacy")
+    if job.round.select != "random":
+        raise ConfigError(file, "round.select", "the accountant assumes clients sampled uniformly at random; "
+                          f"round.select: {job.round.select} picks them by speed. Expected random with privacy")
 
 
 def _check_secagg(job: Job, file: str | Path) -> None:

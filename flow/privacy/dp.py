@@ -55,17 +55,37 @@ class BudgetSpent(Exception):
     """The next round would take epsilon past privacy.epsilon_budget."""
 
 
+def sample_rate(job: Job) -> float:
+    """The accountant's q. Central mode: the driver, trusted, samples clients uniformly at random
+    (round.select: random), so amplification by sampling applies: clients per round / clients.
+    Local mode protects each client from the driver, which chooses the sample: no amplification
+    (q = 1)."""
+    assert job.privacy is not None
+    if job.privacy.mode == "local":
+        return 1.0
+    return min(1.0, job.clients_per_round() / job.data.clients)
+
+
+def history_of(row: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
+    """The accountant's steps so far: the newest checkpoint's own record (it survives a lost or
+    pruned rounds table), or else rebuilt from the rows (runs from before it was recorded)."""
+    if row and row.get("dp_history") is not None:
+        return [(float(z), float(q), int(n)) for z, q, n in row["dp_history"]]
+    return [(r["dp_noise"], r["dp_sample_rate"], 1) for r in rows if r.get("dp_noise") is not None]
+
+
 class Privacy:
-    def __init__(self, job: Job, rows: list[dict[str, Any]]):
+    def __init__(self, job: Job, rows: list[dict[str, Any]], last_row: dict[str, Any] | None = None):
         self.Accountant = rdp_accountant()
         self.spec = job.privacy
         assert self.spec is not None
-        self.q = min(1.0, job.clients_per_round() / job.data.clients)
+        self.q = sample_rate(job)
         self.acc = self.Accountant()
-        for r in rows:  # the rounds already run, as their rows recorded them
-            if r.get("dp_noise") is not None:
-                self.acc.step(noise_multiplier=r["dp_noise"], sample_rate=r["dp_sample_rate"])
-        self.seed = job.seed
+        self.acc.history = history_of(last_row, rows)
+        # the noise comes from the OS's entropy, never from the job's seed, which every site holds:
+        # a site with two consecutive global models could otherwise regenerate and subtract it, and
+        # a round run again after a crash would repeat a draw the accountant counted once
+        self.rng = np.random.default_rng()
 
     def epsilon(self) -> float:
         return float(self.acc.get_epsilon(self.spec.delta)) if self.acc.history else 0.0
@@ -84,9 +104,7 @@ class Privacy:
     def prepare(self, rnd: int, global_params: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
         """Equal weights for every client; central mode also clips and noises each update."""
         m = len(updates)
-        # the round's noise comes from (seed, round) and goes to the clients in id order, so a
-        # resumed run adds exactly the noise an uninterrupted one would, whatever the arrival order
-        rng = np.random.default_rng([self.seed, 0xD9, rnd])
+        rng = self.rng
         for u in sorted(updates, key=lambda u: u.client):
             u.scale = 1.0 / max(u.num_examples, 1)  # weight num_examples * scale = 1
             if self.spec.mode == "central" and m:
@@ -96,7 +114,9 @@ class Privacy:
     def record(self, row: dict[str, Any]) -> None:
         """Account for the round just aggregated and write z, q and epsilon into its row."""
         self.acc.step(noise_multiplier=self.spec.noise_multiplier, sample_rate=self.q)
-        row.update(dp_noise=self.spec.noise_multiplier, dp_sample_rate=self.q, dp_epsilon=self.epsilon())
+        # the whole history goes into the round file with its row (run-length: (z, q, steps))
+        row.update(dp_noise=self.spec.noise_multiplier, dp_sample_rate=self.q, dp_epsilon=self.epsilon(),
+                   dp_history=[list(h) for h in self.acc.history])
 
     def task_options(self) -> dict[str, Any] | None:
         """What a site needs for local DP (none in central mode)."""

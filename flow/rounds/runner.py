@@ -108,7 +108,7 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     parts: ModelParts = build_model(job)
     transfer, store = open_store(job, run_dir, parts.params, progress, needed=bool(job.client_state()),
                                  first=start.state is None)
-    privacy = Privacy(job, start.rows) if job.privacy is not None else None
+    privacy = Privacy(job, start.rows, start.state.row if start.state else None) if job.privacy is not None else None
     tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy)
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
     strategy = make_strategy(job.strategy)

@@ -1,5 +1,6 @@
 """Update compression and client-level DP in real runs: the bytes recorded, the residuals kept at
-the sites, epsilon and the budget, and an exact resume (the codecs by hand: tests/unit/test_compression_privacy.py)."""
+the sites, epsilon and the budget, fresh DP noise, and an accountant that survives a lost table (the
+codecs by hand: tests/unit/test_compression_privacy.py)."""
 
 from __future__ import annotations
 
@@ -62,16 +63,36 @@ def _cnn_params() -> OrderedDict:
     return get_params(build("cnn", (1, 8, 8), 10, {}))
 
 
-def test_central_dp_resumes_to_exactly_the_uninterrupted_model(tmp_path, make_job) -> None:
-    """The round's noise is drawn from (seed, round) in client order: a stop and resume adds the
-    very noise an uninterrupted run adds."""
+def _final(run_dir, rnd: int) -> OrderedDict:
     from fedgrid.flow.persist import checkpoint as ckpt
 
+    return ckpt.read_round(ckpt.round_path(run_dir, rnd)).params
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_dp_noise_is_not_a_function_of_the_seed_every_site_knows(mode, tmp_path, make_job) -> None:
+    """Two runs of one job (one seed) add different noise: neither a site holding two consecutive
+    global models (central) nor the driver (local) can regenerate the noise and subtract it."""
+    spec = {"mode": mode, "clip": 1.0, "noise_multiplier": 0.5}
+    runs = [run(parse_job(make_job(tmp_path / n, rounds=1, sites=LOCAL, privacy=spec)), quiet=True) for n in "ab"]
+    a, b = (_final(r.run_dir, 1) for r in runs)
+    assert not np.array_equal(a["8.weight"], b["8.weight"])
+    assert runs[0].rows[0]["dp_sample_rate"] == 1.0  # local: the driver picks the sample, no amplification
+
+
+def test_the_privacy_accountant_survives_a_lost_rounds_table(tmp_path, make_job) -> None:
+    """A resumed run counts every round already released, from the checkpoint's own record, even
+    when rounds.parquet is gone and the older round files were pruned."""
+    from fedgrid.flow.persist import checkpoint as ckpt
+    from fedgrid.flow.privacy.dp import rdp_accountant
+
     spec = {"mode": "central", "clip": 1.0, "noise_multiplier": 0.5}
-    whole = run(parse_job(make_job(tmp_path / "whole", rounds=3, sites=LOCAL, privacy=spec)), quiet=True)
-    run(parse_job(make_job(tmp_path / "split", rounds=2, sites=LOCAL, privacy=spec)), quiet=True)
-    split = run(parse_job(make_job(tmp_path / "split", rounds=3, sites=LOCAL, privacy=spec)), quiet=True)
-    a = ckpt.read_round(ckpt.round_path(whole.run_dir, 3)).params
-    b = ckpt.read_round(ckpt.round_path(split.run_dir, 3)).params
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert whole.rows[-1]["dp_epsilon"] == split.rows[-1]["dp_epsilon"]
+    over = dict(sites=LOCAL, privacy=spec, checkpoint={"dir": str(tmp_path / "run"), "keep": 1})
+    first = run(parse_job(make_job(tmp_path / "run", rounds=3, **over)), quiet=True)
+    ckpt.rows_path(first.run_dir).unlink()
+    assert [r for r, _ in ckpt.round_files(first.run_dir)] == [0, 3]
+    more = run(parse_job(make_job(tmp_path / "run", rounds=4, **over)), quiet=True)
+    acc = rdp_accountant()()
+    for _ in range(4):
+        acc.step(noise_multiplier=0.5, sample_rate=1.0)
+    assert more.rows[-1]["dp_epsilon"] == pytest.approx(acc.get_epsilon(1e-5))

@@ -80,3 +80,15 @@ def test_config_rejects_what_compression_and_privacy_cannot_do(make_job, tmp_pat
         parse_job({**base, "privacy": {"clip": 1, "noise_multiplier": 1}, "strategy": "median"}, "j.yaml")
     with pytest.raises(ConfigError, match="compression.up"):
         parse_job({**base, "compression": {"up": "int4"}}, "j.yaml")
+    # the accountant's sampling amplification needs a uniform sample: deadline-aware selection is not one
+    with pytest.raises(ConfigError, match="round.select: the accountant assumes clients sampled uniformly"):
+        parse_job({**base, "privacy": {"clip": 1, "noise_multiplier": 1}, "round": {"select": "deadline"}}, "j.yaml")
+
+
+def test_the_sampling_rate_is_the_clients_share_only_where_the_trusted_driver_samples(make_job, tmp_path) -> None:
+    from fedgrid.flow.privacy.dp import sample_rate
+
+    base = {**make_job(tmp_path / "r"), "round": {"fraction": 0.5, "min_clients": 1}}
+    central = parse_job({**base, "privacy": {"mode": "central", "clip": 1, "noise_multiplier": 1}})
+    local = parse_job({**base, "privacy": {"mode": "local", "clip": 1, "noise_multiplier": 1}})
+    assert sample_rate(central) == 0.5 and sample_rate(local) == 1.0
