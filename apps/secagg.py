@@ -25,9 +25,11 @@ The driver learns the sum and nothing else, provided fewer than t clients collud
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,8 +95,13 @@ def keypair() -> tuple[bytes, bytes]:
 
 
 def prg(seed: bytes, n: int) -> np.ndarray:
-    """n pseudo-random words of Z_2^64 from a 32-byte seed (PCG64; the same on every machine)."""
-    return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big"))).bit_generator.random_raw(n)
+    """n pseudo-random words of Z_2^64 from a 32-byte seed: the ChaCha20 keystream, a
+    cryptographic generator (a statistical one such as PCG64 gives its state away from its output,
+    and with it every mask it would make), the same on every machine."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    stream = Cipher(algorithms.ChaCha20(seed[:32], b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(8 * n)), dtype="<u8").astype(np.uint64)
 
 
 def pair_seed(sk_i: bytes, pk_j: bytes, rnd: int) -> bytes:
@@ -142,17 +149,37 @@ def _secret_path(sa: dict[str, Any], client: int, rnd: int) -> Path:
     return d / f"client-{client:05d}-round-{rnd:06d}.key"
 
 
+def _private_dir(d: Path) -> Path:
+    """`d` and its parent, made if missing (mode 0700), and refused unless each is a real
+    directory (not a link) owned by this user; one of ours that others could enter is closed to
+    them. Another local user must not read a client's secrets, nor plant a link that sends them
+    elsewhere."""
+    for part in (d.parent, d):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, 0o700)
+        st = os.lstat(part)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise PermissionError(f"secagg key directory {part} must be a directory of uid {os.getuid()} (it is "
+                                  f"{'a link' if stat.S_ISLNK(st.st_mode) else 'not a directory'} or of uid "
+                                  f"{st.st_uid})")
+        if st.st_mode & 0o077:
+            os.chmod(part, 0o700)
+    return d
+
+
 def _save(path: Path, obj: dict[str, bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _private_dir(path.parent)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({k: v.hex() for k, v in obj.items()}, f)
     os.replace(tmp, path)
 
 
 def _load(path: Path) -> dict[str, bytes]:
-    return {k: bytes.fromhex(v) for k, v in json.loads(path.read_text()).items()}
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        return {k: bytes.fromhex(v) for k, v in json.load(f).items()}
 
 
 def _pack(frm: int, to: int, sk_share: int, b_share: int) -> bytes:

@@ -68,3 +68,36 @@ def test_config_refuses_what_secure_aggregation_cannot_see(make_job, tmp_path) -
                      ({"compression": {"up": "int8"}}, "compression.up")):
         with pytest.raises(ConfigError, match=key):
             parse_job({**base, **bad}, "j.yaml")
+
+
+def test_masks_come_from_the_chacha20_keystream_of_their_seed() -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    seed = bytes(range(32))
+    words = sa.prg(seed, 5)
+    stream = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor().update(bytes(40))
+    assert words.dtype == np.uint64 and words.tolist() == np.frombuffer(stream, "<u8").tolist()
+    assert not np.array_equal(sa.prg(bytes(32), 5), words)
+
+
+def test_secrets_stay_in_a_directory_only_their_owner_can_enter(tmp_path) -> None:
+    import os
+    import stat
+
+    opts = {"run_id": "r", "key_dir": str(tmp_path / "keys")}
+    (tmp_path / "keys").mkdir(mode=0o755)
+    os.chmod(tmp_path / "keys", 0o755)
+    sa._save(sa._secret_path(opts, 1, 1), {"sk": b"\1" * 32})
+    d = sa._secret_path(opts, 1, 1).parent
+    for part in (d, d.parent):
+        assert stat.S_IMODE(os.lstat(part).st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(sa._secret_path(opts, 1, 1)).st_mode) == 0o600
+    assert sa._load(sa._secret_path(opts, 1, 1)) == {"sk": b"\1" * 32}
+    # a link planted where the secrets go (another user in a shared /tmp) is refused, not followed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "keys2").mkdir()
+    os.symlink(elsewhere, tmp_path / "keys2" / f"fedgrid-secagg-{os.getuid()}")
+    with pytest.raises(PermissionError, match="must be a directory"):
+        sa._save(sa._secret_path({"run_id": "r", "key_dir": str(tmp_path / "keys2")}, 1, 1), {"sk": b"x"})
+    assert not list(elsewhere.iterdir())
