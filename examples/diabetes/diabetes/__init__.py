@@ -1,0 +1,1 @@
+"""Federated regression on scikit-learn's diabetes data, split over clients by age band."""
