@@ -1,0 +1,1 @@
+"""Federated binary classification without torch: scikit-learn's SGDClassifier on breast-cancer data."""
