@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -209,15 +210,45 @@ def write_round(run_dir: Path, state: RoundState) -> Path:
     return path
 
 
+def _read_table(path: Path) -> pa.Table:
+    with pa.memory_map(str(path), "r") as src:
+        table = ipc.open_file(src).read_all()
+    # every offset and length checked before anything reads through them: a flipped byte in a
+    # string column's offsets must be an error here, not a segfault in the driver
+    table.validate(full=True)
+    return table
+
+
+def remove_temp_files(run_dir: Path) -> int:
+    """Temp files of writes a killed driver never finished (the run lock is held: nobody else
+    is writing); returns how many went."""
+    n = 0
+    for d in (run_dir, run_dir / "rounds"):
+        for p in d.glob(".*.tmp") if d.is_dir() else ():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def read_round(path: Path) -> RoundState:
     """Load and verify one round file; raises CheckpointError when it cannot be trusted."""
     try:
-        with pa.memory_map(str(path), "r") as src:
-            table = ipc.open_file(src).read_all()
-        # every offset and length checked before anything reads through them: a flipped byte in
-        # a string column's offsets must be an error here, not a segfault in the driver
-        table.validate(full=True)
-    except (pa.ArrowException, OSError, ValueError) as e:  # (UnicodeDecodeError: garbled metadata)
+        table = _read_table(path)
+    except OSError as e:
+        if e.errno is None:  # Arrow's own verdict on the bytes ("Invalid IPC stream"): corrupt
+            raise CheckpointError(f"unreadable Arrow file ({e})") from None
+        # the operating system failed us (EIO, ESTALE on NFS): the file may be fine, so it is not
+        # quarantined; one more try, then the error stops the run with what happened
+        time.sleep(1.0)
+        try:
+            table = _read_table(path)
+        except (pa.ArrowException, ValueError) as e2:
+            raise CheckpointError(f"unreadable Arrow file ({e2})") from None
+        except OSError as e2:
+            if e2.errno is not None:
+                raise
+            raise CheckpointError(f"unreadable Arrow file ({e2})") from None
+    except (pa.ArrowException, ValueError) as e:  # (UnicodeDecodeError: garbled metadata)
         raise CheckpointError(f"unreadable Arrow file ({e})") from None
     meta = table.schema.metadata or {}
     if meta.get(b"fedgrid.format", b"") not in {f.encode() for f in FORMATS}:

@@ -8,7 +8,9 @@ driver, which would otherwise linger until their heartbeat times out — and end
 Those processes cannot be found by command line (Parsl retitles them with setproctitle), so the
 driver records them in ``processes.json`` once its executors are up: each interchange's pid and each
 LocalProvider block's process group (Parsl starts blocks with ``setpgrp``), with creation times so a
-recycled pid is never mistaken for ours.
+recycled pid is never mistaken for ours. The record also names the host and its boot, so a run
+directory on a shared file system, or one copied elsewhere, never ends another machine's
+processes, and it is removed when the driver shuts its executors down cleanly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +97,18 @@ def _local_htex(ex: Any) -> Any:
     return (inner() or ex) if callable(inner) else ex
 
 
+def machine() -> dict[str, str]:
+    """This host and this boot of it: a pid means nothing on another machine or after a reboot."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = str(psutil.boot_time())
+    return {"host": socket.gethostname(), "boot": boot}
+
+
 def record_processes(run_dir: Path, executors: list) -> dict:
-    """Write processes.json: interchange pids and provider block process groups of `executors`."""
+    """Write processes.json: interchange pids and provider block process groups of `executors`,
+    each group with its leader's creation time."""
     pids, pgids = [], []
     for ex in map(_local_htex, executors):
         ic = getattr(ex, "interchange_proc", None)
@@ -105,12 +118,13 @@ def record_processes(run_dir: Path, executors: list) -> dict:
             rp = job.get("remote_pid")
             if rp:
                 try:
-                    pgids.append(os.getpgid(int(rp)))
+                    g = os.getpgid(int(rp))
                 except ProcessLookupError:
                     continue
+                pgids.append([g, _ctime(g)])
     # anything in those process groups created after this driver started is ours
     started = psutil.Process().create_time() - 1.0
-    rec = {"driver": os.getpid(), "started": started, "pids": pids, "pgids": pgids}
+    rec = {"driver": os.getpid(), "started": started, "pids": pids, "pgids": pgids, **machine()}
     tmp = run_dir / ".processes.json.tmp"
     tmp.write_text(json.dumps(rec))
     os.replace(tmp, run_dir / "processes.json")
@@ -123,9 +137,11 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
         rec = json.loads((run_dir / "processes.json").read_text())
     except (OSError, ValueError):
         return []
+    if {k: rec.get(k) for k in ("host", "boot")} != machine():
+        return []  # another machine's (or another boot's) processes: none of them is here
     me, found = os.getpid(), {}
     pids = {int(p): float(t) for p, t in rec.get("pids", [])}
-    pgids = set(rec.get("pgids", []))
+    pgids = {int(g) for g, lead in rec.get("pgids", []) if _same_group(int(g), lead)}
     for p in psutil.process_iter(["pid", "create_time", "status"]):
         try:
             pid, ct = p.info["pid"], p.info["create_time"]
@@ -142,6 +158,19 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
         found.setdefault(p.pid, p)
     found.pop(me, None)
     return list(found.values())
+
+
+def _same_group(pgid: int, leader_ctime: float | None) -> bool:
+    """The recorded process group is still the one recorded: its leader is gone (the members we
+    started may outlive it, and the kernel does not reuse a group id while any member lives), or
+    it is the very process that led it then. A reused id led by a newer process is not ours."""
+    now = _ctime(pgid)
+    return now is None or (leader_ctime is not None and abs(now - leader_ctime) < 1.0)
+
+
+def forget_processes(run_dir: Path) -> None:
+    """The executors were shut down cleanly: nothing of this run is left to end."""
+    (run_dir / "processes.json").unlink(missing_ok=True)
 
 
 def _by_command_line(run_dir: Path) -> list[psutil.Process]:

@@ -49,8 +49,12 @@ def archive_rounds(run_dir: Path) -> Path | None:
     items = [p for p in (run_dir / "rounds", ckpt.rows_path(run_dir)) if p.exists()]
     if not items:
         return None
-    dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+    dest = run_dir / "archive" / stamp
+    while dest.exists():  # a second --fresh within the same second: its own folder, never a merge
+        n += 1
+        dest = run_dir / "archive" / f"{stamp}-{n}"
+    dest.mkdir(parents=True)
     for p in items:
         shutil.move(str(p), dest / p.name)
     return dest
@@ -74,6 +78,8 @@ def prepare(job: Job, run_dir: Path, fresh: bool, more: int | None, progress: Ru
     """Stage 1: orphans reaped, --fresh archived, the resume point found, the rows reconciled."""
     if (n := reap(run_dir)):
         progress.say(f"ended {n} process(es) left behind by an earlier driver of this run")
+    if (n := ckpt.remove_temp_files(run_dir)):
+        progress.say(f"removed {n} temp file(s) of writes an earlier driver did not finish")
     if fresh and (dest := archive_rounds(run_dir)):
         progress.say(f"--fresh: earlier rounds moved to {dest}")
     state = _resume_point(job, run_dir, progress)

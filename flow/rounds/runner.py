@@ -19,6 +19,7 @@ import importlib
 import logging
 import threading
 import time
+from concurrent.futures import wait
 from pathlib import Path
 
 from fedgrid.apps import codec
@@ -123,11 +124,24 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     else:
         params = restore_params(parts, start.state, run_dir)
         drv.restore(start.state)
-    for f in warm:
-        if (exc := f.exception()) is not None:
-            progress.say(f"warning: warm-up failed on a worker: {exc}")
+    _await_warm_up(warm, job.round.deadline_s, progress)
     runtime.record()
     return drv, params
+
+
+def _await_warm_up(warm: list, timeout_s: float, progress: RunProgress) -> None:
+    """Wait for the warm-up, at most a round's deadline: a site that cannot answer (an endpoint
+    offline, a block stuck in a queue) must not hold the driver before round 1. Round 1 then
+    meets the site like any other and records what happens to its clients."""
+    done, pending = wait(warm, timeout=timeout_s)
+    for f in done:
+        if (exc := f.exception()) is not None:
+            progress.say(f"warning: warm-up failed on a worker: {exc}")
+    if pending:
+        progress.say(f"warning: {len(pending)} warm-up task(s) unanswered after round.deadline_s={timeout_s:g} s; "
+                     "starting round 1 without them")
+        for f in pending:
+            f.add_done_callback(lambda f: f.exception())
 
 
 def sweep_lag(job: Job, strategy) -> int:  # noqa: ANN001 - a Strategy

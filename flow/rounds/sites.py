@@ -22,7 +22,7 @@ from typing import Any
 from fedgrid.apps.task import TrainTask
 from fedgrid.executors import build_executor
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.persist.runlock import record_processes
+from fedgrid.flow.persist.runlock import forget_processes, record_processes
 
 log = logging.getLogger("fedgrid")
 
@@ -200,3 +200,5 @@ class SiteRuntime:
             self.dfk.cleanup()
         except Exception as e:  # noqa: BLE001 - shutdown must never mask the run's own outcome
             log.warning("executor shutdown: %s", e)
+        else:
+            forget_processes(self.run_dir)

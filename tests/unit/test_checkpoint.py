@@ -189,3 +189,31 @@ def test_no_single_flipped_byte_crashes_the_reader_or_changes_the_model(tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     size, passed = map(int, out.stdout.split())
     assert size > 1000 and passed < size // 2
+
+
+def test_a_transient_read_error_does_not_quarantine_a_good_round_file(tmp_path, monkeypatch) -> None:
+    from fedgrid.flow.persist import checkpoint as ck
+
+    ck.write_round(tmp_path, ck.RoundState(round=1, params=OrderedDict(w=np.ones(3, np.float32))))
+    calls = []
+
+    def flaky(path):
+        calls.append(path)
+        raise OSError(5, "Input/output error")  # EIO, twice: the file system, not the file
+
+    monkeypatch.setattr(ck, "_read_table", flaky)
+    monkeypatch.setattr(ck.time, "sleep", lambda s: None)
+    with pytest.raises(OSError, match="Input/output error"):
+        ck.latest_valid(tmp_path)
+    assert len(calls) == 2 and ck.round_path(tmp_path, 1).exists() and not (tmp_path / "rounds" / "corrupt").exists()
+    monkeypatch.undo()
+    assert ck.latest_valid(tmp_path)[0].round == 1
+
+
+def test_temp_files_of_a_killed_write_are_removed(tmp_path) -> None:
+    from fedgrid.flow.persist import checkpoint as ck
+
+    (tmp_path / "rounds").mkdir()
+    for p in (tmp_path / ".rounds.parquet.123.tmp", tmp_path / "rounds" / ".round-000002.arrow.99.tmp"):
+        p.write_bytes(b"half")
+    assert ck.remove_temp_files(tmp_path) == 2 and not list(tmp_path.rglob("*.tmp"))
