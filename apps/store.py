@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import uuid
 from collections import OrderedDict
@@ -204,12 +205,25 @@ class Store:
                 Path(_local(ref.uri)).unlink(missing_ok=True)
 
 
-def read_bytes(uri: str) -> bytes | bytearray:
-    """The whole object; a local file is read straight into one writeable buffer (no extra copy)."""
+def read_bytes(uri: str, expected: int | None = None) -> bytes | bytearray:
+    """The whole object; a local file is read straight into one writeable buffer (no extra copy).
+
+    With `expected`, the size is checked before a byte is read, and a local path must be a regular
+    file (opened without blocking: a FIFO or a device named by a reference must not stall the
+    reader, nor a huge file fill its memory)."""
     if _is_url(uri):
-        return bytearray(filesystem(uri).cat_file(uri))  # writeable arrays: torch loads them as they are
-    with open(_local(uri), "rb") as f:
-        buf = bytearray(os.fstat(f.fileno()).st_size)
+        fs = filesystem(uri)
+        if expected is not None and (size := fs.size(uri)) != expected:
+            raise StoreError(f"{uri}: {size} bytes, expected {expected} (truncated or replaced)")
+        return bytearray(fs.cat_file(uri))  # writeable arrays: torch loads them as they are
+    fd = os.open(_local(uri), os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if expected is not None and not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{uri}: not a regular file")
+        if expected is not None and st.st_size != expected:
+            raise StoreError(f"{uri}: {st.st_size} bytes, expected {expected} (truncated or replaced)")
+        buf = bytearray(st.st_size)
         n = f.readinto(buf)
     return buf if n == len(buf) else buf[:n]
 
@@ -217,7 +231,7 @@ def read_bytes(uri: str) -> bytes | bytearray:
 def fetch(ref: Ref) -> OrderedDict[str, np.ndarray]:
     """Read and verify an object (any reader: a site or the driver)."""
     try:
-        data = read_bytes(ref.uri)
+        data = read_bytes(ref.uri, ref.nbytes)
     except FileNotFoundError:
         raise StoreError(f"{ref.uri}: object not found (is the store reachable from here?)") from None
     if len(data) != ref.nbytes:

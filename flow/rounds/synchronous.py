@@ -160,11 +160,12 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
 def _acceptor(drv: Driver, rnd: int, params: Params):  # noqa: ANN202 - the gather's accept hook
     """The gather's check of each answer as it arrives: against what was sent to that client, then
     fetched by reference, decoded and validated against the global model."""
+    area = drv.tasks.store.url if drv.tasks.store is not None else None
     if drv.secagg is not None:
-        return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd).resolve())
+        return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
     bound = drv.job.round.max_update_norm
-    return lambda client, site, u: validate.check(validate.envelope(u, client, site, rnd).resolve().decode(params),
-                                                  params, bound)
+    return lambda client, site, u: validate.check(
+        validate.envelope(u, client, site, rnd, area).resolve().decode(params), params, bound)
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:
@@ -203,7 +204,8 @@ def _carry(drv: Driver, rnd: int, g: Gathered, arrived: list[Late], g_params: Pa
             continue
         try:
             # (no norm bound: it trained from an older model than g_params)
-            sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round)
+            area = drv.tasks.store.url if drv.tasks.store is not None else None
+            sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round, area)
             u = validate.check(sent.resolve(), g_params)
         except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
             log.warning("round %d: carried update of client %d dropped: %s", rnd, late.client, e)

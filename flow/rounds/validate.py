@@ -11,6 +11,7 @@ reason (in the rounds table), does not count toward the quorum, and never stops 
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -36,12 +37,26 @@ def _count(value: Any, what: str, lo: int, hi: int) -> int:
     return int(value)
 
 
-def envelope(u: Any, client: int, site: str, rnd: int) -> Any:
+def inside(uri: str, area: str) -> bool:
+    """Whether a reference names an object in this run's area of the store (links resolved, so
+    one inside that points out is outside)."""
+    if "://" in area and not area.startswith("file://"):
+        root = area.rstrip("/") + "/"
+        return uri.startswith(root) and ".." not in uri[len(root):].split("/")
+    if "://" in uri and not uri.startswith("file://"):
+        return False
+    root = os.path.realpath(area.removeprefix("file://")) + os.sep
+    return os.path.realpath(uri.removeprefix("file://")).startswith(root)
+
+
+def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None) -> Any:
     """What a site says about its answer, checked against what the driver sent before anything is
     fetched or decoded: the same client, site and round, counts and sizes that are whole numbers in
     range, finite non-negative timings, and metrics the rounds table can hold. Values are turned
     into plain Python numbers, so the round file's JSON and the rounds table can always be written.
-    Works on a ClientUpdate and on a ClientEvaluation."""
+    A by-reference update must point into this run's area of the store (`area`), where the
+    site was told to write it: anywhere else (a path on the driver, another URL) is refused
+    before it is opened. Works on a ClientUpdate and on a ClientEvaluation."""
     from fedgrid.apps.update import ClientEvaluation
 
     if not isinstance(u, ClientUpdate | ClientEvaluation):
@@ -58,6 +73,9 @@ def envelope(u: Any, client: int, site: str, rnd: int) -> Any:
     u.wire_nbytes = _count(u.wire_nbytes, "wire_nbytes", 0, MAX_BYTES)
     if u.ref is not None:
         _count(u.ref.nbytes, "ref.nbytes", 0, MAX_BYTES)
+        if not isinstance(u.ref.uri, str) or area is None or not inside(u.ref.uri, area):
+            raise InvalidUpdate(f"rejected: the update's reference {str(u.ref.uri)[:80]!r} is outside this run's "
+                                "area of the store")
     if not isinstance(u.timings, dict) or not isinstance(u.extras, dict) or not isinstance(u.params, dict):
         raise InvalidUpdate("rejected: timings, extras and params must be dicts")
     u.timings = {str(k)[:40]: _seconds(k, v) for k, v in list(u.timings.items())[:16]}

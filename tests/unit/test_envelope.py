@@ -64,3 +64,37 @@ def test_an_evaluation_is_checked_the_same_way():
     for bad in ({"client": 2}, {"num_examples": 10**12}, {"metrics": {"rmse": float("nan")}}):
         with pytest.raises(InvalidUpdate, match="rejected"):
             envelope(ClientEvaluation(**{**vars(e), **bad}), 3, "a", 7)
+
+
+def test_a_reference_must_point_into_this_runs_area_of_the_store(tmp_path):
+    area = tmp_path / "store" / "job-1234"
+    (area / "round-000007").mkdir(parents=True)
+    ok = Ref(uri=str(area / "round-000007" / "client-00003-a1"), sha256="0" * 64, nbytes=10)
+    assert envelope(_u(params={}, ref=ok), 3, "a", 7, str(area)).ref is ok
+    (tmp_path / "outside").mkdir()
+    (area / "link").symlink_to(tmp_path / "outside")
+    for uri in ("/etc/passwd", str(area) + "-other/x", str(area / ".." / "job-9999" / "x"), str(area / "link" / "x"),
+                "s3://bucket/x", "http://127.0.0.1:1/x"):
+        with pytest.raises(InvalidUpdate, match="outside this run's area"):
+            envelope(_u(params={}, ref=Ref(uri=uri, sha256="0" * 64, nbytes=10)), 3, "a", 7, str(area))
+    with pytest.raises(InvalidUpdate, match="outside this run's area"):  # a run without a store takes none
+        envelope(_u(params={}, ref=ok), 3, "a", 7, None)
+    remote = "s3://bucket/fedgrid/job-1234"
+    assert envelope(_u(params={}, ref=Ref(uri=remote + "/round-000007/c", sha256="0", nbytes=1)), 3, "a", 7, remote)
+    with pytest.raises(InvalidUpdate, match="outside"):
+        envelope(_u(params={}, ref=Ref(uri=remote + "/../other/c", sha256="0", nbytes=1)), 3, "a", 7, remote)
+
+
+def test_a_reference_to_something_that_is_not_a_regular_file_of_its_size_is_never_read(tmp_path):
+    import os
+
+    from fedgrid.apps.store import StoreError, fetch
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading in the ordinary way would wait for a writer forever
+    with pytest.raises(StoreError, match="not a regular file"):
+        fetch(Ref(uri=str(fifo), sha256="0" * 64, nbytes=10))
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 100)
+    with pytest.raises(StoreError, match="100 bytes, expected 10"):
+        fetch(Ref(uri=str(big), sha256="0" * 64, nbytes=10))
