@@ -67,7 +67,11 @@ class Context:
 class Fit:
     """What `train` returns: the new params (same names, shapes and dtypes as the global ones),
     how many examples they were trained on (the aggregation weight), any float metrics, and the
-    local steps taken (FedNova and SCAFFOLD need it; None means ``work.budget`` of them)."""
+    local steps taken (FedNova and SCAFFOLD need it; None means ``work.budget`` of them).
+
+    An example is what a minibatch holds `batch_size` of (a row, an image, a text window, not a
+    character): pacing sizes a client's step budget from it and from the speed it learned, as
+    ``epochs x ceil(num_examples / batch_size)`` for a full round's work."""
 
     params: Params
     num_examples: int

@@ -66,7 +66,9 @@ def round_line(row: dict[str, Any], total: int, show: str | None = None) -> str:
     if show:
         v = row.get(show)
         acc_s = f"{show} {v:.4f}" if isinstance(v, int | float) else f"{show}   -   "
-    loss_s = f"loss {loss:.4f}" if loss is not None else f"train loss {row.get('train_loss') or 0:.4f}"
+    train_loss = row.get("train_loss")
+    loss_s = (f"loss {loss:.4f}" if loss is not None else
+              f"train loss {train_loss:.4f}" if train_loss is not None else "train loss   -   ")
     retry = f"  (attempt {row['attempt']})" if row.get("attempt", 1) > 1 else ""
     return (f"round {row['round']:>4}/{total}  {acc_s}  {loss_s}  clients {row['clients_ok']} ok, "
             f"{row['clients_failed']} failed  {row['seconds']:.2f} s{retry}")
