@@ -164,8 +164,7 @@ def _acceptor(drv: Driver, rnd: int, params: Params):  # noqa: ANN202 - the gath
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
     bound = drv.job.round.max_update_norm
-    return lambda client, site, u: validate.check(
-        validate.envelope(u, client, site, rnd, area).resolve().decode(params), params, bound)
+    return lambda client, site, u: validate.accept(u, client, site, rnd, params, area, bound)
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:

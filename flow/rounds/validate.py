@@ -70,6 +70,10 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None) 
     u.metrics = metrics(u.metrics)
     if isinstance(u, ClientEvaluation):
         return u
+    # the aggregation weight and the staleness are the driver's to set, never the site's
+    u.scale, u.staleness = 1.0, 0
+    if not isinstance(u.codec, str):
+        raise InvalidUpdate(f"rejected: codec is {type(u.codec).__name__}, expected a codec name")
     u.wire_nbytes = _count(u.wire_nbytes, "wire_nbytes", 0, MAX_BYTES)
     if u.ref is not None:
         _count(u.ref.nbytes, "ref.nbytes", 0, MAX_BYTES)
@@ -97,6 +101,14 @@ def _seconds(name: Any, v: Any) -> float:
     if f is None or not math.isfinite(f) or f < 0:
         raise InvalidUpdate(f"rejected: timing {str(name)[:40]!r} is {str(v)[:30]!r}, expected seconds >= 0")
     return f
+
+
+def accept(u: Any, client: int, site: str, rnd: int, like: dict[str, np.ndarray], area: str | None,
+           max_norm: float | None = None) -> ClientUpdate:
+    """A synchronous round's whole check of one answer, in order: its envelope against what was
+    sent, the by-reference params fetched and verified, a compressed delta decoded against the
+    global model, then the params themselves (the gather's accept hook)."""
+    return check(envelope(u, client, site, rnd, area).resolve().decode(like), like, max_norm)
 
 
 def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None = None) -> ClientUpdate:
