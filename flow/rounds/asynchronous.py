@@ -152,7 +152,9 @@ class AsyncLoop:
         base = self.bases[fl.version]
         try:
             area = self.drv.tasks.store.url if self.drv.tasks.store is not None else None
-            sent = validate.envelope(fut.result(), fl.client, fl.site, fl.version + 1, area)
+            tr = self.job.train
+            sent = validate.envelope(fut.result(), fl.client, fl.site, fl.version + 1, area,
+                                     validate.step_budget(tr.epochs, tr.batch_size))
             u = validate.check(sent.resolve().decode(base), base, self.job.round.max_update_norm)
         except Exception as e:  # noqa: BLE001 - an unreadable or invalid update is this client's failure
             self._fail(fl, e)

@@ -8,6 +8,7 @@ aggregation adds its stages around the train tasks: keys and shares before, unma
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
     drv.progress.round_started(rnd, len(clients))
     masking, early, problem = _secagg_setup(drv, rnd, clients, params, instr)
     futs = _submit(drv, rnd, number, masking, sent, instr)
-    g = gather(futs, quorum, rs.deadline_s, drv.progress.client_done, accept=_acceptor(drv, rnd, params),
+    g = gather(futs, quorum, rs.deadline_s, drv.progress.client_done, accept=_acceptor(drv, rnd, params, instr),
                down=drv.runtime.down_sites)
     g.failures[:0] = early
     prof.update(drv.profiles, rnd, g)
@@ -157,14 +158,17 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
     return futs
 
 
-def _acceptor(drv: Driver, rnd: int, params: Params):  # noqa: ANN202 - the gather's accept hook
+def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gather's accept hook
+              instr: dict[int, dict[str, Any]]):
     """The gather's check of each answer as it arrives: against what was sent to that client, then
     fetched by reference, decoded and validated against the global model."""
     area = drv.tasks.store.url if drv.tasks.store is not None else None
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
-    bound = drv.job.round.max_update_norm
-    return lambda client, site, u: validate.accept(u, client, site, rnd, params, area, bound)
+    bound, tr = drv.job.round.max_update_norm, drv.job.train
+    return lambda client, site, u: validate.accept(
+        u, client, site, rnd, params, area, bound,
+        validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")))
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:
@@ -204,7 +208,10 @@ def _carry(drv: Driver, rnd: int, g: Gathered, arrived: list[Late], g_params: Pa
         try:
             # (no norm bound: it trained from an older model than g_params)
             area = drv.tasks.store.url if drv.tasks.store is not None else None
-            sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round, area)
+            # (its paced budget is gone with its round: at most the most pacing could have given)
+            most = math.ceil(drv.job.train.epochs * rs.pace_max_fraction)
+            sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round, area,
+                                     validate.step_budget(most, drv.job.train.batch_size))
             u = validate.check(sent.resolve(), g_params)
         except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
             log.warning("round %d: carried update of client %d dropped: %s", rnd, late.client, e)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,14 @@ def inside(uri: str, area: str) -> bool:
     return os.path.realpath(uri.removeprefix("file://")).startswith(root)
 
 
-def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None) -> Any:
+def step_budget(epochs: int, batch_size: int, paced: int | None = None) -> Callable[[int], int]:
+    """The most local steps a client may claim for `num_examples`: the paced budget the driver
+    sent, or its epochs of minibatches. FedNova weighs by the claim, so a larger one is a lie."""
+    return lambda n: int(paced) if paced else epochs * math.ceil(n / batch_size)
+
+
+def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
+             budget: Callable[[int], int] | None = None) -> Any:
     """What a site says about its answer, checked against what the driver sent before anything is
     fetched or decoded: the same client, site and round, counts and sizes that are whole numbers in
     range, finite non-negative timings, and metrics the rounds table can hold. Values are turned
@@ -84,7 +92,8 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None) 
         raise InvalidUpdate("rejected: timings, extras and params must be dicts")
     u.timings = {str(k)[:40]: _seconds(k, v) for k, v in list(u.timings.items())[:16]}
     if "steps" in u.extras:
-        u.extras["steps"] = _count(u.extras["steps"], "extras.steps", 0, MAX_EXAMPLES)
+        limit = budget(u.num_examples) if budget is not None else MAX_EXAMPLES
+        u.extras["steps"] = _count(u.extras["steps"], "extras.steps", 0, limit)
     for key in ("worker",):
         if key in u.extras and not isinstance(u.extras[key], str):
             raise InvalidUpdate(f"rejected: extras.{key} is {type(u.extras[key]).__name__}, expected a string")
@@ -104,11 +113,11 @@ def _seconds(name: Any, v: Any) -> float:
 
 
 def accept(u: Any, client: int, site: str, rnd: int, like: dict[str, np.ndarray], area: str | None,
-           max_norm: float | None = None) -> ClientUpdate:
+           max_norm: float | None = None, budget: Callable[[int], int] | None = None) -> ClientUpdate:
     """A synchronous round's whole check of one answer, in order: its envelope against what was
     sent, the by-reference params fetched and verified, a compressed delta decoded against the
     global model, then the params themselves (the gather's accept hook)."""
-    return check(envelope(u, client, site, rnd, area).resolve().decode(like), like, max_norm)
+    return check(envelope(u, client, site, rnd, area, budget).resolve().decode(like), like, max_norm)
 
 
 def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None = None) -> ClientUpdate:

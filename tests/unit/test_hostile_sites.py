@@ -115,12 +115,16 @@ COUNT = {"cases": 0, "rejected": 0}
 def test_one_hostile_site_never_hurts_the_driver_or_the_checkpoint(strategy, area, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp(f"run-{strategy}")
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomized: every run tries the same cases, so the suite is a stable signal (a new seed
+    # explores more: run with --hypothesis-seed=N to look further)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)
     @given(bad=hostile(area))
     def case(bad: object) -> None:
         futs = {c: (SITES[c], _done(_honest(c))) for c in range(4)}
         futs[4] = (SITES[4], _done(bad))
-        g = gather(futs, 4, 30.0, accept=lambda c, s, u: validate.accept(u, c, s, RND, GLOBAL, area, None))
+        budget = validate.step_budget(1, 4)  # honest clients: 3 steps on 10-13 examples
+        g = gather(futs, 4, 30.0, accept=lambda c, s, u: validate.accept(u, c, s, RND, GLOBAL, area, None, budget))
         assert sorted(u.client for u in g.updates if u.client < 4) == [0, 1, 2, 3]  # the honest round completes
         assert len(g.updates) + len(g.failures) == 5
         for f in g.failures:  # the hostile one, with a reason a person can read
@@ -141,6 +145,16 @@ def test_one_hostile_site_never_hurts_the_driver_or_the_checkpoint(strategy, are
 
     case()
     assert COUNT["cases"] >= 150 and COUNT["rejected"] > 0
+
+
+def test_a_step_count_beyond_what_the_round_asked_for_is_refused(area):
+    """FedNova weighs by the claimed steps: one client claiming 2**31 would blow up the others."""
+    u = _honest(4)
+    u.extras["steps"] = 2**31 - 1
+    with pytest.raises(validate.InvalidUpdate, match=r"extras.steps .* expected a whole number in \[0, 4\]"):
+        validate.accept(u, 4, "b", RND, GLOBAL, area, None, validate.step_budget(1, 4))
+    u.extras["steps"] = 9
+    assert validate.accept(u, 4, "b", RND, GLOBAL, area, None, validate.step_budget(1, 4, paced=9))
 
 
 def test_a_hostile_weight_or_staleness_claim_is_the_drivers_to_set(area):
