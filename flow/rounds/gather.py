@@ -11,6 +11,7 @@ quorum can no longer be met (there is no point waiting for the stragglers of a d
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, TimeoutError, as_completed
@@ -62,8 +63,8 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                 exc = fut.exception()
                 if exc is None:
                     try:
-                        out.updates.append(accept(client, site, fut.result()) if accept is not None
-                                           else fut.result())
+                        out.updates.append(_accept(accept, client, site, fut.result(),
+                                                   deadline_s - (time.monotonic() - t0)))
                     except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
                         exc = e
                 if exc is not None:
@@ -87,6 +88,33 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
     out.failures.sort(key=lambda f: f.client)
     out.seconds = elapsed
     return out
+
+
+def _accept(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int, site: str, answer: Any,
+            remaining: float) -> Any:
+    """The accept hook on one answer. An answer by reference is read from the store on a daemon
+    thread, waited for at most the round's remaining time: a hung mount must not hold the round
+    past its deadline (the thread is left to finish, or not, on its own)."""
+    if accept is None:
+        return answer
+    if getattr(answer, "ref", None) is None:
+        return accept(client, site, answer)
+    box: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            box["ok"] = accept(client, site, answer)
+        except BaseException as e:  # noqa: BLE001 - handed to the gather as this client's failure
+            box["err"] = e
+
+    t = threading.Thread(target=read, name=f"fedgrid-read-{client}", daemon=True)
+    t.start()
+    t.join(max(remaining, 0.0))
+    if t.is_alive():
+        raise TimeoutError("late: reading its update from the store did not finish within round.deadline_s")
+    if "err" in box:
+        raise box["err"]
+    return box["ok"]
 
 
 def _drop_lost(lost: set[str], pending: dict[Future, int], futures: dict[int, tuple[str, Future]], out: Gathered,

@@ -53,3 +53,27 @@ def test_gives_up_as_soon_as_quorum_is_impossible():
             assert reasons[2].startswith("abandoned")
         finally:
             gate.set()
+
+
+def test_a_by_reference_read_that_hangs_is_late_not_a_hung_round():
+    import threading
+
+    from fedgrid.apps.store import Ref
+
+    release = threading.Event()
+
+    def accept(client, site, u):
+        if u.ref is not None:
+            release.wait(60)  # a hung mount: the read never returns while the round waits
+        return u
+
+    try:
+        hung = ClientUpdate(client=1, site="b", round=1, num_examples=5, params={},
+                            ref=Ref(uri="/mnt/hung/x", sha256="0" * 64, nbytes=8))
+        with ThreadPoolExecutor(2) as ex:
+            futs = {0: ("a", ex.submit(_ok, 0)), 1: ("b", ex.submit(lambda: hung))}
+            g = gather(futs, quorum=1, deadline_s=4.0, accept=accept)  # (client 0 answers at once)
+        assert [u.client for u in g.updates] == [0]
+        assert g.failures[0].client == 1 and "did not finish within round.deadline_s" in g.failures[0].reason
+    finally:
+        release.set()
