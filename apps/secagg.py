@@ -154,6 +154,7 @@ def _private_dir(d: Path) -> Path:
     directory (not a link) owned by this user; one of ours that others could enter is closed to
     them. Another local user must not read a client's secrets, nor plant a link that sends them
     elsewhere."""
+    d.parent.parent.mkdir(parents=True, exist_ok=True)  # key_dir itself (the temp dir by default)
     for part in (d.parent, d):
         with contextlib.suppress(FileExistsError):
             os.mkdir(part, 0o700)
@@ -232,21 +233,28 @@ def mask(sa: dict[str, Any], me: int, rnd: int, params: dict[str, np.ndarray], s
     return y + prg(mine["b"], y.size) + pair_masks(me, mine["sk"], pks, y.size, rnd)
 
 
-def _unmask(task: dict[str, Any]) -> dict[str, dict[int, int]]:
-    """Shares of b for the survivors, of the secret key for the dropped; never both for one client."""
+def _unmask(task: dict[str, Any]) -> dict[str, Any]:
+    """Shares of b for the survivors, of the secret key for the dropped; never both for one client.
+    Shares that do not decrypt, or are not what their sender claims, are named in "unreadable"
+    (their sender misbehaved) instead of failing this client's step."""
     sa, me = task["secagg"], task["client"]
     path = _secret_path(sa, me, task["round"])
     mine = _load(path)
     survivors, dropped = set(sa["survivors"]), set(sa["dropped"])
     if survivors & dropped:
         raise ValueError("secagg: a client cannot be both a survivor and dropped")
-    out: dict[str, dict[int, int]] = {"b": {}, "sk": {}}
+    out: dict[str, Any] = {"b": {}, "sk": {}, "unreadable": []}
     for i, blob in sa["inbox"].items():
         i = int(i)
-        raw = blob if i == me else decrypt(mine["sk"], sa["pks"][i], task["round"], blob)
-        frm, to, sk_share, b_share = _unpack(raw)
+        try:
+            raw = blob if i == me else decrypt(mine["sk"], sa["pks"][i], task["round"], blob)
+            frm, to, sk_share, b_share = _unpack(raw)
+        except Exception:  # noqa: BLE001 - a peer's garbage is the peer's fault: say whose, go on
+            out["unreadable"].append(i)
+            continue
         if (frm, to) != (i, me):
-            raise ValueError(f"secagg: share from {frm} to {to} arrived as {i} to {me}")
+            out["unreadable"].append(i)
+            continue
         if i in survivors:
             out["b"][i] = b_share
         elif i in dropped:

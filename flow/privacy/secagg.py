@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -29,10 +30,38 @@ from fedgrid.apps import secagg as sa
 from fedgrid.apps.codec import is_float
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.config import Job
+from fedgrid.flow.rounds.validate import MAX_EXAMPLES
 
 
 class SecAggFailed(Exception):
     """Too few clients to unmask the round."""
+
+
+def _held(shares: dict[int, Any], kind: str, of: int, t: int, rnd: int) -> dict[int, int]:
+    """The readable shares of client `of`'s secret (`kind`: b or sk) that the unmasking returned;
+    fewer than t means its secret cannot be rebuilt (it sent garbage to too many peers)."""
+    held = {j: s[kind][of] for j, s in shares.items() if of in s[kind]}
+    if len(held) < t:
+        raise SecAggFailed(f"round {rnd}: only {len(held)} readable shares of client {of}'s {kind}, secagg needs {t}")
+    return held
+
+
+def _share_map(out: Any, ids: list[int]) -> bool:
+    """A share step's answer: one ciphertext (bytes) for every client in the masking."""
+    return (isinstance(out, dict) and sorted(out) == ids
+            and all(isinstance(b, bytes) and 0 < len(b) < 4096 for b in out.values()))
+
+
+def _unmask_answer(out: Any, survivors: list[int], dropped: list[int]) -> bool:
+    """An unmask step's answer: field elements of b for survivors, of sk for the dropped, and the
+    senders whose shares it could not read."""
+    if not isinstance(out, dict) or set(out) != {"b", "sk", "unreadable"}:
+        return False
+    b, sk, bad = out["b"], out["sk"], out["unreadable"]
+    ok_shares = all(isinstance(d, dict) and all(isinstance(k, int) and isinstance(v, int) and 0 <= v < sa.PRIME
+                                                for k, v in d.items()) for d in (b, sk))
+    return (ok_shares and set(b) <= set(survivors) and set(sk) <= set(dropped) and isinstance(bad, list)
+            and all(isinstance(i, int) and i in set(survivors) | set(dropped) for i in bad))
 
 
 class SecureAggregation:
@@ -50,8 +79,10 @@ class SecureAggregation:
         return {"run_id": self.run_id, "key_dir": self.spec.key_dir, "frac_bits": self.spec.frac_bits, **more}
 
     def _stage(self, rnd: int, clients: list[int], opts: dict[int, dict[str, Any]],
-               failures: list[Failure]) -> dict[int, Any]:
-        """Run one site step for `clients`; their answers, and a failure row for each that did not."""
+               failures: list[Failure], well_formed: Callable[[int, Any], bool]) -> dict[int, Any]:
+        """Run one site step for `clients`; their answers, and a failure row for each that did not
+        answer or answered something malformed (`well_formed(client, answer)`): one client's bad
+        message must cost that client, never the round."""
         futs: dict[Future, int] = {}
         for c in clients:
             task = {"client": c, "site": self.sites[c], "round": rnd, "secagg": opts[c]}
@@ -61,10 +92,12 @@ class SecureAggregation:
         try:
             for fut in as_completed(futs, timeout=self.job.round.deadline_s):
                 c = futs[fut]
-                if fut.exception() is None:
+                if fut.exception() is not None:
+                    why[c] = fut.exception()
+                elif well_formed(c, fut.result()):
                     out[c] = fut.result()
                 else:
-                    why[c] = fut.exception()
+                    why[c] = ValueError(f"malformed answer ({type(fut.result()).__name__})")
         except FutureTimeout:
             pass
         for c in futs.values():
@@ -82,11 +115,13 @@ class SecureAggregation:
         size = sum(int(global_params[k].size) for k in names) + 1
         failures: list[Failure] = []
         t = self.threshold(len(clients))
-        pks = self._stage(rnd, clients, {c: self._opts(rnd, step="keys") for c in clients}, failures)
+        pks = self._stage(rnd, clients, {c: self._opts(rnd, step="keys") for c in clients}, failures,
+                          lambda c, pk: isinstance(pk, bytes) and len(pk) == 32)
         if len(pks) < t:
             raise SecAggFailed(f"round {rnd}: {len(pks)} clients published keys, secagg needs {t}")
         ids = sorted(pks)
-        shared = self._stage(rnd, ids, {c: self._opts(rnd, step="share", pks=pks, t=t) for c in ids}, failures)
+        shared = self._stage(rnd, ids, {c: self._opts(rnd, step="share", pks=pks, t=t) for c in ids}, failures,
+                             lambda c, out: _share_map(out, ids))
         if len(shared) < t:
             raise SecAggFailed(f"round {rnd}: {len(shared)} clients shared keys, secagg needs {t}")
         u1 = sorted(shared)
@@ -115,7 +150,12 @@ class SecureAggregation:
             raise SecAggFailed(f"round {rnd}: {len(u2)} masked updates, secagg needs {t}")
         opts = {j: self._opts(rnd, step="unmask", pks=pks, inbox=st["inbox"][j], survivors=u2, dropped=dropped)
                 for j in u2}
-        shares = self._stage(rnd, u2, opts, failures)
+        shares = self._stage(rnd, u2, opts, failures, lambda c, out: _unmask_answer(out, u2, dropped))
+        blamed = sorted({i for s in shares.values() for i in s["unreadable"]})
+        for i in blamed:  # its shares did not decrypt at a peer: it misbehaved (recorded; its own answer stays)
+            peers = sorted(j for j, s in shares.items() if i in s["unreadable"])
+            failures.append(Failure.of(i, self.sites[i], f"secagg share: its shares to clients {peers} did not "
+                                       "decrypt or were not what it claimed"))
         if len(shares) < t:
             raise SecAggFailed(f"round {rnd}: {len(shares)} clients answered the unmasking, secagg needs {t}")
         n = updates[0].params["masked"].size
@@ -123,17 +163,19 @@ class SecureAggregation:
         for u in updates:
             total += u.params["masked"]
         for i in u2:  # self masks
-            b = sa.shamir_join({j: s["b"][i] for j, s in shares.items()}, t)
+            b = sa.shamir_join(_held(shares, "b", i, t, rnd), t)
             total -= sa.prg(b, n)
         for d in dropped:  # pairwise masks a dropped client left in the survivors' updates
-            sk = sa.shamir_join({j: s["sk"][d] for j, s in shares.items()}, t)
+            sk = sa.shamir_join(_held(shares, "sk", d, t, rnd), t)
             for j in u2:
                 m = sa.prg(sa.pair_seed(sk, pks[j], rnd), n)
                 total = total - m if j < d else total + m  # j added +m when j < d
         flat = sa.from_ring(total, self.spec.frac_bits)
         examples = flat[-1]
-        if examples <= 0:
-            raise SecAggFailed(f"round {rnd}: the unmasked example count is {examples}")
+        # a wrong share (a client lying in the unmasking) leaves a random ring element here
+        if not (0 < examples <= len(u2) * MAX_EXAMPLES) or abs(examples - round(examples)) > 1e-3:
+            raise SecAggFailed(f"round {rnd}: the unmasked example count is {examples:.6g}, not a count of examples "
+                               f"(a share was wrong{'; suspects: ' + str(blamed) if blamed else ''})")
         params, off = OrderedDict(), 0
         for name, g in global_params.items():
             if name in st["names"]:

@@ -101,3 +101,61 @@ def test_secrets_stay_in_a_directory_only_their_owner_can_enter(tmp_path) -> Non
     with pytest.raises(PermissionError, match="must be a directory"):
         sa._save(sa._secret_path({"run_id": "r", "key_dir": str(tmp_path / "keys2")}, 1, 1), {"sk": b"x"})
     assert not list(elsewhere.iterdir())
+
+
+class _Sites:
+    """The clients' protocol steps run here, in this process, for the driver's SecureAggregation:
+    what is tested is the messages; `tamper(task, answer)` makes one client misbehave."""
+
+    def __init__(self, tamper):
+        self.tamper = tamper
+
+    def call(self, site: str, task: dict) -> object:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        try:
+            fut.set_result(self.tamper(task, sa.step(task)))
+        except Exception as e:  # noqa: BLE001 - a step's error is its client's failed future
+            fut.set_exception(e)
+        return fut
+
+
+def _garbage_to_client_0(task, out):
+    if task["secagg"]["step"] == "share" and task["client"] == 3:
+        out[0] = bytes(len(out[0]))  # well formed, but not a ciphertext client 0 can open
+    return out
+
+
+@pytest.mark.parametrize(("tamper", "dropped", "blamed"), [
+    (lambda task, out: b"short" if task["secagg"]["step"] == "keys" and task["client"] == 3 else out, [3], "keys"),
+    (lambda task, out: {k: v for k, v in out.items() if k != 1}
+     if task["secagg"]["step"] == "share" and task["client"] == 3 else out, [3], "share"),
+    (_garbage_to_client_0, [], "did not decrypt"),
+])
+def test_a_misbehaving_client_is_named_and_the_round_completes_with_the_others(tamper, dropped, blamed, tmp_path,
+                                                                            make_job) -> None:
+    from fedgrid.apps.update import ClientUpdate
+    from fedgrid.flow.config import parse_job
+    from fedgrid.flow.privacy.secagg import SecureAggregation
+
+    job = parse_job(make_job(tmp_path / "run", data={"dataset": "digits", "clients": 5},
+                             sites=[{"name": "a", "executor": {"kind": "local"}, "clients": 5}],
+                             round={"min_clients": 3}, secagg={"threshold": 0.6, "key_dir": str(tmp_path / "k")}))
+    agg = SecureAggregation(job, _Sites(tamper), tmp_path / "run")
+    g = OrderedDict(w=np.zeros(50, np.float32))
+    rng = np.random.default_rng(1)
+    masking, failures, train = agg.setup(1, [0, 1, 2, 3, 4], g)
+    assert sorted(set(range(5)) - set(masking)) == dropped
+    updates, want, n = [], np.zeros(50), 0
+    for c in masking:
+        x = OrderedDict(w=rng.normal(0, 0.1, 50).astype(np.float32))
+        masked = sa.mask(train[c], c, 1, x, g, 10 + c)
+        updates.append(agg.check(1, ClientUpdate(client=c, site="a", round=1, num_examples=10 + c,
+                                                 params={"masked": masked}, codec="secagg")))
+        want, n = want + x["w"].astype(np.float64) * (10 + c), n + 10 + c
+    mean = agg.finish(1, updates, g, failures)
+    np.testing.assert_allclose(mean.params["w"], want / n, atol=1e-5)  # the honest sum, unmasked
+    assert mean.num_examples == n
+    (f,) = [f for f in failures if f.client == 3]
+    assert blamed in f.reason
