@@ -34,6 +34,7 @@ class Late:
     round: int  # the round it trained for
     client: int
     future: Future
+    base: dict[str, np.ndarray] | None = None  # the global model it trained from (its update's norm is from it)
 
 
 class Driver:
@@ -68,7 +69,7 @@ class Driver:
         """Clients whose late task of an earlier round is still running."""
         return {x.client for x in self.late if not x.future.done()}
 
-    def watch_late(self, rnd: int, g: Gathered) -> list[Late]:
+    def watch_late(self, rnd: int, g: Gathered, base: dict[str, np.ndarray] | None = None) -> list[Late]:
         """Late tasks that have finished since they were given up: their timings teach the profiles
         (a client too slow for the deadline is then known to be); they are returned for carrying.
         This attempt's late tasks are watched from now on; one still running keeps its client busy."""
@@ -79,7 +80,7 @@ class Driver:
             elif item.future.exception() is None:
                 prof.observe(self.profiles, item.future.result())
                 arrived.append(item)
-        self.late = keep + [Late(rnd, c, fut) for c, (_, fut) in g.late.items()]
+        self.late = keep + [Late(rnd, c, fut, base) for c, (_, fut) in g.late.items()]
         return arrived
 
     def restore(self, state: ckpt.RoundState) -> None:

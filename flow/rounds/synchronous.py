@@ -112,7 +112,7 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
                down=drv.runtime.down_sites)
     g.failures[:0] = early
     prof.update(drv.profiles, rnd, g)
-    arrived = drv.watch_late(rnd, g)  # late tasks of a failed attempt keep their clients busy too
+    arrived = drv.watch_late(rnd, g, params)  # late tasks of a failed attempt keep their clients busy too
     a = Attempt(clients, skipped, quorum, g, arrived, problem)
     if drv.secagg is not None and a.ok():
         try:  # stage 4: unmask the sum
@@ -206,13 +206,13 @@ def _carry(drv: Driver, rnd: int, g: Gathered, arrived: list[Late], g_params: Pa
         if late.client in fresh or stale > rs.max_staleness:
             continue
         try:
-            # (no norm bound: it trained from an older model than g_params)
             area = drv.tasks.store.url if drv.tasks.store is not None else None
             # (its paced budget is gone with its round: at most the most pacing could have given)
             most = math.ceil(drv.job.train.epochs * rs.pace_max_fraction)
             sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round, area,
                                      validate.step_budget(most, drv.job.train.batch_size))
-            u = validate.check(sent.resolve(), g_params)
+            # the norm bound applies to its update from the model it trained from, not from this one
+            u = validate.check(sent.resolve(), late.base if late.base is not None else g_params, rs.max_update_norm)
         except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
             log.warning("round %d: carried update of client %d dropped: %s", rnd, late.client, e)
             continue
