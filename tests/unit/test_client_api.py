@@ -74,6 +74,17 @@ def test_model_factories_without_arguments_work_and_bad_signatures_exit_2(tmp_pa
     assert code == 2 and len(err) == 1 and "cannot be called as the model factory" in err[0]
 
 
+def test_a_model_factory_that_raises_stops_the_run_with_one_line(tmp_path, make_job):
+    """(`fedgrid run` prints a ConfigError as one line and exits 2: tests/unit/test_config.py)"""
+    from fedgrid.flow.config import ConfigError, load_job
+    from fedgrid.flow.rounds.prepare import build_model
+
+    job = load_job(_job_file(tmp_path, make_job, model="broken_clients:raising_factory"))
+    with pytest.raises(ConfigError, match=r"model: broken_clients:raising_factory raised RuntimeError: no layer for "
+                                          r"10 classes when called with input_shape=\(1, 8, 8\), num_classes=10"):
+        build_model(job)
+
+
 def test_custom_data_needs_client_code(tmp_path, make_job, capsys):
     data = {"dataset": "custom", "clients": 6}
     code, err = _check(_job_file(tmp_path, make_job, data=data), capsys)
