@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/fedgrid run examples/quickstart.yaml --fresh
 
 lint: $(STAMP)
-	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg
+	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg examples
 
 # the whole suite: tests/unit and tests/integration (real executors and CLI runs, marked `integration`)
 test: lint
