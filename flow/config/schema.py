@@ -89,6 +89,10 @@ class RoundSpec(_Strict):
     federated_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # share of all clients asked
     show: str | None = None  # the rounds-table column the progress line shows (e.g. fed_rmse)
     max_update_norm: Annotated[float, Field(gt=0)] | None = None  # reject updates farther from the global model
+    # the example count is the aggregation weight: reject a claim above max_examples, or above
+    # examples_growth times what the client answered before (its data may grow, not jump)
+    max_examples: Annotated[int, Field(ge=1)] | None = None
+    examples_growth: Annotated[float, Field(ge=1)] = 2.0
 
 
 # A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the

@@ -153,8 +153,11 @@ class AsyncLoop:
         try:
             area = self.drv.tasks.store.url if self.drv.tasks.store is not None else None
             tr = self.job.train
+            rs = self.job.round
+            limit = validate.examples_limit(float(self.drv.profiles["examples"][fl.client]), rs.max_examples,
+                                            rs.examples_growth)
             sent = validate.envelope(fut.result(), fl.client, fl.site, fl.version + 1, area,
-                                     validate.step_budget(tr.epochs, tr.batch_size))
+                                     validate.step_budget(tr.epochs, tr.batch_size), limit)
             u = validate.check(sent.resolve().decode(base), base, self.job.round.max_update_norm)
         except Exception as e:  # noqa: BLE001 - an unreadable or invalid update is this client's failure
             self._fail(fl, e)

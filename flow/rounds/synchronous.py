@@ -165,10 +165,11 @@ def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gathe
     area = drv.tasks.store.url if drv.tasks.store is not None else None
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
-    bound, tr = drv.job.round.max_update_norm, drv.job.train
+    rs, tr = drv.job.round, drv.job.train
     return lambda client, site, u: validate.accept(
-        u, client, site, rnd, params, area, bound,
-        validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")))
+        u, client, site, rnd, params, area, rs.max_update_norm,
+        validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),
+        validate.examples_limit(float(drv.profiles["examples"][client]), rs.max_examples, rs.examples_growth))
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:

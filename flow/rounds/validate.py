@@ -56,8 +56,17 @@ def step_budget(epochs: int, batch_size: int, paced: int | None = None) -> Calla
     return lambda n: int(paced) if paced else epochs * math.ceil(n / batch_size)
 
 
+def examples_limit(known: float, cap: int | None, growth: float) -> int:
+    """The most examples a client may claim: the job's cap, and `growth` times the count it
+    answered before (`known`, NaN or 0 when it never answered)."""
+    limit = cap or MAX_EXAMPLES
+    if known and math.isfinite(known) and known > 0:
+        limit = min(limit, max(1, int(known * growth)))
+    return int(limit)
+
+
 def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
-             budget: Callable[[int], int] | None = None) -> Any:
+             budget: Callable[[int], int] | None = None, max_examples: int = MAX_EXAMPLES) -> Any:
     """What a site says about its answer, checked against what the driver sent before anything is
     fetched or decoded: the same client, site and round, counts and sizes that are whole numbers in
     range, finite non-negative timings, and metrics the rounds table can hold. Values are turned
@@ -74,7 +83,7 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
         raise InvalidUpdate(f"rejected: the answer is for client {str(u.client)[:20]!r} at {str(u.site)[:40]!r}, "
                             f"round {str(u.round)[:20]!r}; client {client} at {site!r} was sent round {rnd}")
     u.client, u.round = int(client), int(rnd)
-    u.num_examples = _count(u.num_examples, "num_examples", 1, MAX_EXAMPLES)
+    u.num_examples = _count(u.num_examples, "num_examples", 1, max_examples)
     u.metrics = metrics(u.metrics)
     if isinstance(u, ClientEvaluation):
         return u
@@ -113,11 +122,12 @@ def _seconds(name: Any, v: Any) -> float:
 
 
 def accept(u: Any, client: int, site: str, rnd: int, like: dict[str, np.ndarray], area: str | None,
-           max_norm: float | None = None, budget: Callable[[int], int] | None = None) -> ClientUpdate:
+           max_norm: float | None = None, budget: Callable[[int], int] | None = None,
+           max_examples: int = MAX_EXAMPLES) -> ClientUpdate:
     """A synchronous round's whole check of one answer, in order: its envelope against what was
     sent, the by-reference params fetched and verified, a compressed delta decoded against the
     global model, then the params themselves (the gather's accept hook)."""
-    return check(envelope(u, client, site, rnd, area, budget).resolve().decode(like), like, max_norm)
+    return check(envelope(u, client, site, rnd, area, budget, max_examples).resolve().decode(like), like, max_norm)
 
 
 def check(u: ClientUpdate, like: dict[str, np.ndarray], max_norm: float | None = None) -> ClientUpdate:

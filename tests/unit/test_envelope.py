@@ -98,3 +98,14 @@ def test_a_reference_to_something_that_is_not_a_regular_file_of_its_size_is_neve
     big.write_bytes(b"x" * 100)
     with pytest.raises(StoreError, match="100 bytes, expected 10"):
         fetch(Ref(uri=str(big), sha256="0" * 64, nbytes=10))
+
+
+def test_an_example_count_beyond_what_the_client_is_known_to_hold_is_refused():
+    from fedgrid.flow.rounds.validate import MAX_EXAMPLES, examples_limit
+
+    assert examples_limit(0.0, None, 2.0) == MAX_EXAMPLES  # never answered: only the job's cap holds
+    assert examples_limit(float("nan"), 500, 2.0) == 500
+    assert examples_limit(100.0, None, 2.0) == 200 and examples_limit(100.0, 150, 2.0) == 150
+    assert envelope(_u(num_examples=200), 3, "a", 7, max_examples=200).num_examples == 200
+    with pytest.raises(InvalidUpdate, match=r"num_examples is '201', expected a whole number in \[1, 200\]"):
+        envelope(_u(num_examples=201), 3, "a", 7, max_examples=200)
