@@ -11,8 +11,13 @@ from fedgrid.flow.persist import checkpoint as ckpt
 def test_reuse_records_stand_ins_and_resumes_to_the_same_model(tmp_path, make_job) -> None:
     from fedgrid.flow.rounds.runner import run
 
+    # threads: the memory of updates is the driver's, whatever the executor kind
+    sites = [{"name": "a", "executor": {"kind": "local", "workers": 3}, "clients": 3},
+             {"name": "b", "executor": {"kind": "local", "workers": 3}, "clients": 3}]
+
     def job(d, rounds):
-        return parse_job(make_job(d, rounds=rounds, model="mlp", train={"epochs": 1, "batch_size": 16, "lr": 0.05},
+        return parse_job(make_job(d, rounds=rounds, model="mlp", sites=sites,
+                                  train={"epochs": 1, "batch_size": 16, "lr": 0.05},
                                   round={"min_clients": 2, "absent": "reuse", "max_staleness": 3},
                                   faults=[{"clients": [3, 4, 5], "fail_p": 0.6}]))
 
