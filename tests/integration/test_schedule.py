@@ -1,5 +1,5 @@
 """Recurring training: the scheduler's firings, the run lock against overlap, coalescing, SIGTERM,
-and `--rounds +N` -- all through the real CLI on real HTEX."""
+and `--rounds +N` -- all through the real CLI (the scheduled runs on threads, SIGTERM on HTEX)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
+from fedgrid.flow.commands.cli import main
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist.runlock import holder
 
@@ -21,17 +23,32 @@ ONE_SITE = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients":
 THREADS = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 4}]
 
 
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (`main`, what the `fedgrid` script runs): exit code, stdout, stderr.
+    The runs that must be processes of their own (the scheduler beside a manual run, the one that
+    gets SIGTERM) are subprocesses."""
+    capsys.readouterr()
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def _rounds(run_dir: Path) -> list[int]:
     return pq.read_table(run_dir / "rounds.parquet", columns=["round"]).column("round").to_pylist()
 
 
-def test_scheduler_fires_three_times_contiguously_and_refuses_an_overlapping_run(tmp_path, make_job) -> None:
+def test_scheduler_fires_three_times_contiguously_and_refuses_an_overlapping_run(tmp_path, make_job, capsys) -> None:
     run_dir = tmp_path / "run"
     job = make_job(run_dir, rounds=1, sites=THREADS, train={"epochs": 1, "batch_size": 32, "lr": 0.05},
                    data={"dataset": "digits", "clients": 4, "partition": {"kind": "iid"}},
                    round={"min_clients": 3, "deadline_s": 60},
-                   # every second: a run (HTEX start + 2 rounds) outlasts it, so firings coalesce too
-                   faults=[{"clients": [0], "delay_s": 1.0}],  # each run lasts seconds: room to overlap it
+                   # the first run's client 0 holds its round-1 answer until this test releases it: that
+                   # run is certainly in progress while a manual run is tried, and it outlasts firings
+                   # (every second), which coalesce
+                   faults=[{"clients": [0], "hold_at": [1]}],
                    schedule={"cron": "* * * * * *", "rounds_per_run": 2})
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -42,8 +59,13 @@ def test_scheduler_fires_three_times_contiguously_and_refuses_an_overlapping_run
         while holder(run_dir / ".lock") is None:  # a scheduled run holds the run directory
             assert sched.poll() is None and time.time() < deadline, sched.communicate()
             time.sleep(0.05)
+        held = time.monotonic()
         manual = subprocess.run(CLI + ["run", str(path), "--rounds", "+1"], capture_output=True, text=True,
                                 timeout=120)
+        # at least three firings (seconds) pass while that run is held: they coalesce into one
+        time.sleep(max(0.0, held + 3.5 - time.monotonic()))
+        (run_dir / "faults").mkdir(parents=True, exist_ok=True)
+        (run_dir / "faults" / "release").touch()
         out, err = sched.communicate(timeout=240)
     finally:
         if sched.poll() is None:
@@ -56,40 +78,61 @@ def test_scheduler_fires_three_times_contiguously_and_refuses_an_overlapping_run
     state = json.loads((run_dir / "schedule.json").read_text())
     assert state["runs"] == 3 and state["coalesced"] >= 1 and state["next_firing"] is None
     assert state["last_result"]["ok"] and state["last_result"]["rounds_done"] == 6
-    st = json.loads(subprocess.run(CLI + ["status", str(run_dir), "--json"], capture_output=True, text=True,
-                                   check=True).stdout)
+    rc, status_out, _ = _cli(capsys, "status", str(run_dir), "--json")
+    assert rc == 0
+    st = json.loads(status_out)
     assert st["rounds_done"] == 6 and st["schedule"]["runs"] == 3 and st["schedule"]["active"] is False
     # a scheduler restarted after downtime that spanned a firing runs once at start (then would wait
     # for next January 1st: --firings 1 ends it after the catch-up)
     state["last_firing"] = "2020-01-01T00:00:00+00:00"
     (run_dir / "schedule.json").write_text(json.dumps(state))
-    catch_up = subprocess.run(CLI + ["schedule", str(path), "--cron", "0 0 1 1 *", "--rounds-per-run", "1",
-                                     "--firings", "1", "-q"], capture_output=True, text=True, timeout=120)
-    assert catch_up.returncode == 0 and "running once now" in catch_up.stdout, catch_up.stderr
+    rc, catch_up, catch_up_err = _cli(capsys, "schedule", str(path), "--cron", "0 0 1 1 *", "--rounds-per-run", "1",
+                                      "--firings", "1", "-q")
+    assert rc == 0 and "running once now" in catch_up, catch_up_err
     assert _rounds(run_dir) == list(range(1, 8))
     # with no cron anywhere a scheduler is refused
     job.pop("schedule")
     path.write_text(yaml.safe_dump(job))
-    none = subprocess.run(CLI + ["schedule", str(path)], capture_output=True, text=True, timeout=60)
-    assert none.returncode == 2 and "schedule.cron" in none.stderr and "Traceback" not in none.stderr
+    rc, _, none_err = _cli(capsys, "schedule", str(path))
+    assert rc == 2 and "schedule.cron" in none_err and "Traceback" not in none_err
 
 
-def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_job) -> None:
+def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_job, capsys) -> None:
     run_dir = tmp_path / "run"
     job = make_job(run_dir, rounds=500, sites=ONE_SITE, data={"dataset": "digits", "clients": 4,
                                                                  "partition": {"kind": "iid"}},
                    train={"epochs": 1, "batch_size": 32, "lr": 0.05}, round={"min_clients": 3, "deadline_s": 60},
-                   faults=[{"clients": [0], "delay_s": 0.3}])  # rounds long enough to land inside one
+                   faults=[{"clients": [0], "hold_at": [3]}])  # round 3 waits for this test: SIGTERM lands inside it
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     proc = subprocess.Popen(CLI + ["run", str(path), "-q", "--log-format", "json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run_dir / "rounds" / "round-000002.arrow").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    err_lines: list[str] = []
+
+    def read_err() -> None:
+        for line in proc.stderr:
+            err_lines.append(line)
+
+    reader = threading.Thread(target=read_err, daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "faults" / "started-r000003").exists():
+            assert proc.poll() is None and time.time() < deadline, "".join(err_lines)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        # the driver has taken the request (its handler printed) before round 3 may finish
+        while not any("finishing the round in progress" in line for line in err_lines):
+            assert proc.poll() is None and time.time() < deadline, "".join(err_lines)
+            time.sleep(0.05)
+        (run_dir / "faults" / "release").touch()
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        reader.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(err_lines)
     assert proc.returncode == 0, err
     assert "finishing the round in progress" in err and "Traceback" not in err
     rounds = _rounds(run_dir)
@@ -101,9 +144,8 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_jo
                                                                          for r in logged)
     # and `--rounds +N` continues from there, N rounds exactly (on threads now: sites may change)
     path.write_text(yaml.safe_dump({**job, "sites": THREADS}))
-    more = subprocess.run(CLI + ["run", str(path), "--rounds", "+2", "-q"], capture_output=True, text=True,
-                          timeout=120)
-    assert more.returncode == 0, more.stderr
+    rc, _, more_err = _cli(capsys, "run", str(path), "--rounds", "+2", "-q")
+    assert rc == 0, more_err
     assert _rounds(run_dir) == list(range(1, rounds[-1] + 3))
-    bad = subprocess.run(CLI + ["run", str(path), "--rounds", "+0"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "+N" in bad.stderr
+    rc, _, bad_err = _cli(capsys, "run", str(path), "--rounds", "+0")
+    assert rc == 2 and "+N" in bad_err
