@@ -61,23 +61,32 @@ def test_emulated_endpoint_enforces_the_service_payload_and_result_limits(emulat
     assert _app(emulated, np.add)(np.ones(2), 1).result().tolist() == [2.0, 2.0]  # the site still works
 
 
-def test_mixed_sites_train_exactly_like_all_htex(tmp_path: Path, make_job) -> None:
+def test_mixed_sites_train_exactly_like_one_kind(tmp_path: Path, monkeypatch, make_job) -> None:
+    """Three kinds of site in one run (HTEX worker processes, threads, an emulated Globus Compute
+    endpoint) give exactly the model one kind gives (threads here; HTEX against threads, bit for
+    bit: test_strategies_run's SCAFFOLD resume). The mixed run also sends every param by reference
+    through a relative store path: Globus Compute workers run in their own task directory, and the
+    path must not follow them there (refs carry absolute paths)."""
     from fedgrid.flow.rounds.runner import run
 
+    monkeypatch.chdir(tmp_path)
     mixed = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 2},
              {"name": "b", "executor": {"kind": "local", "workers": 1}, "clients": 2},
              {"name": "g", "executor": {"kind": "globus_compute", "emulate": True}, "clients": 2}]
-    plain = [{"name": n, "executor": {"kind": "htex", "workers": 1}, "clients": 2} for n in "abg"]
-    acc = {}
-    for name, sites in (("mixed", mixed), ("htex", plain)):
-        job = parse_job(make_job(tmp_path / name, sites=sites, rounds=2))
-        rows = run(job, quiet=True).rows
-        assert [r["clients_ok"] for r in rows] == [6, 6]
-        acc[name] = [r["test_accuracy"] for r in rows]
-        workers = {u["site"]: u["worker"] for u in rows[-1]["updates"]}
-        assert len(set(workers.values())) == 3  # three different processes
-    assert acc["mixed"] == acc["htex"]
+    plain = [{"name": n, "executor": {"kind": "local", "workers": 1}, "clients": 2} for n in "abg"]
+    acc, rows = {}, {}
+    for name, sites, store in (("mixed", mixed, {"url": "shared", "mode": "always"}), ("plain", plain, {})):
+        job = parse_job(make_job(tmp_path / name, sites=sites, rounds=2, store=store))
+        rows[name] = run(job, quiet=True).rows
+        assert [r["clients_ok"] for r in rows[name]] == [6, 6]
+        acc[name] = [r["test_accuracy"] for r in rows[name]]
+    workers = {u["site"]: u["worker"] for u in rows["mixed"][-1]["updates"]}
+    assert len(set(workers.values())) == 3  # three different processes (two HTEX sites: test_run)
+    assert acc["mixed"] == acc["plain"]
     assert acc["mixed"][-1] > 0.6
+    # the relative store: every client answered by reference, and the round objects were swept
+    assert rows["mixed"][0]["clients_ok"] == 6 and rows["mixed"][0]["bytes_by_ref"] > 0
+    assert (tmp_path / "shared").is_dir() and not any((tmp_path / "shared").rglob("client-*"))
 
 
 def _big_job(job_dict, tmp_path: Path, **store) -> Path:
@@ -128,17 +137,3 @@ def test_emulated_endpoint_lifecycle(tmp_path: Path) -> None:
         slow.result(timeout=5)
     with pytest.raises(RuntimeError, match="shut down"):
         ep.submit(np.add, 1, 1).result(timeout=5)
-
-
-def test_relative_store_url_reaches_a_site_with_another_working_directory(tmp_path, monkeypatch, make_job) -> None:
-    """Globus Compute workers run in their own task directory: a relative store path must not
-    follow them there (refs carry absolute paths)."""
-    from fedgrid.flow.rounds.runner import run
-
-    monkeypatch.chdir(tmp_path)
-    raw = make_job(tmp_path / "run", rounds=1, model="logreg", store={"url": "shared", "mode": "always"},
-                   data={"dataset": "digits", "clients": 2}, round={"min_clients": 2, "deadline_s": 120},
-                   sites=[{"name": "g", "executor": {"kind": "globus_compute", "emulate": True}}])
-    rows = run(parse_job(raw), quiet=True).rows
-    assert rows[0]["clients_ok"] == 2 and rows[0]["bytes_by_ref"] > 0
-    assert (tmp_path / "shared").is_dir() and not any((tmp_path / "shared").rglob("client-*"))
