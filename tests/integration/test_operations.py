@@ -18,11 +18,13 @@ CLI = [sys.executable, "-m", "fedgrid.flow.commands.cli"]
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, make_job):
-    """One 3-round run through the Python API, with a flaky client and Parsl monitoring on."""
+    """One 3-round run through the Python API, with a flaky client and Parsl monitoring on (threads:
+    what status, report and export read is the driver's, and monitoring's task table is written by
+    the DataFlowKernel, whatever the executor)."""
     tmp = tmp_path_factory.mktemp("ops")
     job = make_job(tmp / "run", rounds=3, monitoring=True,
-                          sites=[{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 3},
-                                 {"name": "b", "executor": {"kind": "htex", "workers": 1}, "clients": 3}],
+                          sites=[{"name": "a", "executor": {"kind": "local", "workers": 1}, "clients": 3},
+                                 {"name": "b", "executor": {"kind": "local", "workers": 1}, "clients": 3}],
                           faults=[{"clients": [1], "raise_at": [1, 2]}])
     result = fedgrid.run(job, quiet=True)
     return result.run_dir
