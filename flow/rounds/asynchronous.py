@@ -151,14 +151,11 @@ class AsyncLoop:
             return
         base = self.bases[fl.version]
         try:
-            area = self.drv.tasks.store.url if self.drv.tasks.store is not None else None
-            tr = self.job.train
-            rs = self.job.round
+            tr, rs = self.job.train, self.job.round
             limit = validate.examples_limit(float(self.drv.profiles["examples"][fl.client]), rs.max_examples,
                                             rs.examples_growth)
-            sent = validate.envelope(fut.result(), fl.client, fl.site, fl.version + 1, area,
-                                     validate.step_budget(tr.epochs, tr.batch_size), limit)
-            u = validate.check(sent.resolve().decode(base), base, self.job.round.max_update_norm)
+            u = validate.accept(fut.result(), fl.client, fl.site, fl.version + 1, base, self.drv.tasks.area,
+                                rs.max_update_norm, validate.step_budget(tr.epochs, tr.batch_size), limit)
         except Exception as e:  # noqa: BLE001 - an unreadable or invalid update is this client's failure
             self._fail(fl, e)
             return

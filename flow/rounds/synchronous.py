@@ -162,7 +162,7 @@ def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gathe
               instr: dict[int, dict[str, Any]]):
     """The gather's check of each answer as it arrives: against what was sent to that client, then
     fetched by reference, decoded and validated against the global model."""
-    area = drv.tasks.store.url if drv.tasks.store is not None else None
+    area = drv.tasks.area
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
     rs, tr = drv.job.round, drv.job.train
@@ -207,13 +207,12 @@ def _carry(drv: Driver, rnd: int, g: Gathered, arrived: list[Late], g_params: Pa
         if late.client in fresh or stale > rs.max_staleness:
             continue
         try:
-            area = drv.tasks.store.url if drv.tasks.store is not None else None
-            # (its paced budget is gone with its round: at most the most pacing could have given)
-            most = math.ceil(drv.job.train.epochs * rs.pace_max_fraction)
-            sent = validate.envelope(late.future.result(), late.client, drv.sites[late.client], late.round, area,
-                                     validate.step_budget(most, drv.job.train.batch_size))
+            # (its paced budget is gone with its round: at most the most pacing could have given) and
             # the norm bound applies to its update from the model it trained from, not from this one
-            u = validate.check(sent.resolve(), late.base if late.base is not None else g_params, rs.max_update_norm)
+            most = math.ceil(drv.job.train.epochs * rs.pace_max_fraction)
+            u = validate.accept(late.future.result(), late.client, drv.sites[late.client], late.round,
+                                late.base if late.base is not None else g_params, drv.tasks.area, rs.max_update_norm,
+                                validate.step_budget(most, drv.job.train.batch_size))
         except Exception as e:  # noqa: BLE001 - a carried update that cannot be read is dropped
             log.warning("round %d: carried update of client %d dropped: %s", rnd, late.client, e)
             continue

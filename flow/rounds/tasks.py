@@ -39,6 +39,11 @@ class Tasks:
         self.dp = privacy.task_options() if privacy is not None else None
         self.compress = self._compression()
 
+    @property
+    def area(self) -> str | None:
+        """This run's area of the store: where every by-reference answer must point (None: no store)."""
+        return self.store.url if self.store is not None else None
+
     def _compression(self) -> dict[str, Any] | None:
         comp = self.job.compression
         if comp.up_codec() == "none":

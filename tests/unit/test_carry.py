@@ -26,7 +26,7 @@ def _late(client: int, rnd: int, w: float, base: OrderedDict) -> Late:
 def test_a_carried_update_is_held_to_the_norm_bound_from_its_own_round(make_job, tmp_path) -> None:
     job = parse_job(make_job(tmp_path / "r", round={"min_clients": 1, "late": "carry", "max_update_norm": 1.0},
                              sites=[{"name": "a", "executor": {"kind": "local"}, "clients": 6}]))
-    drv = SimpleNamespace(job=job, sites=job.client_sites(), tasks=SimpleNamespace(store=None))
+    drv = SimpleNamespace(job=job, sites=job.client_sites(), tasks=SimpleNamespace(area=None))
     old, now = OrderedDict(w=np.zeros(4, np.float32)), OrderedDict(w=np.full(4, 5.0, np.float32))
     g = Gathered()
     # client 1 moved 0.25 per weight from round 2's model (norm 0.5): carried into round 3, though
