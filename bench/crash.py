@@ -26,6 +26,7 @@ import yaml
 
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist.runlock import recorded_processes
+from fedgrid.flow.persist.table import read_rows
 
 
 def job_file(work: Path, rounds: int) -> Path:
@@ -80,7 +81,7 @@ def main() -> int:
         final = subprocess.run([*cmd, str(job), "--quiet"], capture_output=True, text=True)
         final_s = time.perf_counter() - t0
         time.sleep(1.0)
-        rows = [r["round"] for r in ckpt.read_rows(run_dir)]
+        rows = [r["round"] for r in read_rows(run_dir)]
         files = ckpt.round_files(run_dir)
         bad = []
         for _, path in files:

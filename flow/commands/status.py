@@ -15,6 +15,7 @@ from typing import Any
 from fedgrid.flow.commands.schedule import read_state
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist.runlock import holder
+from fedgrid.flow.persist.table import reconcile_rows
 
 
 def reason_kind(reason: str) -> str:
@@ -75,7 +76,7 @@ def status_and_rows(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]
     """The status, and the rows it was computed from (the report plots them: read once)."""
     state, skipped = ckpt.latest_valid(run_dir, quarantine=False)
     done = state.round if state else 0
-    rows = ckpt.reconcile_rows(run_dir, done)
+    rows = reconcile_rows(run_dir, done)
     last = rows[-1] if rows else {}
     sched = read_state(run_dir)
     accs = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]

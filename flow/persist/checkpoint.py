@@ -3,7 +3,8 @@
 Layout of a run directory::
 
     rounds/round-000000.arrow   initial model (round 0), then one file per finished round
-    rounds.parquet              one row per round: metrics, participants, failures, bytes, timings
+    rounds.parquet/             one row per round: metrics, participants, failures, bytes, timings
+                                (flow/persist/table.py)
     fedgrid.log                 the driver's log
 
 A round file is a table of arrays — ``section`` (params | strategy | profiles), ``name``, ``dtype``,
@@ -40,7 +41,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 FORMAT = "fedgrid.round.v2"
 FORMATS = ("fedgrid.round.v1", FORMAT)  # v1: one sha256 over all data; v2: a CRC32 per array
@@ -52,42 +52,6 @@ _SCHEMA = pa.schema([
     ("section", pa.string()), ("name", pa.string()), ("dtype", pa.string()),
     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()),
 ])
-
-_STALE = pa.list_(pa.struct([("client", pa.int64()), ("staleness", pa.int64())]))
-_REASONS = pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("reason", pa.string())]))
-ROWS_SCHEMA = pa.schema([
-    ("round", pa.int64()), ("attempt", pa.int64()), ("started_at", pa.float64()), ("seconds", pa.float64()),
-    ("test_accuracy", pa.float64()), ("test_loss", pa.float64()),
-    ("train_loss", pa.float64()), ("train_accuracy", pa.float64()),
-    ("clients_selected", pa.int64()), ("clients_ok", pa.int64()), ("clients_failed", pa.int64()),
-    ("participants", pa.list_(pa.int64())),
-    ("failures", _REASONS),
-    ("skipped", _REASONS),  # left out by deadline-aware selection, with why
-    ("carried", _STALE),  # late updates of earlier rounds that joined this one (round.late=carry)
-    ("reused", _STALE),  # absent clients whose last update stood in (round.absent=reuse)
-    ("updates", pa.list_(pa.struct([
-        ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
-        ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
-        ("worker", pa.string()), ("steps", pa.int64()), ("staleness", pa.int64()), ("bytes_up", pa.int64()),
-        # seconds to set up (data, model, global params) and whether it had to build the model itself
-        ("load_s", pa.float64()), ("cold", pa.bool_()),
-        ("metrics", pa.list_(pa.struct([("name", pa.string()), ("value", pa.float64())])))]))),
-    ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
-    ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
-    ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
-    # federated evaluation (flow/rounds/fedeval.py): every client's metrics, who failed, how long;
-    # the means, minima and 10th percentiles per metric are fed_<name>[_min|_p10] columns
-    ("fed_clients", pa.list_(pa.struct([("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()),
-                                        ("metrics", pa.list_(pa.struct([("name", pa.string()),
-                                                                        ("value", pa.float64())])))]))),
-    ("fed_failures", _REASONS), ("fed_s", pa.float64()), ("fed_examples", pa.int64()),
-    # privacy: this round's noise multiplier and sampling rate, and epsilon after it (flow/privacy/dp.py)
-    ("dp_noise", pa.float64()), ("dp_sample_rate", pa.float64()), ("dp_epsilon", pa.float64()),
-])
-
-
-METRIC_PREFIXES = ("train_", "fed_")
-
 
 class CheckpointError(Exception):
     """A round file that cannot be trusted (torn, corrupted, or of another format)."""
@@ -223,7 +187,7 @@ def remove_temp_files(run_dir: Path) -> int:
     """Temp files of writes a killed driver never finished (the run lock is held: nobody else
     is writing); returns how many went."""
     n = 0
-    for d in (run_dir, run_dir / "rounds"):
+    for d in (run_dir, run_dir / "rounds", run_dir / "rounds.parquet"):
         for p in d.glob(".*.tmp") if d.is_dir() else ():
             p.unlink(missing_ok=True)
             n += 1
@@ -297,50 +261,6 @@ def latest_valid(run_dir: Path, quarantine: bool = True) -> tuple[RoundState | N
                 bad.mkdir(exist_ok=True)
                 os.replace(path, bad / path.name)
     return None, skipped
-
-
-# -- rounds table ---------------------------------------------------------------------------------
-
-
-def rows_path(run_dir: Path) -> Path:
-    return run_dir / "rounds.parquet"
-
-
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    p = rows_path(run_dir)
-    if not p.exists():
-        return []
-    try:
-        return pq.read_table(p).to_pylist()
-    except (pa.ArrowInvalid, OSError) as e:
-        log.warning("rounds table %s unreadable (%s); rebuilding from round files", p, e)
-        return []
-
-
-def rows_schema(rows: list[dict[str, Any]]) -> pa.Schema:
-    """ROWS_SCHEMA plus one float column per metric the clients reported (``train_<name>``), so
-    pandas, polars and duckdb read a user's metrics as plain columns."""
-    extra = sorted({k for r in rows for k in r if k.startswith(METRIC_PREFIXES) and k not in ROWS_SCHEMA.names})
-    return ROWS_SCHEMA if not extra else pa.schema([*ROWS_SCHEMA, *((k, pa.float64()) for k in extra)])
-
-
-def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    schema = rows_schema(rows)
-    rows = [{k: r.get(k) for k in schema.names} for r in rows if r.get("round", 0) > 0]
-    table = pa.Table.from_pylist(rows, schema=schema)
-    atomic_write(rows_path(run_dir), lambda tmp: pq.write_table(table, tmp))
-
-
-def reconcile_rows(run_dir: Path, upto: int) -> list[dict[str, Any]]:
-    """Rows for rounds 1..upto: the table's, with any missing row restored from its round file."""
-    rows = {r["round"]: r for r in read_rows(run_dir) if 0 < r["round"] <= upto}
-    for r, path in round_files(run_dir):
-        if 0 < r <= upto and r not in rows:
-            try:
-                rows[r] = read_round(path).row
-            except CheckpointError:
-                continue
-    return [rows[k] for k in sorted(rows)]
 
 
 def prune(run_dir: Path, keep: int, newest: int) -> None:

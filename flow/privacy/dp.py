@@ -22,6 +22,7 @@ started: the run ends there, having spent at most the budget.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from fedgrid.apps.privacy import clip_and_noise
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.persist.table import read_rows
 
 
 def rdp_accountant() -> Any:
@@ -66,22 +68,24 @@ def sample_rate(job: Job) -> float:
     return min(1.0, job.clients_per_round() / job.data.clients)
 
 
-def history_of(row: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
+def history_of(row: dict[str, Any] | None, run_dir: Path) -> list[tuple[float, float, int]]:
     """The accountant's steps so far: the newest checkpoint's own record (it survives a lost or
-    pruned rounds table), or else rebuilt from the rows (runs from before it was recorded)."""
+    pruned rounds table), or else rebuilt from the rounds table (runs from before it was recorded)."""
     if row and row.get("dp_history") is not None:
         return [(float(z), float(q), int(n)) for z, q, n in row["dp_history"]]
-    return [(r["dp_noise"], r["dp_sample_rate"], 1) for r in rows if r.get("dp_noise") is not None]
+    upto = int(row["round"]) if row else 0
+    return [(r["dp_noise"], r["dp_sample_rate"], 1) for r in read_rows(run_dir)
+            if r.get("dp_noise") is not None and r["round"] <= upto]
 
 
 class Privacy:
-    def __init__(self, job: Job, rows: list[dict[str, Any]], last_row: dict[str, Any] | None = None):
+    def __init__(self, job: Job, run_dir: Path, last_row: dict[str, Any] | None = None):
         self.Accountant = rdp_accountant()
         self.spec = job.privacy
         assert self.spec is not None
         self.q = sample_rate(job)
         self.acc = self.Accountant()
-        self.acc.history = history_of(last_row, rows)
+        self.acc.history = history_of(last_row, run_dir)
         # the noise comes from the OS's entropy, never from the job's seed, which every site holds:
         # a site with two consecutive global models could otherwise regenerate and subtract it, and
         # a round run again after a crash would repeat a draw the accountant counted once

@@ -46,6 +46,35 @@ def _held(shares: dict[int, Any], kind: str, of: int, t: int, rnd: int) -> dict[
     return held
 
 
+def _agreed(held: dict[int, int], t: int) -> bytes | None:
+    """The secret, if every share agrees: t-subsets that together cover all of them reconstruct
+    the same secret. A changed share y_j moves a subset's secret by lambda_j * delta (never zero),
+    so a lying share shows as a disagreement. None when they disagree."""
+    ids = sorted(held)
+    starts = sorted({*range(0, len(ids) - t + 1, t), len(ids) - t})
+    found = set()
+    for s in starts:
+        try:
+            found.add(sa.shamir_join({i: held[i] for i in ids[s:s + t]}, t))
+        except ValueError:
+            return None
+    return found.pop() if len(found) == 1 else None
+
+
+def _join(held: dict[int, int], t: int, liars: set[int]) -> bytes | None:
+    """The secret from shares of which at most one holder lied (added to `liars`): the shares of
+    known liars are left out first; with t + 2 or more shares one more liar is found by leaving
+    each holder out in turn. None when the shares cannot be made to agree."""
+    held = {j: v for j, v in held.items() if j not in liars}
+    if len(held) >= t and (secret := _agreed(held, t)) is not None:
+        return secret
+    for j in sorted(held) if len(held) >= t + 2 else ():
+        if (secret := _agreed({i: v for i, v in held.items() if i != j}, t)) is not None:
+            liars.add(j)
+            return secret
+    return None
+
+
 def _share_map(out: Any, ids: list[int]) -> bool:
     """A share step's answer: one ciphertext (bytes) for every client in the masking."""
     return (isinstance(out, dict) and sorted(out) == ids
@@ -139,6 +168,14 @@ class SecureAggregation:
         u.wire_nbytes = int(m.nbytes)
         return u
 
+    @staticmethod
+    def _secret(shares: dict[int, Any], kind: str, of: int, t: int, rnd: int, liars: set[int]) -> bytes:
+        """Client `of`'s secret (b or sk) from the unmasking's shares, a lying holder found and left out."""
+        if (secret := _join(_held(shares, kind, of, t, rnd), t, liars)) is None:
+            raise SecAggFailed(f"round {rnd}: the shares of client {of}'s {kind} disagree and no single wrong "
+                               f"share explains it (suspects so far: {sorted(liars)})")
+        return secret
+
     def finish(self, rnd: int, updates: list[ClientUpdate], global_params: dict[str, np.ndarray],
                failures: list[Failure]) -> ClientUpdate:
         """Stage 4 and the unmasking: the round's mean update, as one ClientUpdate."""
@@ -158,31 +195,47 @@ class SecureAggregation:
                                        "decrypt or were not what it claimed"))
         if len(shares) < t:
             raise SecAggFailed(f"round {rnd}: {len(shares)} clients answered the unmasking, secagg needs {t}")
-        n = updates[0].params["masked"].size
-        total = np.zeros(n, np.uint64)
-        for u in updates:
-            total += u.params["masked"]
-        for i in u2:  # self masks
-            b = sa.shamir_join(_held(shares, "b", i, t, rnd), t)
-            total -= sa.prg(b, n)
-        for d in dropped:  # pairwise masks a dropped client left in the survivors' updates
-            sk = sa.shamir_join(_held(shares, "sk", d, t, rnd), t)
-            for j in u2:
-                m = sa.prg(sa.pair_seed(sk, pks[j], rnd), n)
-                total = total - m if j < d else total + m  # j added +m when j < d
-        flat = sa.from_ring(total, self.spec.frac_bits)
+        flat = self._unmasked(rnd, updates, shares, pks, t, failures)
         examples = flat[-1]
         # a wrong share (a client lying in the unmasking) leaves a random ring element here
         if not (0 < examples <= len(u2) * MAX_EXAMPLES) or abs(examples - round(examples)) > 1e-3:
             raise SecAggFailed(f"round {rnd}: the unmasked example count is {examples:.6g}, not a count of examples "
                                f"(a share was wrong{'; suspects: ' + str(blamed) if blamed else ''})")
+        return ClientUpdate(client=-1, site="secagg", round=rnd, num_examples=int(round(examples)),
+                            params=self._mean(flat, examples, global_params, st["names"]))
+
+    def _unmasked(self, rnd: int, updates: list[ClientUpdate], shares: dict[int, Any], pks: dict[int, bytes],
+                  t: int, failures: list[Failure]) -> np.ndarray:
+        """The sum of the survivors' inputs: their masked vectors added, every self mask and the
+        pairwise masks of the dropped removed; a client whose shares lied is recorded."""
+        u2 = sorted(u.client for u in updates)
+        n = updates[0].params["masked"].size
+        total = np.zeros(n, np.uint64)
+        for u in updates:
+            total += u.params["masked"]
+        liars: set[int] = set()
+        for i in u2:  # self masks
+            total -= sa.prg(self._secret(shares, "b", i, t, rnd, liars), n)
+        for d in sorted(set(pks) - set(u2)):  # pairwise masks a dropped client left in the survivors' updates
+            sk = self._secret(shares, "sk", d, t, rnd, liars)
+            for j in u2:
+                m = sa.prg(sa.pair_seed(sk, pks[j], rnd), n)
+                total = total - m if j < d else total + m  # j added +m when j < d
+        for j in sorted(liars):
+            failures.append(Failure.of(j, self.sites[j], "secagg unmask: it returned shares that disagree with "
+                                       "every other client's (a wrong share); the secrets were rebuilt without it"))
+        return sa.from_ring(total, self.spec.frac_bits)
+
+    @staticmethod
+    def _mean(flat: np.ndarray, examples: float, global_params: dict[str, np.ndarray],
+              names: list[str]) -> OrderedDict[str, np.ndarray]:
         params, off = OrderedDict(), 0
         for name, g in global_params.items():
-            if name in st["names"]:
+            if name in names:
                 k = g.size
                 mean = flat[off:off + k].reshape(g.shape) / examples
                 params[name] = (np.asarray(g, np.float64) + mean).astype(g.dtype)
                 off += k
             else:
                 params[name] = g
-        return ClientUpdate(client=-1, site="secagg", round=rnd, num_examples=int(round(examples)), params=params)
+        return params

@@ -54,10 +54,6 @@ class Driver:
         self.memory = UpdateMemory(job)
         self.late: list[Late] = []
 
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        return self.writer.rows
-
     def stopping(self, after: int) -> bool:
         """A stop was requested (SIGTERM): no round after `after` starts; the finished ones are all saved."""
         if self.stop is None or not self.stop.is_set():

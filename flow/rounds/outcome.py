@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,17 @@ class SiteDown(Exception):
 
 @dataclass
 class RunResult:
+    """What a run reached. `rows` (the rounds table) is read from disk when first asked for: the
+    driver never holds every round's row (a 10,000-round run would grow without bound)."""
+
     run_dir: Path
     rounds_done: int
     resumed_from: int | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    last: dict[str, Any]
     stopped: bool = False  # stopped early on request (SIGTERM), after a finished round
 
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.rows[-1] if self.rows else {}
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        from fedgrid.flow.persist.table import read_rows
+
+        return [r for r in read_rows(self.run_dir) if r["round"] <= self.rounds_done]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from fedgrid.flow.config import ConfigError, Job
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist import dataplane
 from fedgrid.flow.persist.runlock import reap
+from fedgrid.flow.persist.table import RoundsTable, rows_path
 from fedgrid.flow.rounds.outcome import ResumeRefused
 from fedgrid.flow.rounds.progress import RunProgress
 from fedgrid.flow.rounds.writer import ALL_ROUNDS, Evaluate
@@ -29,11 +30,11 @@ Params = dict[str, np.ndarray]
 @dataclass
 class Start:
     """Where the run starts: the job (its target already resolved for ``--rounds +N``), the newest
-    valid checkpoint, and the rounds table up to it."""
+    valid checkpoint, and the rounds table, on disk exactly rounds 1..done."""
 
     job: Job
     state: ckpt.RoundState | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    table: RoundsTable
 
     @property
     def done(self) -> int:
@@ -46,7 +47,7 @@ class Start:
 
 def archive_rounds(run_dir: Path) -> Path | None:
     """Move earlier rounds aside (never delete a user's results) so a --fresh run starts clean."""
-    items = [p for p in (run_dir / "rounds", ckpt.rows_path(run_dir)) if p.exists()]
+    items = [p for p in (run_dir / "rounds", rows_path(run_dir)) if p.exists()]
     if not items:
         return None
     stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
@@ -86,7 +87,7 @@ def prepare(job: Job, run_dir: Path, fresh: bool, more: int | None, progress: Ru
     done = state.round if state else 0
     if more is not None:
         job = job.model_copy(update={"rounds": done + more})
-    start = Start(job, state, ckpt.reconcile_rows(run_dir, done))
+    start = Start(job, state, RoundsTable.open(run_dir, done))
     if not start.complete:
         progress.resume_at(done, job.rounds)
         if state:

@@ -1,7 +1,7 @@
 """A round's row of the rounds table (rounds.parquet), built from what the round gathered.
 
 The synchronous rounds and the asynchronous loop's server steps both write their rows here, so
-`status`, `report` and every reader see one schema (``ROWS_SCHEMA`` in flow/persist/checkpoint.py).
+`status`, `report` and every reader see one schema (``ROWS_SCHEMA`` in flow/persist/table.py).
 """
 
 from __future__ import annotations

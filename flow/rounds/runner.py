@@ -24,8 +24,8 @@ from pathlib import Path
 
 from fedgrid.apps import codec
 from fedgrid.flow.config import Job
-from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist.runlock import RunLock
+from fedgrid.flow.persist.table import rows_path
 from fedgrid.flow.privacy.dp import Privacy
 from fedgrid.flow.privacy.secagg import SecureAggregation
 from fedgrid.flow.rounds import asynchronous, synchronous
@@ -82,7 +82,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
         job = start.job
         if start.complete:
             progress.summary(f"{job.name}: already complete ({start.done} rounds) in {run_dir}")
-            return RunResult(run_dir, start.done, start.done, start.rows)
+            return RunResult(run_dir, start.done, start.done, start.table.last)
         runtime = _start_sites(job, run_dir, progress)
         cleanup.callback(runtime.close)
         drv, params = _build_driver(job, run_dir, progress, runtime, start, stop)
@@ -109,12 +109,12 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     parts: ModelParts = build_model(job)
     transfer, store = open_store(job, run_dir, parts.params, progress, needed=bool(job.client_state()),
                                  first=start.state is None)
-    privacy = Privacy(job, start.rows, start.state.row if start.state else None) if job.privacy is not None else None
+    privacy = Privacy(job, run_dir, start.state.row if start.state else None) if job.privacy is not None else None
     tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy)
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
     strategy = make_strategy(job.strategy)
     strategy.bind(job.data.clients, store.url if store is not None else None)
-    writer = RoundWriter(run_dir, job.rounds, job.round.eval_every, job.checkpoint.keep, start.rows, progress,
+    writer = RoundWriter(run_dir, job.rounds, job.round.eval_every, job.checkpoint.keep, start.table, progress,
                          parts.evaluator(), store, sweep_lag(job, strategy))
     secagg = SecureAggregation(job, runtime, run_dir) if job.secagg is not None else None
     drv = Driver(job, run_dir, progress, runtime, strategy, tasks, writer, privacy, secagg, stop)
@@ -163,14 +163,14 @@ def _loop(drv: Driver, done: int, params: dict) -> str:
 
 def _summarise(drv: Driver, start: Start, t_start: float, why: str) -> RunResult:
     job, done = drv.job, start.done
-    last = drv.rows[-1] if drv.rows else {}
+    last = drv.writer.table.last
     took = time.time() - t_start
     acc = last.get("test_accuracy")
     reached = int(last.get("round", done))
     drv.progress.summary(
-        f"{job.name}: {len(drv.rows)} rounds done"
+        f"{job.name}: {drv.writer.table.count} rounds done"
         + (f" (stopped {why} at round {reached} of {job.rounds})" if reached < job.rounds else "")
         + (f", test accuracy {acc:.4f}" if acc is not None else "")
         + f", {took:.1f} s this run ({(took / max(reached - done, 1)):.2f} s/round); results in "
-          f"{ckpt.rows_path(drv.run_dir)}")
-    return RunResult(drv.run_dir, reached, done or None, drv.rows, stopped=reached < job.rounds)
+          f"{rows_path(drv.run_dir)}")
+    return RunResult(drv.run_dir, reached, done or None, last, stopped=reached < job.rounds)

@@ -154,7 +154,8 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
     for c in prof.longest_first(drv.profiles, clients):
         site = drv.sites[c]
         futs[c] = (site, _failed(SiteDown(SITE_DOWN)) if site in down else
-                   drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number)))
+                   drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number,
+                                                   prof.residual_of(drv.profiles, c))))
     return futs
 
 

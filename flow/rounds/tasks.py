@@ -52,8 +52,9 @@ class Tasks:
                 "residual_key": "state/residual/client-{client:05d}" if comp.needs_store() else None}
 
     def train(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
-              extra: dict[str, Any] | None = None, attempt: int = 1) -> TrainTask:
-        """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it."""
+              extra: dict[str, Any] | None = None, attempt: int = 1, residual: dict | None = None) -> TrainTask:
+        """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it,
+        `residual` the digest its stored compression residual must have (profiles.residual_of)."""
         job, site = self.job, self.sites[client]
         task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
                          data=self.site_data[site], code=self.code, train={**job.train.model_dump(), **(extra or {})},
@@ -66,7 +67,8 @@ class Tasks:
             task.update_key = f"{round_key(rnd)}/client-{client:05d}-a{attempt}"
         if self.compress is not None:
             key = self.compress["residual_key"]
-            task.compress = {**self.compress, "residual_key": key.format(client=client) if key else None}
+            task.compress = {**self.compress, "residual_key": key.format(client=client) if key else None,
+                             "residual": residual}
         return task
 
     def warm(self, client: int) -> TrainTask:

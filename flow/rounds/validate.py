@@ -106,9 +106,20 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
     for key in ("worker",):
         if key in u.extras and not isinstance(u.extras[key], str):
             raise InvalidUpdate(f"rejected: extras.{key} is {type(u.extras[key]).__name__}, expected a string")
-    if "cold" in u.extras and not isinstance(u.extras["cold"], bool):
-        raise InvalidUpdate("rejected: extras.cold must be true or false")
+    for key in ("cold", "residual_reset"):
+        if key in u.extras and not isinstance(u.extras[key], bool):
+            raise InvalidUpdate(f"rejected: extras.{key} must be true or false")
+    if "topk_residual" in u.extras:
+        u.extras["topk_residual"] = _digest(u.extras["topk_residual"])
     return u
+
+
+def _digest(ref: Any) -> dict[str, Any]:
+    """A stored object's {sha256, nbytes} as a site reports it: 64 hex digits and a size."""
+    sha = ref.get("sha256") if isinstance(ref, dict) else None
+    if not isinstance(sha, str) or len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
+        raise InvalidUpdate("rejected: extras.topk_residual must be {sha256: 64 hex digits, nbytes: int}")
+    return {"sha256": sha, "nbytes": _count(ref.get("nbytes"), "topk_residual.nbytes", 1, MAX_BYTES)}
 
 
 def _seconds(name: Any, v: Any) -> float:

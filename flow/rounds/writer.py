@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fedgrid.apps.store import Store
 from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.table import RoundsTable
 from fedgrid.flow.rounds.progress import RunProgress
 
 log = logging.getLogger("fedgrid")
@@ -51,10 +51,10 @@ class RoundWriter:
     last max_staleness steps, a carried late client from its round's).
     """
 
-    def __init__(self, run_dir: Path, rounds: int, eval_every: int, keep: int, rows: list[dict[str, Any]],
+    def __init__(self, run_dir: Path, rounds: int, eval_every: int, keep: int, table: RoundsTable,
                  progress: RunProgress, evaluate: Evaluate | None, store: Store | None, sweep_lag: int):
         self.run_dir, self.rounds, self.eval_every, self.keep = run_dir, rounds, eval_every, keep
-        self.rows, self.progress, self.evaluate = rows, progress, evaluate
+        self.table, self.progress, self.evaluate = table, progress, evaluate
         self.store, self.sweep_lag = store, sweep_lag
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
                                        initializer=_background_priority)
@@ -71,8 +71,7 @@ class RoundWriter:
             m = self.evaluate(params)
             row.update(test_accuracy=m["accuracy"], test_loss=m["loss"], eval_s=time.perf_counter() - t0)
         ckpt.write_round(self.run_dir, state)
-        self.rows.append(row)
-        ckpt.write_rows(self.run_dir, self.rows)
+        self.table.append(row)
         ckpt.prune(self.run_dir, self.keep, rnd)
         if self.store is not None:  # the round's objects are in the checkpoint now (or were transient)
             self.store.sweep(rnd - self.sweep_lag)

@@ -12,6 +12,7 @@ import pytest
 
 from fedgrid.flow.config import parse_job
 from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.table import rows_path
 from fedgrid.flow.rounds.runner import run
 
 
@@ -31,7 +32,7 @@ def test_a_user_loop_with_the_helpers_gives_the_builtin_model(strategy, tmp_path
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=k)
     assert not np.allclose(a["1.weight"], ckpt.read_round(ckpt.round_path(builtin.run_dir, 0)).params["1.weight"])
     # the user's own metrics reach the table as columns, beside the built-in loop's loss
-    rows = pq.read_table(ckpt.rows_path(mine.run_dir)).to_pylist()
+    rows = pq.read_table(rows_path(mine.run_dir)).to_pylist()
     assert all(0.0 <= r["train_error_rate"] <= 1.0 for r in rows) and rows[0]["train_loss"] is None
     assert {m["name"] for u in rows[0]["updates"] for m in u["metrics"]} == {"error_rate", "steps_taken"}
 
@@ -42,7 +43,7 @@ def test_a_client_without_torch_trains_on_htex_and_a_failing_client_is_recorded(
                              train={"epochs": 2, "batch_size": 32, "lr": 0.5},
                              round={"min_clients": 4, "deadline_s": 120, "federated_every": 2, "show": "fed_accuracy"}))
     res = run(job, quiet=True)
-    rows = pq.read_table(ckpt.rows_path(res.run_dir)).to_pylist()
+    rows = pq.read_table(rows_path(res.run_dir)).to_pylist()
     assert [r["clients_ok"] for r in rows] == [5, 5, 5]  # client 2 fails every round; the rounds go on
     for r in rows:
         (f,) = r["failures"]

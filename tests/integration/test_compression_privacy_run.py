@@ -4,6 +4,8 @@ codecs by hand: tests/unit/test_compression_privacy.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections import OrderedDict
 
 import numpy as np
@@ -32,8 +34,15 @@ def test_topk_error_feedback_keeps_each_clients_residual_at_its_site(tmp_path, w
     job = load_job(write_job(rounds=2, sites=LOCAL, compression=comp))
     rows = run(job, quiet=True).rows
     store = job.run_dir(tmp_path) / "store"
-    residuals = sorted(p.name for p in store.rglob("client-*") if "residual" in str(p))
-    assert residuals == [f"client-{c:05d}" for c in range(6)]
+    residuals = sorted(p for p in store.rglob("client-*") if "residual" in str(p))
+    assert [p.name for p in residuals] == [f"client-{c:05d}" for c in range(6)]
+    # the driver's checkpoint holds each client's residual digest: the object at its site is that one
+    from fedgrid.flow.persist import checkpoint as ckpt
+
+    prof = ckpt.read_round(ckpt.round_path(job.run_dir(tmp_path), 2)).profiles
+    for c, p in enumerate(residuals):
+        assert prof["residual_sha256"][c].tobytes().hex() == hashlib.sha256(p.read_bytes()).hexdigest()
+        assert prof["residual_nbytes"][c] == p.stat().st_size
     assert all(u["bytes_up"] < 0.15 * sum(a.nbytes for a in _cnn_params().values()) for u in rows[-1]["updates"])
 
 
@@ -84,12 +93,13 @@ def test_the_privacy_accountant_survives_a_lost_rounds_table(tmp_path, make_job)
     """A resumed run counts every round already released, from the checkpoint's own record, even
     when rounds.parquet is gone and the older round files were pruned."""
     from fedgrid.flow.persist import checkpoint as ckpt
+    from fedgrid.flow.persist.table import rows_path
     from fedgrid.flow.privacy.dp import rdp_accountant
 
     spec = {"mode": "central", "clip": 1.0, "noise_multiplier": 0.5}
     over = dict(sites=LOCAL, privacy=spec, checkpoint={"dir": str(tmp_path / "run"), "keep": 1})
     first = run(parse_job(make_job(tmp_path / "run", rounds=3, **over)), quiet=True)
-    ckpt.rows_path(first.run_dir).unlink()
+    shutil.rmtree(rows_path(first.run_dir))
     assert [r for r, _ in ckpt.round_files(first.run_dir)] == [0, 3]
     more = run(parse_job(make_job(tmp_path / "run", rounds=4, **over)), quiet=True)
     acc = rdp_accountant()()

@@ -35,7 +35,7 @@ def test_drill_failures_killed_worker_and_lost_site_that_comes_back(tmp_path, ma
 
 
 def test_late_updates_are_carried_into_the_next_round_with_a_staleness_weight(tmp_path, make_job) -> None:
-    from fedgrid.flow.persist.checkpoint import read_rows
+    from fedgrid.flow.persist.table import read_rows
     from fedgrid.flow.rounds.runner import run
 
     # threads: lateness and carrying are the driver's, whatever the executor kind

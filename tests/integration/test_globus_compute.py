@@ -102,7 +102,7 @@ def _big_job(job_dict, tmp_path: Path, **store) -> Path:
 
 
 def test_large_model_trains_through_emulated_globus_compute_by_reference(tmp_path: Path, capsys, make_job) -> None:
-    from fedgrid.flow.persist.checkpoint import read_rows
+    from fedgrid.flow.persist.table import read_rows
 
     job = _big_job(make_job, tmp_path)
     assert main(["check", str(job)]) == 0

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from fedgrid.flow.commands.cli import main
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist.runlock import alive, recorded_processes
+from fedgrid.flow.persist.table import rows_path
 
 
 def _eventually(ok, within_s: float = 30.0) -> bool:
@@ -76,7 +77,7 @@ def test_sigkill_driver_mid_run_then_resume(tmp_path, write_job, capsys):
     for p in orphans + pools:
         assert not alive(p), f"orphan {p.pid} survived"
 
-    rounds = [r["round"] for r in pq.read_table(ckpt.rows_path(run_dir)).to_pylist()]
+    rounds = [r["round"] for r in pq.read_table(rows_path(run_dir)).to_pylist()]
     assert rounds == list(range(1, 6))
     files = ckpt.round_files(run_dir)
     assert [r for r, _ in files] == list(range(0, 6))

@@ -13,13 +13,14 @@ import yaml
 
 from fedgrid.flow.config import load_job
 from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.table import rows_path
 from fedgrid.flow.rounds.runner import ResumeRefused, RoundFailed, run
 
 
 def test_two_htex_sites_train_and_checkpoint(write_job):
     job = load_job(write_job())
     res = run(job, quiet=True)
-    rows = pq.read_table(ckpt.rows_path(res.run_dir)).to_pylist()
+    rows = pq.read_table(rows_path(res.run_dir)).to_pylist()
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert all(r["clients_ok"] == 6 and r["clients_failed"] == 0 for r in rows)
     # the model learns: digits after 3 rounds of FedAvg is far above chance (0.1)
@@ -46,7 +47,7 @@ def test_two_htex_sites_train_and_checkpoint(write_job):
     threads = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]
     again = run(load_job(write_job(rounds=5, sites=threads)), quiet=True)
     assert again.resumed_from == 3
-    assert [r["round"] for r in pq.read_table(ckpt.rows_path(res.run_dir)).to_pylist()] == [1, 2, 3, 4, 5]
+    assert [r["round"] for r in pq.read_table(rows_path(res.run_dir)).to_pylist()] == [1, 2, 3, 4, 5]
 
     # a changed model is refused, --fresh starts over and archives the old rounds
     with pytest.raises(ResumeRefused, match="different model"):

@@ -3,7 +3,6 @@
 from collections import OrderedDict
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from fedgrid.flow.persist import checkpoint as ckpt
@@ -88,25 +87,6 @@ def test_status_style_lookup_does_not_move_files(tmp_path):
     ckpt.round_path(tmp_path, 1).write_bytes(b"torn")
     state, skipped = ckpt.latest_valid(tmp_path, quarantine=False)
     assert state.round == 0 and len(skipped) == 1 and ckpt.round_path(tmp_path, 1).exists()
-
-
-def test_rows_table_reconciles_with_round_files(tmp_path):
-    rows = []
-    for r in range(1, 4):
-        s = _state(r)
-        s.row = {"round": r, "seconds": float(r), "participants": [r], "failures": [
-            {"client": 9, "site": "x", "reason": "boom"}] if r == 2 else []}
-        ckpt.write_round(tmp_path, s)
-        rows.append(s.row)
-    ckpt.write_rows(tmp_path, rows[:2])  # crash between the round file and the table
-    got = ckpt.reconcile_rows(tmp_path, 3)
-    assert [r["round"] for r in got] == [1, 2, 3]
-    assert got[1]["failures"] == [{"client": 9, "site": "x", "reason": "boom"}]
-    ckpt.write_rows(tmp_path, got)
-    t = pq.read_table(ckpt.rows_path(tmp_path))
-    assert t.column("round").to_pylist() == [1, 2, 3]
-    # rows past the resume point are dropped (that round will be trained again)
-    assert [r["round"] for r in ckpt.reconcile_rows(tmp_path, 2)] == [1, 2]
 
 
 def test_prune_keeps_round_zero_and_newest(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from fedgrid.apps.store import Ref
 from fedgrid.apps.update import ClientEvaluation, ClientUpdate
-from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.table import RoundsTable, read_rows
 from fedgrid.flow.rounds.gather import Gathered
 from fedgrid.flow.rounds.rows import RoundInfo, round_row
 from fedgrid.flow.rounds.validate import InvalidUpdate, envelope
@@ -54,8 +54,8 @@ def test_what_passes_is_plain_python_and_the_round_file_and_table_can_hold_it(tm
     assert type(u.timings["train"]) is float and type(u.metrics["mae"]) is float
     row = round_row(7, RoundInfo(selected=[3]), Gathered(updates=[u]), 10, 0.0, 0.1)
     json.dumps(row)  # the round file's metadata is JSON
-    ckpt.write_rows(tmp_path, [row])
-    assert ckpt.read_rows(tmp_path)[0]["train_mae"] == 0.25
+    RoundsTable.open(tmp_path, 0).append(row)
+    assert read_rows(tmp_path)[0]["train_mae"] == 0.25
 
 
 def test_an_evaluation_is_checked_the_same_way():

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fedgrid.apps.store import Ref, Store  # noqa: E402
-from fedgrid.apps.update import ClientUpdate  # noqa: E402
+from fedgrid.apps.update import ClientUpdate, Failure  # noqa: E402
 from fedgrid.flow.persist import checkpoint as ckpt  # noqa: E402
+from fedgrid.flow.persist.table import RoundsTable, read_rows  # noqa: E402
 from fedgrid.flow.rounds import validate  # noqa: E402
 from fedgrid.flow.rounds.gather import gather  # noqa: E402
 from fedgrid.flow.rounds.rows import RoundInfo, round_row  # noqa: E402
@@ -136,10 +137,10 @@ def test_one_hostile_site_never_hurts_the_driver_or_the_checkpoint(strategy, are
         assert all(np.isfinite(v).all() for v in new.values())
         row = round_row(RND, RoundInfo(selected=list(range(5))), g, 64, 0.0, 0.01)
         ckpt.write_round(run_dir, ckpt.RoundState(round=RND, params=new, row=row))
-        ckpt.write_rows(run_dir, [row])
+        RoundsTable(run_dir, [], []).append(row)
         back = ckpt.read_round(ckpt.round_path(run_dir, RND))
         assert all(np.array_equal(back.params[k], new[k]) for k in new)
-        assert ckpt.read_rows(run_dir)[0]["clients_ok"] == len(g.updates)
+        assert read_rows(run_dir)[-1]["clients_ok"] == len(g.updates)
         COUNT["cases"] += 1
         COUNT["rejected"] += bool(g.failures)
 
@@ -162,3 +163,86 @@ def test_a_hostile_weight_or_staleness_claim_is_the_drivers_to_set(area):
     u.scale, u.staleness = 1e9, -3
     ok = validate.accept(u, 4, "b", RND, GLOBAL, area)
     assert (ok.scale, ok.staleness) == (1.0, 0)
+
+
+# -- secure aggregation: one client's protocol messages are anything at all -------------------------
+
+class _SecAggSites:
+    """The clients' real protocol steps, run in this process; client 3's answer at one stage is
+    replaced by what Hypothesis draws (`bad(answer)`)."""
+
+    def __init__(self, stage: str, bad):  # noqa: ANN001 - bad(answer) -> the hostile answer
+        self.stage, self.bad = stage, bad
+
+    def call(self, site: str, task: dict) -> Future:
+        from fedgrid.apps import secagg as sa
+
+        try:
+            out = sa.step(task)
+            if task["client"] == 3 and task["secagg"]["step"] == self.stage:
+                out = self.bad(out)
+            return _done(out)
+        except Exception as e:  # noqa: BLE001 - a step's error is its client's failed future
+            return _done(e)
+
+
+def _lie(draw, out: object) -> object:
+    """A well-formed unmask answer with at least one share value wrong (field elements still)."""
+    from fedgrid.apps import secagg as sa
+
+    first = draw(st.sampled_from(sorted(out["b"])))
+    out["b"][first] = (out["b"][first] + draw(st.integers(min_value=1, max_value=sa.PRIME - 1))) % sa.PRIME
+    for kind in ("b", "sk"):
+        for k in list(out[kind]):
+            if draw(st.booleans()):
+                out[kind][k] = draw(st.integers(min_value=0, max_value=sa.PRIME - 1))
+    return out
+
+
+SECAGG = {"cases": 0}
+
+
+def test_one_hostile_client_in_secure_aggregation_is_dropped_and_the_others_round_completes(tmp_path, make_job):
+    """Garbage or lies in any message of client 3 (keys, shares, masked vector, unmasking): the
+    round completes with the four others (threshold 3 of 5), their sum exactly, and client 3 is
+    recorded with a reason. (A client's own *input* cannot be checked under secure aggregation:
+    README, "Trust model".)"""
+    from fedgrid.apps import secagg as sa
+    from fedgrid.flow.config import parse_job
+    from fedgrid.flow.privacy.secagg import SecureAggregation
+
+    job = parse_job(make_job(tmp_path / "run", data={"dataset": "digits", "clients": 5},
+                             sites=[{"name": "a", "executor": {"kind": "local"}, "clients": 5}],
+                             round={"min_clients": 3}, secagg={"threshold": 0.6, "key_dir": str(tmp_path / "k")}))
+    g = OrderedDict(w=np.zeros(20, np.float32))
+    xs = {c: OrderedDict(w=np.random.default_rng(c).normal(0, 0.1, 20).astype(np.float32)) for c in range(5)}
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)
+    @given(stage=st.sampled_from(["keys", "share", "mask", "unmask", "unmask-lie"]), data=st.data())
+    def case(stage: str, data) -> None:  # noqa: ANN001 - Hypothesis's data object
+        lie = stage == "unmask-lie"
+        agg = SecureAggregation(job, _SecAggSites("unmask" if lie else stage, (
+            (lambda out: _lie(data.draw, out)) if lie else (lambda out: data.draw(anything)))), tmp_path / "run")
+        rnd = SECAGG["cases"] + 1
+        masking, failures, train = agg.setup(rnd, list(range(5)), g)
+        updates, want, n = [], np.zeros(20), 0
+        for c in masking:
+            masked = sa.mask(train[c], c, rnd, xs[c], g, 10 + c)
+            if c == 3 and stage == "mask":
+                masked = data.draw(arrays)
+            try:
+                updates.append(agg.check(rnd, ClientUpdate(client=c, site="a", round=rnd, num_examples=10 + c,
+                                                           params={"masked": masked}, codec="secagg")))
+            except (ValueError, AttributeError) as e:  # the gather records it as the client's failure
+                failures.append(Failure.of(c, "a", e))
+                continue
+            want, n = want + xs[c]["w"].astype(np.float64) * (10 + c), n + 10 + c
+        mean = agg.finish(rnd, updates, g, failures)
+        np.testing.assert_allclose(mean.params["w"], want / n, atol=1e-5)
+        assert sorted(u.client for u in updates if u.client != 3) == [0, 1, 2, 4]
+        assert [f.client for f in failures] == [3], failures  # named, and nobody else
+        SECAGG["cases"] += 1
+
+    case()
+    assert SECAGG["cases"] >= 60
