@@ -182,6 +182,11 @@ def _work(task: TrainTask, start: dict[str, np.ndarray]) -> Work:
     return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=task.train, global_params=start)
 
 
+def batch_job() -> str | None:
+    """The batch job this worker runs in (Slurm, PBS), recorded with every update."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or None
+
+
 def train_client(task: TrainTask) -> ClientUpdate:
     """One client's round: its client code trains from the global params; the update goes back."""
     started = time.time()
@@ -217,7 +222,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
                  "samples_per_s": work.examples_seen(int(fit.steps), n) / max(t_train, 1e-9)},
         extras={"steps": int(fit.steps), "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold,
-                **extras, **sent},
+                "batch_job": batch_job(), **extras, **sent},
     )
 
 

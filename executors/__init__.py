@@ -18,7 +18,7 @@ from typing import Any
 from fedgrid.executors.common import MissingExtra
 
 # shared code of several kinds, not kinds themselves
-_HELPERS = frozenset({"common", "hpc", "gc_emulator", "ic_guard"})
+_HELPERS = frozenset({"batch", "common", "hpc", "gc_emulator", "ic_guard"})
 
 
 def _discover() -> tuple[str, ...]:

@@ -2,9 +2,11 @@
 
 Workers run on machines this process does not own, so unlike `htex` the worker pool is started by
 name (``process_worker_pool.py`` from the remote PATH, which ``worker_init`` sets up by activating
-an environment where fedgrid is installed) and heartbeats are Parsl's defaults, tolerant of a busy
-login node. ``dry_run`` (``fedgrid check``) must not touch the network or the scheduler, but two
-Parsl constructors do: HTEX with ``address=None`` probes the machine's addresses, including an HTTP
+an environment where fedgrid is installed). Heartbeats default to 5 s with a 20 s threshold (Parsl's
+30 and 120 notice a lost node after two minutes); raise them for a busy login node.
+
+``dry_run`` (``fedgrid check``) must not touch the network or the scheduler, but two Parsl
+constructors do: HTEX with ``address=None`` probes the machine's addresses, including an HTTP
 query to api.ipify.org (up to 30 s offline), and SlurmProvider runs ``sacct -X`` to pick its status
 command. :func:`remote_htex` and :func:`construct` replace exactly those steps in a dry run.
 """
@@ -45,12 +47,19 @@ class RemoteHtexSpec(SpecBase):
     min_blocks: NonNegInt = 0
     max_blocks: PosInt = 1
     nodes_per_block: PosInt = 1
+    # a pool that sends no heartbeat for heartbeat_threshold seconds is lost and its tasks fail
+    # (Parsl's defaults, 30 and 120, notice a lost node after two minutes)
+    heartbeat_period: PosInt = 5
+    heartbeat_threshold: PosInt = 20
 
     @model_validator(mode="after")
     def _blocks_ordered(self):
         if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
             raise ValueError(f"need min_blocks ({self.min_blocks}) and init_blocks ({self.init_blocks}) "
                              f"<= max_blocks ({self.max_blocks})")
+        if self.heartbeat_threshold <= self.heartbeat_period:
+            raise ValueError(f"heartbeat_threshold ({self.heartbeat_threshold}) must exceed heartbeat_period "
+                             f"({self.heartbeat_period})")
         return self
 
     def node_cores(self) -> int | None:
@@ -68,6 +77,9 @@ class BatchHtexSpec(RemoteHtexSpec):
     """A batch scheduler's extras: walltime, its own directives, and how a job starts its pools."""
 
     walltime: Walltime = "01:00:00"
+    # how often the driver and Parsl ask the scheduler about the blocks (squeue, qstat): how soon a
+    # lost, queued or expiring block is acted on; every poll is one scheduler command
+    status_poll_s: Annotated[float, Field(ge=1)] = 5.0
     scheduler_options: str = ""  # extra scheduler directive lines (#SBATCH ..., #PBS ...) for the job script
     launcher: LauncherName = "single"
     launcher_options: str = ""  # extra arguments for srun/mpiexec/mpirun/aprun (Parsl's ``overrides``)
@@ -142,13 +154,22 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
 
     kwargs = dict(label=site.name, provider=provider, address=spec.address,
                   max_workers_per_node=spec.workers(), cores_per_worker=spec.cores_per_worker,
-                  available_accelerators=spec.gpus_per_node, heartbeat_period=30, heartbeat_threshold=120,
-                  worker_logdir_root=spec.worker_logdir_root,
-                  interchange_launch_cmd=interchange_cmd())
+                  available_accelerators=spec.gpus_per_node, heartbeat_period=spec.heartbeat_period,
+                  heartbeat_threshold=spec.heartbeat_threshold, worker_logdir_root=spec.worker_logdir_root,
+                  block_error_handler=_three_failed_blocks, interchange_launch_cmd=interchange_cmd())
     if dry_run and spec.address is None:
         with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
             return HighThroughputExecutor(**kwargs)
     return HighThroughputExecutor(**kwargs)
+
+
+def _three_failed_blocks(executor: Any, status: dict) -> None:
+    """Give a site up (Parsl's bad state: its tasks fail at once) only after its last three blocks
+    all failed. Parsl's default gives up on the first failed block when init_blocks is 1, so one
+    lost node would end the site for the rest of the run; fedgrid replaces lost blocks instead."""
+    from parsl.jobs.error_handlers import windowed_error_handler
+
+    windowed_error_handler(executor, status, threshold=3)
 
 
 def describe_htex(where: str, spec: RemoteHtexSpec, settings: dict[str, Any], node: str = "node") -> str:
@@ -169,8 +190,41 @@ def batch_provider(provider_cls_name: str, kwargs: dict[str, Any], spec: BatchHt
     """A batch-scheduler provider (``parsl.providers.<name>``) with the spec's launcher."""
     import parsl.providers
 
-    cls = getattr(parsl.providers, provider_cls_name)
+    from fedgrid.executors.batch import watched
+
+    cls = watched(getattr(parsl.providers, provider_cls_name), spec.status_poll_s)
     return construct(cls, {**kwargs, "launcher": make_launcher(spec.launcher, spec.launcher_options)}, dry_run)
+
+
+class _Placeholders(dict):
+    """The executor's own setting for a launch-command field where it has one, else ``<field>``."""
+
+    def __init__(self, executor: Any, **known: Any):
+        super().__init__(known)
+        self.executor = executor
+
+    def __missing__(self, key: str) -> str:
+        v = getattr(self.executor, key, None)
+        return f"<{key}>" if v is None or callable(v) else str(v)
+
+
+def batch_script(executor: Any, workers: int) -> str:
+    """The job script a block of this (dry-run built) executor would be submitted with, exactly as
+    the provider writes it, with the parts only known at start (ports, run directory) shown as
+    ``<name>``. Nothing is submitted: the provider's command runner is replaced for the call."""
+    import tempfile
+    from pathlib import Path
+
+    prov = executor.provider
+    command = executor.launch_cmd.format_map(_Placeholders(
+        executor, block_id="0", debug="", accelerators="", address_probe_timeout_string="", enable_mpi_mode="",
+        max_workers_per_node=f"--max_workers_per_node={workers}", addresses=executor.address or "<addresses>"))
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(
+            type(prov), "execute_wait", lambda self, cmd, timeout=None: (0, "Submitted batch job 0\n0.server", "")):
+        prov.script_dir = d
+        prov.submit(command, workers, job_name=f"parsl.{executor.label}.block-0")
+        scripts = [p for p in Path(d).iterdir() if not p.name.endswith((".stdout", ".stderr", ".out", ".err"))]
+        return scripts[0].read_text() if scripts else ""
 
 
 def batch_provider_config(provider_cls_name: str, kwargs: dict[str, Any], spec: BatchHtexSpec) -> dict[str, Any]:

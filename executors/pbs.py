@@ -8,10 +8,17 @@ command, so a dry run builds exactly what a real run would.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
-from fedgrid.executors import hpc
+from fedgrid.executors import batch, hpc
+
+SCHEDULER = "PBS"
+# PBS Pro's Exit_status of a finished job: killed for its walltime, deleted by qdel (SIGTERM + 256)
+_EXIT = {-29: "TIMEOUT", 271: "CANCELLED", 0: "COMPLETED"}
+_STATES = {"Q": "PENDING", "H": "HELD", "W": "PENDING", "T": "PENDING", "S": "SUSPENDED", "R": "RUNNING",
+           "E": "RUNNING", "B": "RUNNING"}
 
 
 class Spec(hpc.BatchHtexSpec):
@@ -42,6 +49,34 @@ def provider_kwargs(spec: Spec) -> dict[str, Any]:
 
 def provider(spec: Spec, dry_run: bool = False):
     return hpc.batch_provider("PBSProProvider", provider_kwargs(spec), spec, dry_run)
+
+
+def query(job_ids: list[str]) -> dict[str, batch.Block] | None:
+    """Each job's state, comment and walltime left from ``qstat -x -f -F json`` (finished jobs
+    included); PBS's short ids (``123``) are matched to the full ones (``123.server``)."""
+    out = batch.run(["qstat", "-x", "-f", "-F", "json", *job_ids], empty_if="Unknown Job Id")
+    if out is None:
+        return None
+    try:
+        jobs = json.loads(out or "{}").get("Jobs", {})
+    except ValueError:
+        return None
+    found = {}
+    for jid, j in jobs.items():
+        full = next((x for x in job_ids if x.startswith(jid) or jid.startswith(x)), jid)
+        found[full] = _block(full, j)
+    return found
+
+
+def _block(job: str, j: dict[str, Any]) -> batch.Block:
+    code = j.get("job_state", "")
+    state = _EXIT.get(j.get("Exit_status"), "FAILED") if code == "F" else _STATES.get(code, "UNKNOWN")
+    left = None
+    if state == "RUNNING":
+        limit = batch.seconds((j.get("Resource_List") or {}).get("walltime", ""))
+        used = batch.seconds((j.get("resources_used") or {}).get("walltime", "0:00:00")) or 0.0
+        left = None if limit is None else max(0.0, limit - used)
+    return batch.Block("", job, state, str(j.get("comment", ""))[:120], left)
 
 
 def provider_config(spec: Spec) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fedgrid.executors import hpc
+from fedgrid.executors import batch, hpc
+
+SCHEDULER = "Slurm"
 
 
 class Spec(hpc.BatchHtexSpec):
@@ -39,7 +41,30 @@ def provider_kwargs(spec: Spec) -> dict[str, Any]:
 
 
 def provider(spec: Spec, dry_run: bool = False):
-    return hpc.batch_provider("SlurmProvider", provider_kwargs(spec), spec, dry_run)
+    p = hpc.batch_provider("SlurmProvider", provider_kwargs(spec), spec, dry_run)
+    # without accounting the provider falls back to squeue, which by default lists only pending and
+    # running jobs, so a cancelled or timed-out block would read as COMPLETED; -t all keeps the
+    # scheduler's real final state for MinJobAge seconds
+    if getattr(p, "_cmd", "").startswith("squeue"):
+        p._cmd = p._cmd.replace("squeue", "squeue -t all", 1)
+    return p
+
+
+def query(job_ids: list[str]) -> dict[str, batch.Block] | None:
+    """Each job's state, reason and walltime left, finished jobs included (``squeue -t all``); a
+    job the controller has already forgotten is absent."""
+    out = batch.run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%L"],
+                    empty_if="Invalid job id")
+    if out is None:
+        return None
+    found = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            job, state, reason, left = parts
+            found[job] = batch.Block("", job, state, "" if reason == "None" else reason,
+                                     batch.seconds(left) if state == "RUNNING" else None)
+    return found
 
 
 def provider_config(spec: Spec) -> dict[str, Any]:

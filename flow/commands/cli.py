@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from fedgrid.executors import MissingExtra
@@ -246,6 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for site, v in info["sites"].items():
         print(f"site {site}: {v['updates']} updates, {v['failures']} failures, median train "
               f"{_secs(v['train_s_median'])}, queue {_secs(v['queue_s_median'])}")
+    _print_blocks(info["blocks"])
     sched = info["schedule"]
     if sched and sched.get("active"):
         print(f"schedule: {sched['cron']} ({sched['rounds_per_run']} rounds a run, pid {sched['pid']}); "
@@ -255,6 +257,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in info["skipped"]:
         print(f"warning: {s['file']}: {s['reason']}")
     return 0
+
+
+def _print_blocks(sites: dict) -> None:
+    """Batch sites: each block's job id and state, and the site's last events (lost, back, ...)."""
+    for site, v in sites.items():
+        for b in v.get("blocks", []):
+            left = f", {b['left_s']:.0f} s of walltime left" if b.get("left_s") is not None else ""
+            why = f" ({b['reason']})" if b.get("reason") else ""
+            print(f"site {site}: block {b['block']}: {v['scheduler']} job {b['job']} {b['state']}{why}{left}")
+        for e in v.get("events", [])[-3:]:
+            at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+            print(f"site {site}: {at} {e['event']}: job {e['job']} {e['detail']}")
 
 
 def _print_metrics(m: dict) -> None:

@@ -70,6 +70,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     """Print the plan; returns warnings (sites whose provider could not be set up from here)."""
     from fedgrid.apps import datasets
     from fedgrid.executors import describe
+    from fedgrid.executors.hpc import BatchHtexSpec, batch_script
     from fedgrid.flow.persist import dataplane
 
     run_dir = job.run_dir(base)
@@ -103,6 +104,10 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         data = datasets.describe(job.site_data(s.name).model_dump())
         print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")
         print(f"    params travel {how} ({tp.why[s.name]})")
+        if ex is not None and isinstance(s.executor, BatchHtexSpec):
+            print("    batch script of each block:")
+            for line in batch_script(ex, s.executor.workers()).strip().splitlines():
+                print(f"      | {line}")
         if why:
             warnings.append(f"site {s.name!r} ({s.executor.kind}): a run from this machine would fail: {why}")
     print(f"checkpoints: {run_dir}")

@@ -1,12 +1,15 @@
 """What a run directory says about its run, read from its files only (`fedgrid status`).
 
-Everything comes from the newest verified round file, rounds.parquet, the run lock and
-schedule.json, so it works while a run is going on, after it ended, and on a copy of the run
+Everything comes from the newest verified round file, rounds.parquet, the run lock,
+schedule.json and sites.json (batch blocks; their states asked of the scheduler again where it
+answers), so it works while a run is going on, after it ended, and on a copy of the run
 directory on another machine. Nothing here writes.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -43,6 +46,33 @@ def per_site(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             s["failures"] += 1
     return {site: {"updates": s["updates"], "failures": s["failures"], "train_s_median": _median(s["train"]),
                    "queue_s_median": _median(s["queue"])} for site, s in sorted(out.items())}
+
+
+def blocks(run_dir: Path) -> dict[str, Any]:
+    """The batch sites' blocks the driver last wrote (sites.json), with their states asked of the
+    scheduler again now where it answers (a finished run's blocks read CANCELLED or COMPLETED,
+    not what they were when the driver last looked)."""
+    try:
+        sites = json.loads((run_dir / "sites.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    from fedgrid.executors import batch
+
+    for v in sites.values():
+        query = _query(v.get("scheduler"))
+        jobs = [b["job"] for b in v.get("blocks", []) if b.get("job")]
+        now = query(jobs) if query and jobs else None
+        for b in v.get("blocks", []) if now is not None else ():
+            fresh = now.get(b["job"]) or batch.Block(b["block"], b["job"], "GONE")
+            b.update(state=fresh.state, reason=fresh.reason, left_s=fresh.left_s)
+    return sites
+
+
+def _query(scheduler: str | None) -> Any:
+    from fedgrid.executors import kind_module
+
+    kind = {"Slurm": "slurm", "PBS": "pbs"}.get(scheduler or "")
+    return kind_module(kind).query if kind and shutil.which({"slurm": "squeue", "pbs": "qstat"}[kind]) else None
 
 
 def failures_by_reason(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -90,6 +120,7 @@ def status_and_rows(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]
         "total_failures": sum(r.get("clients_failed") or 0 for r in rows),
         "failures_by_reason": failures_by_reason(rows),
         "sites": per_site(rows),
+        "blocks": blocks(run_dir),
         "metrics": metrics(rows),
         "schedule": sched,
         "next_firing": sched.get("next_firing") if sched and sched.get("active") else None,

@@ -58,7 +58,8 @@ ROWS_SCHEMA = pa.schema([
     ("updates", pa.list_(pa.struct([
         ("client", pa.int64()), ("site", pa.string()), ("examples", pa.int64()), ("loss", pa.float64()),
         ("accuracy", pa.float64()), ("train_s", pa.float64()), ("queue_s", pa.float64()),
-        ("worker", pa.string()), ("steps", pa.int64()), ("staleness", pa.int64()), ("bytes_up", pa.int64()),
+        ("worker", pa.string()), ("batch_job", pa.string()),  # host:pid, and the Slurm/PBS job it ran in
+        ("steps", pa.int64()), ("staleness", pa.int64()), ("bytes_up", pa.int64()),
         # seconds to set up (data, model, global params) and whether it had to build the model itself
         ("load_s", pa.float64()), ("cold", pa.bool_()), ("metrics", _METRICS)]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),

@@ -29,7 +29,7 @@ from fedgrid.executors import site_workers
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.rounds import faults, validate
 from fedgrid.flow.rounds.driver import Driver
-from fedgrid.flow.rounds.gather import SITE_DOWN, Gathered
+from fedgrid.flow.rounds.gather import Gathered
 from fedgrid.flow.rounds.outcome import RoundFailed
 from fedgrid.flow.rounds.rows import RoundInfo, round_row
 
@@ -137,7 +137,7 @@ class AsyncLoop:
                 self.flights.pop(fut)
                 fut.add_done_callback(lambda f: f.exception())
                 if not fl.given_up:
-                    self._fail(fl, SITE_DOWN if fl.site in down else "late: no answer within round.deadline_s")
+                    self._fail(fl, down.get(fl.site, "late: no answer within round.deadline_s"))
             elif not fl.given_up and now - fl.started > deadline:
                 fl.given_up = True
                 self._fail(fl, f"late: no answer within round.deadline_s={deadline:g}")
@@ -195,6 +195,7 @@ class AsyncLoop:
         row = round_row(self.version, info, g, self.params_bytes, st.started, agg_s)
         row["bytes_down"] = self.params_bytes * st.submitted
         self.drv.hand_off(self.version, self.params, row)
+        self.drv.runtime.note_blocks()
         self.step = _Step()
         if self.version < self.job.rounds:
             self.drv.progress.round_started(self.version + 1, size)

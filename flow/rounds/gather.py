@@ -38,7 +38,7 @@ SITE_DOWN = "site down: it has no workers left (pool died or node lost); tried a
 def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
            on_result: Callable[[int, bool], None] | None = None,
            accept: Callable[[int, str, Any], ClientUpdate] | None = None,
-           down: Callable[[], set[str]] | None = None, poll_s: float = 1.0) -> Gathered:
+           down: Callable[[], dict[str, str]] | None = None, poll_s: float = 1.0) -> Gathered:
     """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client.
 
     `accept(client, site, answer)` runs on each answer as it arrives, while other clients are still
@@ -117,7 +117,7 @@ def _accept(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int,
     return box["ok"]
 
 
-def _drop_lost(lost: set[str], pending: dict[Future, int], futures: dict[int, tuple[str, Future]], out: Gathered,
+def _drop_lost(lost: dict[str, str], pending: dict[Future, int], futures: dict[int, tuple[str, Future]], out: Gathered,
                on_result: Callable[[int, bool], None] | None) -> None:
     """The pending clients of sites that lost their workers fail now, not at the deadline."""
     for fut, client in list(pending.items()):
@@ -125,6 +125,6 @@ def _drop_lost(lost: set[str], pending: dict[Future, int], futures: dict[int, tu
         if site in lost:
             pending.pop(fut)
             fut.add_done_callback(lambda f: f.exception())
-            out.failures.append(Failure.of(client, site, SITE_DOWN))
+            out.failures.append(Failure.of(client, site, lost[site]))
             if on_result:
                 on_result(client, False)

@@ -39,7 +39,8 @@ def ref_bytes(sent: dict[str, Any], sites: list[str], clients: list[int]) -> int
 def _update_row(u: ClientUpdate) -> dict[str, Any]:
     return {"client": u.client, "site": u.site, "examples": u.num_examples, "loss": u.metrics.get("loss"),
             "accuracy": u.metrics.get("accuracy"), "train_s": u.timings.get("train"),
-            "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"), "steps": u.extras.get("steps"),
+            "queue_s": u.timings.get("queue"), "worker": u.extras.get("worker"),
+            "batch_job": u.extras.get("batch_job"), "steps": u.extras.get("steps"),
             "staleness": u.staleness, "bytes_up": u.nbytes(), "load_s": u.timings.get("load"),
             "cold": u.extras.get("cold"), "metrics": [{"name": k, "value": v} for k, v in u.metrics.items()]}
 

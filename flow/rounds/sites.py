@@ -10,6 +10,7 @@ retries (a failed client is a recorded failure; the round decides what to do abo
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,10 @@ from typing import Any
 from fedgrid.apps.task import TrainTask
 from fedgrid.executors import build_executor
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.persist.checkpoint import atomic_write
 from fedgrid.flow.persist.runlock import forget_processes, record_processes
+from fedgrid.flow.rounds.blocks import BlockWatch
+from fedgrid.flow.rounds.gather import SITE_DOWN
 
 log = logging.getLogger("fedgrid")
 
@@ -50,6 +54,17 @@ def monitoring_hub(job: Job, run_dir: Path) -> Any:
         raise ConfigError("<job>", "monitoring", "the monitoring extra: pip install 'fedgrid[monitoring]'") from None
     return MonitoringHub(logging_endpoint=f"sqlite:///{run_dir / 'monitoring.db'}",
                          workflow_name=job.name, resource_monitoring_interval=10)
+
+
+def block_watch(site: Any, executor: Any, job: Job) -> BlockWatch | None:
+    """A watch on a batch site's blocks (its kind can ask its scheduler: ``query``), else None."""
+    from fedgrid.executors import kind_module
+
+    mod = kind_module(site.executor.kind)
+    if not hasattr(mod, "query"):
+        return None
+    return BlockWatch(site.name, executor, mod.SCHEDULER, mod.query, site.executor.status_poll_s,
+                      job.round.deadline_s)
 
 
 def warm_slots(site: Any) -> int:
@@ -105,6 +120,7 @@ class SiteRuntime:
         self.by_site = dict(zip([s.name for s in job.sites], executors, strict=True))
         self._seen_workers: set[str] = set()  # sites that have had workers (so none now means lost)
         self._taken_down: set[str] = set()
+        self.watches = {s.name: w for s in job.sites if (w := block_watch(s, self.by_site[s.name], job)) is not None}
         record_processes(run_dir, executors)  # interchanges now; blocks once they are up (see warm_up)
         self._train = {s.name: python_app(train_client, executors=[s.name], data_flow_kernel=self.dfk)
                        for s in job.sites}
@@ -139,15 +155,16 @@ class SiteRuntime:
         return self._step[site](task)
 
     # -- site health ----------------------------------------------------------------------------
-    def down_sites(self) -> set[str]:
-        """Sites on this machine that had workers and now have none (pool crashed, node gone).
+    def down_sites(self) -> dict[str, str]:
+        """Sites whose clients cannot be served now, with why: on this machine, a site that had
+        workers and has none (pool crashed, node gone); a batch site whose block was lost or that
+        has waited in its queue longer than a round (flow/rounds/blocks.py).
 
-        Only kinds that declare ``watch_workers`` are judged: a batch or cloud site with no workers
-        is normal while its block waits in a queue, and a Globus Compute endpoint's workers are not
-        visible from here.
-        A dead pool stays listed until the interchange misses its heartbeats (heartbeat_threshold).
+        Other kinds are not judged: a cloud site with no workers is normal while its block starts,
+        and a Globus Compute endpoint's workers are not visible from here.
+        A dead local pool stays listed until the interchange misses its heartbeats.
         """
-        down = set()
+        down = {site: why for site, w in self.watches.items() if (why := w.unavailable())}
         for s in self.job.sites:
             if not s.executor.watch_workers:
                 continue
@@ -158,8 +175,14 @@ class SiteRuntime:
             if n:
                 self._seen_workers.add(s.name)
             elif s.name in self._seen_workers:
-                down.add(s.name)
+                down[s.name] = SITE_DOWN
         return down
+
+    def note_blocks(self) -> None:
+        """The batch sites' blocks and their timeline, for `fedgrid status` (sites.json)."""
+        if self.watches:
+            text = json.dumps({s: w.view() for s, w in self.watches.items()}, indent=1)
+            atomic_write(self.run_dir / "sites.json", lambda tmp: tmp.write_text(text))
 
     def take_down(self, site: str) -> None:
         """Drill: kill every worker process of a site at once, as when its node is lost."""

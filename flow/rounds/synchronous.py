@@ -23,7 +23,7 @@ from fedgrid.flow.privacy.dp import BudgetSpent
 from fedgrid.flow.privacy.secagg import SecAggFailed
 from fedgrid.flow.rounds import faults, fedeval, validate
 from fedgrid.flow.rounds.driver import Driver, Late
-from fedgrid.flow.rounds.gather import SITE_DOWN, Gathered, gather
+from fedgrid.flow.rounds.gather import Gathered, gather
 from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
 from fedgrid.flow.rounds.rows import RoundInfo, ref_bytes, round_row
 
@@ -78,6 +78,7 @@ def run_rounds(drv: Driver, done: int, params: Params, params_bytes: int) -> str
         if drv.privacy is not None:
             drv.privacy.record(row)
         drv.hand_off(rnd, params, row)
+        drv.runtime.note_blocks()
     return ""
 
 
@@ -153,7 +154,7 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
     futs = {}
     for c in prof.longest_first(drv.profiles, clients):
         site = drv.sites[c]
-        futs[c] = (site, _failed(SiteDown(SITE_DOWN)) if site in down else
+        futs[c] = (site, _failed(SiteDown(down[site])) if site in down else
                    drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number,
                                                    prof.residual_of(drv.profiles, c))))
     return futs

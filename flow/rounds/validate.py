@@ -103,9 +103,11 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
     if "steps" in u.extras:
         limit = budget(u.num_examples) if budget is not None else MAX_EXAMPLES
         u.extras["steps"] = _count(u.extras["steps"], "extras.steps", 0, limit)
-    for key in ("worker",):
-        if key in u.extras and not isinstance(u.extras[key], str):
+    for key in ("worker", "batch_job"):
+        if u.extras.get(key) is not None and not isinstance(u.extras[key], str):
             raise InvalidUpdate(f"rejected: extras.{key} is {type(u.extras[key]).__name__}, expected a string")
+        if u.extras.get(key) is not None:
+            u.extras[key] = u.extras[key][:200]  # a label, not a payload: the rounds table holds it
     for key in ("cold", "residual_reset"):
         if key in u.extras and not isinstance(u.extras[key], bool):
             raise InvalidUpdate(f"rejected: extras.{key} must be true or false")

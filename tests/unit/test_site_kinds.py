@@ -62,7 +62,7 @@ def test_slurm_builds_htex_on_slurm_provider(no_network, no_commands, tmp_path):
     ex = slurm.build(site(slurm.Spec(**SLURM)), tmp_path, dry_run=True)
     assert isinstance(ex, HighThroughputExecutor) and ex.label == "hpc"
     assert ex.max_workers_per_node == 4 and ex.available_accelerators == ["0", "1", "2", "3"]
-    assert ex.address is None and ex.heartbeat_threshold == 120
+    assert ex.address is None and ex.heartbeat_threshold == 20
     p = ex.provider
     assert isinstance(p, SlurmProvider)
     assert (p.partition, p.account, p.qos, p.constraint, p.walltime) == ("debug", "abc", "normal", "a100", "02:30:00")
