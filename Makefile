@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench bench-full clean
+.PHONY: venv demo test test-fast test-slurm lint bench bench-full clean
 
 venv: $(STAMP)
 
@@ -22,9 +22,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg examples
 
-# the whole suite: tests/unit and tests/integration (real executors and CLI runs, marked `integration`)
+# the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs)
 test: lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slurm"
+
+# fedgrid on a real one-node Slurm cluster (started here: apt install + daemons, needs root) and
+# the batch-site drills: a cancelled block, a walltime, a held queue, the driver as a batch job
+test-slurm: $(STAMP)
+	scripts/slurm-cluster.sh start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/slurm
 
 # the unit tests only (pure logic, no executor started): for the edit-test loop
 test-fast: lint

@@ -93,7 +93,8 @@ class Failure:
     def of(cls, client: int, site: str, why: BaseException | str) -> Failure:
         """From an exception (its type and message) or a reason already in words. The client
         code's own traceback (ClientCodeError) goes to the log whole; the reason keeps its gist."""
-        text = (f"{type(why).__name__}: {why}" if isinstance(why, BaseException) else str(why)).strip()
+        named = isinstance(why, BaseException) and not getattr(why, "plain", False)
+        text = (f"{type(why).__name__}: {why}" if named else str(why)).strip()
         if (tb := getattr(why, "remote_traceback", None)) is not None:
             logging.getLogger("fedgrid").warning("client %s at %s failed in its client code:\n%s", client, site, tb)
         return cls(int(client), str(site), text if len(text) <= REASON_MAX else text[:REASON_MAX - 3] + "...")

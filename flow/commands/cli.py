@@ -266,7 +266,7 @@ def _print_blocks(sites: dict) -> None:
             left = f", {b['left_s']:.0f} s of walltime left" if b.get("left_s") is not None else ""
             why = f" ({b['reason']})" if b.get("reason") else ""
             print(f"site {site}: block {b['block']}: {v['scheduler']} job {b['job']} {b['state']}{why}{left}")
-        for e in v.get("events", [])[-3:]:
+        for e in v.get("events", [])[-5:]:
             at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
             print(f"site {site}: {at} {e['event']}: job {e['job']} {e['detail']}")
 

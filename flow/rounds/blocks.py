@@ -15,7 +15,8 @@ acts at once:
   (they finish their tasks, take no new ones) and the next block is requested now, so the block
   expires idle instead of killing a round's clients ("drain, don't die").
 
-Every transition is logged and kept as a timeline (`events`), which `fedgrid status` shows with
+Every transition (started, lost, requested, back, draining, released, ended) is logged and kept
+as a timeline (`events`), which `fedgrid status` shows with
 the blocks (``sites.json`` in the run directory).
 """
 
@@ -45,6 +46,8 @@ class BlockWatch:
         self.lost: tuple[float, str] | None = None  # when and why it was lost, until a block runs again
         self.running_seen: set[str] = set()  # blocks seen running
         self.draining: set[str] = set()
+        self.replace_at: float | None = None  # when to request a block if Parsl has not by then
+        self.known: set[str] = set()  # blocks already in the timeline
 
     # -- what the rounds ask ------------------------------------------------------------------------
     def unavailable(self) -> str | None:
@@ -81,23 +84,35 @@ class BlockWatch:
         self.blocks = [seen.get(job) or Block(block, job, "GONE") for job, block in sorted(jobs.items())]
         for b in self.blocks:
             b.block = jobs[b.job]
+        self._new_blocks()
         self._judge(now)
 
     def _judge(self, now: float) -> None:
+        if self.replace_at is not None and now >= self.replace_at:
+            self.replace_at = None
+            if not any(b.state not in ENDED for b in self.blocks):
+                self._replace("the site's block ended and none was requested since")
         running = [b for b in self.blocks if b.state == "RUNNING"]
         ended = [b for b in self.blocks if b.block in self.running_seen and b.state in ENDED
                  and not self._scaled_in(b.block)]
         for b in ended:
+            drained = b.block in self.draining
             self.running_seen.discard(b.block)
             self.draining.discard(b.block)
-            if not running:
+            if drained:
+                self._event("ended", b, f"{b.state} after it was drained: no client was on it")
+            elif not self.running_seen - self.draining:  # it was the block serving the site
                 self._lose(now, b)
         if running:
-            if self.lost is not None:
+            # lost stays at least until the next poll, even when a replacement already runs: the
+            # clients that were on the lost block are dropped meanwhile (a gather polls faster)
+            back = self.lost is not None and now > self.lost[0]
+            if back:
                 self._event("back", running[0], f"{now - self.lost[0]:.1f} s after it was lost")
                 self.lost = None
-            if self.waiting_since is not None and not self.running_seen:
-                self._event("started", running[0], f"after {now - self.waiting_since:.1f} s waiting")
+            if not self.running_seen and not back and self.lost is None:
+                self._event("started", running[0], f"after {now - self.waiting_since:.1f} s waiting"
+                            if self.waiting_since is not None else "running when first seen")
             self.waiting_since = None
             self.running_seen.update(b.block for b in running)
             self._drain(running)
@@ -118,18 +133,31 @@ class BlockWatch:
         if self.lost is None:
             self.lost = (now, why)
             self._event("lost", b, why)
-        if not any(x.state not in ENDED for x in self.blocks):
-            self._replace(b, "its block ended")
+        # Parsl's strategy replaces it by itself when tasks are waiting (it polls as often): ask
+        # for one only if, a poll later, nobody has, so the site comes back even with no task queued
+        if not any(x.state not in ENDED for x in self.blocks) and self.replace_at is None:
+            self.replace_at = now + self.poll_s
 
-    def _replace(self, old: Block, why: str) -> None:
+    def _replace(self, why: str) -> None:
         try:
             new = self.ex.scale_out_facade(1)
         except Exception as e:  # noqa: BLE001 - the scheduler refused: said, and tried again next poll
             log.warning("site %s: could not request a new block: %s", self.site, e)
             return
-        job = self.ex.blocks_to_job_id.get(new[0]) if new else None
-        self._event("replacement", Block(new[0] if new else "?", str(job), "PENDING"), f"requested: {why}")
-        self.blocks.append(Block(new[0] if new else "?", str(job), "PENDING"))
+        for block in new:
+            b = Block(block, str(self.ex.blocks_to_job_id.get(block)), "PENDING")
+            self.known.add(block)
+            self.blocks.append(b)
+            self._event("requested", b, f"by fedgrid: {why}")
+
+    def _new_blocks(self) -> None:
+        """Blocks Parsl's scaling strategy requested (on demand, or replacing a lost one); the
+        site's first block is not news."""
+        for b in self.blocks:
+            if b.block not in self.known:
+                if self.known:
+                    self._event("requested", b, "by Parsl's scaling strategy")
+                self.known.add(b.block)
 
     def _drain(self, running: list[Block]) -> None:
         """Blocks with less walltime left than a round (plus a poll) take no new tasks; the next
@@ -142,10 +170,32 @@ class BlockWatch:
                 self.ex._hold_block(b.block)  # Parsl's HTEX: hold every manager of that block
             except Exception as e:  # noqa: BLE001 - the interchange may be gone at shutdown
                 log.warning("site %s: could not hold block %s: %s", self.site, b.block, e)
-            self._event("draining", b, f"{b.left_s:.0f} s of walltime left < a round ({self.round_s:g} s)")
+            self._event("draining", b, f"{b.left_s:.0f} s of walltime left, less than a round "
+                                       f"({self.round_s:g} s) and two polls")
         others = [b for b in self.blocks if b.state not in ENDED and b.block not in self.draining]
         if short and not others:
-            self._replace(short[0], "the running block is about to reach its walltime")
+            self._replace("the running block is about to reach its walltime")
+        for b in running:
+            if b.block in self.draining and b not in short and self._idle(b.block):
+                self._release(b)
+
+    def _idle(self, block: str) -> bool:
+        """No task is on this block's managers (asked of the interchange)."""
+        try:
+            managers = [m for m in self.ex.connected_managers() if str(m.get("block_id")) == block]
+        except Exception:  # noqa: BLE001 - no answer: not known to be idle
+            return False
+        return all(not m.get("tasks") for m in managers)
+
+    def _release(self, b: Block) -> None:
+        """A drained block with nothing left on it is ended now: until its walltime it would hold
+        its nodes, which the next block may be waiting for."""
+        try:
+            self.ex.provider.cancel([b.job])
+        except Exception as e:  # noqa: BLE001 - it expires by itself anyway
+            log.warning("site %s: could not end drained block %s: %s", self.site, b.block, e)
+            return
+        self._event("released", b, "drained and idle: ended before its walltime to free its nodes")
 
     def _event(self, kind: str, b: Block, detail: str) -> None:
         e = {"at": time.time(), "site": self.site, "event": kind, "block": b.block, "job": b.job,

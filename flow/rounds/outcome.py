@@ -17,7 +17,10 @@ class ResumeRefused(Exception):
 
 
 class SiteDown(Exception):
-    """A client was not sent: its site has no workers (recorded as the client's failure)."""
+    """A client was not sent: its site has no workers, lost its block or waits in a queue
+    (recorded as the client's failure, in the site's words: "site lost: ...", "queued: ...")."""
+
+    plain = True  # the reason is the message itself (Failure.of), so reasons group by kind
 
 
 @dataclass
