@@ -41,6 +41,7 @@ class TrainTask:
     update_key: str | None = None
     dp: dict[str, Any] | None = None
     compress: dict[str, Any] | None = None
+    sum_at_site: bool = False  # round.aggregate: site: the update (and its count) goes to the site's store
 
 
 def model_spec(name: str, input_shape: tuple[int, ...] | list[int], num_classes: int,

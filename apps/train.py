@@ -88,8 +88,13 @@ def global_params(params: Any) -> dict[str, np.ndarray]:
         return _GLOBAL[params.sha256]
 
 
-def send_back(task: TrainTask, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Ref | None]:
-    """Inline when small; through the store when over the site's limit (e.g. Globus Compute's 10 MB)."""
+def send_back(task: TrainTask, params: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], Ref | None]:
+    """Inline when small; through the store when over the site's limit (e.g. Globus Compute's 10 MB).
+    Under site aggregation always to the site's store, with the example count its aggregator weighs by."""
+    if task.sum_at_site:
+        from fedgrid.apps.siteagg import EXAMPLES
+
+        return {}, Store(task.store).put({**params, EXAMPLES: np.array(n, np.int64)}, task.update_key)
     above = task.ref_above
     nbytes = sum(a.nbytes for a in params.values())
     if above is None or nbytes <= above or not task.store:
@@ -213,7 +218,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     extras = work.finish(int(fit.steps))
     n = int(fit.num_examples)
     params, used, wire, sent = outgoing(task, params, start, n)
-    params, ref = send_back(task, params)
+    params, ref = send_back(task, params, n)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
         client=task.client, site=task.site, round=task.round, num_examples=n, params=params, ref=ref,

@@ -73,6 +73,7 @@ def _check_strategy(job: Job, file: str | Path) -> None:
                           "carried late update no longer has: use round.late: drop with compression")
     _check_privacy(job, file)
     _check_secagg(job, file)
+    _check_site_aggregation(job, file)
     if (problem := STRATEGIES[job.strategy.name].check_job(job)) is not None:
         raise ConfigError(file, *problem)
 
@@ -89,6 +90,30 @@ def _check_privacy(job: Job, file: str | Path) -> None:
     if job.round.select != "random":
         raise ConfigError(file, "round.select", "the accountant assumes clients sampled uniformly at random; "
                           f"round.select: {job.round.select} picks them by speed. Expected random with privacy")
+
+
+def _check_site_aggregation(job: Job, file: str | Path) -> None:
+    """What round.aggregate: site does not do (yet): rules that need every update, and the features
+    that act on individual updates at the driver."""
+    if job.round.aggregate != "site":
+        return
+    cls = STRATEGIES[job.strategy.name]
+    why = ("strategy" if not cls.mean_based or cls.asynchronous else
+           "compression.up" if job.compression.up_codec() != "none" else
+           "privacy" if job.privacy is not None else
+           "secagg" if job.secagg is not None else
+           "round.late" if job.round.late == "carry" else
+           "round.absent" if job.round.absent == "reuse" else None)
+    if why:
+        raise ConfigError(file, why, "round.aggregate: site combines one partial sum per site, so it works with the "
+                          f"mean-based strategies ({', '.join(mean_based())}) in synchronous rounds, without update "
+                          "compression, privacy, secure aggregation, carried or reused updates; use "
+                          "round.aggregate: flat for the others")
+    remote = [s.name for s in job.sites if not s.executor.runs_here() and not s.store]
+    if remote and not job.store.url:
+        raise ConfigError(file, f"sites[{remote[0]}].store", "round.aggregate: site keeps the clients' updates in a "
+                          "store their site's aggregator reads: set the site's store (a path on its cluster) or "
+                          "store.url")
 
 
 def _check_secagg(job: Job, file: str | Path) -> None:

@@ -93,6 +93,10 @@ class RoundSpec(_Strict):
     # examples_growth times what the client answered before (its data may grow, not jump)
     max_examples: Annotated[int, Field(ge=1)] | None = None
     examples_growth: Annotated[float, Field(ge=1)] = 2.0
+    # site: an aggregation app at each site sums its clients' updates; one partial per site
+    # travels to the driver (flow/rounds/twotier.py). flat: every client's update does
+    aggregate: Literal["flat", "site"] = "flat"
+    site_deadline_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.9  # the site aggregator's share of deadline_s
 
 
 # A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the
@@ -105,6 +109,9 @@ class SiteSpec(_Strict):
     executor: ExecutorSpec = Field(default_factory=lambda: kind_module("htex").Spec())
     clients: Annotated[int, Field(ge=1)] | None = None
     data: dict[str, Any] = Field(default_factory=dict)  # per-site overrides of the data block
+    # round.aggregate: site: where this site's clients leave their updates for its aggregator (a
+    # path the site reads fast: node-local or its parallel file system); default: the run's store
+    store: str | None = None
 
     @field_validator("executor", mode="before")
     @classmethod

@@ -63,6 +63,7 @@ ROWS_SCHEMA = pa.schema([
         # seconds to set up (data, model, global params) and whether it had to build the model itself
         ("load_s", pa.float64()), ("cold", pa.bool_()), ("metrics", _METRICS)]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
+    ("bytes_in_sites", pa.int64()),  # round.aggregate: site: the clients' update bytes that stayed in their sites
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
     # federated evaluation (flow/rounds/fedeval.py): every client's metrics, who failed, how long;

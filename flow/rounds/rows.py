@@ -26,10 +26,15 @@ class RoundInfo:
     skipped: list[Failure] = field(default_factory=list)
     reused: list[ClientUpdate] = field(default_factory=list)
     secure: ClientUpdate | None = None
+    sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
+    site_bytes: tuple[int, int] = (0, 0)  # ... and the bytes that crossed to the driver / stayed in the sites
 
     def contributions(self, g: Gathered) -> list[ClientUpdate]:
-        """What the strategy aggregates: the unmasked sum, or the updates and their stand-ins."""
-        return [self.secure] if self.secure is not None else g.updates + self.reused
+        """What the strategy aggregates: the unmasked sum, the sites' partials, or the updates
+        and their stand-ins."""
+        if self.secure is not None:
+            return [self.secure]
+        return self.sites if self.sites is not None else g.updates + self.reused
 
 
 def ref_bytes(sent: dict[str, Any], sites: list[str], clients: list[int]) -> int:
@@ -72,7 +77,9 @@ def round_row(rnd: int, info: RoundInfo, g: Gathered, params_bytes: int, started
         "skipped": [f.row() for f in info.skipped],
         "reused": [{"client": u.client, "staleness": u.staleness} for u in info.reused],
         "updates": [_update_row(u) for u in g.updates],
-        "bytes_down": params_bytes * len(info.selected), "bytes_up": sum(u.nbytes() for u in g.updates),
+        "bytes_down": params_bytes * len(info.selected),
+        "bytes_up": sum(u.nbytes() for u in g.updates) + info.site_bytes[0],
+        "bytes_in_sites": info.site_bytes[1] if info.sites is not None else None,
         "bytes_by_ref": info.ref_down + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
         "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
         "client_train_s_max": max((u.timings.get("train", 0.0) for u in g.updates), default=0.0),

@@ -107,7 +107,8 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
                   stop: threading.Event | None) -> tuple[Driver, dict]:
     """Stages 3 and 4: everything the rounds need, built while the workers start, then restored."""
     parts: ModelParts = build_model(job)
-    transfer, store = open_store(job, run_dir, parts.params, progress, needed=bool(job.client_state()),
+    needed = bool(job.client_state()) or job.round.aggregate == "site"
+    transfer, store = open_store(job, run_dir, parts.params, progress, needed=needed,
                                  first=start.state is None)
     privacy = Privacy(job, run_dir, start.state.row if start.state else None) if job.privacy is not None else None
     tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy)

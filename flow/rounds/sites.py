@@ -101,6 +101,7 @@ class SiteRuntime:
         from parsl.dataflow.dflow import DataFlowKernel
 
         from fedgrid.apps.secagg import step as secagg_step
+        from fedgrid.apps.siteagg import aggregate_site
         from fedgrid.apps.train import evaluate_client, train_client, warm
 
         self.job = job
@@ -129,6 +130,8 @@ class SiteRuntime:
                           for s in job.sites}
         self._step = {s.name: python_app(secagg_step, executors=[s.name], data_flow_kernel=self.dfk)
                       for s in job.sites}
+        self._aggregate = {s.name: python_app(aggregate_site, executors=[s.name], data_flow_kernel=self.dfk)
+                           for s in job.sites}
 
     def warm_up(self, task_for: Callable[[int], TrainTask]) -> list[Future]:
         """One warm task per worker, so torch, data and model are loaded before round 1 needs them
@@ -149,6 +152,10 @@ class SiteRuntime:
     def evaluate(self, site: str, task: TrainTask) -> Future:
         """A federated evaluation task: the client evaluates the task's params on its held-out data."""
         return self._evaluate[site](task)
+
+    def aggregate(self, site: str, task: Any, settled: Future) -> Future:
+        """The site's aggregation app (round.aggregate: site), started by Parsl once `settled` resolves."""
+        return self._aggregate[site](task, settled)
 
     def call(self, site: str, task: dict[str, Any]) -> Future:
         """A secure-aggregation step at a site (apps/secagg.py)."""

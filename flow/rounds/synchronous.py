@@ -21,7 +21,7 @@ from fedgrid.flow.clients import pacing, selection
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.privacy.dp import BudgetSpent
 from fedgrid.flow.privacy.secagg import SecAggFailed
-from fedgrid.flow.rounds import faults, fedeval, validate
+from fedgrid.flow.rounds import faults, fedeval, twotier, validate
 from fedgrid.flow.rounds.driver import Driver, Late
 from fedgrid.flow.rounds.gather import Gathered, gather
 from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
@@ -49,6 +49,8 @@ class Attempt:
     arrived: list[Late]
     problem: str | None = None  # secure aggregation failed a stage: the attempt fails like a missed quorum
     secure: ClientUpdate | None = None
+    sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
+    bytes: tuple[int, int] = (0, 0)  # round.aggregate: site: bytes to the driver, bytes kept in the sites
 
     def ok(self) -> bool:
         return self.problem is None and self.g.quorum_met(self.quorum)
@@ -93,7 +95,8 @@ def play_round(drv: Driver, rnd: int, params: Params) -> tuple[RoundInfo, Gather
         if a.ok():
             _carry(drv, rnd, a.g, a.arrived, params)
             return RoundInfo(selected=a.clients, attempt=number, ref_down=ref_bytes(sent, drv.sites, a.clients),
-                             skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure), a.g
+                             skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure,
+                             sites=a.sites, site_bytes=a.bytes), a.g
         _missed(drv, rnd, number, a)
     raise AssertionError("unreachable: the last attempt raises")
 
@@ -108,13 +111,18 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
     instr = _instructions(drv, rnd, clients)
     drv.progress.round_started(rnd, len(clients))
     masking, early, problem = _secagg_setup(drv, rnd, clients, params, instr)
+    started = time.time()
     futs = _submit(drv, rnd, number, masking, sent, instr)
+    aggs = twotier.submit(drv, rnd, number, futs, sent, started) if drv.tasks.site_store else None
     g = gather(futs, quorum, rs.deadline_s, drv.progress.client_done, accept=_acceptor(drv, rnd, params, instr),
                down=drv.runtime.down_sites)
     g.failures[:0] = early
+    a = Attempt(clients, skipped, quorum, g, [], problem)
+    if aggs is not None:  # the sites' partials: clients their site's partial does not hold fail here
+        a.sites, *nbytes = twotier.combine(drv, rnd, params, g, aggs, started + rs.deadline_s)
+        a.bytes = (nbytes[0], nbytes[1])
     prof.update(drv.profiles, rnd, g)
-    arrived = drv.watch_late(rnd, g, params)  # late tasks of a failed attempt keep their clients busy too
-    a = Attempt(clients, skipped, quorum, g, arrived, problem)
+    a.arrived = drv.watch_late(rnd, g, params)  # late tasks of a failed attempt keep their clients busy too
     if drv.secagg is not None and a.ok():
         try:  # stage 4: unmask the sum
             a.secure = drv.secagg.finish(rnd, g.updates, params, g.failures)
@@ -164,10 +172,14 @@ def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gathe
               instr: dict[int, dict[str, Any]]):
     """The gather's check of each answer as it arrives: against what was sent to that client, then
     fetched by reference, decoded and validated against the global model."""
-    area = drv.tasks.area
+    area, rs, tr = drv.tasks.area, drv.job.round, drv.job.train
+    if drv.tasks.site_store:  # the params stay at the site: only the envelope is checked here
+        return lambda client, site, u: validate.envelope(
+            u, client, site, rnd, drv.tasks.site_store[site],
+            validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),
+            validate.examples_limit(float(drv.profiles["examples"][client]), rs.max_examples, rs.examples_growth))
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
-    rs, tr = drv.job.round, drv.job.train
     return lambda client, site, u: validate.accept(
         u, client, site, rnd, params, area, rs.max_update_norm,
         validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),

@@ -38,6 +38,9 @@ class Tasks:
         self.fault_dir = str(run_dir / "faults")
         self.dp = privacy.task_options() if privacy is not None else None
         self.compress = self._compression()
+        # round.aggregate: site: each site's store (its own `store`, else this run's), in this run's area
+        self.site_store = {s.name: dataplane.run_area(dataplane.store_url(s.store), job, run_dir) if s.store
+                           else store.url for s in job.sites} if job.round.aggregate == "site" and store else {}
 
     @property
     def area(self) -> str | None:
@@ -63,13 +66,20 @@ class Tasks:
             task.faults = faults.for_task(job, client, site, rnd, self.fault_dir, attempt)
         if self.store is not None:
             task.store, task.ref_above = self.store.url, self.transfer.ref_above[site]
-            # per attempt: a client abandoned by attempt 1 may still write after attempt 2 answers
-            task.update_key = f"{round_key(rnd)}/client-{client:05d}-a{attempt}"
+            task.update_key = self.update_key(rnd, client, attempt)
+        if self.site_store:  # round.aggregate: site: the update goes to its site's store, for its aggregator
+            task.store, task.sum_at_site = self.site_store[site], True
+            task.update_key = self.update_key(rnd, client, attempt)
         if self.compress is not None:
             key = self.compress["residual_key"]
             task.compress = {**self.compress, "residual_key": key.format(client=client) if key else None,
                              "residual": residual}
         return task
+
+    @staticmethod
+    def update_key(rnd: int, client: int, attempt: int) -> str:
+        # per attempt: a client abandoned by attempt 1 may still write after attempt 2 answers
+        return f"{round_key(rnd)}/client-{client:05d}-a{attempt}"
 
     def warm(self, client: int) -> TrainTask:
         """A warm-up task: this client's data and code, no params."""

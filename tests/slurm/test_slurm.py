@@ -84,7 +84,7 @@ def test_a_cancelled_block_costs_its_clients_one_round_and_a_new_block_brings_th
     apps run inside Slurm jobs, their job id and worker host in every row; `fedgrid check` shows
     the batch script, `fedgrid status` the blocks."""
     run_dir = tmp_path / "run"
-    spec = _cluster_job(make_job, run_dir, slurm_site, rounds=8, deadline=60,
+    spec = _cluster_job(make_job, run_dir, slurm_site, rounds=10, deadline=60,
                         faults=[{"site": "cluster", "hold_at": [3]}])
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     assert main(["check", str(tmp_path / "job.yaml")]) == 0
@@ -105,7 +105,7 @@ def test_a_cancelled_block_costs_its_clients_one_round_and_a_new_block_brings_th
     assert len(lost) == 2 and all(f["reason"].startswith(f"site lost: Slurm job {first} CANCELLED") for f in lost)
     assert rows[2]["clients_ok"] == 2  # round 3 completed with the other site, not at its deadline
     back = [r["round"] for r in rows if _cluster_jobs(r) - {first, None}]
-    assert back and back[0] <= 7 and all(_cluster_jobs(rows[-1]) - {first})  # a new block, within a few rounds
+    assert back and back[0] <= 9 and _cluster_jobs(rows[-1]) - {first, None}  # a new block, within a few rounds
     kinds = [e["event"] for e in _events(run_dir)]
     assert kinds.index("lost") < kinds.index("back") and "requested" in kinds
 
@@ -135,7 +135,8 @@ def test_a_held_queue_leaves_the_site_out_as_queued_until_its_block_starts(
     partition_down()  # (the fixture's release: the partition is UP again)
     rows = _finish(t, out).rows
     assert all(r["clients_ok"] >= 2 for r in rows)  # every round met its quorum with the other site
-    queued = [f["reason"] for r in rows[1:3] for f in r["failures"] if f["site"] == "cluster"]
+    # rounds 3 and 4 began more than a round after the block was submitted, and before it could start
+    queued = [f["reason"] for r in rows[2:4] for f in r["failures"] if f["site"] == "cluster"]
     assert len(queued) == 4 and all(q.startswith("queued: Slurm job ") and "(PartitionDown)" in q for q in queued)
     assert _cluster_jobs(rows[-1]) - {None}  # it joined once its block started
 

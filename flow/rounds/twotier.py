@@ -1,0 +1,131 @@
+"""``round.aggregate: site`` — the driver's half of two-tier aggregation.
+
+Per site and round the DAG gets one aggregation app (apps/siteagg.py) on the site's executor. Its
+input is a future the driver settles when all of the site's train tasks have answered or failed,
+or at the site's deadline (``round.site_deadline_fraction`` of the round's), whichever is first:
+Parsl starts the aggregator then, on a worker the clients no longer need. The clients' updates
+stay in the site's store; only their envelopes (counts, metrics, timings) and one partial per site
+come to the driver.
+
+The driver checks every envelope as in flat rounds and every partial against them: the partial's
+clients must be clients whose answers the driver accepted, its example count their sum, its sum
+finite and shaped like the model. A site whose aggregator fails, is late or does not add up costs
+that site's clients for the round, never the round. Each partial becomes one contribution: the
+site's mean (summed in float64 at the site, sent in the model's dtype) weighted by its examples,
+so a mean-based strategy computes the same mean as over the clients themselves (to the float32
+rounding of each site's mean).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, wait
+from typing import Any
+
+import numpy as np
+
+from fedgrid.apps.siteagg import SiteAggTask, SitePartial
+from fedgrid.apps.store import Ref, fetch
+from fedgrid.apps.update import ClientUpdate, Failure
+from fedgrid.flow.rounds.gather import Gathered
+from fedgrid.flow.rounds.validate import InvalidUpdate, examples_limit, inside
+
+Params = dict[str, np.ndarray]
+
+
+def _settle(futs: list[Future], at: float) -> Future:
+    """A future that resolves when all of `futs` are done, or at time `at`, whichever is first."""
+    out: Future = Future()
+    lock = threading.Lock()
+
+    def resolve(*_: Any) -> None:
+        with lock:
+            if not out.done() and (time.time() >= at or all(f.done() for f in futs)):
+                out.set_result(True)
+
+    for f in futs:
+        f.add_done_callback(resolve)
+    timer = threading.Timer(max(0.0, at - time.time()), resolve)
+    timer.daemon = True
+    timer.start()
+    resolve()
+    return out
+
+
+def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]], sent: dict[str, Any],
+           started: float) -> dict[str, Future]:
+    """One aggregation app per site with clients in this round."""
+    rs = drv.job.round
+    at = started + rs.site_deadline_fraction * rs.deadline_s
+    by_site: dict[str, list[int]] = {}
+    for c, (site, _) in futs.items():
+        by_site.setdefault(site, []).append(c)
+    out = {}
+    for site, clients in by_site.items():
+        keys = {c: drv.tasks.update_key(rnd, c, number) for c in clients}
+        limit = {c: examples_limit(float(drv.profiles["examples"][c]), rs.max_examples, rs.examples_growth)
+                 for c in clients}
+        task = SiteAggTask(site=site, round=rnd, keys=keys, store=drv.tasks.site_store[site], params=sent[site],
+                           max_examples=limit, max_norm=rs.max_update_norm, out_store=drv.tasks.area,
+                           out_key=f"round-{rnd:06d}/partial-{site}", ref_above=drv.tasks.transfer.ref_above[site])
+        out[site] = drv.runtime.aggregate(site, task, _settle([futs[c][1] for c in clients], at))
+    return out
+
+
+def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Future],
+            until: float) -> tuple[list[ClientUpdate], int, int]:
+    """The sites' contributions (one per site), bytes that crossed to the driver and bytes that
+    stayed in the sites. Clients the driver accepted but whose site's partial does not hold them
+    move from `g.updates` to `g.failures`."""
+    wait(list(aggs.values()), timeout=max(0.0, until - time.time()))
+    contributions, up, inside_sites = [], 0, 0
+    for site, fut in aggs.items():
+        mine = [u for u in g.updates if u.site == site]
+        inside_sites += sum(u.nbytes() for u in mine)
+        for u in mine:
+            u.ref = None  # what it sent stayed in its site: its row's bytes_up is 0
+        try:
+            partial = _partial(drv, rnd, site, fut, mine, like)
+        except (InvalidUpdate, TimeoutError, Exception) as e:  # noqa: BLE001 - one site's loss, never the round's
+            _drop(g, mine, f"site aggregator: {type(e).__name__}: {e}" if not isinstance(e, InvalidUpdate) else
+                  f"site aggregator: {e}")
+            continue
+        if not partial.clients:  # every client of the site failed or was left out: no contribution
+            _drop(g, mine, None, partial.left_out)
+            continue
+        held = set(partial.clients)
+        _drop(g, [u for u in mine if u.client not in held], None, partial.left_out)
+        up += sum(a.nbytes for a in partial.params.values()) if partial.ref is None else partial.ref.nbytes
+        contributions.append(ClientUpdate(client=-1, site=site, round=rnd, num_examples=partial.examples,
+                                          params=partial.params))
+    return contributions, up, inside_sites
+
+
+def _drop(g: Gathered, gone: list[ClientUpdate], why: str | None, left_out: dict[int, str] | None = None) -> None:
+    for u in gone:
+        g.updates.remove(u)
+        reason = why or (left_out or {}).get(u.client) or "not in its site's partial"
+        g.failures.append(Failure.of(u.client, u.site, reason))
+
+
+def _partial(drv: Any, rnd: int, site: str, fut: Future, mine: list[ClientUpdate], like: Params) -> SitePartial:
+    """The site's answer, checked against the envelopes the driver accepted from its clients."""
+    if not fut.done():
+        fut.add_done_callback(lambda f: f.exception())
+        raise TimeoutError("no partial within round.deadline_s")
+    p = fut.result()
+    if not isinstance(p, SitePartial) or p.site != site or p.round != rnd:
+        raise InvalidUpdate("rejected: not this site's partial of this round")
+    ok = {u.client: u.num_examples for u in mine}
+    if not set(p.clients) <= set(ok) or p.examples != sum(ok[c] for c in p.clients):
+        raise InvalidUpdate(f"rejected: the partial holds clients {p.clients[:5]} and {p.examples} examples, "
+                            "which the clients' own answers do not add up to")
+    if p.ref is not None:
+        if not isinstance(p.ref, Ref) or drv.tasks.area is None or not inside(p.ref.uri, drv.tasks.area):
+            raise InvalidUpdate("rejected: the partial's reference is outside this run's area of the store")
+        p.params = dict(fetch(p.ref))
+    if p.clients and (list(p.params) != list(like) or any(
+            np.shape(p.params[k]) != like[k].shape or not np.isfinite(p.params[k]).all() for k in like)):
+        raise InvalidUpdate("rejected: the partial mean does not fit the model or is not finite")
+    return p
