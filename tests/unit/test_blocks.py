@@ -60,6 +60,16 @@ def _watch(w: World, ex: FakeExecutor, round_s: float = 30.0) -> BlockWatch:
     return BlockWatch("hpc", ex, "Slurm", w.query, poll_s=5.0, round_s=round_s, clock=lambda: w.now)
 
 
+def _running(w: World, left: float = 500.0) -> tuple[FakeExecutor, BlockWatch]:
+    """A site whose one block (job 100) runs, as the watch has seen it."""
+    ex = FakeExecutor()
+    ex.scale_out_facade(1)
+    w.jobs["100"] = ("RUNNING", "", left)
+    watch = _watch(w, ex)
+    assert watch.unavailable() is None
+    return ex, watch
+
+
 def _later(w: World, watch: BlockWatch, s: float) -> str | None:
     w.now += s
     return watch.unavailable()
@@ -97,11 +107,7 @@ def test_a_lost_block_fails_the_site_until_a_block_runs_and_fedgrid_replaces_it_
 
 
 def test_a_replacement_parsl_already_runs_still_drops_the_lost_blocks_clients_for_a_poll(w):
-    ex = FakeExecutor()
-    ex.scale_out_facade(1)
-    w.jobs["100"] = ("RUNNING", "", 500.0)
-    watch = _watch(w, ex)
-    watch.unavailable()
+    ex, watch = _running(w)
     w.jobs["100"] = ("TIMEOUT", "TimeLimit", None)
     ex.scale_out_facade(1)  # Parsl's strategy, before the driver looked
     w.jobs["101"] = ("RUNNING", "", 600.0)
@@ -112,11 +118,7 @@ def test_a_replacement_parsl_already_runs_still_drops_the_lost_blocks_clients_fo
 
 
 def test_a_block_parsl_scaled_in_is_not_a_loss(w):
-    ex = FakeExecutor()
-    ex.scale_out_facade(1)
-    w.jobs["100"] = ("RUNNING", "", 500.0)
-    watch = _watch(w, ex)
-    watch.unavailable()
+    ex, watch = _running(w)
     w.jobs["100"] = ("CANCELLED", "", None)
     ex._status["0"] = SimpleNamespace(state=SimpleNamespace(name="SCALED_IN"))
     assert _later(w, watch, 5) is None and [e["event"] for e in watch.events] == ["started"]
@@ -144,11 +146,7 @@ def test_a_block_short_of_walltime_is_drained_replaced_and_released_once_idle(w)
 
 
 def test_a_scheduler_that_does_not_answer_leaves_the_last_view(w):
-    ex = FakeExecutor()
-    ex.scale_out_facade(1)
-    w.jobs["100"] = ("RUNNING", "", 500.0)
-    watch = _watch(w, ex)
-    watch.unavailable()
+    ex, watch = _running(w)
     w.answer = False
     assert _later(w, watch, 5) is None and watch.blocks[0].state == "RUNNING"
 

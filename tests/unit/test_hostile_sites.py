@@ -246,3 +246,54 @@ def test_one_hostile_client_in_secure_aggregation_is_dropped_and_the_others_roun
 
     case()
     assert SECAGG["cases"] >= 60
+
+
+# -- two-tier aggregation: one site's aggregator answers anything at all -----------------------------
+
+@st.composite
+def hostile_partial(draw) -> object:
+    """Site b's answer: an honest partial with fields replaced, or anything at all, or an error."""
+    from fedgrid.apps.siteagg import SitePartial
+
+    kind = draw(st.sampled_from(["fields", "fields", "not a partial", "raises"]))
+    if kind == "not a partial":
+        return draw(anything)
+    if kind == "raises":
+        return draw(st.sampled_from([ValueError, OSError, MemoryError]))("hostile")
+    p = SitePartial("b", RND, 27, [2, 3], params=OrderedDict((k, v.astype(np.float64)) for k, v in GLOBAL.items()))
+    for field in draw(st.lists(st.sampled_from(["site", "round", "examples", "clients", "params", "param", "ref",
+                                                "left_out"]), min_size=1, max_size=3, unique=True)):
+        if field == "param" and isinstance(p.params, dict):
+            p.params[draw(st.sampled_from(["w", "b", "n", "zz"]))] = draw(arrays)
+        elif field == "ref":
+            p.ref = Ref(uri=draw(st.sampled_from(["/etc/passwd", "x"])), sha256="0" * 64, nbytes=draw(anything))
+        else:
+            setattr(p, field, draw(anything))
+    return p
+
+
+def test_one_hostile_site_aggregator_costs_only_its_own_clients(area):
+    """Whatever site b's aggregator returns, site a's partial is the round's contribution and
+    site b's clients are either in a checked partial or recorded as failed, never a crash."""
+    from types import SimpleNamespace
+
+    from fedgrid.apps.siteagg import SitePartial
+    from fedgrid.flow.rounds import twotier
+    from fedgrid.flow.rounds.gather import Gathered
+
+    drv = SimpleNamespace(tasks=SimpleNamespace(area=area))
+    good = SitePartial("a", RND, 21, [0, 1], params=OrderedDict((k, v.astype(np.float64)) for k, v in GLOBAL.items()))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)
+    @given(bad=hostile_partial())
+    def case(bad: object) -> None:
+        envs = [ClientUpdate(client=c, site=SITES[c], round=RND, num_examples=10 + c, params={}) for c in range(4)]
+        g = Gathered(updates=list(envs))
+        contrib, _, _ = twotier.combine(drv, RND, GLOBAL, g, {"a": _done(good), "b": _done(bad)}, until=0.0)
+        assert contrib[0].site == "a" and contrib[0].num_examples == 21
+        assert len(g.updates) + len(g.failures) == 4 and {0, 1} <= {u.client for u in g.updates}
+        if len(contrib) == 2:  # b's partial passed: it is exactly what its clients' answers add up to
+            assert contrib[1].num_examples == 27 and all(np.isfinite(v).all() for v in contrib[1].params.values())
+
+    case()
