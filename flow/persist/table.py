@@ -64,6 +64,9 @@ ROWS_SCHEMA = pa.schema([
         ("load_s", pa.float64()), ("cold", pa.bool_()), ("metrics", _METRICS)]))),
     ("examples", pa.int64()), ("bytes_down", pa.int64()), ("bytes_up", pa.int64()), ("bytes_by_ref", pa.int64()),
     ("bytes_in_sites", pa.int64()),  # round.aggregate: site: the clients' update bytes that stayed in their sites
+    ("site_partials", pa.list_(pa.struct([  # ... and per site: its partial, what stayed, what crossed
+        ("site", pa.string()), ("clients", pa.int64()), ("examples", pa.int64()), ("bytes_in_site", pa.int64()),
+        ("bytes_up", pa.int64()), ("seconds", pa.float64())]))),
     ("gather_s", pa.float64()), ("aggregate_s", pa.float64()), ("eval_s", pa.float64()),
     ("client_train_s_max", pa.float64()), ("client_queue_s_max", pa.float64()),
     # federated evaluation (flow/rounds/fedeval.py): every client's metrics, who failed, how long;

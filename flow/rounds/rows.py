@@ -27,7 +27,7 @@ class RoundInfo:
     reused: list[ClientUpdate] = field(default_factory=list)
     secure: ClientUpdate | None = None
     sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
-    site_bytes: tuple[int, int] = (0, 0)  # ... and the bytes that crossed to the driver / stayed in the sites
+    site_rows: list[dict[str, Any]] | None = None  # ... and each site's partial (flow/rounds/twotier.py)
 
     def contributions(self, g: Gathered) -> list[ClientUpdate]:
         """What the strategy aggregates: the unmasked sum, the sites' partials, or the updates
@@ -78,8 +78,9 @@ def round_row(rnd: int, info: RoundInfo, g: Gathered, params_bytes: int, started
         "reused": [{"client": u.client, "staleness": u.staleness} for u in info.reused],
         "updates": [_update_row(u) for u in g.updates],
         "bytes_down": params_bytes * len(info.selected),
-        "bytes_up": sum(u.nbytes() for u in g.updates) + info.site_bytes[0],
-        "bytes_in_sites": info.site_bytes[1] if info.sites is not None else None,
+        "bytes_up": sum(u.nbytes() for u in g.updates) + sum(s["bytes_up"] for s in info.site_rows or []),
+        "bytes_in_sites": sum(s["bytes_in_site"] for s in info.site_rows) if info.site_rows is not None else None,
+        "site_partials": info.site_rows,
         "bytes_by_ref": info.ref_down + sum(u.ref.nbytes for u in g.updates if u.ref is not None),
         "gather_s": g.seconds, "aggregate_s": agg_s, "eval_s": None,
         "client_train_s_max": max((u.timings.get("train", 0.0) for u in g.updates), default=0.0),

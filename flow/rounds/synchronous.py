@@ -50,7 +50,7 @@ class Attempt:
     problem: str | None = None  # secure aggregation failed a stage: the attempt fails like a missed quorum
     secure: ClientUpdate | None = None
     sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
-    bytes: tuple[int, int] = (0, 0)  # round.aggregate: site: bytes to the driver, bytes kept in the sites
+    site_rows: list[dict[str, Any]] | None = None  # ... and what each site's partial was
 
     def ok(self) -> bool:
         return self.problem is None and self.g.quorum_met(self.quorum)
@@ -96,7 +96,7 @@ def play_round(drv: Driver, rnd: int, params: Params) -> tuple[RoundInfo, Gather
             _carry(drv, rnd, a.g, a.arrived, params)
             return RoundInfo(selected=a.clients, attempt=number, ref_down=ref_bytes(sent, drv.sites, a.clients),
                              skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure,
-                             sites=a.sites, site_bytes=a.bytes), a.g
+                             sites=a.sites, site_rows=a.site_rows), a.g
         _missed(drv, rnd, number, a)
     raise AssertionError("unreachable: the last attempt raises")
 
@@ -119,8 +119,7 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
     g.failures[:0] = early
     a = Attempt(clients, skipped, quorum, g, [], problem)
     if aggs is not None:  # the sites' partials: clients their site's partial does not hold fail here
-        a.sites, *nbytes = twotier.combine(drv, rnd, params, g, aggs, started + rs.deadline_s)
-        a.bytes = (nbytes[0], nbytes[1])
+        a.sites, a.site_rows = twotier.combine(drv, rnd, params, g, aggs, started + rs.deadline_s)
     prof.update(drv.profiles, rnd, g)
     a.arrived = drv.watch_late(rnd, g, params)  # late tasks of a failed attempt keep their clients busy too
     if drv.secagg is not None and a.ok():

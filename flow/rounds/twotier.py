@@ -74,32 +74,35 @@ def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]],
 
 
 def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Future],
-            until: float) -> tuple[list[ClientUpdate], int, int]:
-    """The sites' contributions (one per site), bytes that crossed to the driver and bytes that
-    stayed in the sites. Clients the driver accepted but whose site's partial does not hold them
-    move from `g.updates` to `g.failures`."""
+            until: float) -> tuple[list[ClientUpdate], list[dict[str, Any]]]:
+    """The sites' contributions (one per site) and a row per site (clients, examples, bytes that
+    stayed in the site and that crossed to the driver, the aggregator's seconds). Clients the
+    driver accepted but whose site's partial does not hold them move to `g.failures`."""
     wait(list(aggs.values()), timeout=max(0.0, until - time.time()))
-    contributions, up, inside_sites = [], 0, 0
-    for site, fut in aggs.items():
+    contributions, rows = [], []
+    for site, fut in sorted(aggs.items()):
         mine = [u for u in g.updates if u.site == site]
-        inside_sites += sum(u.nbytes() for u in mine)
+        row = {"site": site, "clients": 0, "examples": 0, "bytes_in_site": sum(u.nbytes() for u in mine),
+               "bytes_up": 0, "seconds": None}
+        rows.append(row)
         for u in mine:
             u.ref = None  # what it sent stayed in its site: its row's bytes_up is 0
         try:
             partial = _partial(drv, rnd, site, fut, mine, like)
-        except (InvalidUpdate, TimeoutError, Exception) as e:  # noqa: BLE001 - one site's loss, never the round's
-            _drop(g, mine, f"site aggregator: {type(e).__name__}: {e}" if not isinstance(e, InvalidUpdate) else
-                  f"site aggregator: {e}")
-            continue
-        if not partial.clients:  # every client of the site failed or was left out: no contribution
-            _drop(g, mine, None, partial.left_out)
+        except Exception as e:  # noqa: BLE001 - one site's loss, never the round's
+            _drop(g, mine, f"site aggregator: {e}" if isinstance(e, InvalidUpdate) else
+                  f"site aggregator: {type(e).__name__}: {e}")
             continue
         held = set(partial.clients)
         _drop(g, [u for u in mine if u.client not in held], None, partial.left_out)
-        up += sum(a.nbytes for a in partial.params.values()) if partial.ref is None else partial.ref.nbytes
+        if not held:  # every client of the site failed or was left out: no contribution
+            continue
+        row.update(clients=len(held), examples=partial.examples, seconds=float(partial.seconds),
+                   bytes_up=sum(a.nbytes for a in partial.params.values()) if partial.ref is None else
+                   partial.ref.nbytes)
         contributions.append(ClientUpdate(client=-1, site=site, round=rnd, num_examples=partial.examples,
                                           params=partial.params))
-    return contributions, up, inside_sites
+    return contributions, rows
 
 
 def _drop(g: Gathered, gone: list[ClientUpdate], why: str | None, left_out: dict[int, str] | None = None) -> None:

@@ -36,3 +36,4 @@ def test_site_aggregation_gives_the_flat_model_and_one_partial_per_site(strategy
         assert all(u["bytes_up"] == 0 for u in r["updates"]) and r["bytes_in_sites"] > 0
         per_update = r["bytes_in_sites"] / 6
         assert r["bytes_up"] <= 3 * per_update  # three partials (one update's worth each) instead of six updates
+        assert [(s["site"], s["clients"]) for s in r["site_partials"]] == [("a", 2), ("b", 2), ("g", 2)]

@@ -290,7 +290,7 @@ def test_one_hostile_site_aggregator_costs_only_its_own_clients(area):
     def case(bad: object) -> None:
         envs = [ClientUpdate(client=c, site=SITES[c], round=RND, num_examples=10 + c, params={}) for c in range(4)]
         g = Gathered(updates=list(envs))
-        contrib, _, _ = twotier.combine(drv, RND, GLOBAL, g, {"a": _done(good), "b": _done(bad)}, until=0.0)
+        contrib, _ = twotier.combine(drv, RND, GLOBAL, g, {"a": _done(good), "b": _done(bad)}, until=0.0)
         assert contrib[0].site == "a" and contrib[0].num_examples == 21
         assert len(g.updates) + len(g.failures) == 4 and {0, 1} <= {u.client for u in g.updates}
         if len(contrib) == 2:  # b's partial passed: it is exactly what its clients' answers add up to

@@ -64,12 +64,13 @@ def test_a_partial_that_does_not_add_up_costs_its_sites_clients_and_never_the_ro
     good = SitePartial("a", 3, 40, [0, 1], params={"w": np.ones((2, 3), np.float32), "n": np.array(4.0)})
     lying = SitePartial("b", 3, 5000, [2], params={"w": np.ones((2, 3), np.float32), "n": np.array(4.0)})
     aggs = {"a": _done(good), "b": _done(lying), "c": _done(RuntimeError("worker lost"))}
-    contrib, up, kept = twotier.combine(_drv(tmp_path), 3, LIKE, g, aggs, until=0.0)
+    contrib, rows = twotier.combine(_drv(tmp_path), 3, LIKE, g, aggs, until=0.0)
     assert [(u.site, u.num_examples) for u in contrib] == [("a", 40)]
     assert [u.client for u in g.updates] == [0, 1]
     why = {f.client: f.reason for f in g.failures}
     assert "do not add up" in why[2] and why[3] == "site aggregator: RuntimeError: worker lost"
-    assert up == sum(a.nbytes for a in good.params.values())
+    assert [(r["site"], r["clients"], r["examples"]) for r in rows] == [("a", 2, 40), ("b", 0, 0), ("c", 0, 0)]
+    assert rows[0]["bytes_up"] == sum(a.nbytes for a in good.params.values())
 
 
 @pytest.mark.parametrize(("over", "key"), [
