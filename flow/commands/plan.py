@@ -83,6 +83,9 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     per_round = job.clients_per_round()
     print(f"rounds: {per_round} of {job.data.clients} clients per round, quorum {job.round.min_clients}, "
           f"deadline {job.round.deadline_s:g} s, {job.round.retries} retr{'y' if job.round.retries == 1 else 'ies'}")
+    if job.round.aggregate == "site":
+        print(f"aggregation: at each site first (round.aggregate: site): an aggregation app per site sends "
+              f"one partial per round; site deadline {job.round.site_deadline_fraction * job.round.deadline_s:g} s")
     tp = dataplane.plan(job, nbytes, run_dir, file)
     if tp.store_url and job.store.url:
         dataplane.check_store(tp.store_url, file)
@@ -104,6 +107,8 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         data = datasets.describe(job.site_data(s.name).model_dump())
         print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")
         print(f"    params travel {how} ({tp.why[s.name]})")
+        if job.round.aggregate == "site":
+            print(f"    updates stay in {s.store or 'the run store'}; one partial per round to the driver")
         if ex is not None and isinstance(s.executor, BatchHtexSpec):
             print("    batch script of each block:")
             for line in batch_script(ex, s.executor.workers()).strip().splitlines():
