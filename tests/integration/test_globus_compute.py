@@ -50,6 +50,28 @@ def test_emulated_endpoint_runs_tasks_and_returns_remote_errors(emulated) -> Non
         _app(emulated, np.reshape)(np.ones(3), (2, 2)).result()
 
 
+def test_a_site_aggregation_app_is_a_globus_compute_task_like_any_other(emulated, tmp_path) -> None:
+    """round.aggregate: site on an endpoint: the aggregator runs there, after the driver's future
+    for "the site's clients are done" resolves (a DAG edge Parsl resolves before submitting)."""
+    from concurrent.futures import Future
+
+    from fedgrid.apps.siteagg import EXAMPLES, SiteAggTask, aggregate_site
+    from fedgrid.apps.store import Store
+
+    store = Store(str(tmp_path / "site"))
+    like = {"w": np.zeros(4, np.float32)}
+    for c, n in ((0, 1), (1, 3)):
+        store.put({"w": np.full(4, float(c), np.float32), EXAMPLES: np.array(n, np.int64)}, f"r/c{c}")
+    settled: Future = Future()
+    task = SiteAggTask(site="gc", round=1, keys={0: "r/c0", 1: "r/c1"}, store=store.url, params=like,
+                       max_examples={0: 10, 1: 10})
+    fut = _app(emulated, aggregate_site)(task, settled)
+    assert not fut.done()  # not submitted before the site's clients are done
+    settled.set_result(True)
+    p = fut.result(timeout=60)
+    assert (p.clients, p.examples) == ([0, 1], 4) and p.params["w"].tolist() == [0.75] * 4
+
+
 def test_emulated_endpoint_enforces_the_service_payload_and_result_limits(emulated) -> None:
     from globus_compute_sdk.errors import TaskExecutionFailed
 

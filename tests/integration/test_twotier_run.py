@@ -11,21 +11,17 @@ from fedgrid.flow.config import parse_job
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.rounds.runner import run
 
-# three kinds of site: the aggregation app is a task of each site's own executor (HTEX worker
-# processes, threads in the driver, an emulated Globus Compute endpoint). The flat run it is
-# compared with trains on threads: the kinds train bit for bit alike (test_globus_compute's mixed
-# run), so the inputs are the same and only the aggregation differs.
-MIXED = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 2},
-         {"name": "b", "executor": {"kind": "local", "workers": 2}, "clients": 2},
-         {"name": "g", "executor": {"kind": "globus_compute", "emulate": True}, "clients": 2}]
-THREADS = [{"name": n, "executor": {"kind": "local", "workers": 2}, "clients": 2} for n in "abg"]
+# The aggregation app is a task of each site's own executor: here two thread sites (the whole
+# round's DAG, cheaply); as a task of an endpoint's worker processes: test_globus_compute; on
+# HTEX sites at scale: bench/twotier.py. Flat and site runs train the same clients the same way.
+SITES = [{"name": n, "executor": {"kind": "local", "workers": 2}, "clients": 3} for n in "ab"]
 
 
 @pytest.mark.parametrize("strategy", ["fedadam"])  # a server optimiser on the mean: FedAvg's mean and more
 def test_site_aggregation_gives_the_flat_model_and_one_partial_per_site(strategy, tmp_path, make_job):
     out = {}
-    for mode, sites in (("flat", THREADS), ("site", MIXED)):
-        job = parse_job(make_job(tmp_path / mode, rounds=2, model="mlp", sites=sites, strategy={"name": strategy},
+    for mode in ("flat", "site"):
+        job = parse_job(make_job(tmp_path / mode, rounds=2, model="mlp", sites=SITES, strategy={"name": strategy},
                                  train={"epochs": 1, "batch_size": 32, "lr": 0.05},
                                  round={"min_clients": 4, "deadline_s": 120, "aggregate": mode}))
         res = run(job, quiet=True)
@@ -38,5 +34,5 @@ def test_site_aggregation_gives_the_flat_model_and_one_partial_per_site(strategy
         assert sorted(u["client"] for u in r["updates"]) == list(range(6))
         assert all(u["bytes_up"] == 0 for u in r["updates"]) and r["bytes_in_sites"] > 0
         per_update = r["bytes_in_sites"] / 6
-        assert r["bytes_up"] <= 3 * per_update  # three partials (one update's worth each) instead of six updates
-        assert [(s["site"], s["clients"]) for s in r["site_partials"]] == [("a", 2), ("b", 2), ("g", 2)]
+        assert r["bytes_up"] <= 2 * per_update  # two partials (one update's worth each) instead of six updates
+        assert [(s["site"], s["clients"]) for s in r["site_partials"]] == [("a", 3), ("b", 3)]
