@@ -43,12 +43,13 @@ def _settle(futs: list[Future], at: float) -> Future:
         with lock:
             if not out.done() and (time.time() >= at or all(f.done() for f in futs)):
                 out.set_result(True)
+                timer.cancel()  # (fast rounds must not leave a sleeping thread per site per round)
 
-    for f in futs:
-        f.add_done_callback(resolve)
     timer = threading.Timer(max(0.0, at - time.time()), resolve)
     timer.daemon = True
     timer.start()
+    for f in futs:
+        f.add_done_callback(resolve)
     resolve()
     return out
 

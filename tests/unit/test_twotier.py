@@ -83,3 +83,20 @@ def test_what_site_aggregation_cannot_do_is_refused_with_the_key(over, key, make
     job = make_job(tmp_path / "r", round={"aggregate": "site", **over.pop("round", {})}, **over)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_job(job, "j.yaml")
+
+
+def test_the_site_is_settled_when_its_clients_are_done_or_at_its_deadline():
+    import threading
+    import time
+
+    a, b = Future(), Future()
+    settled = twotier._settle([a, b], time.time() + 60)
+    a.set_result(1)
+    assert not settled.done()
+    b.set_exception(ValueError("a failed client counts as done"))
+    assert settled.done()
+    threads = threading.active_count()
+    late = twotier._settle([Future()], time.time() + 0.2)  # a client that never answers
+    assert late.result(timeout=5) is True
+    time.sleep(0.1)
+    assert threading.active_count() <= threads  # no timer left sleeping behind
