@@ -97,8 +97,8 @@ def _accept(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int,
     past its deadline (the thread is left to finish, or not, on its own)."""
     if accept is None:
         return answer
-    if getattr(answer, "ref", None) is None:
-        return accept(client, site, answer)
+    if getattr(answer, "ref", None) is None or not getattr(accept, "reads", True):
+        return accept(client, site, answer)  # nothing to read (round.aggregate: site: it stays at the site)
     box: dict[str, Any] = {}
 
     def read() -> None:

@@ -173,10 +173,13 @@ def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gathe
     fetched by reference, decoded and validated against the global model."""
     area, rs, tr = drv.tasks.area, drv.job.round, drv.job.train
     if drv.tasks.site_store:  # the params stay at the site: only the envelope is checked here
-        return lambda client, site, u: validate.envelope(
-            u, client, site, rnd, drv.tasks.site_store[site],
-            validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),
-            validate.examples_limit(float(drv.profiles["examples"][client]), rs.max_examples, rs.examples_growth))
+        def envelope(client: int, site: str, u: Any) -> Any:
+            return validate.envelope(
+                u, client, site, rnd, drv.tasks.site_store[site],
+                validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),
+                validate.examples_limit(float(drv.profiles["examples"][client]), rs.max_examples, rs.examples_growth))
+        envelope.reads = False  # the gather need not read it on a thread of its own: nothing is fetched
+        return envelope
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
     return lambda client, site, u: validate.accept(

@@ -38,19 +38,25 @@ def _settle(futs: list[Future], at: float) -> Future:
     """A future that resolves when all of `futs` are done, or at time `at`, whichever is first."""
     out: Future = Future()
     lock = threading.Lock()
+    left = [len(futs)]  # a countdown, not a scan of every future per answer (1,000 clients a site)
 
-    def resolve(*_: Any) -> None:
+    def resolve(timed_out: bool) -> None:
         with lock:
-            if not out.done() and (time.time() >= at or all(f.done() for f in futs)):
+            if not out.done() and (timed_out or left[0] == 0):
                 out.set_result(True)
                 timer.cancel()  # (fast rounds must not leave a sleeping thread per site per round)
 
-    timer = threading.Timer(max(0.0, at - time.time()), resolve)
+    def one_done(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+        resolve(False)
+
+    timer = threading.Timer(max(0.0, at - time.time()), resolve, args=(True,))
     timer.daemon = True
     timer.start()
     for f in futs:
-        f.add_done_callback(resolve)
-    resolve()
+        f.add_done_callback(one_done)
+    resolve(False)
     return out
 
 
