@@ -70,6 +70,8 @@ def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]],
         by_site.setdefault(site, []).append(c)
     out = {}
     for site, clients in by_site.items():
+        if all(futs[c][1].done() and futs[c][1].exception() is not None for c in clients):
+            continue  # the site is down or queued: its clients failed at once, and so would its aggregator
         keys = {c: drv.tasks.update_key(rnd, c, number) for c in clients}
         limit = {c: examples_limit(float(drv.profiles["examples"][c]), rs.max_examples, rs.examples_growth)
                  for c in clients}
@@ -85,7 +87,10 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Futur
     """The sites' contributions (one per site) and a row per site (clients, examples, bytes that
     stayed in the site and that crossed to the driver, the aggregator's seconds). Clients the
     driver accepted but whose site's partial does not hold them move to `g.failures`."""
-    wait(list(aggs.values()), timeout=max(0.0, until - time.time()))
+    # only the sites with accepted clients are waited for: one that lost its workers mid-round
+    # (every client failed) would hold the round to its deadline for an aggregator that cannot run
+    needed = {u.site for u in g.updates}
+    wait([f for s, f in aggs.items() if s in needed], timeout=max(0.0, until - time.time()))
     contributions, rows = [], []
     for site, fut in sorted(aggs.items()):
         mine = [u for u in g.updates if u.site == site]

@@ -100,3 +100,19 @@ def test_the_site_is_settled_when_its_clients_are_done_or_at_its_deadline():
     assert late.result(timeout=5) is True
     time.sleep(0.1)
     assert threading.active_count() <= threads  # no timer left sleeping behind
+
+
+def test_a_site_whose_clients_all_failed_is_not_waited_for():
+    """Its workers are gone: its aggregator may never run, and must not hold the round."""
+    import threading
+    import time
+
+    g = Gathered(updates=[_env(0, "a", 10)])
+    good = SitePartial("a", 3, 10, [0], params={"w": np.ones((2, 3), np.float32), "n": np.array(4.0)})
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(r=twotier.combine(
+        SimpleNamespace(tasks=SimpleNamespace(area=None)), 3, LIKE, g, {"a": _done(good), "b": Future()},
+        until=time.time() + 600)), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and [u.site for u in out["r"][0]] == ["a"]
