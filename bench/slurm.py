@@ -24,7 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import save_result  # noqa: E402 - bench/ is the script's own folder
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -92,10 +93,7 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         out = {"first_round": first_round(Path(d), a.rounds), "scancel": scancel_drill(Path(d))}
-    print(json.dumps(out, indent=1))
-    res = REPO / "bench" / "results"
-    res.mkdir(exist_ok=True)
-    (res / "slurm.json").write_text(json.dumps(out, indent=1) + "\n")
+    save_result("slurm", out)
 
 
 if __name__ == "__main__":

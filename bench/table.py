@@ -19,7 +19,6 @@ Writes bench/results/table.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -28,10 +27,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import save_result  # noqa: E402 - bench/ is the script's own folder
 
 from fedgrid.flow.persist import table as tbl
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def row(r: int, clients: int) -> dict:
@@ -115,10 +113,7 @@ def main() -> None:
                               f"round {a.rounds}": round(late.tail.nbytes / 1e6, 2)}
         n = len(tbl.read_rows(work / "late"))
         assert n == a.rounds, n
-    print(json.dumps(out, indent=1))
-    res = REPO / "bench" / "results"
-    res.mkdir(exist_ok=True)
-    (res / "table.json").write_text(json.dumps(out, indent=1) + "\n")
+    save_result("table", out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import save_result  # noqa: E402 - bench/ is the script's own folder
 
 
 def one(mode: str, a: argparse.Namespace, work: Path) -> dict:
@@ -77,8 +77,7 @@ def grow(a: argparse.Namespace) -> None:
                          "ms_per_client": round(1e3 * per_round / (2 * per), 3), "s_per_round": many["s_per_round"]}
         out.append(row)
         print(json.dumps(row))
-    (REPO / "bench" / "results").mkdir(exist_ok=True)
-    (REPO / "bench" / "results" / "twotier_grow.json").write_text(json.dumps(out, indent=1) + "\n")
+    save_result("twotier_grow", out)
 
 
 def main() -> None:
@@ -99,9 +98,7 @@ def main() -> None:
     out: dict = {"sites": a.sites, "clients_per_site": a.clients_per_site}
     for mode in ("flat", "site"):
         out[mode] = _mode(mode, a.sites, a.clients_per_site, a.hidden, a.rounds)
-    print(json.dumps(out, indent=1))
-    (REPO / "bench" / "results").mkdir(exist_ok=True)
-    (REPO / "bench" / "results" / "twotier.json").write_text(json.dumps(out, indent=1) + "\n")
+    save_result("twotier", out)
 
 
 if __name__ == "__main__":

@@ -153,10 +153,9 @@ class AsyncLoop:
         base = self.bases[fl.version]
         try:
             tr, rs = self.job.train, self.job.round
-            limit = validate.examples_limit(float(self.drv.profiles["examples"][fl.client]), rs.max_examples,
-                                            rs.examples_growth)
             u = validate.accept(fut.result(), fl.client, fl.site, fl.version + 1, base, self.drv.tasks.area,
-                                rs.max_update_norm, validate.step_budget(tr.epochs, tr.batch_size), limit)
+                                rs.max_update_norm, validate.step_budget(tr.epochs, tr.batch_size),
+                                self.drv.examples_limit(fl.client))
         except Exception as e:  # noqa: BLE001 - an unreadable or invalid update is this client's failure
             self._fail(fl, e)
             return

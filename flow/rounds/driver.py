@@ -19,6 +19,7 @@ from fedgrid.flow.config import Job
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.privacy.dp import Privacy
 from fedgrid.flow.privacy.secagg import SecureAggregation
+from fedgrid.flow.rounds import validate
 from fedgrid.flow.rounds.gather import Gathered
 from fedgrid.flow.rounds.progress import RunProgress
 from fedgrid.flow.rounds.tasks import Tasks
@@ -53,6 +54,11 @@ class Driver:
         self.profiles = prof.empty(job.data.clients)
         self.memory = UpdateMemory(job)
         self.late: list[Late] = []
+
+    def examples_limit(self, client: int) -> int:
+        """The most examples `client` may claim now (the job's cap, growth from what it answered)."""
+        rs = self.job.round
+        return validate.examples_limit(float(self.profiles["examples"][client]), rs.max_examples, rs.examples_growth)
 
     def stopping(self, after: int) -> bool:
         """A stop was requested (SIGTERM): no round after `after` starts; the finished ones are all saved."""

@@ -63,7 +63,7 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
                 exc = fut.exception()
                 if exc is None:
                     try:
-                        out.updates.append(_accept(accept, client, site, fut.result(),
+                        out.updates.append(accept_within(accept, client, site, fut.result(),
                                                    deadline_s - (time.monotonic() - t0)))
                     except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
                         exc = e
@@ -90,7 +90,7 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
     return out
 
 
-def _accept(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int, site: str, answer: Any,
+def accept_within(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int, site: str, answer: Any,
             remaining: float) -> Any:
     """The accept hook on one answer. An answer by reference is read from the store on a daemon
     thread, waited for at most the round's remaining time: a hung mount must not hold the round

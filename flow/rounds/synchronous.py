@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -171,21 +172,21 @@ def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gathe
               instr: dict[int, dict[str, Any]]):
     """The gather's check of each answer as it arrives: against what was sent to that client, then
     fetched by reference, decoded and validated against the global model."""
-    area, rs, tr = drv.tasks.area, drv.job.round, drv.job.train
+    area, tr = drv.tasks.area, drv.job.train
+
+    def budget(client: int) -> Callable[[int], int]:
+        return validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps"))
+
     if drv.tasks.site_store:  # the params stay at the site: only the envelope is checked here
         def envelope(client: int, site: str, u: Any) -> Any:
-            return validate.envelope(
-                u, client, site, rnd, drv.tasks.site_store[site],
-                validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),
-                validate.examples_limit(float(drv.profiles["examples"][client]), rs.max_examples, rs.examples_growth))
+            return validate.envelope(u, client, site, rnd, drv.tasks.site_store[site], budget(client),
+                                     drv.examples_limit(client))
         envelope.reads = False  # the gather need not read it on a thread of its own: nothing is fetched
         return envelope
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
-    return lambda client, site, u: validate.accept(
-        u, client, site, rnd, params, area, rs.max_update_norm,
-        validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps")),
-        validate.examples_limit(float(drv.profiles["examples"][client]), rs.max_examples, rs.examples_growth))
+    return lambda client, site, u: validate.accept(u, client, site, rnd, params, area, drv.job.round.max_update_norm,
+                                                   budget(client), drv.examples_limit(client))
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:

@@ -28,8 +28,8 @@ import numpy as np
 from fedgrid.apps.siteagg import SiteAggTask, SitePartial
 from fedgrid.apps.store import Ref, fetch
 from fedgrid.apps.update import ClientUpdate, Failure
-from fedgrid.flow.rounds.gather import Gathered
-from fedgrid.flow.rounds.validate import InvalidUpdate, examples_limit, inside
+from fedgrid.flow.rounds.gather import Gathered, accept_within
+from fedgrid.flow.rounds.validate import InvalidUpdate, inside
 
 Params = dict[str, np.ndarray]
 
@@ -73,8 +73,7 @@ def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]],
         if all(futs[c][1].done() and futs[c][1].exception() is not None for c in clients):
             continue  # the site is down or queued: its clients failed at once, and so would its aggregator
         keys = {c: drv.tasks.update_key(rnd, c, number) for c in clients}
-        limit = {c: examples_limit(float(drv.profiles["examples"][c]), rs.max_examples, rs.examples_growth)
-                 for c in clients}
+        limit = {c: drv.examples_limit(c) for c in clients}
         task = SiteAggTask(site=site, round=rnd, keys=keys, store=drv.tasks.site_store[site], params=sent[site],
                            max_examples=limit, max_norm=rs.max_update_norm, out_store=drv.tasks.area,
                            out_key=f"round-{rnd:06d}/partial-{site}", ref_above=drv.tasks.transfer.ref_above[site])
@@ -99,8 +98,9 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Futur
         rows.append(row)
         for u in mine:
             u.ref = None  # what it sent stayed in its site: its row's bytes_up is 0
-        try:
-            partial = _partial(drv, rnd, site, fut, mine, like)
+        try:  # a partial by reference is read like an update: on a thread, within the round's deadline
+            partial = accept_within(lambda _c, _s, p, mine=mine, site=site: _partial(drv, rnd, site, p, mine, like),
+                                    -1, site, _answer(fut), until - time.time())
         except Exception as e:  # noqa: BLE001 - one site's loss, never the round's
             _drop(g, mine, f"site aggregator: {e}" if isinstance(e, InvalidUpdate) else
                   f"site aggregator: {type(e).__name__}: {e}")
@@ -124,12 +124,16 @@ def _drop(g: Gathered, gone: list[ClientUpdate], why: str | None, left_out: dict
         g.failures.append(Failure.of(u.client, u.site, reason))
 
 
-def _partial(drv: Any, rnd: int, site: str, fut: Future, mine: list[ClientUpdate], like: Params) -> SitePartial:
-    """The site's answer, checked against the envelopes the driver accepted from its clients."""
+def _answer(fut: Future) -> Any:
+    """The aggregator's answer, if it came within the round (its error is raised)."""
     if not fut.done():
         fut.add_done_callback(lambda f: f.exception())
         raise TimeoutError("no partial within round.deadline_s")
-    p = fut.result()
+    return fut.result()
+
+
+def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], like: Params) -> SitePartial:
+    """The site's answer, checked against the envelopes the driver accepted from its clients."""
     if not isinstance(p, SitePartial) or p.site != site or p.round != rnd:
         raise InvalidUpdate("rejected: not this site's partial of this round")
     ok = {u.client: u.num_examples for u in mine}

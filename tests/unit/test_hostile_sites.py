@@ -9,6 +9,7 @@ verified."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 
@@ -290,7 +291,9 @@ def test_one_hostile_site_aggregator_costs_only_its_own_clients(area):
     def case(bad: object) -> None:
         envs = [ClientUpdate(client=c, site=SITES[c], round=RND, num_examples=10 + c, params={}) for c in range(4)]
         g = Gathered(updates=list(envs))
-        contrib, _ = twotier.combine(drv, RND, GLOBAL, g, {"a": _done(good), "b": _done(bad)}, until=0.0)
+        # (both answers are in: nothing is waited for; a reference is read within the time left)
+        contrib, _ = twotier.combine(drv, RND, GLOBAL, g, {"a": _done(good), "b": _done(bad)},
+                                     until=time.time() + 30)
         assert contrib[0].site == "a" and contrib[0].num_examples == 21
         assert len(g.updates) + len(g.failures) == 4 and {0, 1} <= {u.client for u in g.updates}
         if len(contrib) == 2:  # b's partial passed: it is exactly what its clients' answers add up to
