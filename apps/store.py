@@ -12,7 +12,10 @@ file I/O: one write, one read, no copies beyond the hash.
 
 Object format (deliberately trivial, so any language can read it and a local read is one syscall):
 ``FGPARAMS1\\n``, an 8-byte little-endian header length, a JSON header ``[[name, dtype, shape,
-offset, nbytes], ...]``, then the arrays' raw bytes, each aligned to 64 bytes.
+offset, nbytes], ...]``, then the arrays' raw bytes, each aligned to 64 bytes. Offsets count
+from the first 64-byte boundary after the header; fedgrid writes the arrays in header order, and a
+:class:`Reader` (which reads an object front to back in bounded pieces, for a driver that must not
+hold a whole 1 GB update) accepts only objects laid out that way.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import stat
 import struct
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,18 +97,47 @@ def encode(params: dict[str, np.ndarray]) -> list[Any]:
     return bufs
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One array of an object as its header describes it (offset from the start of the data)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def entries(header: bytes, room: int) -> list[Entry]:
+    """The header's arrays, each checked to be a plain dtype whose bytes fit its shape and lie,
+    in order and without overlap, inside the `room` bytes after the header."""
+    try:
+        raw = json.loads(header)
+        out, end = [], 0
+        for name, dtype, shape, off, n in raw:
+            dt = np.dtype(dtype)
+            shape = tuple(int(d) for d in shape)
+            if (not isinstance(name, str) or dt.hasobject or min(shape, default=0) < 0 or off < end
+                    or n != int(np.prod(shape, dtype=np.int64)) * dt.itemsize or off + n > room):
+                raise ValueError(name)
+            out.append(Entry(name, dt, shape, int(off), int(n)))
+            end = off + n
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"not a fedgrid params object (header entry {str(e)[:40]!r})") from None
+    return out
+
+
 def decode(buf: bytes | bytearray | memoryview) -> OrderedDict[str, np.ndarray]:
     mv = memoryview(buf)
     if bytes(mv[:len(MAGIC)]) != MAGIC:
         raise StoreError("not a fedgrid params object (bad magic)")
     (hlen,) = struct.unpack("<Q", mv[len(MAGIC):len(MAGIC) + 8])
     start = len(MAGIC) + 8
-    entries = json.loads(bytes(mv[start:start + hlen]))
     base = start + hlen + (-(start + hlen)) % ALIGN
     out: OrderedDict[str, np.ndarray] = OrderedDict()
-    for name, dtype, shape, off, n in entries:
-        out[name] = np.frombuffer(mv, dtype=np.dtype(dtype), count=n // max(np.dtype(dtype).itemsize, 1),
-                                  offset=base + off).reshape(shape)
+    for e in entries(bytes(mv[start:start + hlen]), len(mv) - base):
+        out[e.name] = np.frombuffer(mv, dtype=e.dtype, count=e.nbytes // max(e.dtype.itemsize, 1),
+                                    offset=base + e.offset).reshape(e.shape)
     return out
 
 
@@ -240,6 +273,99 @@ def fetch(ref: Ref) -> OrderedDict[str, np.ndarray]:
     if got != ref.sha256:
         raise StoreError(f"{ref.uri}: sha256 {got[:12]} does not match the reference {ref.sha256[:12]}")
     return decode(data)
+
+
+PIECE = 1 << 22  # bytes a Reader holds at once
+
+
+class Reader:
+    """An object read front to back, at most PIECE bytes at a time, hashed as it is read.
+
+    `entries` (the header) are known on opening; `arrays()` then yields each array's bytes in
+    pieces and, after the last, checks the size and the sha256 against the reference: it raises
+    StoreError there if they differ, so whoever consumes the pieces must treat nothing as verified
+    until the iteration has ended (the driver's fold keeps them in a private spill until then).
+    """
+
+    def __init__(self, ref: Ref):
+        self.ref = ref
+        self._h = hashlib.sha256()
+        self._buf = bytearray(PIECE)
+        self._f = self._open()
+        try:
+            head = self._take(len(MAGIC) + 8)
+            if bytes(head[:len(MAGIC)]) != MAGIC:
+                raise StoreError(f"{ref.uri}: not a fedgrid params object (bad magic)")
+            (hlen,) = struct.unpack("<Q", head[len(MAGIC):])
+            if hlen > ref.nbytes:
+                raise StoreError(f"{ref.uri}: header length {hlen} beyond the object's {ref.nbytes} bytes")
+            start = len(MAGIC) + 8 + hlen
+            header = self._take(hlen, copy=True)
+            self._skip((-start) % ALIGN)
+            self._base = start + (-start) % ALIGN
+            self.entries = entries(header, ref.nbytes - self._base)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> Any:
+        uri, n = self.ref.uri, self.ref.nbytes
+        if _is_url(uri):
+            fs = filesystem(uri)
+            if (size := fs.size(uri)) != n:
+                raise StoreError(f"{uri}: {size} bytes, expected {n} (truncated or replaced)")
+            return fs.open(uri, "rb")
+        try:
+            f = os.fdopen(os.open(_local(uri), os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
+        except FileNotFoundError:
+            raise StoreError(f"{uri}: object not found (is the store reachable from here?)") from None
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size != n:
+            f.close()
+            raise StoreError(f"{uri}: not a regular file of {n} bytes (truncated or replaced)")
+        return f
+
+    def _take(self, n: int, copy: bool = False) -> memoryview | bytes:
+        """The next `n` (<= PIECE, or any size with `copy`) bytes, hashed; short reads are an error."""
+        out = bytearray(n) if copy or n > PIECE else self._buf
+        mv, got = memoryview(out)[:n], 0
+        while got < n:
+            k = self._f.readinto(mv[got:])
+            if not k:
+                raise StoreError(f"{self.ref.uri}: ended early (truncated or replaced)")
+            got += k
+        self._h.update(mv)
+        return bytes(mv) if copy else mv
+
+    def _skip(self, n: int) -> None:
+        while n > 0:
+            n -= len(self._take(min(n, PIECE)))
+
+    def arrays(self) -> Iterator[tuple[Entry, int, np.ndarray]]:
+        """(entry, first element, the piece's elements) for every piece of every array, in order;
+        each piece is valid only until the next. Raises StoreError at the end on a wrong object."""
+        pos = 0
+        for e in self.entries:
+            self._skip(e.offset - pos)
+            step = max(PIECE // max(e.dtype.itemsize, 1), 1) * e.dtype.itemsize
+            for off in range(0, e.nbytes, step):
+                piece = self._take(min(step, e.nbytes - off))
+                yield e, off // e.dtype.itemsize, np.frombuffer(piece, dtype=e.dtype)
+            pos = e.offset + e.nbytes
+        self._skip(self.ref.nbytes - self._base - pos)
+        if self._f.read(1):
+            raise StoreError(f"{self.ref.uri}: longer than {self.ref.nbytes} bytes (replaced)")
+        if (got := self._h.hexdigest()) != self.ref.sha256:
+            raise StoreError(f"{self.ref.uri}: sha256 {got[:12]} does not match the reference {self.ref.sha256[:12]}")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def relay(ref: Ref, url: str, key: str) -> tuple[Ref, tuple[float, float]]:
