@@ -88,13 +88,16 @@ def global_params(params: Any) -> dict[str, np.ndarray]:
         return _GLOBAL[params.sha256]
 
 
-def send_back(task: TrainTask, params: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], Ref | None]:
+def send_back(task: TrainTask, params: dict[str, np.ndarray],
+              extras: dict[str, Any]) -> tuple[dict[str, np.ndarray], Ref | None]:
     """Inline when small; through the store when over the site's limit (e.g. Globus Compute's 10 MB).
-    Under site aggregation always to the site's store, with the example count its aggregator weighs by."""
+    Under site aggregation always to the site's store, with SCAFFOLD's control delta beside it:
+    both stay at the site, and the envelope keeps only the small fields."""
     if task.sum_at_site:
-        from fedgrid.apps.siteagg import EXAMPLES
+        from fedgrid.apps.siteagg import CONTROL
 
-        return {}, Store(task.store).put({**params, EXAMPLES: np.array(n, np.int64)}, task.update_key)
+        control = {CONTROL + k: v for k, v in (extras.pop("scaffold_delta_c", None) or {}).items()}
+        return {}, Store(task.store).put({**params, **control}, task.update_key)
     above = task.ref_above
     nbytes = sum(a.nbytes for a in params.values())
     if above is None or nbytes <= above or not task.store:
@@ -218,7 +221,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     extras = work.finish(int(fit.steps))
     n = int(fit.num_examples)
     params, used, wire, sent = outgoing(task, params, start, n)
-    params, ref = send_back(task, params, n)
+    params, ref = send_back(task, params, extras)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
         client=task.client, site=task.site, round=task.round, num_examples=n, params=params, ref=ref,

@@ -93,22 +93,21 @@ def _check_privacy(job: Job, file: str | Path) -> None:
 
 
 def _check_site_aggregation(job: Job, file: str | Path) -> None:
-    """What round.aggregate: site does not do (yet): rules that need every update, and the features
-    that act on individual updates at the driver."""
+    """What round.aggregate: site does not do: rules that need every update (median, trimmed mean,
+    Krum), the asynchronous loop, and the features that act on individual updates at the driver."""
     if job.round.aggregate != "site":
         return
     cls = STRATEGIES[job.strategy.name]
-    why = ("strategy" if not cls.mean_based or cls.asynchronous else
+    why = ("strategy" if cls.site_weights() is None else
            "compression.up" if job.compression.up_codec() != "none" else
-           "privacy" if job.privacy is not None else
-           "secagg" if job.secagg is not None else
            "round.late" if job.round.late == "carry" else
            "round.absent" if job.round.absent == "reuse" else None)
     if why:
-        raise ConfigError(file, why, "round.aggregate: site combines one partial sum per site, so it works with the "
-                          f"mean-based strategies ({', '.join(mean_based())}) in synchronous rounds, without update "
-                          "compression, privacy, secure aggregation, carried or reused updates; use "
-                          "round.aggregate: flat for the others")
+        able = [n for n, c in STRATEGIES.items() if c.site_weights() is not None]
+        raise ConfigError(file, why, "round.aggregate: site combines one partial per site, so it works with the "
+                          f"strategies that are sums over clients ({', '.join(able)}) in synchronous rounds, "
+                          "without update compression, carried or reused updates; use round.aggregate: flat for "
+                          "the others")
     remote = [s.name for s in job.sites if not s.executor.runs_here() and not s.store]
     if remote and not job.store.url:
         raise ConfigError(file, f"sites[{remote[0]}].store", "round.aggregate: site keeps the clients' updates in a "

@@ -10,6 +10,11 @@
   unchanged.
 - **local**: each site clips and noises its own update with std ``z * C`` before it leaves, so the
   driver never sees a clean one; the same equal-weight mean follows.
+- with ``round.aggregate: site`` (central): each site's aggregator clips its clients' deltas and
+  takes their equal-weight mean; the driver adds the noise to the site means. The trust model
+  widens by one party: a site's aggregator sees its own clients' updates before any noise, as the
+  driver does in flat rounds. It never sees another site's. Local DP is unchanged: the noise is
+  added where each client trains, and neither the site aggregator nor the driver sees a clean update.
 
 After every round the RDP accountant of Opacus (Mironov 2017; subsampled Gaussian, Mironov et al.
 2019) turns the rounds so far -- noise multiplier z, sampling rate q = clients per round / clients
@@ -106,14 +111,21 @@ class Privacy:
                               f"privacy.epsilon_budget {self.spec.epsilon_budget:g} (spent {self.epsilon():.2f})")
 
     def prepare(self, rnd: int, global_params: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
-        """Equal weights for every client; central mode also clips and noises each update."""
-        m = len(updates)
+        """Equal weights for every client; central mode also clips and noises each update.
+
+        Under round.aggregate: site a contribution is a site's mean of k clients, each clipped at
+        the site and weighed 1 there (``extras["clients"]`` = k, its weight here too); it gets noise
+        of std ``z * C / sqrt(m * k)``, which gives the mean over all m clients the same
+        ``z * C / m`` as in flat rounds."""
+        m = sum(int(u.extras.get("clients", 1)) for u in updates)
         rng = self.rng
-        for u in sorted(updates, key=lambda u: u.client):
-            u.scale = 1.0 / max(u.num_examples, 1)  # weight num_examples * scale = 1
+        for u in sorted(updates, key=lambda u: (u.client, u.site)):
+            k = u.extras.get("clients")
+            if k is None:
+                u.scale = 1.0 / max(u.num_examples, 1)  # weight num_examples * scale = 1
             if self.spec.mode == "central" and m:
-                std = self.spec.noise_multiplier * self.spec.clip / np.sqrt(m)
-                u.params, _ = clip_and_noise(u.params, global_params, self.spec.clip, std, rng)
+                std = self.spec.noise_multiplier * self.spec.clip / np.sqrt(m * (k or 1))
+                u.params, _ = clip_and_noise(u.params, global_params, np.inf if k else self.spec.clip, std, rng)
 
     def record(self, row: dict[str, Any]) -> None:
         """Account for the round just aggregated and write z, q and epsilon into its row."""

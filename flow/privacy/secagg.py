@@ -9,7 +9,10 @@ updates (its secret key rebuilt from t shares). A client lost in stage 1 or 2 is
 the masking; one lost later is recovered as long as t clients answer the unmasking.
 
 The result is one update: ``G + sum(n_i * delta_i) / sum(n_i)`` -- FedAvg's mean -- which the
-strategy (FedAvg, FedAvgM, FedAdam, ...) then takes as the round's aggregate. The driver never
+strategy (FedAvg, FedAvgM, FedAdam, ...) then takes as the round's aggregate. Under
+``round.aggregate: site`` the masking group is each site's clients: their masked vectors stay in
+the site, where its aggregator adds them (it sees only masked vectors) and sends the one sum; the
+driver runs one unmasking stage for every site and gets each site's mean, never a client's. The driver never
 holds an individual update, so per-update validation cannot run; a job with
 ``round.max_update_norm`` and secure aggregation is refused.
 """
@@ -136,32 +139,58 @@ class SecureAggregation:
                 failures.append(Failure.of(c, self.sites[c], f"secagg {opts[c]['step']}: {cause}"))
         return out
 
-    def setup(self, rnd: int, clients: list[int],
-              global_params: dict[str, np.ndarray]) -> tuple[list[int], list[Failure], dict[int, dict]]:
+    def setup(self, rnd: int, clients: list[int], global_params: dict[str, np.ndarray],
+              by_site: bool = False) -> tuple[list[int], list[Failure], dict[int, dict]]:
         """Stages 1 and 2. Returns the clients in the masking, the failures, and each one's train
-        instructions (its neighbours' public keys)."""
+        instructions (its group's public keys). The masking group is the round's clients, or under
+        round.aggregate: site each site's own: a site whose clients fall short of its threshold is
+        left out of the round (its clients' failures), the others go on."""
         names = [k for k, v in global_params.items() if is_float(v)]
-        size = sum(int(global_params[k].size) for k in names) + 1
         failures: list[Failure] = []
-        t = self.threshold(len(clients))
+        label = {c: self.sites[c] if by_site else "" for c in clients}
+        groups = {g: [c for c in clients if label[c] == g] for g in sorted(set(label.values()))}
+        t = {g: self.threshold(len(m)) for g, m in groups.items()}
         pks = self._stage(rnd, clients, {c: self._opts(rnd, step="keys") for c in clients}, failures,
                           lambda c, pk: isinstance(pk, bytes) and len(pk) == 32)
-        if len(pks) < t:
-            raise SecAggFailed(f"round {rnd}: {len(pks)} clients published keys, secagg needs {t}")
-        ids = sorted(pks)
-        shared = self._stage(rnd, ids, {c: self._opts(rnd, step="share", pks=pks, t=t) for c in ids}, failures,
-                             lambda c, out: _share_map(out, ids))
-        if len(shared) < t:
-            raise SecAggFailed(f"round {rnd}: {len(shared)} clients shared keys, secagg needs {t}")
-        u1 = sorted(shared)
-        self.rounds[rnd] = {"pks": {c: pks[c] for c in u1}, "inbox": {j: {i: shared[i][j] for i in u1} for j in u1},
-                            "t": t, "names": names, "size": size}
-        train = {c: self._opts(rnd, step="mask", pks={i: pks[i] for i in u1}, names=names, t=t) for c in u1}
-        return u1, failures, train
+        ids = self._enough(rnd, groups, t, pks, "published keys", failures)
+        shared = self._stage(rnd, sorted(c for m in ids.values() for c in m),
+                             {c: self._opts(rnd, step="share", pks={i: pks[i] for i in ids[label[c]]}, t=t[label[c]])
+                              for m in ids.values() for c in m}, failures,
+                             lambda c, out: _share_map(out, ids[label[c]]))
+        u1 = self._enough(rnd, ids, t, shared, "shared keys", failures)
+        self.rounds[rnd] = {"size": sum(int(global_params[k].size) for k in names) + 1, "names": names, "groups": {
+            g: {"pks": {c: pks[c] for c in m}, "inbox": {j: {i: shared[i][j] for i in m} for j in m}, "t": t[g]}
+            for g, m in u1.items()}}
+        train = {c: self._opts(rnd, step="mask", pks={i: pks[i] for i in m}, names=names, t=t[g])
+                 for g, m in u1.items() for c in m}
+        return sorted(train), failures, train
+
+    def _enough(self, rnd: int, groups: dict[str, list[int]], t: dict[str, int], answered: dict[int, Any],
+                what: str, failures: list[Failure]) -> dict[str, list[int]]:
+        """The groups with at least their threshold of clients that `answered`, each with those
+        clients. One group: too few fails the round (SecAggFailed). Per site: that site's clients
+        are this round's failures, and only when no site is left does the round fail."""
+        out: dict[str, list[int]] = {}
+        for g, members in groups.items():
+            ok = sorted(c for c in members if c in answered)
+            if len(ok) >= t[g]:
+                out[g] = ok
+                continue
+            why = f"round {rnd}: {len(ok)} clients{' of site ' + g if g else ''} {what}, secagg needs {t[g]}"
+            if not g:
+                raise SecAggFailed(why)
+            failures.extend(Failure.of(c, g, f"secagg: {why}") for c in ok)
+        if not out:
+            raise SecAggFailed(f"round {rnd}: no site has enough clients that {what} for secure aggregation")
+        return out
+
+    def size(self, rnd: int) -> int:
+        """The masked vector's length this round: every float value and the example count."""
+        return int(self.rounds[rnd]["size"])
 
     def check(self, rnd: int, u: ClientUpdate) -> ClientUpdate:
         """A masked update has the masked vector and nothing else (the gather's accept hook)."""
-        size = self.rounds[rnd]["size"]
+        size = self.size(rnd)
         m = u.params.get("masked")
         if u.codec != "secagg" or m is None or m.dtype != np.uint64 or m.size != size or len(u.params) != 1:
             raise ValueError(f"secagg: expected a masked uint64 vector of {size} values")
@@ -179,15 +208,67 @@ class SecureAggregation:
     def finish(self, rnd: int, updates: list[ClientUpdate], global_params: dict[str, np.ndarray],
                failures: list[Failure]) -> ClientUpdate:
         """Stage 4 and the unmasking: the round's mean update, as one ClientUpdate."""
+        names = self.rounds[rnd]["names"]
+        total = np.zeros(self.size(rnd), np.uint64)
+        for u in updates:
+            total += u.params["masked"]
+        out = self._unmask(rnd, {"": (total, sorted(u.client for u in updates))}, failures)[""]
+        if isinstance(out, str):
+            raise SecAggFailed(out)
+        return ClientUpdate(client=-1, site="secagg", round=rnd, num_examples=int(round(out[-1])),
+                            params=self._mean(out, out[-1], global_params, names))
+
+    def unmask_sites(self, rnd: int, sums: dict[str, tuple[np.ndarray, list[int]]],
+                     global_params: dict[str, np.ndarray],
+                     failures: list[Failure]) -> tuple[list[ClientUpdate], dict[str, str]]:
+        """round.aggregate: site: each site's sum of masked vectors (added by its aggregator, which
+        learns nothing from them) unmasked here; one unmasking stage serves every site. Returns a
+        contribution per site (its clients' mean) and, per site that could not be unmasked, why."""
+        names = self.rounds[rnd]["names"]
+        out, lost = [], {}
+        for site, flat in sorted(self._unmask(rnd, sums, failures).items()):
+            if isinstance(flat, str):
+                lost[site] = flat
+                continue
+            out.append(ClientUpdate(client=-1, site=site, round=rnd, num_examples=int(round(flat[-1])),
+                                    params=self._mean(flat, flat[-1], global_params, names)))
+        return out, lost
+
+    def _unmask(self, rnd: int, totals: dict[str, tuple[np.ndarray, list[int]]],
+                failures: list[Failure]) -> dict[str, np.ndarray | str]:
+        """Each group's sum of its survivors' inputs (`totals`: group -> masked sum, survivors),
+        or why it cannot be had. One unmask stage asks every survivor of every group at once."""
         st = self.rounds.pop(rnd)
-        t, pks = st["t"], st["pks"]
-        u2 = sorted(u.client for u in updates)
-        dropped = sorted(set(pks) - set(u2))
-        if len(u2) < t:
-            raise SecAggFailed(f"round {rnd}: {len(u2)} masked updates, secagg needs {t}")
-        opts = {j: self._opts(rnd, step="unmask", pks=pks, inbox=st["inbox"][j], survivors=u2, dropped=dropped)
-                for j in u2}
-        shares = self._stage(rnd, u2, opts, failures, lambda c, out: _unmask_answer(out, u2, dropped))
+        out: dict[str, np.ndarray | str] = {}
+        plan: dict[str, tuple[list[int], list[int]]] = {}
+        for g, (_, u2) in totals.items():
+            grp = st["groups"].get(g)
+            if grp is None or len(u2) < grp["t"] or not set(u2) <= set(grp["pks"]):
+                need = grp["t"] if grp else self.threshold(len(u2))
+                out[g] = f"round {rnd}: {len(u2)} masked updates{' at site ' + g if g else ''}, secagg needs {need}"
+                continue
+            plan[g] = (u2, sorted(set(grp["pks"]) - set(u2)))
+        opts, roles = {}, {}
+        for g, (u2, dropped) in plan.items():
+            grp = st["groups"][g]
+            for j in u2:
+                opts[j] = self._opts(rnd, step="unmask", pks=grp["pks"], inbox=grp["inbox"][j], survivors=u2,
+                                     dropped=dropped)
+                roles[j] = (u2, dropped)
+        shares = self._stage(rnd, sorted(opts), opts, failures, lambda c, a: _unmask_answer(a, *roles[c]))
+        for g, (u2, _) in plan.items():
+            try:
+                out[g] = self._removed(rnd, totals[g][0], u2, {j: shares[j] for j in u2 if j in shares},
+                                       st["groups"][g], failures)
+            except SecAggFailed as e:
+                out[g] = str(e)
+        return out
+
+    def _removed(self, rnd: int, total: np.ndarray, u2: list[int], shares: dict[int, Any], grp: dict[str, Any],
+                 failures: list[Failure]) -> np.ndarray:
+        """The sum of the survivors' inputs: every self mask and the pairwise masks of the dropped
+        removed from their masked sum; a client whose shares lied or did not decrypt is recorded."""
+        t, pks = grp["t"], grp["pks"]
         blamed = sorted({i for s in shares.values() for i in s["unreadable"]})
         for i in blamed:  # its shares did not decrypt at a peer: it misbehaved (recorded; its own answer stays)
             peers = sorted(j for j, s in shares.items() if i in s["unreadable"])
@@ -195,24 +276,8 @@ class SecureAggregation:
                                        "decrypt or were not what it claimed"))
         if len(shares) < t:
             raise SecAggFailed(f"round {rnd}: {len(shares)} clients answered the unmasking, secagg needs {t}")
-        flat = self._unmasked(rnd, updates, shares, pks, t, failures)
-        examples = flat[-1]
-        # a wrong share (a client lying in the unmasking) leaves a random ring element here
-        if not (0 < examples <= len(u2) * MAX_EXAMPLES) or abs(examples - round(examples)) > 1e-3:
-            raise SecAggFailed(f"round {rnd}: the unmasked example count is {examples:.6g}, not a count of examples "
-                               f"(a share was wrong{'; suspects: ' + str(blamed) if blamed else ''})")
-        return ClientUpdate(client=-1, site="secagg", round=rnd, num_examples=int(round(examples)),
-                            params=self._mean(flat, examples, global_params, st["names"]))
-
-    def _unmasked(self, rnd: int, updates: list[ClientUpdate], shares: dict[int, Any], pks: dict[int, bytes],
-                  t: int, failures: list[Failure]) -> np.ndarray:
-        """The sum of the survivors' inputs: their masked vectors added, every self mask and the
-        pairwise masks of the dropped removed; a client whose shares lied is recorded."""
-        u2 = sorted(u.client for u in updates)
-        n = updates[0].params["masked"].size
-        total = np.zeros(n, np.uint64)
-        for u in updates:
-            total += u.params["masked"]
+        n = total.size
+        total = total.copy()
         liars: set[int] = set()
         for i in u2:  # self masks
             total -= sa.prg(self._secret(shares, "b", i, t, rnd, liars), n)
@@ -224,7 +289,13 @@ class SecureAggregation:
         for j in sorted(liars):
             failures.append(Failure.of(j, self.sites[j], "secagg unmask: it returned shares that disagree with "
                                        "every other client's (a wrong share); the secrets were rebuilt without it"))
-        return sa.from_ring(total, self.spec.frac_bits)
+        flat = sa.from_ring(total, self.spec.frac_bits)
+        examples = flat[-1]
+        # a wrong share (a client lying in the unmasking) leaves a random ring element here
+        if not (0 < examples <= len(u2) * MAX_EXAMPLES) or abs(examples - round(examples)) > 1e-3:
+            raise SecAggFailed(f"round {rnd}: the unmasked example count is {examples:.6g}, not a count of examples "
+                               f"(a share was wrong{'; suspects: ' + str(blamed) if blamed else ''})")
+        return flat
 
     @staticmethod
     def _mean(flat: np.ndarray, examples: float, global_params: dict[str, np.ndarray],

@@ -28,12 +28,15 @@ class RoundInfo:
     secure: ClientUpdate | None = None
     sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
     site_rows: list[dict[str, Any]] | None = None  # ... and each site's partial (flow/rounds/twotier.py)
+    folded: Any = None  # a fold.Fold: the updates were folded into one mean as they were accepted
 
     def contributions(self, g: Gathered) -> list[ClientUpdate]:
-        """What the strategy aggregates: the unmasked sum, the sites' partials, or the updates
-        and their stand-ins."""
+        """What the strategy aggregates: the unmasked sum, the folded mean, the sites' partials,
+        or the updates and their stand-ins."""
         if self.secure is not None:
             return [self.secure]
+        if self.folded is not None:  # (late updates carried into g.updates are folded here)
+            return [self.folded.finish(g.updates)]
         return self.sites if self.sites is not None else g.updates + self.reused
 
 

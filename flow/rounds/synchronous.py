@@ -22,7 +22,7 @@ from fedgrid.flow.clients import pacing, selection
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.privacy.dp import BudgetSpent
 from fedgrid.flow.privacy.secagg import SecAggFailed
-from fedgrid.flow.rounds import faults, fedeval, twotier, validate
+from fedgrid.flow.rounds import faults, fedeval, fold, twotier, validate
 from fedgrid.flow.rounds.driver import Driver, Late
 from fedgrid.flow.rounds.gather import Gathered, gather
 from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
@@ -52,6 +52,7 @@ class Attempt:
     secure: ClientUpdate | None = None
     sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
     site_rows: list[dict[str, Any]] | None = None  # ... and what each site's partial was
+    folded: fold.Fold | None = None  # a mean-based round: its updates folded as they were accepted
 
     def ok(self) -> bool:
         return self.problem is None and self.g.quorum_met(self.quorum)
@@ -72,9 +73,10 @@ def run_rounds(drv: Driver, done: int, params: Params, params_bytes: int) -> str
                 return "the privacy budget is spent"
         info, g = play_round(drv, rnd, params)
         t0 = time.perf_counter()
+        contributions = info.contributions(g)
         if drv.privacy is not None:
-            drv.privacy.prepare(rnd, params, g.updates)
-        params = drv.strategy.aggregate(rnd, params, info.contributions(g), g.failures)
+            drv.privacy.prepare(rnd, params, contributions)
+        params = drv.strategy.aggregate(rnd, params, contributions, g.failures)
         row = round_row(rnd, info, g, params_bytes, started, time.perf_counter() - t0)
         if fedeval.due(drv, rnd):
             row.update(fedeval.evaluate(drv, rnd, params))
@@ -97,7 +99,7 @@ def play_round(drv: Driver, rnd: int, params: Params) -> tuple[RoundInfo, Gather
             _carry(drv, rnd, a.g, a.arrived, params)
             return RoundInfo(selected=a.clients, attempt=number, ref_down=ref_bytes(sent, drv.sites, a.clients),
                              skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure,
-                             sites=a.sites, site_rows=a.site_rows), a.g
+                             sites=a.sites, site_rows=a.site_rows, folded=a.folded), a.g
         _missed(drv, rnd, number, a)
     raise AssertionError("unreachable: the last attempt raises")
 
@@ -114,21 +116,37 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
     masking, early, problem = _secagg_setup(drv, rnd, clients, params, instr)
     started = time.time()
     futs = _submit(drv, rnd, number, masking, sent, instr)
-    aggs = twotier.submit(drv, rnd, number, futs, sent, started) if drv.tasks.site_store else None
-    g = gather(futs, quorum, rs.deadline_s, drv.progress.client_done, accept=_acceptor(drv, rnd, params, instr),
-               down=drv.runtime.down_sites)
+    sr = twotier.submit(drv, rnd, number, futs, sent, started) if drv.tasks.site_store else None
+    folding = fold.Fold(params, rnd, list(futs)) if sr is None and fold.applies(drv) else None
+    done = drv.progress.client_done if sr is None else sr.observe(drv.progress.client_done)
+    g = gather(futs, quorum, rs.deadline_s, folding.observe(done) if folding else done,
+               accept=_acceptor(drv, rnd, params, instr, sr, folding), down=drv.runtime.down_sites)
     g.failures[:0] = early
-    a = Attempt(clients, skipped, quorum, g, [], problem)
-    if aggs is not None:  # the sites' partials: clients their site's partial does not hold fail here
-        a.sites, a.site_rows = twotier.combine(drv, rnd, params, g, aggs, started + rs.deadline_s)
+    a = Attempt(clients, skipped, quorum, g, [], problem, folded=folding)
+    if sr is not None:  # the sites' partials: clients their site's partial does not hold fail here
+        sr.close()
+        a.sites, a.site_rows = _sites(drv, rnd, params, g, sr, started + rs.deadline_s)
     prof.update(drv.profiles, rnd, g)
     a.arrived = drv.watch_late(rnd, g, params)  # late tasks of a failed attempt keep their clients busy too
-    if drv.secagg is not None and a.ok():
+    if drv.secagg is not None and sr is None and a.ok():
         try:  # stage 4: unmask the sum
             a.secure = drv.secagg.finish(rnd, g.updates, params, g.failures)
         except SecAggFailed as e:
             a.problem = str(e)
     return a
+
+
+def _sites(drv: Driver, rnd: int, params: Params, g: Gathered, sr: twotier.SiteRound,
+           until: float) -> tuple[list[ClientUpdate] | None, list[dict[str, Any]]]:
+    """The sites' contributions and rows; under secure aggregation a site lost in the unmasking
+    costs its clients, and a round left without a contribution fails like a missed quorum."""
+    try:
+        return twotier.combine(drv, rnd, params, g, sr, until)
+    except SecAggFailed as e:
+        g.failures.append(Failure.of(-1, "driver", str(e)))
+        g.failures.extend(Failure.of(u.client, u.site, f"secagg: {e}") for u in g.updates)
+        g.updates.clear()
+        return None, []
 
 
 def _instructions(drv: Driver, rnd: int, clients: list[int]) -> dict[int, dict[str, Any]]:
@@ -147,7 +165,7 @@ def _secagg_setup(drv: Driver, rnd: int, clients: list[int], params: Params,
     if drv.secagg is None:
         return clients, [], None
     try:
-        masking, early, opts = drv.secagg.setup(rnd, clients, params)
+        masking, early, opts = drv.secagg.setup(rnd, clients, params, by_site=bool(drv.tasks.site_store))
     except SecAggFailed as e:
         return [], [], str(e)
     for c, o in opts.items():
@@ -169,24 +187,31 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
 
 
 def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gather's accept hook
-              instr: dict[int, dict[str, Any]]):
+              instr: dict[int, dict[str, Any]], sr: twotier.SiteRound | None, folding: fold.Fold | None = None):
     """The gather's check of each answer as it arrives: against what was sent to that client, then
-    fetched by reference, decoded and validated against the global model."""
+    fetched by reference, decoded and validated against the global model; then the fields the
+    strategy reads."""
     area, tr = drv.tasks.area, drv.job.train
 
     def budget(client: int) -> Callable[[int], int]:
         return validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps"))
 
-    if drv.tasks.site_store:  # the params stay at the site: only the envelope is checked here
+    def checked(client: int, u: Any) -> Any:
+        drv.strategy.check_answer(u, instr.get(client, {}))
+        return u
+
+    if sr is not None:  # the params stay at the site: only the envelope is checked here
         def envelope(client: int, site: str, u: Any) -> Any:
-            return validate.envelope(u, client, site, rnd, drv.tasks.site_store[site], budget(client),
-                                     drv.examples_limit(client))
+            u = checked(client, validate.envelope(u, client, site, rnd, drv.tasks.site_store[site], budget(client),
+                                                  drv.examples_limit(client)))
+            sr.accepted(u)  # its site's aggregator will weigh it by these counts
+            return u
         envelope.reads = False  # the gather need not read it on a thread of its own: nothing is fetched
         return envelope
     if drv.secagg is not None:
         return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
-    return lambda client, site, u: validate.accept(u, client, site, rnd, params, area, drv.job.round.max_update_norm,
-                                                   budget(client), drv.examples_limit(client))
+    return lambda client, site, u: checked(client, (folding.accept if folding else validate.accept)(
+        u, client, site, rnd, params, area, drv.job.round.max_update_norm, budget(client), drv.examples_limit(client)))
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:

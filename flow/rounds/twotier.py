@@ -1,19 +1,23 @@
 """``round.aggregate: site`` — the driver's half of two-tier aggregation.
 
 Per site and round the DAG gets one aggregation app (apps/siteagg.py) on the site's executor. Its
-input is a future the driver settles when all of the site's train tasks have answered or failed,
-or at the site's deadline (``round.site_deadline_fraction`` of the round's), whichever is first:
-Parsl starts the aggregator then, on a worker the clients no longer need. The clients' updates
-stay in the site's store; only their envelopes (counts, metrics, timings) and one partial per site
-come to the driver.
+input is a future (`Settle`) the driver resolves once it has checked the answer of every client of
+the site, or at the site's deadline (``round.site_deadline_fraction`` of the round's), whichever is
+first: Parsl starts the aggregator then, on a worker the clients no longer need, and hands it what
+the driver accepted (each client's example count and steps), so the site weighs by the driver's
+own records. The clients' updates stay in the site's store; only their envelopes (counts, metrics,
+timings) and one partial per site come to the driver.
 
 The driver checks every envelope as in flat rounds and every partial against them: the partial's
-clients must be clients whose answers the driver accepted, its example count their sum, its sum
+clients must be clients whose answers the driver accepted, its example count their sum, its mean
 finite and shaped like the model. A site whose aggregator fails, is late or does not add up costs
-that site's clients for the round, never the round. Each partial becomes one contribution: the
-site's mean (summed in float64 at the site, sent in the model's dtype) weighted by its examples,
-so a mean-based strategy computes the same mean as over the clients themselves (to the float32
-rounding of each site's mean).
+that site's clients for the round, never the round. Each partial becomes one contribution that the
+strategy combines as it would combine the clients (`contribution`): the site's mean weighted by
+its examples for the mean-based rules; for FedNova also the site's sums of n_i / tau_i and
+n_i * tau_i (from the driver's records); for SCAFFOLD the site's mean control delta and its
+clients' variate references; under DP one weight per client, the noise added here by
+flow/privacy/dp.py; under secure aggregation the masked sum, unmasked per site by
+flow/privacy/secagg.py.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps.siteagg import SiteAggTask, SitePartial
+from fedgrid.apps.siteagg import CONTROL, MASKED, SiteAggTask, SitePartial, weight
 from fedgrid.apps.store import Ref, fetch
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.rounds.gather import Gathered, accept_within
@@ -34,54 +38,100 @@ from fedgrid.flow.rounds.validate import InvalidUpdate, inside
 Params = dict[str, np.ndarray]
 
 
-def _settle(futs: list[Future], at: float) -> Future:
-    """A future that resolves when all of `futs` are done, or at time `at`, whichever is first."""
-    out: Future = Future()
-    lock = threading.Lock()
-    left = [len(futs)]  # a countdown, not a scan of every future per answer (1,000 clients a site)
+class Settle:
+    """One site's "its clients are checked" future. It resolves, with {client: (examples, steps)}
+    of the clients the driver accepted, when every client of the site is done (`done`: answered
+    and checked, or failed) or at time `at`, whichever is first; later acceptances are not in it."""
 
-    def resolve(timed_out: bool) -> None:
-        with lock:
-            if not out.done() and (timed_out or left[0] == 0):
-                out.set_result(True)
-                timer.cancel()  # (fast rounds must not leave a sleeping thread per site per round)
+    def __init__(self, clients: list[int], at: float):
+        self.future: Future = Future()
+        self._left = set(clients)  # a set, not a scan of every future per answer (1,000 clients a site)
+        self._accepted: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._resolved = False
+        self._timer = threading.Timer(max(0.0, at - time.time()), self.resolve)
+        self._timer.daemon = True
+        self._timer.start()
+        if not clients:
+            self.resolve()
 
-    def one_done(_: Future) -> None:
-        with lock:
-            left[0] -= 1
-        resolve(False)
+    def accept(self, u: ClientUpdate) -> None:
+        with self._lock:
+            if not self._resolved:
+                self._accepted[u.client] = (int(u.num_examples), max(int(u.extras.get("steps") or 1), 1))
 
-    timer = threading.Timer(max(0.0, at - time.time()), resolve, args=(True,))
-    timer.daemon = True
-    timer.start()
-    for f in futs:
-        f.add_done_callback(one_done)
-    resolve(False)
-    return out
+    def done(self, client: int) -> None:
+        with self._lock:
+            self._left.discard(client)
+            last = not self._left
+        if last:
+            self.resolve()
+
+    def resolve(self) -> None:
+        with self._lock:
+            if self._resolved:
+                return
+            self._resolved = True
+            value = dict(self._accepted)
+        self._timer.cancel()  # (fast rounds must not leave a sleeping thread per site per round)
+        self.future.set_result(value)  # outside the lock: Parsl launches the aggregator from this call
+
+
+class SiteRound:
+    """A round's site aggregators: their futures, and the hooks the gather feeds (`accepted` on
+    each checked answer, `observe` wrapping its per-client callback)."""
+
+    def __init__(self, sites: dict[int, str], settles: dict[str, Settle], aggs: dict[str, Future]):
+        self.sites, self.settles, self.aggs = sites, settles, aggs
+
+    def accepted(self, u: ClientUpdate) -> None:
+        if (s := self.settles.get(u.site)) is not None:
+            s.accept(u)
+
+    def observe(self, then: Any) -> Any:
+        def on_result(client: int, ok: bool) -> None:
+            if (s := self.settles.get(self.sites[client])) is not None:
+                s.done(client)
+            then(client, ok)
+        return on_result
+
+    def close(self) -> None:
+        """The gather is over: whatever was accepted is all there will be."""
+        for s in self.settles.values():
+            s.resolve()
+
+
+def weighing(drv: Any) -> str:
+    """How a site weighs its clients for this run: one per client under DP (as the driver does in
+    flat rounds), else the strategy's rule."""
+    return "equal" if drv.privacy is not None else drv.strategy.site_weights()
 
 
 def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]], sent: dict[str, Any],
-           started: float) -> dict[str, Future]:
+           started: float) -> SiteRound:
     """One aggregation app per site with clients in this round."""
     rs = drv.job.round
     at = started + rs.site_deadline_fraction * rs.deadline_s
     by_site: dict[str, list[int]] = {}
     for c, (site, _) in futs.items():
         by_site.setdefault(site, []).append(c)
-    out = {}
+    settles, aggs = {}, {}
     for site, clients in by_site.items():
         if all(futs[c][1].done() and futs[c][1].exception() is not None for c in clients):
             continue  # the site is down or queued: its clients failed at once, and so would its aggregator
-        keys = {c: drv.tasks.update_key(rnd, c, number) for c in clients}
-        limit = {c: drv.examples_limit(c) for c in clients}
-        task = SiteAggTask(site=site, round=rnd, keys=keys, store=drv.tasks.site_store[site], params=sent[site],
-                           max_examples=limit, max_norm=rs.max_update_norm, out_store=drv.tasks.area,
+        settles[site] = Settle(clients, at)
+        task = SiteAggTask(site=site, round=rnd, keys={c: drv.tasks.update_key(rnd, c, number) for c in clients},
+                           store=drv.tasks.site_store[site], params=sent[site], weigh=weighing(drv),
+                           clip=drv.job.privacy.clip if drv.job.privacy and drv.job.privacy.mode == "central" else None,
+                           control="scaffold" in drv.strategy.needs,
+                           masked=drv.secagg.size(rnd) if drv.secagg is not None else 0,
+                           max_norm=rs.max_update_norm, out_store=drv.tasks.area,
                            out_key=f"round-{rnd:06d}/partial-{site}", ref_above=drv.tasks.transfer.ref_above[site])
-        out[site] = drv.runtime.aggregate(site, task, _settle([futs[c][1] for c in clients], at))
-    return out
+        aggs[site] = drv.runtime.aggregate(site, task, settles[site].future)
+    return SiteRound({c: s for c, (s, _) in futs.items()}, settles, aggs)
 
 
-def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Future],
+def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
             until: float) -> tuple[list[ClientUpdate], list[dict[str, Any]]]:
     """The sites' contributions (one per site) and a row per site (clients, examples, bytes that
     stayed in the site and that crossed to the driver, the aggregator's seconds). Clients the
@@ -89,9 +139,9 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Futur
     # only the sites with accepted clients are waited for: one that lost its workers mid-round
     # (every client failed) would hold the round to its deadline for an aggregator that cannot run
     needed = {u.site for u in g.updates}
-    wait([f for s, f in aggs.items() if s in needed], timeout=max(0.0, until - time.time()))
-    contributions, rows = [], []
-    for site, fut in sorted(aggs.items()):
+    wait([f for s, f in sr.aggs.items() if s in needed], timeout=max(0.0, until - time.time()))
+    partials, rows = [], []
+    for site, fut in sorted(sr.aggs.items()):
         mine = [u for u in g.updates if u.site == site]
         row = {"site": site, "clients": 0, "examples": 0, "bytes_in_site": sum(u.nbytes() for u in mine),
                "bytes_up": 0, "seconds": None}
@@ -112,9 +162,37 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, aggs: dict[str, Futur
         row.update(clients=len(held), examples=partial.examples, seconds=float(partial.seconds),
                    bytes_up=sum(a.nbytes for a in partial.params.values()) if partial.ref is None else
                    partial.ref.nbytes)
-        contributions.append(ClientUpdate(client=-1, site=site, round=rnd, num_examples=partial.examples,
-                                          params=partial.params))
-    return contributions, rows
+        partials.append((partial, [u for u in mine if u.client in held]))
+    if drv.secagg is not None:
+        return _unmasked(drv, rnd, like, g, partials), rows
+    return [contribution(drv, p, held) for p, held in partials], rows
+
+
+def contribution(drv: Any, p: SitePartial, held: list[ClientUpdate]) -> ClientUpdate:
+    """One site's partial as the strategy takes it, its weights from the driver's own records of
+    `held` (the clients in it): the same sums the strategy would form over those clients."""
+    params = {k: v for k, v in p.params.items() if not k.startswith(CONTROL)}
+    extras: dict[str, Any] = {"clients": len(held)}
+    steps = [max(int(u.extras.get("steps") or 1), 1) for u in held]
+    if drv.strategy.site_weights() == "steps":  # FedNova: sum n_i / tau_i and sum n_i * tau_i
+        extras["nova"] = (sum(weight("steps", u.num_examples, s) for u, s in zip(held, steps, strict=True)),
+                          float(sum(u.num_examples * s for u, s in zip(held, steps, strict=True))))
+    if "scaffold" in drv.strategy.needs:
+        extras["scaffold_mean"] = {k[len(CONTROL):]: v for k, v in p.params.items() if k.startswith(CONTROL)}
+        extras["scaffold_clients"] = {u.client: u.extras["scaffold_ci"] for u in held}
+    n = len(held) if weighing(drv) == "equal" else p.examples
+    return ClientUpdate(client=-1, site=p.site, round=p.round, num_examples=n, params=params, extras=extras)
+
+
+def _unmasked(drv: Any, rnd: int, like: Params, g: Gathered,
+              partials: list[tuple[SitePartial, list[ClientUpdate]]]) -> list[ClientUpdate]:
+    """Secure aggregation: each site's masked sum unmasked (one unmasking stage for all sites);
+    a site whose masks cannot be removed costs its clients."""
+    sums = {p.site: (p.params[MASKED], [u.client for u in held]) for p, held in partials}
+    out, lost = drv.secagg.unmask_sites(rnd, sums, like, g.failures)
+    for site, why in lost.items():
+        _drop(g, [u for u in g.updates if u.site == site], f"secagg: {why}")
+    return out
 
 
 def _drop(g: Gathered, gone: list[ClientUpdate], why: str | None, left_out: dict[int, str] | None = None) -> None:
@@ -137,14 +215,34 @@ def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], li
     if not isinstance(p, SitePartial) or p.site != site or p.round != rnd:
         raise InvalidUpdate("rejected: not this site's partial of this round")
     ok = {u.client: u.num_examples for u in mine}
-    if not set(p.clients) <= set(ok) or p.examples != sum(ok[c] for c in p.clients):
-        raise InvalidUpdate(f"rejected: the partial holds clients {p.clients[:5]} and {p.examples} examples, "
+    if not isinstance(p.clients, list) or not set(p.clients) <= set(ok) or len(set(p.clients)) != len(p.clients) \
+            or p.examples != sum(ok[c] for c in p.clients):
+        raise InvalidUpdate(f"rejected: the partial holds clients {str(p.clients)[:40]} and {p.examples!r} examples, "
                             "which the clients' own answers do not add up to")
     if p.ref is not None:
         if not isinstance(p.ref, Ref) or drv.tasks.area is None or not inside(p.ref.uri, drv.tasks.area):
             raise InvalidUpdate("rejected: the partial's reference is outside this run's area of the store")
         p.params = dict(fetch(p.ref))
-    if p.clients and (list(p.params) != list(like) or any(
-            np.shape(p.params[k]) != like[k].shape or not np.isfinite(p.params[k]).all() for k in like)):
-        raise InvalidUpdate("rejected: the partial mean does not fit the model or is not finite")
+    if p.clients:
+        want = _expected(drv, rnd, like)
+        if not isinstance(p.params, dict) or list(p.params) != list(want):
+            raise InvalidUpdate("rejected: the partial's tensors are not the model's")
+        if any(not _fits(drv, v) or v.shape != want[k] for k, v in p.params.items()):
+            raise InvalidUpdate("rejected: the partial does not fit the model or is not finite")
     return p
+
+
+def _expected(drv: Any, rnd: int, like: Params) -> dict[str, tuple[int, ...]]:
+    """The tensors a partial of this run carries, in order, with their shapes."""
+    if drv.secagg is not None:
+        return {MASKED: (drv.secagg.size(rnd),)}
+    want = {k: v.shape for k, v in like.items()}
+    if "scaffold" in drv.strategy.needs:
+        want.update({CONTROL + k: v.shape for k, v in like.items() if np.issubdtype(v.dtype, np.floating)})
+    return want
+
+
+def _fits(drv: Any, v: Any) -> bool:
+    if drv.secagg is not None:
+        return isinstance(v, np.ndarray) and v.dtype == np.uint64
+    return isinstance(v, np.ndarray) and v.dtype.kind in "fiu" and bool(np.isfinite(v).all())

@@ -42,6 +42,13 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
+    def site_weights(cls) -> str | None:
+        """How a site's aggregator weighs its clients under ``round.aggregate: site`` (apps/siteagg.py):
+        "examples" (the mean-based rules take the example-weighted mean of site means), "steps"
+        (FedNova's n_i / tau_i), or None: the rule needs every update and is refused."""
+        return "examples" if cls.mean_based and not cls.asynchronous else None
+
+    @classmethod
     def check_job(cls, job: Any) -> tuple[str, str] | None:
         """What this strategy requires of the rest of the job: None, or (the job-file key that is
         wrong, what was expected), which `fedgrid check` and `fedgrid run` print as one line."""
@@ -59,6 +66,10 @@ class Strategy:
     def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
         """Extra per-client instructions merged into each train task (none by default)."""
         return {c: {} for c in clients}
+
+    def check_answer(self, u: ClientUpdate, sent: dict[str, Any]) -> None:
+        """Check the fields this strategy reads from a client's answer (`sent`: what configure gave
+        that client) as it arrives; raise ValueError to make it that client's failure."""
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[Failure]) -> Params:
@@ -193,5 +204,8 @@ def weighted_mean(updates: list[ClientUpdate], like: Params) -> Params:
     Non-float tensors (e.g. BatchNorm's num_batches_tracked) take the weighted mean rounded.
     """
     p = example_weights(updates)
+    if len(updates) == 1:  # one contribution (a folded round's mean, secagg's sum): itself, not a copy
+        return OrderedDict((name, a if (a := np.asarray(updates[0].params[name])).dtype == ref.dtype else
+                            cast_like(a, ref)) for name, ref in like.items())
     return OrderedDict((name, cast_like(weighted_sum([u.params[name] for u in updates], p), ref))
                        for name, ref in like.items())

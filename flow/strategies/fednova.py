@@ -6,6 +6,11 @@ unequal shards), plain FedAvg over-weights the clients that stepped most and con
 different objective. FedNova averages per-step updates instead:
 ``G' = G - tau_eff * sum_i p_i (G - x_i) / tau_i`` with ``p_i`` the example weights and
 ``tau_eff = sum_i p_i tau_i``. With equal step counts it is exactly FedAvg.
+
+Under ``round.aggregate: site`` a site's partial is its clients' mean weighted by ``n_i / tau_i``
+together with the sums ``A = sum n_i / tau_i`` and ``T = sum n_i tau_i`` (``extras["nova"]``, from
+the driver's records): every term of the rule is a sum over clients, so sums over sites give the
+same step. A single client is the partial ``(n / tau, n tau, x)``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from fedgrid.flow.strategies.base import (
     Strategy,
     StrategyOptions,
     cast_like,
-    example_weights,
     weighted_sum,
 )
 
@@ -34,18 +38,34 @@ class FedNova(Strategy):
     name = "fednova"
     Options = FedNovaOptions
 
+    @classmethod
+    def site_weights(cls) -> str | None:
+        return "steps"
+
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[Failure]) -> Params:
-        p = example_weights(updates)
-        tau = np.array([max(int(u.extras.get("steps", 1)), 1) for u in updates], dtype=np.float64)
-        tau_eff = float((p * tau).sum())
-        # G - tau_eff * sum_i (p_i / tau_i) (G - x_i) = G (1 - tau_eff * a) + tau_eff * sum_i (p_i / tau_i) x_i,
-        # with a = sum_i p_i / tau_i: one streamed weighted sum per tensor
-        w = p / tau
+        if not updates:
+            raise ValueError("cannot aggregate zero updates")
+        e = np.array([u.num_examples * u.scale for u in updates], dtype=np.float64)
+        a_t = np.array([_terms(u, n) for u, n in zip(updates, e, strict=True)], dtype=np.float64)
+        total = float(e.sum())
+        tau_eff = float(a_t[:, 1].sum()) / total
+        w = a_t[:, 0] / total  # p_i / tau_i per client; A_s / E per site partial
         a = float(w.sum())
+        # G - tau_eff * sum_i (p_i / tau_i) (G - x_i) = G (1 - tau_eff * a) + tau_eff * sum_i (p_i / tau_i) x_i:
+        # one streamed weighted sum per tensor
         out: Params = OrderedDict()
         for name, g in global_params.items():
             new = np.asarray(g, dtype=np.float64) * (1.0 - tau_eff * a)
             new += tau_eff * weighted_sum([u.params[name] for u in updates], w, exact=True)
             out[name] = cast_like(new, g)
         return out
+
+
+def _terms(u: ClientUpdate, weight: float) -> tuple[float, float]:
+    """(sum n_i / tau_i, sum n_i tau_i) of one contribution: a site's, or one client's own."""
+    if "nova" in u.extras:
+        a, t = u.extras["nova"]
+        return float(a) * u.scale, float(t) * u.scale
+    tau = max(int(u.extras.get("steps", 1)), 1)
+    return weight / tau, weight * tau

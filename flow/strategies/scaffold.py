@@ -16,6 +16,10 @@ a key of its own (an abandoned attempt's late write never replaces an accepted o
 deletes only its client's objects that neither the current nor the previous reference names: the
 checkpoint being written in the background while the next round trains may still need the
 previous one. Option II assumes plain SGD at the clients, so ``train.momentum`` must be 0.
+
+Under ``round.aggregate: site`` a client's ``c_i+ - c_i`` stays at its site with its update; the
+site's partial carries its clients' mean delta, and the driver takes their references from the
+clients' own answers: the server's ``c`` moves by the same mean as over the clients.
 """
 
 from __future__ import annotations
@@ -72,20 +76,58 @@ class Scaffold(Strategy):
             "keep": [r["uri"].rsplit("/", 1)[-1] for r in (self.refs.get(cl), self.prev.get(cl)) if r],
             "key": f"{STATE_DIR}/client-{cl:06d}/round-{rnd:06d}-{uuid.uuid4().hex[:8]}"}} for cl in clients}
 
+    @classmethod
+    def site_weights(cls) -> str | None:
+        return "examples"  # its server step is on the example-weighted mean; c moves by the mean delta
+
+    def check_answer(self, u: ClientUpdate, sent: dict[str, Any]) -> None:
+        """The new variate's reference must name the object this task was told to write: it is
+        checkpointed and handed to the client next round, and a site must not point another
+        client, or the driver, at an object of its choosing."""
+        ref, key = u.extras.get("scaffold_ci"), (sent.get("scaffold") or {}).get("key")
+        sha = ref.get("sha256") if isinstance(ref, dict) else None
+        if not (isinstance(ref, dict) and set(ref) == {"uri", "sha256", "nbytes"} and isinstance(key, str)
+                and isinstance(ref["uri"], str) and ref["uri"].endswith("/" + key) and len(ref["uri"]) < 4096
+                and isinstance(sha, str) and len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha)
+                and isinstance(ref["nbytes"], int) and not isinstance(ref["nbytes"], bool) and ref["nbytes"] > 0):
+            raise ValueError("rejected: extras.scaffold_ci is not the reference of the variate this task wrote")
+
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[Failure]) -> Params:
         out = server_step(updates, global_params, lambda name, g, delta: g + self.opts.server_lr * delta)
-        fresh = [u for u in updates if "scaffold_delta_c" in u.extras and not u.staleness]
-        if fresh:
-            share = len(fresh) / max(self.clients, len(fresh))
-            for name in fresh[0].extras["scaffold_delta_c"]:
-                mean = np.mean([np.asarray(u.extras["scaffold_delta_c"][name], np.float64) for u in fresh], axis=0)
-                self.c[name] = self.c.get(name, np.zeros_like(mean)) + share * mean
-            for u in fresh:
-                if u.client in self.refs:
-                    self.prev[u.client] = self.refs[u.client]
-                self.refs[u.client] = dict(u.extras["scaffold_ci"])
+        total, count, refs = self._control(updates)
+        if count:
+            share = count / max(self.clients, count)
+            for name, v in total.items():
+                self.c[name] = self.c.get(name, np.zeros_like(v)) + share * v / count
+            for cl, ref in refs.items():
+                if cl in self.refs:
+                    self.prev[cl] = self.refs[cl]
+                self.refs[cl] = dict(ref)
         return out
+
+    @staticmethod
+    def _control(updates: list[ClientUpdate]) -> tuple[Params, int, dict[int, dict[str, Any]]]:
+        """The sum of the fresh clients' c_i+ - c_i, their count, and their new variates'
+        references: from each client's own update, or from a site's partial (its clients' mean
+        delta and their references, under round.aggregate: site)."""
+        total: Params = OrderedDict()
+        count, refs = 0, {}
+        for u in updates:
+            if u.staleness:
+                continue
+            if "scaffold_mean" in u.extras:
+                k, delta, mine = len(u.extras["scaffold_clients"]), u.extras["scaffold_mean"], \
+                    u.extras["scaffold_clients"]
+            elif "scaffold_delta_c" in u.extras:
+                k, delta, mine = 1, u.extras["scaffold_delta_c"], {u.client: u.extras["scaffold_ci"]}
+            else:
+                continue
+            for name, v in delta.items():
+                total[name] = total.get(name, 0.0) + k * np.asarray(v, np.float64)
+            count += k
+            refs.update(mine)
+        return total, count, refs
 
     def state(self) -> Params:
         out: Params = OrderedDict((f"c/{k}", v) for k, v in self.c.items())

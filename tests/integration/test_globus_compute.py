@@ -55,19 +55,18 @@ def test_a_site_aggregation_app_is_a_globus_compute_task_like_any_other(emulated
     for "the site's clients are done" resolves (a DAG edge Parsl resolves before submitting)."""
     from concurrent.futures import Future
 
-    from fedgrid.apps.siteagg import EXAMPLES, SiteAggTask, aggregate_site
+    from fedgrid.apps.siteagg import SiteAggTask, aggregate_site
     from fedgrid.apps.store import Store
 
     store = Store(str(tmp_path / "site"))
     like = {"w": np.zeros(4, np.float32)}
-    for c, n in ((0, 1), (1, 3)):
-        store.put({"w": np.full(4, float(c), np.float32), EXAMPLES: np.array(n, np.int64)}, f"r/c{c}")
+    for c in (0, 1):
+        store.put({"w": np.full(4, float(c), np.float32)}, f"r/c{c}")
     settled: Future = Future()
-    task = SiteAggTask(site="gc", round=1, keys={0: "r/c0", 1: "r/c1"}, store=store.url, params=like,
-                       max_examples={0: 10, 1: 10})
+    task = SiteAggTask(site="gc", round=1, keys={0: "r/c0", 1: "r/c1"}, store=store.url, params=like)
     fut = _app(emulated, aggregate_site)(task, settled)
     assert not fut.done()  # not submitted before the site's clients are done
-    settled.set_result(True)
+    settled.set_result({0: (1, 1), 1: (3, 1)})  # what the driver accepted: the counts it weighs by
     p = fut.result(timeout=60)
     assert (p.clients, p.examples) == ([0, 1], 4) and p.params["w"].tolist() == [0.75] * 4
 

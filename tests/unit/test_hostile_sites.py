@@ -281,8 +281,9 @@ def test_one_hostile_site_aggregator_costs_only_its_own_clients(area):
     from fedgrid.apps.siteagg import SitePartial
     from fedgrid.flow.rounds import twotier
     from fedgrid.flow.rounds.gather import Gathered
+    from fedgrid.flow.strategies import STRATEGIES
 
-    drv = SimpleNamespace(tasks=SimpleNamespace(area=area))
+    drv = SimpleNamespace(tasks=SimpleNamespace(area=area), strategy=STRATEGIES["fedavg"](), privacy=None, secagg=None)
     good = SitePartial("a", RND, 21, [0, 1], params=OrderedDict((k, v.astype(np.float64)) for k, v in GLOBAL.items()))
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None,
@@ -292,8 +293,8 @@ def test_one_hostile_site_aggregator_costs_only_its_own_clients(area):
         envs = [ClientUpdate(client=c, site=SITES[c], round=RND, num_examples=10 + c, params={}) for c in range(4)]
         g = Gathered(updates=list(envs))
         # (both answers are in: nothing is waited for; a reference is read within the time left)
-        contrib, _ = twotier.combine(drv, RND, GLOBAL, g, {"a": _done(good), "b": _done(bad)},
-                                     until=time.time() + 30)
+        answers = twotier.SiteRound({}, {}, {"a": _done(good), "b": _done(bad)})
+        contrib, _ = twotier.combine(drv, RND, GLOBAL, g, answers, until=time.time() + 30)
         assert contrib[0].site == "a" and contrib[0].num_examples == 21
         assert len(g.updates) + len(g.failures) == 4 and {0, 1} <= {u.client for u in g.updates}
         if len(contrib) == 2:  # b's partial passed: it is exactly what its clients' answers add up to
