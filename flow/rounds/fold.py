@@ -123,7 +123,7 @@ class Rules:
     """What a stored object must be to be folded. For a client's update, `validate.check`'s rules
     on params (the global model's names in order, shapes and dtypes; finite floats; the norm of its
     distance from the global model within `max_norm`); for a site's partial (`partial`), any float
-    dtype (integer buffers arrive as float64 means) and finite values."""
+    or integer dtype (integer buffers arrive as float64 means) and finite values."""
 
     def __init__(self, like: Params, max_norm: float | None = None, partial: bool = False):
         self.like, self.max_norm, self.partial = like, max_norm, partial
@@ -140,7 +140,7 @@ class Rules:
             g = self.like[e.name]
             if e.shape != g.shape:
                 raise InvalidUpdate(f"rejected: {e.name} has shape {e.shape}, expected {g.shape}")
-            if (not np.issubdtype(e.dtype, np.floating)) if self.partial else e.dtype != g.dtype:
+            if e.dtype.kind not in "fiu" if self.partial else e.dtype != g.dtype:
                 raise InvalidUpdate(f"rejected: {e.name} has dtype {e.dtype}, expected {g.dtype}")
 
     def piece(self, e: Entry, start: int, x: np.ndarray) -> None:
@@ -298,6 +298,20 @@ class Fold:
                                f"{sorted(accepted)[:8]}")
         self.result = self.sum.mean(self.rnd)
         return self.result
+
+
+def sites(like: Params, rnd: int, partials: list[tuple[ClientUpdate, Spill | None]]) -> ClientUpdate:
+    """``round.aggregate: site``: the sites' partial means (each weighted by its examples; by
+    reference: from its spill) folded, in the order given, into the one mean over all their clients."""
+    total = Sum(like)
+    for c, spill in partials:
+        try:
+            total.add(spill.pieces() if spill else _pieces(c.params, like), float(c.num_examples), c.num_examples)
+        finally:
+            if spill is not None:
+                spill.close()
+        c.params = {}
+    return total.mean(rnd, ",".join(c.site for c, _ in partials))  # (the sites in it, for the log)
 
 
 def _pieces(params: Mapping[str, np.ndarray], like: Params) -> Iterator[tuple[str, int, np.ndarray]]:

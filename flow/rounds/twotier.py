@@ -32,6 +32,7 @@ import numpy as np
 from fedgrid.apps.siteagg import CONTROL, MASKED, SiteAggTask, SitePartial, weight
 from fedgrid.apps.store import Ref, fetch
 from fedgrid.apps.update import ClientUpdate, Failure
+from fedgrid.flow.rounds import fold
 from fedgrid.flow.rounds.gather import Gathered, accept_within
 from fedgrid.flow.rounds.validate import InvalidUpdate, inside
 
@@ -141,6 +142,7 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
     needed = {u.site for u in g.updates}
     wait([f for s, f in sr.aggs.items() if s in needed], timeout=max(0.0, until - time.time()))
     partials, rows = [], []
+    spills: dict[str, fold.Spill] = {}  # folded rounds: the partials read by reference, verified
     for site, fut in sorted(sr.aggs.items()):
         mine = [u for u in g.updates if u.site == site]
         row = {"site": site, "clients": 0, "examples": 0, "bytes_in_site": sum(u.nbytes() for u in mine),
@@ -149,7 +151,8 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
         for u in mine:
             u.ref = None  # what it sent stayed in its site: its row's bytes_up is 0
         try:  # a partial by reference is read like an update: on a thread, within the round's deadline
-            partial = accept_within(lambda _c, _s, p, mine=mine, site=site: _partial(drv, rnd, site, p, mine, like),
+            partial = accept_within(lambda _c, _s, p, mine=mine, site=site:
+                                    _partial(drv, rnd, site, p, mine, like, spills),
                                     -1, site, _answer(fut), until - time.time())
         except Exception as e:  # noqa: BLE001 - one site's loss, never the round's
             _drop(g, mine, f"site aggregator: {e}" if isinstance(e, InvalidUpdate) else
@@ -165,6 +168,9 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
         partials.append((partial, [u for u in mine if u.client in held]))
     if drv.secagg is not None:
         return _unmasked(drv, rnd, like, g, partials), rows
+    if fold.applies(drv):  # one contribution: the driver holds one sum, not every site's partial
+        return ([fold.sites(like, rnd, [(contribution(drv, p, held), spills.get(p.site)) for p, held in partials])]
+                if partials else []), rows
     return [contribution(drv, p, held) for p, held in partials], rows
 
 
@@ -210,7 +216,8 @@ def _answer(fut: Future) -> Any:
     return fut.result()
 
 
-def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], like: Params) -> SitePartial:
+def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], like: Params,
+             spills: dict[str, fold.Spill]) -> SitePartial:
     """The site's answer, checked against the envelopes the driver accepted from its clients."""
     if not isinstance(p, SitePartial) or p.site != site or p.round != rnd:
         raise InvalidUpdate("rejected: not this site's partial of this round")
@@ -222,6 +229,9 @@ def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], li
     if p.ref is not None:
         if not isinstance(p.ref, Ref) or drv.tasks.area is None or not inside(p.ref.uri, drv.tasks.area):
             raise InvalidUpdate("rejected: the partial's reference is outside this run's area of the store")
+        if fold.applies(drv):  # checked as it is read, into a private spill; folded from there
+            p.params, spills[site] = {}, fold.Spill(p.ref, fold.Rules(like, partial=True))
+            return p
         p.params = dict(fetch(p.ref))
     if p.clients:
         want = _expected(drv, rnd, like)

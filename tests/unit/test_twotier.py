@@ -131,7 +131,8 @@ def test_central_dp_noise_on_site_means_gives_the_mean_flat_rounds_noise():
 
 def _drv(tmp_path, area=True) -> SimpleNamespace:
     return SimpleNamespace(tasks=SimpleNamespace(area=str(tmp_path) if area else None),
-                           strategy=STRATEGIES["fedavg"](), privacy=None, secagg=None)
+                           strategy=STRATEGIES["fedavg"](), privacy=None, secagg=None,
+                           job=SimpleNamespace(round=SimpleNamespace(absent="drop")))
 
 
 def _done(value) -> Future:
