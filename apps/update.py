@@ -10,16 +10,18 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps.store import Ref, fetch
+from fedgrid.apps.wire import FastPickle
 
 
 @dataclass
-class ClientUpdate:
+class ClientUpdate(FastPickle):
     """One client's answer for one round.
 
     `params` are the client's new weights, or empty with `ref` pointing at them in the store when
     they were too large to send back inline (the driver fetches and verifies them: `resolve`).
     `timings` holds seconds: queue (submit to start), load, train, upload, total. `extras` carries
-    strategy-specific payloads (control variates, step counts).
+    strategy-specific payloads (control variates, step counts). It goes back to the driver as one
+    C-pickled string (apps/wire.py): Parsl's dill would pickle it in pure Python.
     """
 
     client: int
@@ -59,7 +61,7 @@ class ClientUpdate:
 
 
 @dataclass
-class ClientEvaluation:
+class ClientEvaluation(FastPickle):
     """One client's evaluation of a global model on its own held-out data (federated evaluation)."""
 
     client: int

@@ -11,10 +11,11 @@ quorum can no longer be met (there is no point waiting for the stragglers of a d
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, TimeoutError, as_completed
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,36 +50,25 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
     """
     t0 = time.monotonic()
     out = Gathered()
-    pending = {fut: c for c, (_, fut) in futures.items()}
+    pending = {c: fut for c, (_, fut) in futures.items()}
+    answers, next_poll = arrivals(pending), t0 + poll_s
     while pending:
-        remaining = deadline_s - (time.monotonic() - t0)
+        now = time.monotonic()
+        remaining = deadline_s - (now - t0)
         if remaining <= 0 or len(out.updates) + len(pending) < quorum:
             break
-        # as_completed registers one waiter for the whole batch (wait() in a loop would register
-        # one per pending future per answer: quadratic in the clients per round)
         try:
-            for fut in as_completed(list(pending), timeout=min(remaining, poll_s) if down else remaining):
-                client = pending.pop(fut)
-                site = futures[client][0]
-                exc = fut.exception()
-                if exc is None:
-                    try:
-                        out.updates.append(accept_within(accept, client, site, fut.result(),
-                                                   deadline_s - (time.monotonic() - t0)))
-                    except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
-                        exc = e
-                if exc is not None:
-                    out.failures.append(Failure.of(client, site, exc))
-                if on_result:
-                    on_result(client, exc is None)
-                if len(out.updates) + len(pending) < quorum:
-                    break
-        except TimeoutError:
-            pass
-        if down and pending and (lost := down()):
-            _drop_lost(lost, pending, futures, out, on_result)
+            client = answers.get(timeout=min(remaining, max(next_poll - now, 0.0)) if down else remaining)
+        except queue.Empty:
+            client = None
+        if client is not None and (fut := pending.pop(client, None)) is not None:  # None: dropped as lost
+            _settle(client, futures[client][0], fut, out, on_result, accept, deadline_s - (time.monotonic() - t0))
+        if down and time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + poll_s
+            if pending and (lost := down()):
+                _drop_lost(lost, pending, futures, out, on_result)
     elapsed = time.monotonic() - t0
-    for fut, client in pending.items():
+    for client, fut in pending.items():
         why = (f"late: no answer within round.deadline_s={deadline_s:g}" if elapsed >= deadline_s
                else "abandoned: round could not reach its quorum")
         out.failures.append(Failure.of(client, futures[client][0], why))
@@ -117,13 +107,39 @@ def accept_within(accept: Callable[[int, str, Any], ClientUpdate] | None, client
     return box["ok"]
 
 
-def _drop_lost(lost: dict[str, str], pending: dict[Future, int], futures: dict[int, tuple[str, Future]], out: Gathered,
+def arrivals(pending: dict[int, Future]) -> queue.SimpleQueue:
+    """A queue that receives each client as its future settles. One callback per future, so the
+    gather's waiting costs O(1) per answer: `as_completed` or `wait()` called again at every poll
+    for the down sites registers a waiter on every pending future each time (and locks them all)."""
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for c, fut in pending.items():
+        fut.add_done_callback(lambda _, c=c: q.put(c))
+    return q
+
+
+def _settle(client: int, site: str, fut: Future, out: Gathered, on_result: Callable[[int, bool], None] | None,
+            accept: Callable[[int, str, Any], ClientUpdate] | None, remaining: float) -> None:
+    """One answer into the gather's outcome: the update the accept hook makes of it, or the
+    failure of the task or of the hook."""
+    exc = fut.exception()
+    if exc is None:
+        try:
+            out.updates.append(accept_within(accept, client, site, fut.result(), remaining))
+        except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
+            exc = e
+    if exc is not None:
+        out.failures.append(Failure.of(client, site, exc))
+    if on_result:
+        on_result(client, exc is None)
+
+
+def _drop_lost(lost: dict[str, str], pending: dict[int, Future], futures: dict[int, tuple[str, Future]], out: Gathered,
                on_result: Callable[[int, bool], None] | None) -> None:
     """The pending clients of sites that lost their workers fail now, not at the deadline."""
-    for fut, client in list(pending.items()):
+    for client, fut in list(pending.items()):
         site = futures[client][0]
         if site in lost:
-            pending.pop(fut)
+            pending.pop(client)
             fut.add_done_callback(lambda f: f.exception())
             out.failures.append(Failure.of(client, site, lost[site]))
             if on_result:

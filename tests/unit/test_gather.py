@@ -77,3 +77,42 @@ def test_a_by_reference_read_that_hangs_is_late_not_a_hung_round():
         assert g.failures[0].client == 1 and "did not finish within round.deadline_s" in g.failures[0].reason
     finally:
         release.set()
+
+
+def test_a_lost_site_fails_its_clients_and_the_others_are_still_collected():
+    """The gather polls `down` while it waits; a lost site's pending client fails with the
+    site's reason (not late), and its answer arriving afterwards is not counted."""
+    from concurrent.futures import Future
+
+    lost: Future = Future()  # site b's client: answers only after the gather has returned
+    polled = threading.Event()
+
+    def down():
+        polled.set()
+        return {"b": "site down: gone"}
+
+    with ThreadPoolExecutor(1) as ex:
+        try:
+            # site a's clients answer one after another; the last only once `down` has been polled
+            futs = {c: ("a", ex.submit(_ok, c, polled if c == 199 else None)) for c in range(200)}
+            futs[500] = ("b", lost)
+            g = gather(futs, quorum=1, deadline_s=60, down=down, poll_s=0.01)
+        finally:
+            polled.set()
+    lost.set_result(ClientUpdate(client=500, site="b", round=1, num_examples=1, params={}))
+    assert [u.client for u in g.updates] == list(range(200))
+    assert g.failures == [Failure(client=500, site="b", reason="site down: gone")]
+    assert not g.late
+
+
+def test_answers_already_in_before_the_gather_starts_are_collected():
+    from concurrent.futures import Future
+
+    futs = {}
+    for c in range(3):
+        f: Future = Future()
+        f.set_result(ClientUpdate(client=c, site="s", round=1, num_examples=1, params={}))
+        futs[c] = ("s", f)
+    seen = []
+    g = gather(futs, quorum=3, deadline_s=5, on_result=lambda c, ok: seen.append(c))
+    assert [u.client for u in g.updates] == [0, 1, 2] and sorted(seen) == [0, 1, 2]
