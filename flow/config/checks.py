@@ -74,6 +74,7 @@ def _check_strategy(job: Job, file: str | Path) -> None:
     _check_privacy(job, file)
     _check_secagg(job, file)
     _check_site_aggregation(job, file)
+    _check_tracking(job, file)
     if (problem := STRATEGIES[job.strategy.name].check_job(job)) is not None:
         raise ConfigError(file, *problem)
 
@@ -90,6 +91,17 @@ def _check_privacy(job: Job, file: str | Path) -> None:
     if job.round.select != "random":
         raise ConfigError(file, "round.select", "the accountant assumes clients sampled uniformly at random; "
                           f"round.select: {job.round.select} picks them by speed. Expected random with privacy")
+
+
+def _check_tracking(job: Job, file: str | Path) -> None:
+    """A tracker's package is an extra: say so before any site starts."""
+    import importlib.util
+
+    t = job.tracking
+    for key, module, wanted in (("tracking.mlflow", "mlflow", t is not None and t.mlflow is not None),
+                                ("tracking.tensorboard", "tensorboard", t is not None and t.tensorboard)):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise ConfigError(file, key, f"needs the {module} package: pip install 'fedgrid[tracking]'")
 
 
 def _check_site_aggregation(job: Job, file: str | Path) -> None:

@@ -230,6 +230,28 @@ class ScheduleSpec(_Strict):
         return v
 
 
+class MLflowSpec(_Strict):
+    """An MLflow tracking server or database; without `uri`, a SQLite file in <run_dir>/mlflow."""
+
+    uri: str | None = None  # http://host:5000, sqlite:///path/mlflow.db, postgresql://...
+    experiment: str | None = None  # default: the job's name
+
+
+class TrackingSpec(_Strict):
+    """Experiment tracking (flow/tracking): every round's row mirrored to MLflow and/or TensorBoard."""
+
+    mlflow: MLflowSpec | None = None
+    tensorboard: bool = False  # event files in <run_dir>/tensorboard
+    retry_s: Annotated[float, Field(gt=0)] = 1.0  # first wait before retrying a tracker that failed (doubles)
+    drain_s: Annotated[float, Field(ge=0)] = 60.0  # how long the end of a run waits for a tracker to catch up
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _mlflow_shorthand(cls, v: Any) -> Any:
+        """`mlflow: true` means the local SQLite store; `false` none."""
+        return ({} if v else None) if isinstance(v, bool) else v
+
+
 class ModelSpec(_Strict):
     name: str = "cnn"  # logreg | mlp | cnn | package.module:factory
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -262,6 +284,7 @@ class Job(_Strict):
     privacy: PrivacySpec | None = None
     secagg: SecAggSpec | None = None
     schedule: ScheduleSpec | None = None
+    tracking: TrackingSpec | None = None
     monitoring: bool = False  # Parsl's MonitoringHub, into <run_dir>/monitoring.db (extra fedgrid[monitoring])
 
     @field_validator("strategy", mode="before")

@@ -36,6 +36,7 @@ from fedgrid.flow.rounds.progress import RunProgress, setup_log
 from fedgrid.flow.rounds.tasks import Tasks
 from fedgrid.flow.rounds.writer import RoundWriter
 from fedgrid.flow.strategies import make_strategy
+from fedgrid.flow.tracking import open_tracking
 
 __all__ = ["ResumeRefused", "RoundFailed", "RunResult", "run"]
 
@@ -83,13 +84,28 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
         if start.complete:
             progress.summary(f"{job.name}: already complete ({start.done} rounds) in {run_dir}")
             return RunResult(run_dir, start.done, start.done, start.table.last)
+        # opened now, so MLflow's import and database set-up overlap the sites' start; closed last,
+        # after the writer's final round
+        if (tracking := open_tracking(job, run_dir)) is not None:
+            cleanup.callback(tracking.close, lambda: _artifacts(run_dir), job.tracking.drain_s)
         runtime = _start_sites(job, run_dir, progress)
         cleanup.callback(runtime.close)
         drv, params = _build_driver(job, run_dir, progress, runtime, start, stop)
+        if tracking is not None:
+            drv.writer.after = tracking.round
         cleanup.callback(drv.writer.close)
         why = _loop(drv, start.done, params)
         drv.writer.drain()
         return _summarise(drv, start, t_start, why)
+
+
+def _artifacts(run_dir: Path) -> list[Path]:
+    """What a tracker keeps of a finished run: the report's plots and the exported model."""
+    from fedgrid.flow.commands.export import export_model
+    from fedgrid.flow.commands.report import write_report
+
+    model = export_model(run_dir)
+    return [p for p in write_report(run_dir) if p.suffix == ".png"] + [model, model.with_suffix(".json")]
 
 
 def _start_sites(job: Job, run_dir: Path, progress: RunProgress):  # noqa: ANN202 - a SiteRuntime

@@ -59,6 +59,7 @@ class RoundWriter:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
                                        initializer=_background_priority)
         self.pending: Future | None = None
+        self.after: Callable[[dict], None] | None = None  # told each row once it is in the table (tracking)
 
     def first(self, state: ckpt.RoundState) -> None:
         """Round 0 (the initial model) of a fresh run, written at once."""
@@ -76,6 +77,8 @@ class RoundWriter:
         if self.store is not None:  # the round's objects are in the checkpoint now (or were transient)
             self.store.sweep(rnd - self.sweep_lag)
         self.progress.round_done(row)
+        if self.after is not None:
+            self.after(row)
 
     def hand_off(self, state: ckpt.RoundState) -> None:
         """Queue a round (its state taken on the main thread); waits for the previous one first,
