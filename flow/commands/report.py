@@ -4,6 +4,9 @@ Three figures, each answering a question people ask after a night of training:
 - accuracy.png -- is it learning? Test accuracy and loss per round (train loss beside them).
 - sites.png -- which site holds the rounds up? Median train and queue seconds per site per round.
 - failures.png -- what went wrong, and when? Failed clients per round, stacked by kind of reason.
+- bytes.png -- what crossed the network each round (and, with site aggregation, what stayed in the sites).
+- fed_spread.png (with federated evaluation) -- do all clients learn? Each round's distribution of
+  the clients' held-out metrics as box plots; metrics.png (clients' own metrics) beside it.
 
 summary.md puts the numbers next to the images (rounds, best and last accuracy, seconds per round,
 failures by reason, a table per site). matplotlib draws with the Agg backend, so it works on a
@@ -162,6 +165,61 @@ def plot_failures(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def fed_spread(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, list[float]]]]:
+    """Per federated-evaluation metric: (round, every evaluated client's value) for each round that had one."""
+    out: dict[str, list[tuple[int, list[float]]]] = {}
+    for r in rows:
+        per: dict[str, list[float]] = {}
+        for c in r.get("fed_clients") or []:
+            for m in c.get("metrics") or []:
+                if isinstance(m.get("value"), int | float):
+                    per.setdefault(m["name"], []).append(float(m["value"]))
+        for name, vals in per.items():
+            out.setdefault(name, []).append((r["round"], vals))
+    return out
+
+
+def plot_spread(spread: dict[str, list[tuple[int, list[float]]]], path: Path) -> None:
+    """fed_spread.png -- do all clients learn, or only the mean? One box per evaluated round
+    (clients' held-out metric: median, quartiles, whiskers at 1.5 IQR, outliers), a panel per metric."""
+    plt = _plt()
+    names = sorted(spread)
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.6 * len(names) + 0.6), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        rounds, vals = zip(*spread[name], strict=True)
+        width = max(0.5, 0.6 * min((b - a for a, b in zip(rounds, rounds[1:], strict=False)), default=1))
+        ax.boxplot(vals, positions=rounds, widths=width, manage_ticks=False, flierprops={"ms": 3})
+        ax.set_ylabel(f"client {name}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_title("federated evaluation across clients, per round")
+    axes[-1, 0].set_xlabel("round")
+    _integer_axes(axes[-1, 0])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bytes(rows: list[dict[str, Any]], path: Path) -> None:
+    """bytes.png -- what crossed the network each round: up (to the driver), down (to the
+    clients), and, with site aggregation, what stayed inside the sites."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    mib = 2**20
+    for key, label in (("bytes_up", "up (to the driver)"), ("bytes_down", "down (to the clients)"),
+                       ("bytes_in_sites", "kept inside the sites")):
+        pts = [(r["round"], r[key] / mib) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("MiB per round")
+    ax.grid(alpha=0.3)
+    _legend(ax, "best")
+    _integer_axes(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -224,8 +282,8 @@ def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[st
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Write accuracy.png, sites.png, failures.png (metrics.png when the clients report their own
-    metrics) and summary.md into `out` (default
+    """Write accuracy.png, sites.png, failures.png, bytes.png (metrics.png when the clients report
+    their own metrics, fed_spread.png with federated evaluation) and summary.md into `out` (default
     <run_dir>/report); returns their paths. Raises ValueError when the run has no rounds yet."""
     run_dir = run_dir.resolve()
     info, rows = status_and_rows(run_dir)
@@ -239,6 +297,11 @@ def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     if names := metric_names(rows):
         pngs.append(out / "metrics.png")
         plot_metrics(rows, pngs[-1], names)
+    if spread := fed_spread(rows):
+        pngs.append(out / "fed_spread.png")
+        plot_spread(spread, pngs[-1])
+    pngs.append(out / "bytes.png")
+    plot_bytes(rows, pngs[-1])
     md = out / "summary.md"
     md.write_text(summary_md(info, rows, [p.name for p in pngs]))
     return [*pngs, md]

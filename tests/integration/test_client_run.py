@@ -70,7 +70,9 @@ def test_a_client_without_torch_trains_on_htex_and_a_failing_client_is_recorded(
 
     fed = status_info(res.run_dir)["metrics"]["federated"]
     assert fed["round"] == 3 and fed["clients"] == 6 and fed["metrics"]["accuracy"]["mean"] == last["fed_accuracy"]
-    assert "metrics.png" not in {p.name for p in write_report(res.run_dir)}  # accuracy only: the main plot
+    drawn = {p.name for p in write_report(res.run_dir)}
+    assert "metrics.png" not in drawn  # accuracy only: the main plot
+    assert {"fed_spread.png", "bytes.png"} <= drawn  # the clients' spread per evaluated round, the traffic
 
 
 def test_the_builtin_client_evaluates_on_the_rows_it_holds_out(tmp_path, make_job):
