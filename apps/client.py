@@ -181,8 +181,70 @@ class Client:
     def warm(self) -> None:
         """Optional: load what the first round would (data, model), before round 1 needs it."""
 
+    def base(self) -> Base | None:
+        """Optional: the frozen base this client fine-tunes (its params are then only the
+        trainable part). Checked at every site against the driver's copy before training."""
+        return None
+
 
 REQUIRED = ("init_params", "train")
+
+
+@dataclass(frozen=True)
+class Base:
+    """The frozen weights a client fine-tunes (a pre-trained model the site holds): a name and the
+    path of this site's copy (a file, or a directory such as ``save_pretrained``'s). fedgrid
+    records the driver's copy's sha256 with the run and checks every site's copy against it
+    before it trains, so all sites fine-tune the same base; only the trainable part travels."""
+
+    name: str
+    path: str
+
+    def sha256(self) -> str:
+        return digest(self.path)
+
+
+_DIGESTS: dict[tuple[str, tuple], str] = {}
+
+
+def digest(path: str) -> str:
+    """sha256 over a file, or over a directory's files (relative names and contents, sorted).
+    Cached per process by each file's size and mtime: a worker hashes a multi-GB base once."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"base weights not found at {path}")
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    key = (str(root.resolve()), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode() + b"\0")
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def trainable_params(model: Any) -> Params:
+    """A torch module's parameters that train (``requires_grad``), as numpy copies in module order:
+    what a fine-tuning client sends. Frozen parameters never leave the site."""
+    return OrderedDict((n, p.detach().cpu().numpy().copy()) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def load_trainable(model: Any, params: dict[str, np.ndarray]) -> None:
+    """Load `params` (the names :func:`trainable_params` gives) into `model`; the frozen ones stay."""
+    import torch
+
+    mine = dict(model.named_parameters())
+    if missing := [k for k in params if k not in mine]:
+        raise KeyError(f"the model has no parameter(s) {missing[:3]}")
+    with torch.no_grad():
+        for k, v in params.items():
+            mine[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
 def torch_params(model: Any) -> Params:

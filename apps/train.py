@@ -77,6 +77,23 @@ def site_client(task: TrainTask) -> Any:
     return _CLIENTS[key]
 
 
+class BaseMismatch(ValueError):
+    """This site's copy of the frozen base is not the one the run fine-tunes."""
+
+
+def check_base(client: Any, want: dict[str, Any] | None) -> None:
+    """A fine-tuning client trains only if its site's base weights are the run's (sha256)."""
+    if not want:
+        return
+    mine = call_client(client.base) if hasattr(client, "base") else None
+    if mine is None:
+        raise BaseMismatch(f"the run fine-tunes base {want['name']!r}, but this site's client names no base()")
+    have = mine.sha256()
+    if have != want["sha256"]:
+        raise BaseMismatch(f"base weights differ: this site's copy of {want['name']!r} at {mine.path} has sha256 "
+                           f"{have[:12]}, the run fine-tunes {want['sha256'][:12]}; give this site the same base")
+
+
 def global_params(params: Any) -> dict[str, np.ndarray]:
     """The task's global params: inline, or fetched (and verified) from the store once per worker."""
     if not isinstance(params, Ref):
@@ -201,6 +218,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     t0 = time.perf_counter()
     faults.before_training(task)
     client = site_client(task)
+    check_base(client, task.code.get("base"))
     cold = bool(getattr(client, "cold", False))
     start = codec.up_from_down(global_params(task.params))  # float32 again if it came down in fp16
     work = _work(task, start)
@@ -239,6 +257,7 @@ def evaluate_client(task: TrainTask) -> ClientEvaluation:
     held-out data; only the example count and the metrics go back."""
     t0 = time.perf_counter()
     client = site_client(task)
+    check_base(client, task.code.get("base"))
     ev = call_client(client.evaluate, codec.up_from_down(global_params(task.params)))
     if not isinstance(ev, Evaluation):
         raise TypeError(f"client evaluate() returned {type(ev).__name__}, expected fedgrid.client.Evaluation")

@@ -60,11 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write PNG plots and a Markdown summary of a run")
     rp.add_argument("run_dir")
     rp.add_argument("--out", help="folder for the report (default RUN_DIR/report)")
-    x = sub.add_parser("export", help="write a round's global model as safetensors or a torch state_dict")
+    x = sub.add_parser("export", help="write a round's global model as safetensors or a torch state_dict, or a "
+                                      "LoRA run's adapter for PEFT")
     x.add_argument("run_dir")
     x.add_argument("--round", type=int, help="round to export (default: the newest)")
-    x.add_argument("--format", choices=["safetensors", "torch"], default="safetensors")
-    x.add_argument("--out", help="output file (default RUN_DIR/export/model-round-NNNNNN.<ext>)")
+    x.add_argument("--format", choices=["safetensors", "torch", "peft"], default="safetensors")
+    x.add_argument("--out", help="output file (default RUN_DIR/export/model-round-NNNNNN.<ext>; peft: a folder "
+                                 "RUN_DIR/export/adapter-round-NNNNNN)")
     p = sub.add_parser("partition", help="write per-client Parquet shards (and test.parquet) for a job's data")
     _job_args(p)
     p.add_argument("--out", required=True, help="folder for client-NNN.parquet files")
@@ -187,7 +189,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path} (and {path.with_suffix('.json').name} describing it)")
+    print(f"wrote {path}" if args.format == "peft" else f"wrote {path} (and {path.with_suffix('.json').name} "
+          "describing it)")
     return 0
 
 

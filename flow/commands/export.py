@@ -9,7 +9,11 @@ shapes), so ``model.load_state_dict(...)`` takes it as is:
 - torch: ``torch.load(path, weights_only=True)``, a plain dict of tensors.
 
 A ``.json`` beside either says which job, round and model it is (with the accuracy recorded for
-that round) and how to rebuild the architecture with ``fedgrid.apps.models.build``.
+that round) and how to rebuild the architecture with ``fedgrid.apps.models.build``; for a
+fine-tuning run, also the frozen base the params belong to (name, path, sha256).
+
+- peft (a LoRA run of fedgrid.apps.llm): a directory with ``adapter_model.safetensors`` and
+  ``adapter_config.json``, which ``peft.PeftModel.from_pretrained(base_model, path)`` loads.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from fedgrid import __version__
 from fedgrid.flow.persist import checkpoint as ckpt
 
-FORMATS = {"safetensors": ".safetensors", "torch": ".pt"}
+FORMATS = {"safetensors": ".safetensors", "torch": ".pt", "peft": ""}
 
 
 def load_round(run_dir: Path, rnd: int | None = None) -> ckpt.RoundState:
@@ -56,6 +60,9 @@ def describe(state: ckpt.RoundState) -> dict[str, Any]:
                             "model": model.get("name"), "model_kwargs": model.get("kwargs", {}),
                             "test_accuracy": state.row.get("test_accuracy"),
                             "test_loss": state.row.get("test_loss")}
+    if state.row.get("base_sha256"):
+        info["base"] = {"name": state.row.get("base_name"), "sha256": state.row["base_sha256"],
+                        "path": ((job.get("client") or {}).get("options") or {}).get("base")}
     try:
         shape, classes = datasets.meta(job["data"], None)
         info.update(input_shape=list(shape), num_classes=classes)
@@ -74,8 +81,10 @@ def export_model(run_dir: Path, rnd: int | None = None, fmt: str = "safetensors"
     state = load_round(run_dir, rnd)
     params = OrderedDict((k, np.ascontiguousarray(v)) for k, v in state.params.items())
     info = describe(state)
-    out = out or run_dir / "export" / f"model-round-{state.round:06d}{FORMATS[fmt]}"
+    out = out or run_dir / "export" / f"{'adapter' if fmt == 'peft' else 'model'}-round-{state.round:06d}{FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "peft":
+        return _peft(state, params, info, out)
     if fmt == "safetensors":
         from safetensors.numpy import save_file
 
@@ -85,4 +94,23 @@ def export_model(run_dir: Path, rnd: int | None = None, fmt: str = "safetensors"
 
         torch.save(OrderedDict((k, torch.from_numpy(v.copy())) for k, v in params.items()), out)
     out.with_suffix(".json").write_text(json.dumps({**info, "file": out.name, "format": fmt}, indent=1) + "\n")
+    return out
+
+
+def _peft(state: ckpt.RoundState, params: dict[str, np.ndarray], info: dict[str, Any], out: Path) -> Path:
+    """The adapter as PEFT saves one: its weights under PEFT's names and its LoraConfig."""
+    client = state.job.get("client") or {}
+    if not str(client.get("path", "")) or "base" not in info:
+        raise ValueError("--format peft: this run did not fine-tune an adapter on a base (a fedgrid.apps.llm client)")
+    try:
+        from safetensors.numpy import save_file
+
+        from fedgrid.apps.llm import adapter_state, lora_config, options
+    except ImportError as e:
+        raise ValueError(f"--format peft needs the llm extra: pip install 'fedgrid[llm]' ({e})") from None
+    opts = options(client.get("options") or {})
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state(params), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    lora_config(opts, info["base"]["path"]).save_pretrained(str(out))
+    (out / "fedgrid.json").write_text(json.dumps({**info, "format": "peft"}, indent=1) + "\n")
     return out

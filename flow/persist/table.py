@@ -76,6 +76,8 @@ ROWS_SCHEMA = pa.schema([
     ("fed_failures", _REASONS), ("fed_s", pa.float64()), ("fed_examples", pa.int64()),
     # privacy: this round's noise multiplier and sampling rate, and epsilon after it (flow/privacy/dp.py)
     ("dp_noise", pa.float64()), ("dp_sample_rate", pa.float64()), ("dp_epsilon", pa.float64()),
+    # fine-tuning: the frozen base the round's (trainable) params belong to (apps/client.py Base)
+    ("base_name", pa.string()), ("base_sha256", pa.string()),
 ])
 
 METRIC_PREFIXES = ("train_", "fed_")

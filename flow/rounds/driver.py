@@ -103,5 +103,8 @@ class Driver:
             job=self.job.model_dump(mode="json"))
 
     def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
-        """Round `rnd` is aggregated: snapshot it now, write it in the background."""
+        """Round `rnd` is aggregated: snapshot it now, write it in the background. A fine-tuning
+        run's rows (and so its checkpoints) name the frozen base its params belong to."""
+        if base := self.tasks.code.get("base"):
+            row.update(base_name=base["name"], base_sha256=base["sha256"])
         self.writer.hand_off(self.snapshot(rnd, params, row))

@@ -152,13 +152,21 @@ def _client_model(job: Job) -> ModelParts:
     ctx = Context(client=0, clients=job.data.clients, site=site, seed=job.seed,
                   data=job.site_data(site).model_dump(), options=job.client.options)
     try:
-        params = call_client(call_client(load_class(path), ctx).init_params)
+        client = call_client(load_class(path), ctx)
+        params = call_client(client.init_params)
+        base = call_client(client.base) if hasattr(client, "base") else None
     except ClientCodeError as e:
         raise ConfigError("<job>", "client.path", f"{path}: init_params() on the driver raised {e}") from None
     if not isinstance(params, dict) or not params or not all(isinstance(v, np.ndarray) for v in params.values()):
         raise ConfigError("<job>", "client.path", f"{path}: init_params() returned {type(params).__name__}, "
                           "expected an ordered dict of numpy arrays (the model's state_dict order)")
-    return ModelParts(client_code(path, job.client.options), None, None, OrderedDict(params))
+    code = client_code(path, job.client.options)
+    if base is not None:  # every task carries the base's digest; each site checks its own copy against it
+        try:
+            code["base"] = {"name": str(base.name), "path": str(base.path), "sha256": base.sha256()}
+        except OSError as e:
+            raise ConfigError("<job>", "client.options", f"{path}: the base weights on the driver: {e}") from None
+    return ModelParts(code, None, None, OrderedDict(params))
 
 
 def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> Params:
@@ -166,6 +174,10 @@ def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> 
     from fedgrid.apps.models import set_params
 
     try:
+        base, had = parts.code.get("base"), state.row.get("base_sha256")
+        if base is not None and had and had != base["sha256"]:
+            raise ValueError(f"the checkpoint fine-tunes base sha256 {had[:12]}, the base at {base['path']} is "
+                             f"{base['sha256'][:12]}")
         if parts.model is not None:
             set_params(parts.model, state.params)
         elif list(state.params) != list(parts.params):

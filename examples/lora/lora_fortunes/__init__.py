@@ -1,0 +1,1 @@
+"""Federated LoRA fine-tuning of a small causal language model on Debian's fortunes."""
