@@ -26,8 +26,8 @@ def pretrain(out: Path, steps: int = 300, seq_len: int = 64, batch: int = 32, se
     """Train the base for `steps` AdamW steps and save it in `out`; returns its held-out loss."""
     torch.manual_seed(seed)
     torch.set_num_threads(1)  # (a second thread spins against the sites sharing the cores)
-    cfg = GPT2Config(vocab_size=data.VOCAB, n_positions=seq_len, **(size or {"n_embd": 64, "n_layer": 2,
-                                                                             "n_head": 4}))
+    cfg = GPT2Config(vocab_size=data.VOCAB, n_positions=seq_len, bos_token_id=0, eos_token_id=0,
+                     **(size or {"n_embd": 64, "n_layer": 2, "n_head": 4}))
     model = GPT2LMHeadModel(cfg)
     ids = data.pretrain_text()
     held, train = ids[-20_000:], ids[:-20_000]
