@@ -1,75 +1,237 @@
-"""Round overhead at scale (issue 6): what fedgrid itself costs per client, with training removed.
+"""Round overhead at scale (issues 6, 18): what fedgrid itself costs per client, with training removed.
 
-    python bench/overhead.py [--clients 10,100,1000,5000] [--rounds 4]
+    python bench/overhead.py [--clients 10,100,1000,5000] [--rounds 4] [--floor]
+    python bench/overhead.py --clients 1000,5000,10000 --floor     # issue 18's sizes
 
 Each size runs in its own subprocess (so the driver's peak memory is its own): a synthetic job
 (`dataset: synthetic`, 8 rows per client, an mlp of ~1.3k params) with `train.epochs: 0` — every
 task is a real train app on a real HTEX site of 2 workers that loads its client's rows and
 returns the global model without a step. All clients every round. Reports the median seconds per
-round after the first, milliseconds per client, and the driver's peak RSS. Target: <= 2 ms per
-client at 1,000 clients; 5,000 clients per round works. Writes bench/results/overhead.json.
+round after the first, milliseconds per client of wall time and of the driver process's CPU
+(all its threads: fedgrid's and Parsl's own, which run in the driver), the CPU of the
+interchange and of the two workers (on a 2-core machine they compete with the driver), and the
+driver's peak RSS. Target: <= 1.5 ms per client at 5,000 and 10,000 clients a round.
+
+`--floor` also measures Parsl's own floor on the same kind of site: a bare `python_app` that
+returns the model it is sent, submitted once per client with a real TrainTask of the job,
+gathered with `as_completed` — what any Parsl program pays per task here, whatever fedgrid
+does — plainly (`parsl_floor`: dill, the DataFlowKernel's log at INFO) and with fedgrid's cuts to
+Parsl's share (`parsl_floor_tuned`: C-pickled argument and result, that log at WARNING).
+
+Writes bench/results/overhead.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import pickle
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save_result  # noqa: E402 - bench/ is not a package
+
+MODEL = {"name": "mlp", "kwargs": {"hidden": 64}}
 
 
-def one(clients: int, rounds: int, work: Path) -> dict:
+def job_for(clients: int, rounds: int, work: Path) -> Any:
     from fedgrid.flow.config import parse_job
-    from fedgrid.flow.rounds.runner import run
 
-    job = parse_job({
-        "name": f"overhead{clients}", "rounds": rounds, "model": {"name": "mlp", "kwargs": {"hidden": 64}},
+    return parse_job({
+        "name": f"overhead{clients}", "rounds": rounds, "model": MODEL,
         "data": {"dataset": "synthetic", "clients": clients, "samples_per_client": 8, "partition": {"kind": "iid"}},
         "train": {"epochs": 0}, "round": {"min_clients": clients, "deadline_s": 3600, "eval_every": rounds},
         "sites": [{"name": "htex", "executor": {"kind": "htex", "workers": 2}, "clients": clients}],
         "checkpoint": {"dir": str(work / str(clients))},
     })
-    rows = run(job, quiet=True).rows
-    per = statistics.median(r["seconds"] for r in rows[1:]) if len(rows) > 1 else rows[0]["seconds"]
+
+
+class CpuClock:
+    """CPU seconds of the driver process, of the interchange (its child) and of the site's worker
+    pool (started by the provider, so not a child: found by the run directory on its command
+    line), read while they run; RUSAGE_CHILDREN would count only children that have exited."""
+
+    def __init__(self, work: Path) -> None:
+        import psutil
+
+        self.psutil, self.me, self.work = psutil, psutil.Process(), str(work)
+
+    def _others(self) -> dict[int, tuple[str, float]]:
+        procs = self.me.children(recursive=True)
+        for p in self.psutil.process_iter(["cmdline"]):
+            if self.work in " ".join(p.info["cmdline"] or ()):
+                procs += [p, *p.children(recursive=True)]
+        out = {}
+        for p in procs:
+            try:
+                t, name = p.cpu_times(), " ".join(p.cmdline())
+            except self.psutil.Error:  # exited between the listing and the read
+                continue
+            out[p.pid] = ("interchange" if "interchange" in name else "workers", t.user + t.system)
+        return out
+
+    def read(self) -> dict[str, Any]:
+        return {"driver": time.process_time(), "procs": self._others()}
+
+    @staticmethod
+    def spent(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        """CPU seconds between two reads: the driver's, the interchange's, the workers'."""
+        out = {"driver": b["driver"] - a["driver"], "interchange": 0.0, "workers": 0.0}
+        for pid, (kind, t) in b["procs"].items():
+            if pid in a["procs"]:
+                out[kind] += t - a["procs"][pid][1]
+        return out
+
+
+def watch_rounds(clock: CpuClock) -> list[tuple[float, dict[str, Any]]]:
+    """Marks (wall, CPU) at the start of every round and at the end of the run, by wrapping the
+    round loop's `play_round` (a round's CPU is the difference between its mark and the next: its
+    tasks, gather, aggregation and hand-off, and the writer's work on the previous round)."""
+    from fedgrid.flow.rounds import synchronous
+
+    marks: list[tuple[float, dict[str, Any]]] = []
+    inner = synchronous.play_round
+
+    def play_round(drv, rnd, params):  # noqa: ANN001, ANN202 - the wrapped function's own signature
+        marks.append((time.perf_counter(), clock.read()))
+        return inner(drv, rnd, params)
+
+    synchronous.play_round = play_round
+    return marks
+
+
+def one(clients: int, rounds: int, work: Path) -> dict:
+    from fedgrid.flow.rounds.runner import run
+
+    clock = CpuClock(work)
+    marks = watch_rounds(clock)
+    rows = run(job_for(clients, rounds, work), quiet=True).rows
+    marks.append((time.perf_counter(), clock.read()))
+    later = list(range(1, len(rows))) or [0]  # rounds after the first (its workers are still warming)
+    spent = [CpuClock.spent(marks[i][1], marks[i + 1][1]) for i in later]
+    cpu = {k: statistics.median(s[k] for s in spent) for k in spent[0]}
+    per = statistics.median(rows[i]["seconds"] for i in later)
     return {"clients": clients, "rounds": rounds, "seconds_per_round": per, "ms_per_client": per / clients * 1e3,
-            "first_round_s": rows[0]["seconds"], "gather_s": statistics.median(r["gather_s"] for r in rows[1:]),
+            "driver_cpu_s": cpu["driver"], "driver_cpu_ms_per_client": cpu["driver"] / clients * 1e3,
+            "interchange_cpu_ms_per_client": cpu["interchange"] / clients * 1e3,
+            "workers_cpu_ms_per_client": cpu["workers"] / clients * 1e3,
+            "first_round_s": rows[0]["seconds"], "gather_s": statistics.median(rows[i]["gather_s"] for i in later),
             "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load_avg_1m": os.getloadavg()[0],  # the machine's load at the end (other work on its 2 cores)
             "ok": all(r["clients_ok"] == clients for r in rows)}
+
+
+def echo(task: Any, packed: bool) -> Any:
+    """The floor's app: returns the model it was sent, as a train app returns one of the same size."""
+    from fedgrid.apps.wire import Packed
+
+    return Packed(task.params) if packed else task.params
+
+
+def floor(clients: int, rounds: int, work: Path, tuned: bool) -> dict:
+    """Parsl alone on the same site: one bare python_app per client, a TrainTask-sized payload.
+    `tuned`: with what fedgrid does to Parsl's share (C-pickled arguments and results, the
+    DataFlowKernel's log at WARNING); else plain Parsl with its log at INFO."""
+    import logging
+
+    from parsl.app.app import python_app
+    from parsl.config import Config
+    from parsl.dataflow.dflow import DataFlowKernel
+    from parsl.logconfigs.file import FileLogging
+
+    from fedgrid.apps.wire import Packed
+    from fedgrid.executors import build_executor
+    from fedgrid.flow.rounds.sites import parsl_logging
+
+    job = job_for(clients, rounds, work)
+    payload = job_payload(job)
+    log = parsl_logging() if tuned else FileLogging(level=logging.INFO)
+    dfk = DataFlowKernel(Config(executors=[build_executor(job.sites[0], work)], strategy="none",
+                                run_dir=str(work / "parsl"), usage_tracking=0, initialize_logging=log))
+    try:
+        app = python_app(echo, executors=["htex"], data_flow_kernel=dfk)
+        clock, walls, cpus = CpuClock(work), [], []
+        for _ in range(rounds):
+            t0, c0 = time.perf_counter(), clock.read()
+            sent = [copy.copy(payload) for _ in range(clients)]
+            for f in as_completed([app(Packed(t) if tuned else t, tuned) for t in sent]):
+                f.result()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(CpuClock.spent(c0, clock.read()))
+    finally:
+        dfk.cleanup()
+    later = list(range(1, rounds)) or [0]
+    wall = statistics.median(walls[i] for i in later)
+    cpu = {k: statistics.median(cpus[i][k] for i in later) for k in cpus[0]}
+    return {"clients": clients, "rounds": rounds, "payload_bytes": len(pickle.dumps(payload)),
+            "seconds_per_round": wall, "ms_per_client": wall / clients * 1e3,
+            "driver_cpu_ms_per_client": cpu["driver"] / clients * 1e3,
+            "interchange_cpu_ms_per_client": cpu["interchange"] / clients * 1e3,
+            "workers_cpu_ms_per_client": cpu["workers"] / clients * 1e3, "load_avg_1m": os.getloadavg()[0]}
+
+
+def job_payload(job: Any) -> Any:
+    """A TrainTask as fedgrid sends it for this job: the job's model, its data block, its code."""
+    from fedgrid.flow.rounds.prepare import build_model, open_store
+    from fedgrid.flow.rounds.progress import RunProgress
+    from fedgrid.flow.rounds.tasks import Tasks
+
+    parts, run_dir = build_model(job), Path(job.checkpoint.dir)
+    transfer, store = open_store(job, run_dir, parts.params, RunProgress(1, 0, quiet=True))
+    return Tasks(job, run_dir, parts.code, transfer, store, None).train(0, 1, parts.params)
+
+
+def run_sizes(sizes: list[int], rounds: int, mode: str) -> list[dict]:
+    res = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, __file__, f"--{mode}", str(n), "--rounds", str(rounds)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        res.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{mode} {n} clients: {res[-1]['seconds_per_round']:.3f} s/round, "
+              f"{res[-1]['ms_per_client']:.2f} ms/client wall, {res[-1]['driver_cpu_ms_per_client']:.2f} driver CPU "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clients", default="10,100,1000,5000")
+    ap.add_argument("--clients", default="10,100,1000,5000")  # (10,000 adds ~5 min: --clients 1000,5000,10000)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--floor", action="store_true", help="also measure a bare Parsl app loop on the same site")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
+    ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)  # internal: Parsl's floor at one size
+    ap.add_argument("--tuned", type=int, help=argparse.SUPPRESS)  # ... with fedgrid's cuts to Parsl's share
     args = ap.parse_args()
-    if args.one:
+    if args.one or args.bare or args.tuned:
         with tempfile.TemporaryDirectory() as d:
-            print(json.dumps(one(args.one, args.rounds, Path(d))))
+            work = Path(d)
+            out = (one(args.one, args.rounds, work) if args.one else
+                   floor(args.bare or args.tuned, args.rounds, work, tuned=bool(args.tuned)))
+            print(json.dumps(out))
         return 0
-    res = []
-    for n in (int(c) for c in args.clients.split(",")):
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--rounds", str(args.rounds)],
-                             capture_output=True, text=True, check=True)
-        res.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{n} clients: {res[-1]['seconds_per_round']:.3f} s/round ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr, flush=True)
-    path = REPO / "bench" / "results" / "overhead.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": res}, indent=1))
-    print("| clients per round | s/round | ms per client | gather s | driver peak RSS | all answered |")
-    print("|---|---|---|---|---|---|")
-    for r in res:
-        print(f"| {r['clients']:,} | {r['seconds_per_round']:.3f} | {r['ms_per_client']:.2f} | {r['gather_s']:.3f} | "
-              f"{r['driver_peak_mb']:.0f} MB | {'yes' if r['ok'] else 'NO'} |")
+    sizes = [int(c) for c in args.clients.split(",")]
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "results": run_sizes(sizes, args.rounds, "one")}
+    if args.floor:
+        out["parsl_floor"] = run_sizes(sizes, args.rounds, "bare")
+        out["parsl_floor_tuned"] = run_sizes(sizes, args.rounds, "tuned")
+    save_result("overhead", out)
+    print("\n| clients per round | s/round | ms per client | driver CPU ms per client | gather s | driver peak RSS "
+          "| all answered |\n|---|---|---|---|---|---|---|")
+    for r in out["results"]:
+        print(f"| {r['clients']:,} | {r['seconds_per_round']:.3f} | {r['ms_per_client']:.2f} | "
+              f"{r['driver_cpu_ms_per_client']:.2f} | {r['gather_s']:.3f} | {r['driver_peak_mb']:.0f} MB | "
+              f"{'yes' if r['ok'] else 'NO'} |")
     return 0
 
 
