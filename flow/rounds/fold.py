@@ -105,7 +105,8 @@ class Sum:
             else:
                 a = a * inv + g
             out[name] = a
-        self.acc = None
+        # (the round's row keeps this object while the next round runs: it must not keep the old model)
+        self.acc, self.like = None, {}
         return ClientUpdate(client=-1, site=site, round=rnd, num_examples=self.examples, params=out)
 
 

@@ -90,11 +90,11 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
             cleanup.callback(tracking.close, lambda: _artifacts(run_dir), job.tracking.drain_s)
         runtime = _start_sites(job, run_dir, progress)
         cleanup.callback(runtime.close)
-        drv, params = _build_driver(job, run_dir, progress, runtime, start, stop)
+        drv, *held = _build_driver(job, run_dir, progress, runtime, start, stop)
         if tracking is not None:
             drv.writer.after = tracking.round
         cleanup.callback(drv.writer.close)
-        why = _loop(drv, start.done, params)
+        why = _loop(drv, start.done, held)
         drv.writer.drain()
         return _summarise(drv, start, t_start, why)
 
@@ -169,13 +169,15 @@ def sweep_lag(job: Job, strategy) -> int:  # noqa: ANN001 - a Strategy
     return job.round.max_staleness + 1 if job.round.late == "carry" else 0
 
 
-def _loop(drv: Driver, done: int, params: dict) -> str:
-    """Stage 5; returns why the run stopped before its last round ('' when it did not)."""
-    params_bytes = codec.nbytes(codec.down(params, drv.job.compression.down))  # what one client receives
+def _loop(drv: Driver, done: int, held: list[dict]) -> str:
+    """Stage 5; returns why the run stopped before its last round ('' when it did not). The
+    initial params come in a list emptied here, so that no frame but the loop's keeps them: at
+    1 GB they would otherwise stay in memory beside every later round's (issue 18)."""
+    params_bytes = codec.nbytes(codec.down(held[0], drv.job.compression.down))  # what one client receives
     if drv.strategy.asynchronous:
-        asynchronous.run(drv, done, params, params_bytes)
+        asynchronous.run(drv, done, held.pop(), params_bytes)
         return "on request"
-    return synchronous.run_rounds(drv, done, params, params_bytes)
+    return synchronous.run_rounds(drv, done, held.pop(), params_bytes)
 
 
 def _summarise(drv: Driver, start: Start, t_start: float, why: str) -> RunResult:
