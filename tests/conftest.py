@@ -43,6 +43,25 @@ def write_job(tmp_path):
     return write
 
 
+@pytest.fixture
+def cli(capsys):
+    """The `fedgrid` command line in this process (`main`, what the `fedgrid` script runs), returning
+    (exit code, stdout, stderr). No second interpreter importing torch, Parsl and sklearn again (a few
+    CPU seconds each on a busy 2-core machine); the tests that need a process of their own (a
+    signal, a second holder of the run lock, the process's own exit code) start one."""
+    from fedgrid.flow.commands.cli import main
+
+    def call(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            rc = e.code
+        out, err = capsys.readouterr()
+        return rc, out, err
+    return call
+
+
 @pytest.fixture(scope="session")
 def make_job():
     """`job_dict` itself, for tests that build several jobs (tests is not an importable package)."""

@@ -38,7 +38,9 @@ def test_a_user_loop_with_the_helpers_gives_the_builtin_model(strategy, tmp_path
 
 
 def test_a_client_without_torch_trains_on_htex_and_a_failing_client_is_recorded(tmp_path, make_job):
-    job = parse_job(make_job(tmp_path / "run", rounds=3, client="broken_clients:RaisesForClient2",
+    # one HTEX site of two worker processes (a second site would only add an interchange and a pool)
+    htex = [{"name": "a", "executor": {"kind": "htex", "workers": 2}, "clients": 6}]
+    job = parse_job(make_job(tmp_path / "run", rounds=3, client="broken_clients:RaisesForClient2", sites=htex,
                              data={"dataset": "custom", "clients": 6, "partition": {"kind": "iid"}},
                              train={"epochs": 2, "batch_size": 32, "lr": 0.5},
                              round={"min_clients": 4, "deadline_s": 120, "federated_every": 2, "show": "fed_accuracy"}))

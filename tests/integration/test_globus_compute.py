@@ -16,8 +16,6 @@ from fedgrid.executors.gc_emulator import EmulatedEndpoint, TaskPayloadTooLarge
 from fedgrid.flow.commands.cli import main
 from fedgrid.flow.config import parse_job
 
-EP = "5e6f5f7c-1111-4a2b-9c3d-0123456789ab"
-
 
 def _site(**spec):
     return types.SimpleNamespace(name="gc", executor=gc.Spec(**spec))
@@ -25,7 +23,9 @@ def _site(**spec):
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    """A DataFlowKernel with one emulated Globus Compute site."""
+    """A DataFlowKernel with one emulated Globus Compute site, shared by this module's tests (one
+    start of the engine's interchange and worker processes). The first test's tasks go in while the
+    engine is still starting; the last test shuts the endpoint down."""
     from parsl.config import Config
     from parsl.dataflow.dflow import DataFlowKernel
 
@@ -44,6 +44,8 @@ def _app(dfk, fn):
 
 
 def test_emulated_endpoint_runs_tasks_and_returns_remote_errors(emulated) -> None:
+    # (the module's first tasks: submitted right after the endpoint was built, while its start thread
+    # runs -- imports raced that thread once)
     assert _app(emulated, np.add)(np.ones(3), 2).result().tolist() == [3.0, 3.0, 3.0]
     # functions travel by reference (the endpoint imports them), so use an importable one
     with pytest.raises(ValueError, match="cannot reshape"):
@@ -82,6 +84,9 @@ def test_emulated_endpoint_enforces_the_service_payload_and_result_limits(emulat
     assert _app(emulated, np.add)(np.ones(2), 1).result().tolist() == [2.0, 2.0]  # the site still works
 
 
+TRAIN = {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9}  # (mlp: 0.84 after two rounds)
+
+
 def test_mixed_sites_train_exactly_like_one_kind(tmp_path: Path, monkeypatch, make_job) -> None:
     """Three kinds of site in one run (HTEX worker processes, threads, an emulated Globus Compute
     endpoint) give exactly the model one kind gives (threads here; HTEX against threads, bit for
@@ -97,12 +102,12 @@ def test_mixed_sites_train_exactly_like_one_kind(tmp_path: Path, monkeypatch, ma
     plain = [{"name": n, "executor": {"kind": "local", "workers": 1}, "clients": 2} for n in "abg"]
     acc, rows = {}, {}
     for name, sites, store in (("mixed", mixed, {"url": "shared", "mode": "always"}), ("plain", plain, {})):
-        job = parse_job(make_job(tmp_path / name, sites=sites, rounds=2, store=store))
+        job = parse_job(make_job(tmp_path / name, sites=sites, rounds=2, store=store, model="mlp", train=TRAIN))
         rows[name] = run(job, quiet=True).rows
         assert [r["clients_ok"] for r in rows[name]] == [6, 6]
         acc[name] = [r["test_accuracy"] for r in rows[name]]
     workers = {u["site"]: u["worker"] for u in rows["mixed"][-1]["updates"]}
-    assert len(set(workers.values())) == 3  # three different processes (two HTEX sites: test_run)
+    assert len(set(workers.values())) == 3  # three different processes (two HTEX sites: test_resume)
     assert acc["mixed"] == acc["plain"]
     assert acc["mixed"][-1] > 0.6
     # the relative store: every client answered by reference, and the round objects were swept
@@ -145,12 +150,13 @@ def test_large_model_without_references_fails_with_the_payload_limit(tmp_path: P
     assert "Traceback" not in err
 
 
-def test_emulated_endpoint_lifecycle(tmp_path: Path) -> None:
-    """Submit right after construction (imports raced the start thread once), and a shutdown that
-    fails the tasks still running instead of leaving their futures hanging."""
+def test_emulated_endpoint_shutdown_fails_the_tasks_still_running(emulated) -> None:
+    """A shutdown fails the tasks still running instead of leaving their futures hanging, and refuses
+    new ones. (Last in this module, as pytest runs it: it ends the module's endpoint.)"""
     import time
 
-    ep = EmulatedEndpoint(endpoint_id=EP, run_dir=tmp_path, label="lc")
+    ep = emulated.executors["gc"].executor
+    assert isinstance(ep, EmulatedEndpoint)
     assert ep.submit(np.add, np.ones(2), 1).result(timeout=120).tolist() == [2.0, 2.0]
     slow = ep.submit(time.sleep, 60)
     ep.shutdown()

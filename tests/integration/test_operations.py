@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -12,8 +10,6 @@ import pytest
 
 import fedgrid
 from fedgrid.flow.persist import checkpoint as ckpt
-
-CLI = [sys.executable, "-m", "fedgrid.flow.commands.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +26,23 @@ def finished(tmp_path_factory, make_job):
     return result.run_dir
 
 
-def test_status_counts_failures_by_reason_and_times_sites(finished) -> None:
+def test_status_counts_failures_by_reason_and_times_sites(finished, cli) -> None:
     info = fedgrid.status(finished)
     assert info["rounds_done"] == 3 and info["last_round"] == 3 and info["last_accuracy"] > 0.3
     assert info["failures_by_reason"] == {"InjectedFault": 2}
     assert set(info["sites"]) == {"a", "b"}
     assert info["sites"]["a"]["failures"] == 2 and info["sites"]["a"]["updates"] == 7
     assert info["sites"]["b"]["updates"] == 9 and info["sites"]["b"]["train_s_median"] > 0
-    out = subprocess.run(CLI + ["status", str(finished)], capture_output=True, text=True, check=True).stdout
+    rc, out, err = cli("status", finished)
+    assert rc == 0, err
     assert "failures by reason: InjectedFault 2" in out and "site a: 7 updates, 2 failures" in out
 
 
-def test_report_writes_plots_that_show_the_curves(finished, tmp_path) -> None:
+def test_report_writes_plots_that_show_the_curves(finished, tmp_path, cli) -> None:
     import matplotlib.image as mpimg
 
-    out = subprocess.run(CLI + ["report", str(finished), "--out", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    rc, _, err = cli("report", finished, "--out", tmp_path)
+    assert rc == 0, err
     md = (tmp_path / "summary.md").read_text()
     assert "| InjectedFault | 2 |" in md and "![accuracy](accuracy.png)" in md and "| a | 7 | 2 |" in md
     assert "| bytes up / down per client and round (mean) |" in md
@@ -59,7 +56,7 @@ def test_report_writes_plots_that_show_the_curves(finished, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "torch"])
-def test_export_loads_into_the_model_with_the_same_accuracy(finished, tmp_path, fmt) -> None:
+def test_export_loads_into_the_model_with_the_same_accuracy(finished, tmp_path, fmt, cli) -> None:
     import torch
 
     from fedgrid.apps import datasets
@@ -67,9 +64,8 @@ def test_export_loads_into_the_model_with_the_same_accuracy(finished, tmp_path, 
     from fedgrid.apps.models import build, get_params
 
     out = tmp_path / f"model.{fmt}"
-    done = subprocess.run(CLI + ["export", str(finished), "--round", "2", "--format", fmt, "--out", str(out)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    rc, _, err = cli("export", finished, "--round", "2", "--format", fmt, "--out", out)
+    assert rc == 0, err
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["round"] == 2 and meta["model"] == "cnn" and meta["input_shape"] == [1, 8, 8]
     if fmt == "safetensors":
@@ -84,8 +80,8 @@ def test_export_loads_into_the_model_with_the_same_accuracy(finished, tmp_path, 
     test = datasets.load_test(ckpt.read_round(ckpt.round_path(finished, 2)).job["data"], 0)
     got = evaluate(model, get_params(model), test)
     assert got["accuracy"] == pytest.approx(row["test_accuracy"], abs=1e-12)
-    missing = subprocess.run(CLI + ["export", str(finished), "--round", "9"], capture_output=True, text=True)
-    assert missing.returncode == 2 and "round 9 has no checkpoint (rounds on disk: 0..3" in missing.stderr
+    rc, _, err = cli("export", finished, "--round", "9")
+    assert rc == 2 and "round 9 has no checkpoint (rounds on disk: 0..3" in err
 
 
 def test_monitoring_database_records_every_task(finished) -> None:
@@ -98,8 +94,8 @@ def test_monitoring_database_records_every_task(finished) -> None:
 
 def test_api_runs_more_rounds_and_schedules(finished, tmp_path, make_job) -> None:
     stop = threading.Event()
-    job = make_job(tmp_path / "run", rounds=1,
-                          sites=[{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}])
+    job = make_job(tmp_path / "run", rounds=1, train={"epochs": 1, "batch_size": 32, "lr": 0.05},
+                   sites=[{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}])
     assert fedgrid.run(job, quiet=True).rounds_done == 1
     assert fedgrid.run(job, quiet=True, more=2).rounds_done == 3
     n = fedgrid.schedule(job, cron="* * * * * *", rounds_per_run=1, base=tmp_path, firings=2, stop=stop)

@@ -22,7 +22,7 @@ def test_secure_aggregation_matches_plain_aggregation_with_a_dropped_client(tmp_
     htex = [{"name": "a", "executor": {"kind": "htex", "workers": 2}, "clients": 6}]  # secrets in worker processes
     for name, extra in (("plain", {"sites": local}), ("secure", {"sites": htex, "secagg": {"threshold": 0.5}})):
         job = make_job(tmp_path / name, rounds=2, strategy="fedadam", faults=[{"clients": [2], "raise_at": [1]}],
-                       **extra)
+                       model="mlp", train={"epochs": 1, "batch_size": 32, "lr": 0.05}, **extra)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(job))
         out[name] = run(load_job(path), quiet=True)

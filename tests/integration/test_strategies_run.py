@@ -19,7 +19,7 @@ SETTINGS = {
 }
 ROBUST = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"byzantine": 1}, "multikrum": {"byzantine": 1}}
 # the strategy math does not depend on the executor: threads keep these many runs fast (the HTEX
-# path is SCAFFOLD's resume test's, and test_run's)
+# path is SCAFFOLD's resume test's, and test_resume's)
 THREADS = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]
 
 
@@ -30,7 +30,7 @@ def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over
                               round={"min_clients": 4, "deadline_s": 120}, **over))
 
 
-@pytest.mark.parametrize("name", sorted(set(SETTINGS) - {"fedavg", "fednova"}))  # (those two: test_run, test_pacing)
+@pytest.mark.parametrize("name", sorted(set(SETTINGS) - {"fedavg", "fednova"}))  # (those two: test_resume, test_pacing)
 def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
     """The strategies for non-IID data. (The robust rules are not among them: a coordinate-wise
     median of six clients that each hold one or two classes is a poor model; see the next test.)"""
@@ -44,9 +44,9 @@ def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
 
 
 # SCAFFOLD's client variates are written and read by the sites, through the store: its resumed
-# round 3 runs on HTEX, whose fresh worker processes can only have them from the store (the rest on
+# round 3 runs on HTEX, whose fresh worker process can only have them from the store (the rest on
 # threads; a resumed run may change its sites, and the two kinds train bit-identically)
-HTEX = [{"name": "a", "executor": {"kind": "htex", "workers": 2}, "clients": 6}]
+HTEX = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 6}]
 
 
 @pytest.mark.parametrize("name", ["fedadam", "scaffold"])  # (fedavgm's state round trip: test_strategies)
