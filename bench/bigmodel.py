@@ -10,8 +10,8 @@ aggregation. 8 clients on HTEX (2 workers), by reference through the run's store
 flat (`round.aggregate: flat`, one site) and two-tier (`site`, two sites of 4 clients, 1 worker
 each). Each (mode, path) runs in its own subprocess, one at a time: `fold` is the streaming fold
 (flow/rounds/fold.py), `old` keeps every update (fold.applies patched to False). Per run: the
-driver's peak RSS, the largest worker's peak RSS (sampled; in site mode a worker also runs the
-site aggregator, whose float64 total is 2 GB), the median round seconds, the aggregation step
+driver's peak RSS (the sites' memory is not measured: in site mode a worker also runs the site
+aggregator, whose float64 total is 2 GB), the median round seconds, the aggregation step
 (`aggregate_s`), the time the driver spent reading and verifying updates (spill or fetch) and
 folding them, and a plain copy (np.copyto) of the same bytes as all the round's updates.
 
@@ -24,7 +24,6 @@ the old kernel (weighted_mean over 8 updates). Writes bench/results/bigmodel.jso
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -33,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -61,18 +59,6 @@ class Big(Client):
         step = np.float32(1e-3 * (self.ctx.client + 1))
         new = OrderedDict((k, v + step if v.dtype.kind == "f" else v + 1) for k, v in params.items())
         return Fit(new, num_examples=8 + self.ctx.client)
-
-
-def _peak_workers(stop: threading.Event, out: dict) -> None:
-    """The largest RSS any process below this one reached (sampled every 0.2 s)."""
-    import psutil
-
-    me = psutil.Process()
-    while not stop.is_set():
-        for p in me.children(recursive=True):
-            with contextlib.suppress(psutil.Error):  # (a process that just ended)
-                out["max"] = max(out.get("max", 0), p.memory_info().rss)
-        stop.wait(0.2)
 
 
 def _timed(obj: object, name: str, spent: dict) -> None:
@@ -112,17 +98,12 @@ def one(mode: str, path: str, a: argparse.Namespace, work: Path) -> dict:
         "round": {"min_clients": a.clients, "deadline_s": 3600, "aggregate": mode},
         "store": {"mode": "always"}, "sites": sites, "checkpoint": {"dir": str(work / "run"), "keep": 1},
     })
-    stop, workers = threading.Event(), {}
-    sampler = threading.Thread(target=_peak_workers, args=(stop, workers), daemon=True)
-    sampler.start()
     res = run(job, quiet=True)
-    stop.set()
     rows = res.rows
     later = rows[1:] or rows
     nbytes = a.params * 4
     return {"mode": mode, "path": path, "params_M": a.params / 1e6, "clients": a.clients,
             "driver_peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "worker_peak_rss_MB": round(workers.get("max", 0) / 2**20),
             "s_per_round": round(statistics.median(r["seconds"] for r in later), 2),
             "aggregate_s": round(statistics.median(r["aggregate_s"] for r in later), 3),
             "read_verify_s_per_round": round((spent.get("__init__", 0) + spent.get("fetch", 0)) / a.rounds, 2),

@@ -51,7 +51,9 @@ from fedgrid.flow.rounds import validate
 from fedgrid.flow.rounds.validate import InvalidUpdate
 
 Params = dict[str, np.ndarray]
-CHUNK = 1 << 16  # elements per step of the fold: its temporaries stay in cache, numpy's call cost stays small
+# elements per step of the fold: its temporaries stay in cache and numpy's per-call cost stays
+# small (the fastest on this VM: bench/bigmodel.py --kernel)
+CHUNK = 1 << 17
 
 
 def applies(drv: Any) -> bool:
