@@ -58,8 +58,12 @@ CHUNK = 1 << 17
 
 def applies(drv: Any) -> bool:
     """Whether this run's rounds fold their updates as they arrive, or keep them all (old path)."""
+    from fedgrid.flow.strategies.base import Strategy
+
     s, rs = drv.strategy, drv.job.round
-    return (bool(s.mean_based) and not s.asynchronous and drv.privacy is None and drv.secagg is None
+    # (a strategy that checks fields of each answer does so after the accept, i.e. after the fold)
+    checks = type(s).check_answer is not Strategy.check_answer
+    return (bool(s.mean_based) and not s.asynchronous and not checks and drv.privacy is None and drv.secagg is None
             and rs.absent != "reuse")
 
 
