@@ -17,7 +17,7 @@ from fedgrid.flow.rounds.runner import run
 # so the executor kind cannot change the model: the FedAdam case runs its site half on two HTEX
 # sites (worker processes: the aggregation app, the site store and the partial cross processes).
 SITES = [{"name": n, "executor": {"kind": "local", "workers": 2}, "clients": 3} for n in "ab"]
-HTEX = [{"name": n, "executor": {"kind": "htex", "workers": 2}, "clients": 3} for n in "ab"]
+HTEX = [{"name": n, "executor": {"kind": "htex", "workers": 1}, "clients": 3} for n in "ab"]
 
 
 # FedAdam: a server optimiser on the mean; FedNova and SCAFFOLD: partial sums of their own terms

@@ -22,3 +22,19 @@ def test_fashion_mnist_loads_and_partitions(tmp_path, monkeypatch):
     parts = [datasets.client_arrays(data, c, 20, 0) for c in range(20)]
     assert sum(len(p.y) for p in parts) == 60000
     assert len(list(tmp_path.glob("fmnist-*.npy"))) == 4  # decoded once, memory-mapped after
+
+
+def test_digits_come_from_the_cache_once_decoded(tmp_path, monkeypatch):
+    """A new worker reads two .npy files instead of importing scikit-learn; the arrays are the same."""
+    from sklearn.datasets import load_digits
+
+    from fedgrid.apps import datasets
+
+    monkeypatch.setenv("FEDGRID_CACHE", str(tmp_path))
+    first = datasets._digits_arrays()
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.npy")) == ["digits", "digits"]
+    again = datasets._digits_arrays()
+    d = load_digits()
+    for x, y in (first, again):
+        np.testing.assert_array_equal(x[:, 0], d.images.astype(np.float32) / 16.0)
+        np.testing.assert_array_equal(y, d.target)
