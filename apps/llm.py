@@ -171,7 +171,7 @@ class LoraClient(Client):
                 fix.apply()
                 torch.nn.utils.clip_grad_norm_(trainable, float(self.opts["clip"]))
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 steps += 1
         mean = float(np.mean(losses)) if losses else float("nan")
         metrics = {"loss": mean, "perplexity": math.exp(min(mean, 50.0))} if losses else {}
