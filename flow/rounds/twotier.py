@@ -22,6 +22,7 @@ flow/privacy/secagg.py.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import Future, wait
@@ -162,7 +163,7 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
         _drop(g, [u for u in mine if u.client not in held], None, partial.left_out)
         if not held:  # every client of the site failed or was left out: no contribution
             continue
-        row.update(clients=len(held), examples=partial.examples, seconds=float(partial.seconds),
+        row.update(clients=len(held), examples=partial.examples, seconds=_seconds(partial.seconds),
                    bytes_up=sum(a.nbytes for a in partial.params.values()) if partial.ref is None else
                    partial.ref.nbytes)
         partials.append((partial, [u for u in mine if u.client in held]))
@@ -201,10 +202,17 @@ def _unmasked(drv: Any, rnd: int, like: Params, g: Gathered,
     return out
 
 
+def _seconds(v: Any) -> float | None:
+    """The aggregator's own timing, as the site says it: kept only if it is a plausible number."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1e7
+    return float(v) if ok else None
+
+
 def _drop(g: Gathered, gone: list[ClientUpdate], why: str | None, left_out: dict[int, str] | None = None) -> None:
     for u in gone:
         g.updates.remove(u)
-        reason = why or (left_out or {}).get(u.client) or "not in its site's partial"
+        said = left_out.get(u.client) if isinstance(left_out, dict) else None  # the site's word: untrusted
+        reason = why or (said[:300] if isinstance(said, str) and said else "not in its site's partial")
         g.failures.append(Failure.of(u.client, u.site, reason))
 
 

@@ -263,7 +263,8 @@ def hostile_partial(draw) -> object:
         return draw(st.sampled_from([ValueError, OSError, MemoryError]))("hostile")
     p = SitePartial("b", RND, 27, [2, 3], params=OrderedDict((k, v.astype(np.float64)) for k, v in GLOBAL.items()))
     for field in draw(st.lists(st.sampled_from(["site", "round", "examples", "clients", "params", "param", "ref",
-                                                "left_out"]), min_size=1, max_size=3, unique=True)):
+                                                "left_out", "seconds", "bytes_in_site"]),
+                               min_size=1, max_size=3, unique=True)):
         if field == "param" and isinstance(p.params, dict):
             p.params[draw(st.sampled_from(["w", "b", "n", "zz"]))] = draw(arrays)
         elif field == "ref":

@@ -212,3 +212,15 @@ def test_a_site_whose_clients_all_failed_is_not_waited_for(tmp_path):
     t.start()
     t.join(30)
     assert not t.is_alive() and [u.site for u in out["r"][0]] == ["a"]
+
+
+@pytest.mark.parametrize("left_out", [["not", "a", "dict"], {1: 12345}, {1: "x" * 10_000}, None])
+def test_what_a_partial_says_of_the_clients_it_left_out_is_checked_before_it_is_recorded(left_out, tmp_path):
+    """The reasons go into the rounds table: anything but a short string is replaced, never a crash."""
+    g = Gathered(updates=[_env(0, "a", 10), _env(1, "a", 30)])
+    p = SitePartial("a", 3, 10, [0], params={"w": np.ones((2, 3), np.float32), "n": np.array(4.0)})
+    p.left_out = left_out
+    contrib, _ = twotier.combine(_drv(tmp_path), 3, LIKE, g, _round({"a": _done(p)}), until=0.0)
+    assert [u.client for u in g.updates] == [0] and len(contrib) == 1
+    (f,) = g.failures
+    assert f.client == 1 and isinstance(f.reason, str) and 0 < len(f.reason) <= 300
