@@ -22,7 +22,6 @@ flow/privacy/secagg.py.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from concurrent.futures import Future, wait
@@ -35,7 +34,7 @@ from fedgrid.apps.store import Ref, fetch
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.rounds import fold
 from fedgrid.flow.rounds.gather import Gathered, accept_within
-from fedgrid.flow.rounds.validate import InvalidUpdate, inside
+from fedgrid.flow.rounds.validate import InvalidUpdate, inside, seconds
 
 Params = dict[str, np.ndarray]
 
@@ -60,7 +59,7 @@ class Settle:
     def accept(self, u: ClientUpdate) -> None:
         with self._lock:
             if not self._resolved:
-                self._accepted[u.client] = (int(u.num_examples), max(int(u.extras.get("steps") or 1), 1))
+                self._accepted[u.client] = (int(u.num_examples), _steps(u))
 
     def done(self, client: int) -> None:
         with self._lock:
@@ -180,7 +179,7 @@ def contribution(drv: Any, p: SitePartial, held: list[ClientUpdate]) -> ClientUp
     `held` (the clients in it): the same sums the strategy would form over those clients."""
     params = {k: v for k, v in p.params.items() if not k.startswith(CONTROL)}
     extras: dict[str, Any] = {"clients": len(held)}
-    steps = [max(int(u.extras.get("steps") or 1), 1) for u in held]
+    steps = [_steps(u) for u in held]
     if drv.strategy.site_weights() == "steps":  # FedNova: sum n_i / tau_i and sum n_i * tau_i
         extras["nova"] = (sum(weight("steps", u.num_examples, s) for u, s in zip(held, steps, strict=True)),
                           float(sum(u.num_examples * s for u, s in zip(held, steps, strict=True))))
@@ -202,10 +201,17 @@ def _unmasked(drv: Any, rnd: int, like: Params, g: Gathered,
     return out
 
 
+def _steps(u: ClientUpdate) -> int:
+    """A client's local steps as the driver accepted them (at least 1: FedNova divides by them)."""
+    return max(int(u.extras.get("steps") or 1), 1)
+
+
 def _seconds(v: Any) -> float | None:
-    """The aggregator's own timing, as the site says it: kept only if it is a plausible number."""
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1e7
-    return float(v) if ok else None
+    """The aggregator's own timing, as the site says it: kept only if it is a valid timing."""
+    try:
+        return seconds("site aggregator seconds", v)
+    except InvalidUpdate:
+        return None
 
 
 def _drop(g: Gathered, gone: list[ClientUpdate], why: str | None, left_out: dict[int, str] | None = None) -> None:

@@ -99,7 +99,7 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
                                 "area of the store")
     if not isinstance(u.timings, dict) or not isinstance(u.extras, dict) or not isinstance(u.params, dict):
         raise InvalidUpdate("rejected: timings, extras and params must be dicts")
-    u.timings = {str(k)[:40]: _seconds(k, v) for k, v in list(u.timings.items())[:16]}
+    u.timings = {str(k)[:40]: seconds(k, v) for k, v in list(u.timings.items())[:16]}
     if "steps" in u.extras:
         limit = budget(u.num_examples) if budget is not None else MAX_EXAMPLES
         u.extras["steps"] = _count(u.extras["steps"], "extras.steps", 0, limit)
@@ -124,7 +124,8 @@ def _digest(ref: Any) -> dict[str, Any]:
     return {"sha256": sha, "nbytes": _count(ref.get("nbytes"), "topk_residual.nbytes", 1, MAX_BYTES)}
 
 
-def _seconds(name: Any, v: Any) -> float:
+def seconds(name: Any, v: Any) -> float:
+    """A timing a site reports, as seconds >= 0 (InvalidUpdate otherwise)."""
     try:
         f = float(v) if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) else None
     except OverflowError:

@@ -40,6 +40,7 @@ class Sink(Protocol):
     """One tracking backend. Every method may raise; the caller retries."""
 
     name: str
+    keeps_artifacts: bool  # whether `finish` stores the files it is given (else none are made for it)
 
     def open(self) -> int:
         """Connect (create or continue this run directory's tracker run); the last step it holds (0: none)."""
@@ -67,7 +68,8 @@ class Tracking:
 
     def close(self, artifacts: Callable[[], list[Path]] | None = None, drain_s: float = 60.0) -> None:
         """The run is over: log what is queued and the artifacts, waiting at most `drain_s` in all."""
-        files = _artifacts(artifacts) if self.feeds else []
+        # the report and the export cost seconds: made only for a tracker that keeps them
+        files = _artifacts(artifacts) if any(f.sink.keeps_artifacts for f in self.feeds) else []
         end = time.monotonic() + drain_s
         for f in self.feeds:
             f.q.put(("finish", files))

@@ -14,6 +14,7 @@ STEP_KEY = "round"  # logged every round: its history tells a resumed run where 
 
 class MLflowSink:
     name = "mlflow"
+    keeps_artifacts = True  # the report's plots and the model, logged at the end
 
     def __init__(self, spec: Any, job_name: str, run_dir: Path):
         local = run_dir / "mlflow"
@@ -40,7 +41,7 @@ class MLflowSink:
             self.experiment, artifact_location=self.artifact_root)
         self.run_id = self._continued(exp_id) or self.client.create_run(
             exp_id, run_name=self.run_dir.name, tags={"fedgrid.run_dir": str(self.run_dir)}).info.run_id
-        self._save()
+        self._save(exp_id)
         self.client.update_run(self.run_id, status="RUNNING")
         return max((int(m.step) for m in self.client.get_metric_history(self.run_id, STEP_KEY)), default=0)
 
@@ -59,13 +60,12 @@ class MLflowSink:
             return None
         return run.info.run_id if run.info.lifecycle_stage == "active" else None
 
-    def _save(self) -> None:
+    def _save(self, exp_id: str) -> None:
         try:
             state = json.loads(self.state.read_text())
         except (OSError, ValueError):
             state = {}
-        state["mlflow"] = {"uri": self.uri, "experiment_id": self.client.get_run(self.run_id).info.experiment_id,
-                           "run_id": self.run_id}
+        state["mlflow"] = {"uri": self.uri, "experiment_id": exp_id, "run_id": self.run_id}
         tmp = self.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.state)

@@ -42,6 +42,7 @@ class TensorBoardSink:
     torch on a thread of its own at start-up, and a second importer would race it)."""
 
     name = "tensorboard"
+    keeps_artifacts = False
 
     def __init__(self, logdir: Path):
         self.logdir = logdir

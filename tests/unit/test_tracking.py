@@ -15,6 +15,7 @@ class Memory:
     """A sink that keeps what it was given; `down` calls fail, `gate` holds every call until set."""
 
     name = "memory"
+    keeps_artifacts = True
 
     def __init__(self, last: int = 0, down: int = 0, gate: threading.Event | None = None):
         self.last, self.down, self.gate = last, down, gate
