@@ -54,6 +54,8 @@ def test_a_tracking_server_that_is_down_never_stops_training(tmp_path, make_job,
     """Nothing listens on the URI: the run trains all its rounds and says tracking fell behind."""
     import logging
 
+    import mlflow.tracking  # noqa: F401 - imported here, so the first refused call comes within the run's seconds
+
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (MLflow's own retries would take minutes)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     job = parse_job(make_job(tmp_path / "down", rounds=2, model="mlp", sites=SITES,
