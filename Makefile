@@ -22,12 +22,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg examples
 
-# the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs).
-# Two pytest workers, a test file each at a time (--dist loadfile keeps a module's shared executors
-# and its order): most of the suite's time is processes starting, which overlaps well; the tests
-# are written to pass on a machine whose cores are busy with something else.
+# the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs)
 test: lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slurm" -n 2 --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slurm"
 
 # fedgrid on a real one-node Slurm cluster (started here: apt install + daemons, needs root) and
 # the batch-site drills: a cancelled block, a walltime, a held queue, the driver as a batch job
