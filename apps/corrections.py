@@ -5,7 +5,14 @@
 - SCAFFOLD (``train.scaffold``): each step's gradient is corrected by ``c - c_i`` (the server's
   control variate minus this client's), which cancels the client's drift toward its own data.
   After training the client's new variate is ``c_i+ = c_i - c + (G - y) / (K * lr)`` (option II of
-  Karimireddy et al. 2020). It never leaves the data plane: it is read from and written back to
+  Karimireddy et al. 2020). With heavy-ball momentum ``mu`` (``train.momentum``) the corrected
+  gradient goes through the momentum buffer, and ``K * lr`` becomes the length of path the
+  optimiser takes per unit of gradient, ``lr * sum_{k=1..K} (1 - mu^k) / (1 - mu)``: the same
+  normalisation FedNova derives for local momentum (Wang et al. 2020, ``||a_i||_1``). For a
+  constant gradient it gives back exactly that gradient, as option II does for plain SGD, so the
+  variates keep estimating gradients however the clients' momentum is set (SCAFFOLD with client
+  momentum: Cheng et al., "Momentum Benefits Non-IID Federated Learning Simply and Provably", ICLR
+  2024, show that momentum helps SCAFFOLD). It never leaves the data plane: it is read from and written back to
   the store (one object per task; the objects the driver's current and previous references name
   are kept, since a checkpoint still being written may need the older one), and only
   ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
@@ -35,6 +42,7 @@ class Corrections:
         self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])) for n in self.params} if (
             self.mu or self.sc) else {}
         self.lr = float(tr["lr"])
+        self.momentum = float(tr.get("momentum") or 0.0)
         self.reset = False
         self.ci: dict[str, np.ndarray] = {}
         self.shift: dict[str, Any] = {}
@@ -77,7 +85,7 @@ class Corrections:
         c = self.sc.get("c") or {}
         new, delta = OrderedDict(), OrderedDict()
         for n, p in self.params.items():
-            drift = (self.anchor[n].numpy() - p.detach().numpy()) / (max(steps, 1) * self.lr)
+            drift = (self.anchor[n].numpy() - p.detach().numpy()) / (path_length(steps, self.momentum) * self.lr)
             new[n] = (self.ci[n] - np.asarray(c.get(n, 0.0), np.float32) + drift).astype(np.float32)
             delta[n] = new[n] - self.ci[n]
         store = Store(self.sc["store"])
@@ -94,3 +102,12 @@ class Corrections:
         for key in store.keys(folder):
             if key not in keep:
                 store.delete(f"{folder}/{key}")
+
+
+def path_length(steps: int, momentum: float) -> float:
+    """``sum_{k=1..K} (1 - mu^k) / (1 - mu)``: how far K heavy-ball steps from a zero buffer move per
+    unit of a constant gradient and of lr (K for plain SGD; about ``K / (1 - mu)`` for long runs)."""
+    k = max(int(steps), 1)
+    if momentum <= 0:
+        return float(k)
+    return (k - momentum * (1 - momentum**k) / (1 - momentum)) / (1 - momentum)

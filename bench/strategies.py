@@ -3,6 +3,8 @@
     python bench/strategies.py [--rounds 30] [--only fedavg,fedprox,...]     # the non-IID sweep
     python bench/strategies.py --tune                                        # the tuning grid (TUNE)
     python bench/strategies.py --byzantine [--rounds 20] [--clean]           # the attack
+    python bench/strategies.py --defaults [--examples quickstart,...] [--only ...] [--keep]
+                                     # every strategy's defaults on every example (bench/defaults.py)
 
 Sweep: Fashion-MNIST, 20 clients, Dirichlet alpha = 0.1 (most clients hold one or two classes),
 cnn, 1 local epoch, lr 0.05, every client every round, on one HTEX site of 2 workers; every
@@ -118,8 +120,12 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="skip runs already in the results with these rounds")
     ap.add_argument("--epochs", type=int, default=1, help="local epochs (non-IID sweep; default the example's 1)")
     ap.add_argument("--fraction", type=float, default=1.0, help="share of clients per round (default all)")
+    ap.add_argument("--defaults", action="store_true", help="every strategy's defaults on every shipped example")
+    ap.add_argument("--examples", default=None, help="with --defaults: which examples (default all)")
     args = ap.parse_args()
     out = REPO / "bench" / "results" / "strategies.json"
+    if args.defaults:
+        return _defaults(args, out)
     res: dict = json.loads(out.read_text()) if out.exists() else {}
     key = "byzantine" if args.byzantine else "non_iid" + (
         f"_e{args.epochs}_f{args.fraction:g}" if (args.epochs, args.fraction) != (1, 1.0) else "")
@@ -158,6 +164,18 @@ def main() -> int:
             print(f"- {n}: " + (f"{last:.4f}, {(last - clean) * 100:+.2f} points against clean FedAvg"
                                 + (f", {(last - own) * 100:+.2f} against its own clean run" if own else "")
                                 if last is not None else f"collapsed ({part[n]['stopped']})"))
+    return 0
+
+
+def _defaults(args: argparse.Namespace, out: Path) -> int:
+    import defaults
+
+    examples = args.examples.split(",") if args.examples else list(defaults.EXAMPLES)
+    strategies = args.only.split(",") if args.only else defaults.STRATEGIES
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fedgrid-defaults-"))
+    part = defaults.sweep(examples, strategies, args.keep, out, work)
+    print(defaults.table(part, examples, strategies))
     return 0
 
 

@@ -210,6 +210,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {args.job}: {e}", file=sys.stderr)
         return 2
+    from fedgrid.flow.config.checks import strategy_advice
+
+    for key, why in strategy_advice(job):
+        print(f"warning: {args.job}: {key}: {why}")
     if warnings and args.strict:
         print(f"error: {len(warnings)} site(s) cannot be set up from this machine (--strict)", file=sys.stderr)
         return 2

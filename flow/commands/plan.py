@@ -76,7 +76,10 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     run_dir = job.run_dir(base)
     line, nbytes = describe_model(job)
     mb = nbytes / 2**20
-    print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}")
+    opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in job.strategy.model_dump(exclude={"name"}).items() if v is not None)
+    print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}"
+          + (f" ({opts})" if opts else ""))
     print(line)
     print(f"data: {datasets.describe(job.data.model_dump())}, {job.data.clients} clients; "
           f"training rows are read only at their site")

@@ -64,6 +64,7 @@ def _check_faults(job: Job, file: str | Path) -> None:
 
 
 def _check_strategy(job: Job, file: str | Path) -> None:
+    STRATEGIES[job.strategy.name].derive(job.strategy, job)
     remote = [s.name for s in job.sites if not s.executor.runs_here()]
     if (keepers := job.client_state()) and remote and not job.store.url:
         raise ConfigError(file, "store.url", f"{' and '.join(keepers)} in the store, and sites {remote} run "
@@ -176,6 +177,12 @@ def _check_data(job: Job, file: str | Path) -> None:
     d = job.data
     if d.dataset == "parquet" and d.test_path and not Path(d.test_path).is_file():
         raise ConfigError(file, "data.test_path", f"parquet file not found: {d.test_path}")
+
+
+def strategy_advice(job: Job) -> list[tuple[str, str]]:
+    """The strategy's warnings about this job: (key, why and what to set), printed by `fedgrid check`
+    and at the start of `fedgrid run`; they never stop a run."""
+    return STRATEGIES[job.strategy.name].advice(job)
 
 
 def import_path(file: str | Path, key: str, path: str, what: str) -> Any:

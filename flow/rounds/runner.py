@@ -114,6 +114,10 @@ def _start_sites(job: Job, run_dir: Path, progress: RunProgress):  # noqa: ANN20
 
     if job.store.url:  # an unusable store fails now, before any batch job is queued
         dataplane.check_store(dataplane.store_url(job.store.url))
+    from fedgrid.flow.config.checks import strategy_advice
+
+    for key, why in strategy_advice(job):
+        progress.say(f"warning: {key}: {why}")
     progress.say(f"{job.name}: starting {len(job.sites)} site(s): "
                  + ", ".join(f"{s.name} ({s.executor.kind}, {s.clients} clients)" for s in job.sites))
     return SiteRuntime(job, run_dir)

@@ -57,6 +57,18 @@ class Strategy:
                                   "rounds to pace (use round.pace: epochs)")
         return None
 
+    @classmethod
+    def derive(cls, opts: Any, job: Any) -> None:
+        """Fill in the options the job file left unset (None) whose right value depends on the rest
+        of the job, such as the clients' optimiser; called once the job is parsed, so the run, its
+        checkpoint and `fedgrid check` all see the values used."""
+
+    @classmethod
+    def advice(cls, job: Any) -> list[tuple[str, str]]:
+        """Warnings about this job: (the job-file key, what will happen and what to set instead),
+        for settings that run but are known to learn much less than FedAvg would."""
+        return []
+
     def __init__(self, opts: StrategyOptions | None = None):
         self.opts = opts if opts is not None else self.Options()
 

@@ -7,22 +7,37 @@ second moment ``v`` whose update is what tells the three apart (subclasses imple
 `second_moment`), then steps ``G' = G + server_lr * m / (sqrt(v) + tau)``. ``m`` starts at 0 and
 ``v`` at ``tau ** 2``, as in the paper; both are the strategy state, checkpointed per round.
 Integer buffers (BatchNorm counters) take the plain weighted mean.
+
+Default server learning rate. ``m / sqrt(v)`` has about the same size whatever the size of the
+clients' updates, so a fixed ``server_lr`` moves every weight by about that much a round however far
+the clients moved: right for one task and ten times too slow or too fast for the next. Reddi et al.
+tuned eta per task on a grid of 10^-3..10^1, and no single value fits fedgrid's examples: 0.01 left
+the quickstart's FedAdagrad at 0.35 against FedAvg's 0.97, 0.03 costs the breast-cancer example 4
+points of AUC (BENCHMARKS.md, the defaults table). So unless the job sets ``server_lr``, round 1
+sets it to ``||delta|| / ||m / (sqrt(v) + tau)||``: the rate at which the first server step is exactly
+as long as FedAvg's (which steps by delta itself), and kept from then on (it is checkpointed with
+the moments). The rule then differs from FedAvg only where it should, in how it rescales each
+coordinate as the rounds go on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Annotated
 
 import numpy as np
 from pydantic import Field
 
+from fedgrid.apps.codec import is_float
 from fedgrid.apps.update import ClientUpdate, Failure
-from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
+from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, step_toward, weighted_mean
+
+log = logging.getLogger("fedgrid")
 
 
 class FedOptOptions(StrategyOptions):
-    server_lr: Annotated[float, Field(gt=0)] = 0.01  # eta
+    server_lr: Annotated[float, Field(gt=0)] | None = None  # eta; None: matched to FedAvg's first step
     beta_1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta_2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: Annotated[float, Field(gt=0)] = 1e-3  # adaptivity: larger is closer to plain SGD on the server
@@ -38,25 +53,53 @@ class FedOpt(Strategy):
         super().__init__(opts)
         self.m: Params = OrderedDict()
         self.v: Params = OrderedDict()
+        self.lr: float | None = self.opts.server_lr
 
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _moments(self, name: str, g: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        o = self.opts
+        m = o.beta_1 * self.m.get(name, np.zeros_like(g)) + (1 - o.beta_1) * delta
+        return m, self.second_moment(self.v.get(name, np.full_like(g, o.tau**2)), delta * delta)
+
+    def _match_fedavg(self, global_params: Params, agg: Params) -> float | None:
+        """The rate at which this round's step is as long as FedAvg's (module docstring)."""
+        step_sq = delta_sq = 0.0
+        for name, g in global_params.items():
+            if is_float(g):
+                delta = np.asarray(agg[name], np.float64) - np.asarray(g, np.float64)
+                m, v = self._moments(name, g, delta)
+                step_sq += float(np.square(m / (np.sqrt(v) + self.opts.tau)).sum())
+                delta_sq += float(np.square(delta).sum())
+        if not (step_sq > 0 and np.isfinite(step_sq) and np.isfinite(delta_sq)):
+            return None  # no movement to match: the next round tries again
+        lr = float(np.sqrt(delta_sq / step_sq))
+        log.info("%s: server_lr %.4g (round 1's step as long as FedAvg's; set strategy.server_lr to fix it)",
+                 self.name, lr)
+        return lr
+
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[Failure]) -> Params:
-        o = self.opts
+        agg = weighted_mean(updates, global_params)
+        if self.lr is None:
+            self.lr = self._match_fedavg(global_params, agg)
+        lr = self.lr or 0.0
 
         def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
-            m = o.beta_1 * self.m.get(name, np.zeros_like(g)) + (1 - o.beta_1) * delta
-            v = self.second_moment(self.v.get(name, np.full_like(g, o.tau**2)), delta * delta)
-            self.m[name], self.v[name] = m, v
-            return g + o.server_lr * m / (np.sqrt(v) + o.tau)
+            self.m[name], self.v[name] = m, v = self._moments(name, g, delta)
+            return g + lr * m / (np.sqrt(v) + self.opts.tau)
 
-        return server_step(updates, global_params, step)
+        return step_toward(global_params, agg, step)
 
     def state(self) -> Params:
-        return OrderedDict([*((f"m/{k}", a) for k, a in self.m.items()), *((f"v/{k}", a) for k, a in self.v.items())])
+        out = OrderedDict([*((f"m/{k}", a) for k, a in self.m.items()), *((f"v/{k}", a) for k, a in self.v.items())])
+        if self.opts.server_lr is None and self.lr is not None:
+            out["lr"] = np.array(self.lr, np.float64)  # the matched rate: a resumed run keeps stepping by it
+        return out
 
     def load_state(self, state: Params) -> None:
         self.m = OrderedDict((k[2:], np.asarray(a, np.float64)) for k, a in state.items() if k.startswith("m/"))
         self.v = OrderedDict((k[2:], np.asarray(a, np.float64)) for k, a in state.items() if k.startswith("v/"))
+        if self.opts.server_lr is None and "lr" in state:
+            self.lr = float(np.asarray(state["lr"]))

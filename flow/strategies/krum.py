@@ -12,7 +12,7 @@ rule scores k/s bucket means (flow/strategies/robust.py); ``byzantine`` then cou
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,6 +35,15 @@ class Krum(RobustStrategy):
     name = "krum"
     Options = KrumOptions
     opts: KrumOptions
+
+    @classmethod
+    def advice(cls, job: Any) -> list[tuple[str, str]]:
+        o = job.strategy
+        if o.name != "krum" or (o.keep or 1) > 1:
+            return []
+        return [("strategy.name", "krum keeps one client's update a round, so each round's model learns from one "
+                 "client's data: expect less accuracy than fedavg (12 points less on the quickstart, BENCHMARKS.md); "
+                 "multikrum averages the k - f most central updates with the same defence (as fedavg there)")]
 
     def scores(self, global_params: Params, updates: list[ClientUpdate]) -> np.ndarray:
         k, f = len(updates), self.opts.byzantine

@@ -15,7 +15,9 @@ was aggregated with, and an object newer than the checkpoint is never used. Each
 a key of its own (an abandoned attempt's late write never replaces an accepted one), and a site
 deletes only its client's objects that neither the current nor the previous reference names: the
 checkpoint being written in the background while the next round trains may still need the
-previous one. Option II assumes plain SGD at the clients, so ``train.momentum`` must be 0.
+previous one. Option II assumes plain SGD at the clients; with ``train.momentum`` the clients'
+momentum runs on the corrected gradient and option II divides by the path the momentum actually
+takes (apps/corrections.py), so the variates still estimate gradients.
 
 Under ``round.aggregate: site`` a client's ``c_i+ - c_i`` stays at its site with its update; the
 site's partial carries its clients' mean delta, and the driver takes their references from the
@@ -50,11 +52,18 @@ class Scaffold(Strategy):
     needs = frozenset({"scaffold"})
 
     @classmethod
-    def check_job(cls, job: Any) -> tuple[str, str] | None:
-        if job.train.momentum:
-            return "train.momentum", (f"scaffold's control-variate update assumes plain SGD at the clients; "
-                                      f"expected 0, got {job.train.momentum:g}")
-        return super().check_job(job)
+    def advice(cls, job: Any) -> list[tuple[str, str]]:
+        """SCAFFOLD's corrections are constant vectors applied at every local step, so they move a
+        client by the whole effective step ``lr / (1 - momentum)`` times K with nothing to damp an
+        error in them; its convergence analysis bounds the local step size (Karimireddy et al. 2020),
+        and the quickstart's momentum 0.9 (effective step 0.5) ran away after round 6."""
+        mu = job.train.momentum
+        if not mu:
+            return []
+        return [("train.momentum", f"scaffold with client momentum {mu:g} moves each client by lr / (1 - momentum) "
+                 f"= {job.train.lr / (1 - mu):.3g} a step, corrections included, which SCAFFOLD's variates may not "
+                 "survive (the quickstart collapsed after round 6); if accuracy falls, set train.momentum: 0 and "
+                 "a train.lr between lr and lr / (1 - momentum) (the quickstart: momentum 0, lr 0.1)")]
 
     def __init__(self, opts: ScaffoldOptions | None = None):
         super().__init__(opts)

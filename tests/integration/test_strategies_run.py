@@ -3,11 +3,15 @@ SCAFFOLD's resume on HTEX)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from fedgrid.flow.config import parse_job
 from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.strategies import STRATEGIES
 
 NON_IID = {"dataset": "digits", "clients": 6, "partition": {"kind": "dirichlet", "alpha": 0.1}}
 IID = {"dataset": "digits", "clients": 6, "partition": {"kind": "iid"}}
@@ -30,17 +34,44 @@ def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over
                               round={"min_clients": 4, "deadline_s": 120}, **over))
 
 
-@pytest.mark.parametrize("name", sorted(set(SETTINGS) - {"fedavg", "fednova"}))  # (those two: test_resume, test_pacing)
-def test_converges_on_non_iid_digits(tmp_path, make_job, name: str) -> None:
-    """The strategies for non-IID data. (The robust rules are not among them: a coordinate-wise
-    median of six clients that each hold one or two classes is a poor model; see the next test.)"""
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+_FEDAVG: dict[str, list[float]] = {}
+
+
+def _quickstart(run_dir: Path, strategy: str, rounds: int = 6):
+    """The quickstart as a user runs it (client momentum 0.9, 5 local epochs), shorter, on threads."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw.update(rounds=rounds, strategy={"name": strategy}, checkpoint={"dir": str(run_dir)},
+               sites=[{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 10}])
+    return parse_job(raw, QUICKSTART)
+
+
+@pytest.fixture
+def fedavg_quickstart(tmp_path_factory) -> list[float]:
     from fedgrid.flow.rounds.runner import run
 
-    rows = run(_job(make_job, tmp_path / "run", name, 6, sites=THREADS), quiet=True).rows
-    assert len(rows) == 6
-    acc = [r["test_accuracy"] for r in rows]
-    assert acc[-1] > 0.55, acc  # 10 classes, each client holding mostly one or two of them
-    assert acc[-1] > acc[0] - 0.05, acc
+    if "acc" not in _FEDAVG:
+        rows = run(_quickstart(tmp_path_factory.mktemp("fedavg"), "fedavg"), quiet=True).rows
+        _FEDAVG["acc"] = [r["test_accuracy"] for r in rows]
+    return _FEDAVG["acc"]
+
+
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - {"fedavg"}))
+def test_every_strategy_learns_with_its_defaults_on_the_quickstart(tmp_path, fedavg_quickstart, name: str) -> None:
+    """Switching `strategy.name` and nothing else must not cost the model (issue 20: FedAvgM's and
+    FedAdagrad's old defaults ended at 0.71 and 0.35 against FedAvg's 0.97). Six rounds: each rule's
+    best round is within 5 points of FedAvg's (single early rounds swing by more), unless `fedgrid
+    check` warns about the rule, and then it must still learn (10 classes: chance is 0.1)."""
+    from fedgrid.flow.config.checks import strategy_advice
+    from fedgrid.flow.rounds.runner import run
+
+    job = _quickstart(tmp_path / "run", name)
+    acc = [r["test_accuracy"] for r in run(job, quiet=True).rows]
+    assert len(acc) == 6
+    if strategy_advice(job):
+        assert max(acc) > 0.3, acc
+    else:
+        assert max(acc) > max(fedavg_quickstart) - 0.05, (acc, fedavg_quickstart)
 
 
 # SCAFFOLD's client variates are written and read by the sites, through the store: its resumed

@@ -47,3 +47,26 @@ def test_scaffold_corrects_each_step_and_keeps_the_client_variate_in_the_store(t
     # the variate it read is kept (the last checkpoint refers to it); older ones are gone
     assert store.keys("state/scaffold/client-000007") == ["round-000001", "round-000004"]
     assert older.uri.endswith("round-000000")
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 0.9])
+def test_scaffold_option_two_recovers_a_constant_gradient_under_client_momentum(tmp_path, mu: float) -> None:
+    """A client whose loss has a constant gradient g: after K steps of torch's momentum SGD the new
+    variate must estimate g itself (c_i = 0, c = 0), whatever the momentum. Dividing by K * lr, as
+    plain option II does, would report g / (1 - mu) for long runs: 10 g at mu 0.9."""
+    from fedgrid.apps.corrections import path_length
+
+    g = torch.tensor([[0.3, -0.2]])
+    m = _model()
+    start = {"weight": m.weight.detach().numpy().copy()}
+    sc = {"c": {}, "store": str(tmp_path), "ci": None, "key": "state/scaffold/client-000001/round-000001"}
+    fix = Corrections({"lr": 0.05, "momentum": mu, "scaffold": sc}, m, start)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=mu)
+    for _ in range(7):
+        opt.zero_grad(set_to_none=True)
+        (m.weight * g).sum().backward()  # d/dw = g, every step
+        fix.apply()
+        opt.step()
+    out = fix.finish(steps=7)
+    np.testing.assert_allclose(out["scaffold_delta_c"]["weight"], g.numpy(), rtol=1e-4)
+    assert path_length(7, 0.0) == 7 and path_length(2, mu) == pytest.approx(2 + mu)
