@@ -55,7 +55,16 @@ TUNE: dict[str, tuple[str, dict]] = {
     "fedyogi lr0.03": ("fedyogi", {"server_lr": 0.03, "tau": 1e-3}),
     "fedprox mu0.1": ("fedprox", {"mu": 0.1}),
     "scaffold lr0.5": ("scaffold", {"server_lr": 0.5}),
+    # issue 20: the server rate matched to FedAvg's first step (the new default), and client momentum
+    "fedadam auto-lr": ("fedadam", {"tau": 1e-3}),
+    "fedavg cm0.9": ("fedavg", {}),
+    "fedadam lr0.03 cm0.9": ("fedadam", {"server_lr": 0.03, "tau": 1e-3}),
+    "fedadam auto-lr cm0.9": ("fedadam", {"tau": 1e-3}),
+    "fedavgm cm0.9": ("fedavgm", {}),
 }
+# client-side changes of some TUNE rows (everything else is the example's): "cm" is client momentum
+CLIENT: dict[str, dict] = {"fedavg cm0.9": {"momentum": 0.9}, "fedadam lr0.03 cm0.9": {"momentum": 0.9},
+                           "fedadam auto-lr cm0.9": {"momentum": 0.9}, "fedavgm cm0.9": {"momentum": 0.9}}
 # Robust rules with server momentum (Karimireddy et al. 2021) or bucketing (2022): s = 2 keeps the
 # bad buckets a minority at 20% bad clients; the trimmed mean must then cut 4 of 10 buckets at each
 # end (beta 0.4)
@@ -82,6 +91,7 @@ def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults:
     job.update(rounds=rounds, faults=faults, checkpoint={"dir": str(work / tag)},
                strategy={"name": name, **settings}, round={"fraction": fraction, "min_clients": 5})
     job["train"]["epochs"] = epochs
+    job["train"].update(CLIENT.get(label, {}))
     from fedgrid.flow.rounds.runner import RoundFailed
 
     t0 = time.perf_counter()
@@ -96,7 +106,7 @@ def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults:
     acc = [r["test_accuracy"] for r in rows] + [None] * (rounds - len(rows))
     print(f"{tag}: {acc[-1]} ({time.perf_counter() - t0:.0f} s){' STOPPED ' + stopped if stopped else ''}",
           file=sys.stderr, flush=True)
-    return {"acc": acc, "seconds": time.perf_counter() - t0, "strategy": name, "settings": settings, "alpha": alpha,
+    return {"acc": acc, "seconds": time.perf_counter() - t0, "strategy": name, "settings": settings, "client": CLIENT.get(label, {}), "alpha": alpha,
             "stopped": stopped}
 
 
@@ -120,10 +130,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="skip runs already in the results with these rounds")
     ap.add_argument("--epochs", type=int, default=1, help="local epochs (non-IID sweep; default the example's 1)")
     ap.add_argument("--fraction", type=float, default=1.0, help="share of clients per round (default all)")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/strategies.json)")
     ap.add_argument("--defaults", action="store_true", help="every strategy's defaults on every shipped example")
     ap.add_argument("--examples", default=None, help="with --defaults: which examples (default all)")
     args = ap.parse_args()
-    out = REPO / "bench" / "results" / "strategies.json"
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / "strategies.json"
     if args.defaults:
         return _defaults(args, out)
     res: dict = json.loads(out.read_text()) if out.exists() else {}
