@@ -61,6 +61,8 @@ TUNE: dict[str, tuple[str, dict]] = {
     "fedadam lr0.03 cm0.9": ("fedadam", {"server_lr": 0.03, "tau": 1e-3}),
     "fedadam auto-lr cm0.9": ("fedadam", {"tau": 1e-3}),
     "fedavgm cm0.9": ("fedavgm", {}),
+    "fedadam lr0.03 cosine": ("fedadam", {"server_lr": 0.03, "tau": 1e-3, "decay": "cosine"}),
+    "fedadam lr0.05 cosine": ("fedadam", {"server_lr": 0.05, "tau": 1e-3, "decay": "cosine"}),
 }
 # client-side changes of some TUNE rows (everything else is the example's): "cm" is client momentum
 CLIENT: dict[str, dict] = {"fedavg cm0.9": {"momentum": 0.9}, "fedadam lr0.03 cm0.9": {"momentum": 0.9},
@@ -106,8 +108,8 @@ def run_one(work: Path, tag: str, label: str, rounds: int, alpha: float, faults:
     acc = [r["test_accuracy"] for r in rows] + [None] * (rounds - len(rows))
     print(f"{tag}: {acc[-1]} ({time.perf_counter() - t0:.0f} s){' STOPPED ' + stopped if stopped else ''}",
           file=sys.stderr, flush=True)
-    return {"acc": acc, "seconds": time.perf_counter() - t0, "strategy": name, "settings": settings, "client": CLIENT.get(label, {}), "alpha": alpha,
-            "stopped": stopped}
+    return {"acc": acc, "seconds": time.perf_counter() - t0, "strategy": name, "settings": settings,
+            "client": CLIENT.get(label, {}), "alpha": alpha, "stopped": stopped}
 
 
 def table(res: dict, names: list[str], rounds: int, key: str) -> None:

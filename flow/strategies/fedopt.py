@@ -23,8 +23,9 @@ coordinate as the rounds go on.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -41,6 +42,10 @@ class FedOptOptions(StrategyOptions):
     beta_1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta_2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: Annotated[float, Field(gt=0)] = 1e-3  # adaptivity: larger is closer to plain SGD on the server
+    # the server rate over the rounds: constant, or cosine annealing (Loshchilov and Hutter, SGDR,
+    # ICLR 2017) from server_lr at round 1 toward 0 at round `decay_rounds` (default: the job's rounds)
+    decay: Literal["none", "cosine"] = "none"
+    decay_rounds: Annotated[int, Field(ge=1)] | None = None
 
 
 class FedOpt(Strategy):
@@ -55,8 +60,22 @@ class FedOpt(Strategy):
         self.v: Params = OrderedDict()
         self.lr: float | None = self.opts.server_lr
 
+    @classmethod
+    def derive(cls, opts: Any, job: Any) -> None:
+        if opts.decay != "none" and opts.decay_rounds is None:
+            opts.decay_rounds = job.rounds
+
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def scale(self, rnd: int) -> float:
+        """The schedule's factor on the server rate in round `rnd` (a function of the round alone,
+        so a resumed run steps as an uninterrupted one)."""
+        o = self.opts
+        if o.decay == "none":
+            return 1.0
+        t = min(max(rnd - 1, 0), (o.decay_rounds or 1))
+        return 0.5 * (1.0 + math.cos(math.pi * t / (o.decay_rounds or 1)))
 
     def _moments(self, name: str, g: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         o = self.opts
@@ -84,7 +103,7 @@ class FedOpt(Strategy):
         agg = weighted_mean(updates, global_params)
         if self.lr is None:
             self.lr = self._match_fedavg(global_params, agg)
-        lr = self.lr or 0.0
+        lr = (self.lr or 0.0) * self.scale(rnd)
 
         def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
             self.m[name], self.v[name] = m, v = self._moments(name, g, delta)

@@ -71,3 +71,12 @@ def test_every_strategy_advice_is_a_key_and_a_line(make_job) -> None:
     for name in STRATEGIES:
         for key, why in strategy_advice(_job(make_job, {"name": name}, momentum=0.0)):
             assert key and "\n" not in why and len(why) > 20
+
+
+def test_cosine_server_rate_runs_over_the_jobs_rounds(make_job) -> None:
+    job = parse_job(make_job(Path("/tmp/r"), rounds=30, strategy={"name": "fedadam", "server_lr": 0.03,
+                                                                  "decay": "cosine"}))
+    assert job.strategy.decay_rounds == 30
+    s = make_strategy(job.strategy)
+    assert s.scale(1) == 1.0 and s.scale(16) == pytest.approx(0.5) and 0 < s.scale(30) < 0.01
+    assert make_strategy(STRATEGIES["fedyogi"].Options(name="fedyogi")).scale(30) == 1.0
