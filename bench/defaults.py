@@ -74,6 +74,29 @@ def _lora_base(work: Path) -> None:
                        check=True, cwd=REPO, env=_env(EXAMPLES["lora"]))
 
 
+def check(example: str, strategy: str, work: Path) -> tuple[int, str, list[str]]:
+    """`fedgrid check` on the run's job: (exit code, its error line, the strategy's warnings)."""
+    ex = EXAMPLES[example]
+    job = _job(ex, strategy, work, f"{example}-{strategy}")
+    done = subprocess.run(["fedgrid", "check", str(job)], cwd=REPO, env=_env(ex), capture_output=True, text=True)
+    warnings = [ln for ln in done.stdout.splitlines() if ln.startswith("warning:")]
+    return done.returncode, (done.stderr.strip().splitlines() or ["?"])[-1], warnings
+
+
+def recheck(part: dict, work: Path) -> None:
+    """Refresh the recorded warnings of runs already made (they depend on the job alone)."""
+    for example, runs in part.items():
+        for strategy, r in runs.items():
+            if "refused" not in r:
+                r["warnings"] = [_generic(w) for w in check(example, strategy, work)[2]]
+
+
+def _generic(line: str) -> str:
+    """A warning without the temporary job file's path."""
+    head, _, rest = line.partition(".yaml: ")
+    return f"warning: {rest}" if rest else line
+
+
 def run_one(example: str, strategy: str, work: Path) -> dict:
     import pyarrow.parquet as pq
 
@@ -83,10 +106,11 @@ def run_one(example: str, strategy: str, work: Path) -> dict:
     tag = f"{example}-{strategy}"
     job = _job(ex, strategy, work, tag)
     env = _env(ex)
-    check = subprocess.run(["fedgrid", "check", str(job)], cwd=REPO, env=env, capture_output=True, text=True)
-    warnings = [ln for ln in check.stdout.splitlines() if ln.startswith("warning:") and "strategy" in ln]
-    if check.returncode:
-        return {"refused": (check.stderr.strip().splitlines() or ["?"])[-1], "warnings": warnings}
+    rc, error, warnings = check(example, strategy, work)
+    warnings = [_generic(w) for w in warnings]
+    if rc:
+        return {"refused": _generic(error.replace("error: ", "warning: ", 1)).replace("warning: ", "", 1),
+                "warnings": warnings}
     t0 = time.perf_counter()
     done = subprocess.run(["fedgrid", "run", str(job), "--fresh"], cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0

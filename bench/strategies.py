@@ -134,6 +134,7 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=1.0, help="share of clients per round (default all)")
     ap.add_argument("--out", default=None, help="results file (default bench/results/strategies.json)")
     ap.add_argument("--defaults", action="store_true", help="every strategy's defaults on every shipped example")
+    ap.add_argument("--recheck", action="store_true", help="with --defaults: refresh the recorded warnings only")
     ap.add_argument("--examples", default=None, help="with --defaults: which examples (default all)")
     args = ap.parse_args()
     out = Path(args.out) if args.out else REPO / "bench" / "results" / "strategies.json"
@@ -187,7 +188,13 @@ def _defaults(args: argparse.Namespace, out: Path) -> int:
     strategies = args.only.split(",") if args.only else defaults.STRATEGIES
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fedgrid-defaults-"))
-    part = defaults.sweep(examples, strategies, args.keep, out, work)
+    if args.recheck:
+        res = json.loads(out.read_text())
+        defaults.recheck(res["defaults"], work)
+        out.write_text(json.dumps(res, indent=1))
+        part = res["defaults"]
+    else:
+        part = defaults.sweep(examples, strategies, args.keep, out, work)
     print(defaults.table(part, examples, strategies))
     return 0
 

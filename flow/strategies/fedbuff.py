@@ -16,7 +16,7 @@ The asynchronous loop (flow/rounds/asynchronous.py) turns each update into its d
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -39,6 +39,19 @@ class FedBuff(Strategy):
     Options = FedBuffOptions
     asynchronous = True
     opts: FedBuffOptions
+
+    @classmethod
+    def advice(cls, job: Any) -> list[tuple[str, str]]:
+        """`rounds` counts server steps, and a step takes only `buffer_size` updates: a job written
+        for synchronous rounds trains on far fewer updates under FedBuff (Fashion-MNIST: 50
+        instead of 200, 2 points below FedAvg after its 10 rounds)."""
+        k, per_round = job.strategy.buffer_size, job.clients_per_round()
+        if k >= per_round:
+            return []
+        return [("rounds", f"fedbuff counts a server step of strategy.buffer_size ({k}) updates as a round, so "
+                 f"rounds: {job.rounds} trains on {job.rounds * k} client updates where synchronous rounds of "
+                 f"{per_round} clients train on {job.rounds * per_round}; for as much training set rounds: "
+                 f"{-(-job.rounds * per_round // k)} (or a larger buffer_size)")]
 
     def weight(self, staleness: int) -> float:
         return (1.0 + staleness) ** -self.opts.staleness_exponent
