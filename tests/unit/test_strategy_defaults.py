@@ -21,9 +21,12 @@ def _job(make_job, strategy: dict, **train):
     return parse_job(make_job(Path("/tmp/r"), strategy=strategy, train={"lr": 0.05, **train}))
 
 
-@pytest.mark.parametrize(("client", "server"), [(0.0, 0.9), (0.9, 0.5), (0.5, 0.5)])
-def test_fedavgm_momentum_follows_the_clients_optimiser(make_job, client: float, server: float) -> None:
-    job = _job(make_job, {"name": "fedavgm"}, momentum=client)
+@pytest.mark.parametrize(("client", "rounds", "server"), [(0.0, 30, 0.9), (0.0, 10, 0.5), (0.9, 30, 0.5),
+                                                        (0.5, 100, 0.5)])
+def test_fedavgm_momentum_follows_the_clients_optimiser_and_the_jobs_length(make_job, client: float, rounds: int,
+                                                                           server: float) -> None:
+    job = parse_job(make_job(Path("/tmp/r"), rounds=rounds, strategy={"name": "fedavgm"},
+                             train={"lr": 0.05, "momentum": client}))
     assert job.strategy.momentum == server
     assert make_strategy(job.strategy).hb.momentum == server
 
