@@ -43,7 +43,8 @@ class FedOptOptions(StrategyOptions):
     beta_2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: Annotated[float, Field(gt=0)] = 1e-3  # adaptivity: larger is closer to plain SGD on the server
     # the server rate over the rounds: constant, or cosine annealing (Loshchilov and Hutter, SGDR,
-    # ICLR 2017) from server_lr at round 1 toward 0 at round `decay_rounds` (default: the job's rounds)
+    # ICLR 2017) from server_lr at round 1 toward 0 at round `decay_rounds` (default: the job's rounds;
+    # rounds past it, from `fedgrid run --rounds +N`, barely move the model: raise decay_rounds too)
     decay: Literal["none", "cosine"] = "none"
     decay_rounds: Annotated[int, Field(ge=1)] | None = None
 
