@@ -10,9 +10,10 @@
   optimiser takes per unit of gradient, ``lr * sum_{k=1..K} (1 - mu^k) / (1 - mu)``: the same
   normalisation FedNova derives for local momentum (Wang et al. 2020, ``||a_i||_1``). For a
   constant gradient it gives back exactly that gradient, as option II does for plain SGD, so the
-  variates keep estimating gradients however the clients' momentum is set (SCAFFOLD with client
-  momentum: Cheng et al., "Momentum Benefits Non-IID Federated Learning Simply and Provably", ICLR
-  2024, show that momentum helps SCAFFOLD). It never leaves the data plane: it is read from and written back to
+  variates keep estimating gradients however the clients' momentum is set. (Cheng et al.,
+  "Momentum Benefits Non-IID Federated Learning Simply and Provably", ICLR 2024, add momentum to
+  SCAFFOLD differently, mixing the server's last direction into each step: not built.)
+  The variate never leaves the data plane: it is read from and written back to
   the store (one object per task; the objects the driver's current and previous references name
   are kept, since a checkpoint still being written may need the older one), and only
   ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
