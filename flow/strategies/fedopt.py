@@ -72,26 +72,31 @@ class FedOpt(Strategy):
     def scale(self, rnd: int) -> float:
         """The schedule's factor on the server rate in round `rnd` (a function of the round alone,
         so a resumed run steps as an uninterrupted one)."""
-        o = self.opts
-        if o.decay == "none":
+        if self.opts.decay == "none":
             return 1.0
-        t = min(max(rnd - 1, 0), (o.decay_rounds or 1))
-        return 0.5 * (1.0 + math.cos(math.pi * t / (o.decay_rounds or 1)))
+        last = self.opts.decay_rounds or 1
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(rnd - 1, 0), last) / last))
 
-    def _moments(self, name: str, g: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        o = self.opts
-        m = o.beta_1 * self.m.get(name, np.zeros_like(g)) + (1 - o.beta_1) * delta
-        return m, self.second_moment(self.v.get(name, np.full_like(g, o.tau**2)), delta * delta)
-
-    def _match_fedavg(self, global_params: Params, agg: Params) -> float | None:
-        """The rate at which this round's step is as long as FedAvg's (module docstring)."""
-        step_sq = delta_sq = 0.0
+    def _update_moments(self, global_params: Params, agg: Params) -> tuple[float, float]:
+        """Move ``m`` and ``v`` by this round's pseudo-gradient; returns the squared lengths of the
+        unscaled step ``m / (sqrt(v) + tau)`` and of FedAvg's step ``delta``, which the rate match
+        needs (summed only while the rate is still unknown)."""
+        o, step_sq, delta_sq = self.opts, 0.0, 0.0
         for name, g in global_params.items():
-            if is_float(g):
-                delta = np.asarray(agg[name], np.float64) - np.asarray(g, np.float64)
-                m, v = self._moments(name, g, delta)
-                step_sq += float(np.square(m / (np.sqrt(v) + self.opts.tau)).sum())
+            if not is_float(g):
+                continue
+            g64 = np.asarray(g, np.float64)
+            delta = np.asarray(agg[name], np.float64) - g64
+            m = o.beta_1 * self.m.get(name, np.zeros_like(g64)) + (1 - o.beta_1) * delta
+            self.m[name] = m
+            self.v[name] = v = self.second_moment(self.v.get(name, np.full_like(g64, o.tau**2)), delta * delta)
+            if self.lr is None:
+                step_sq += float(np.square(m / (np.sqrt(v) + o.tau)).sum())
                 delta_sq += float(np.square(delta).sum())
+        return step_sq, delta_sq
+
+    def _match_fedavg(self, step_sq: float, delta_sq: float) -> float | None:
+        """The rate at which this round's step is as long as FedAvg's (module docstring)."""
         if not (step_sq > 0 and np.isfinite(step_sq) and np.isfinite(delta_sq)):
             return None  # no movement to match: the next round tries again
         lr = float(np.sqrt(delta_sq / step_sq))
@@ -102,15 +107,12 @@ class FedOpt(Strategy):
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[Failure]) -> Params:
         agg = weighted_mean(updates, global_params)
+        lengths = self._update_moments(global_params, agg)
         if self.lr is None:
-            self.lr = self._match_fedavg(global_params, agg)
-        lr = (self.lr or 0.0) * self.scale(rnd)
-
-        def step(name: str, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
-            self.m[name], self.v[name] = m, v = self._moments(name, g, delta)
-            return g + lr * m / (np.sqrt(v) + self.opts.tau)
-
-        return step_toward(global_params, agg, step)
+            self.lr = self._match_fedavg(*lengths)
+        lr, tau = (self.lr or 0.0) * self.scale(rnd), self.opts.tau
+        return step_toward(global_params, agg,
+                           lambda name, g, delta: g + lr * self.m[name] / (np.sqrt(self.v[name]) + tau))
 
     def state(self) -> Params:
         out = OrderedDict([*((f"m/{k}", a) for k, a in self.m.items()), *((f"v/{k}", a) for k, a in self.v.items())])
