@@ -74,13 +74,12 @@ def _lora_base(work: Path) -> None:
                        check=True, cwd=REPO, env=_env(EXAMPLES["lora"]))
 
 
-def check(example: str, strategy: str, work: Path) -> tuple[int, str, list[str]]:
-    """`fedgrid check` on the run's job: (exit code, its error line, the strategy's warnings)."""
-    ex = EXAMPLES[example]
-    job = _job(ex, strategy, work, f"{example}-{strategy}")
+def check(ex: Example, job: Path) -> tuple[int, str, list[str]]:
+    """`fedgrid check` on a run's job file: (exit code, its error, its warnings), without the
+    temporary file's path."""
     done = subprocess.run(["fedgrid", "check", str(job)], cwd=REPO, env=_env(ex), capture_output=True, text=True)
-    warnings = [ln for ln in done.stdout.splitlines() if ln.startswith("warning:")]
-    return done.returncode, (done.stderr.strip().splitlines() or ["?"])[-1], warnings
+    warnings = [f"warning: {_strip(ln)}" for ln in done.stdout.splitlines() if ln.startswith("warning:")]
+    return done.returncode, _strip((done.stderr.strip().splitlines() or ["?"])[-1]), warnings
 
 
 def recheck(part: dict, work: Path) -> None:
@@ -88,13 +87,15 @@ def recheck(part: dict, work: Path) -> None:
     for example, runs in part.items():
         for strategy, r in runs.items():
             if "refused" not in r:
-                r["warnings"] = [_generic(w) for w in check(example, strategy, work)[2]]
+                ex = EXAMPLES[example]
+                r["warnings"] = check(ex, _job(ex, strategy, work, f"{example}-{strategy}"))[2]
 
 
-def _generic(line: str) -> str:
-    """A warning without the temporary job file's path."""
-    head, _, rest = line.partition(".yaml: ")
-    return f"warning: {rest}" if rest else line
+def _strip(line: str) -> str:
+    """A message of `fedgrid check` without its "error: " or "warning: " and the job file's path."""
+    text = line.split(": ", 1)[1] if line.startswith(("error: ", "warning: ")) else line
+    _, sep, rest = text.partition(".yaml: ")
+    return rest if sep else text
 
 
 def run_one(example: str, strategy: str, work: Path) -> dict:
@@ -105,14 +106,12 @@ def run_one(example: str, strategy: str, work: Path) -> dict:
         _lora_base(work)
     tag = f"{example}-{strategy}"
     job = _job(ex, strategy, work, tag)
-    env = _env(ex)
-    rc, error, warnings = check(example, strategy, work)
-    warnings = [_generic(w) for w in warnings]
+    rc, error, warnings = check(ex, job)
     if rc:
-        return {"refused": _generic(error.replace("error: ", "warning: ", 1)).replace("warning: ", "", 1),
-                "warnings": warnings}
+        return {"refused": error, "warnings": warnings}
     t0 = time.perf_counter()
-    done = subprocess.run(["fedgrid", "run", str(job), "--fresh"], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(["fedgrid", "run", str(job), "--fresh"], cwd=REPO, env=_env(ex), capture_output=True,
+                          text=True)
     seconds = time.perf_counter() - t0
     rows = work / tag / "rounds.parquet"
     series = pq.read_table(rows).column(ex.metric).to_pylist() if rows.exists() else []
@@ -157,8 +156,7 @@ def table(res: dict, examples: list[str], strategies: list[str]) -> str:
             base = (res.get(e, {}).get("fedavg") or {}).get("final")
             cells.append(cell(EXAMPLES[e], res.get(e, {}).get(s), base))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    notes = sorted({(s, _generic(r["refused"].replace("error: ", "", 1)).replace("warning: ", "", 1)
-                     if "refused" in r else "; ".join(r["warnings"]))
+    notes = sorted({(s, _strip(r["refused"]) if "refused" in r else "; ".join(r["warnings"]))
                     for e in examples for s, r in res.get(e, {}).items()
                     if s in strategies and ("refused" in r or r.get("warnings"))})
     return "\n".join(lines + [""] + [f"- {s}: {why}" for s, why in notes])
