@@ -96,11 +96,33 @@ class Work:
     clients to its deadline: train that many optimiser steps instead of `epochs` epochs.
     """
 
-    round: int
+    round: int  # the round this training is for, 1 .. rounds
     seed: int  # for this client's shuffling this round (differs per round, client and draw)
     settings: dict[str, Any]
     global_params: Params
+    # the job's round target and the round it was set at, each time it changed (a run extended by
+    # ``--rounds +N`` at round 10 of 10: ((0, 10), (10, 10 + N))); `rounds` is the current target
+    horizon: tuple[tuple[int, int], ...] = ()
     _fix: Any = None
+
+    @property
+    def rounds(self) -> int:
+        """The job's target round count as it stands now (raised by ``fedgrid run --rounds +N``)."""
+        return int(self.horizon[-1][1]) if self.horizon else self.round
+
+    @property
+    def personal(self) -> bool:
+        """This call trains the client's Ditto personal model (not the model it sends): a client
+        that keeps optimizer state may keep a second one for it."""
+        return bool(self.settings.get("personal"))
+
+    def schedule(self, start: float, end: float = 0.0, shape: str = "cosine") -> float:
+        """A value annealed over the job's rounds (a learning rate, a temperature): `start` at
+        round 1, toward `end` at the last round, ``cosine`` or ``linear``. When the target changes
+        (``--rounds +N``) the schedule continues from the value it had reached and anneals over
+        the new rounds, instead of jumping; it is a function of the round and the run's recorded
+        targets only, so every worker and every resume gives the same value."""
+        return anneal(self.round, self.horizon or ((0, max(self.round, 1)),), start, end, shape)
 
     @property
     def epochs(self) -> int:
@@ -158,9 +180,42 @@ class Work:
         return need
 
 
+def anneal(rnd: int, horizon: tuple[tuple[int, int], ...] | list, start: float, end: float, shape: str) -> float:
+    """Work.schedule's value at round `rnd` over the phases of `horizon` ((from, target), ...):
+    each phase anneals from the value its predecessor gave the last round it ran."""
+    if shape not in ("cosine", "linear"):
+        raise ValueError(f"schedule shape {shape!r}: expected cosine or linear")
+    value = float(start)
+    for i, (since, target) in enumerate(horizon):
+        nxt = horizon[i + 1][0] if i + 1 < len(horizon) else None
+        at = rnd if nxt is None or rnd <= nxt else nxt  # this phase's value at rnd, or at its last round
+        p = min(max((at - 1 - since) / max(target - since, 1), 0.0), 1.0)
+        f = (1 + math.cos(math.pi * p)) / 2 if shape == "cosine" else 1 - p
+        reached = end + (value - end) * f
+        if nxt is None or rnd <= nxt:
+            return reached
+        value = reached
+    return value
+
+
 class Client:
     """Subclass this (or write a class with the same methods). `supports` names the HOOKS the
-    training loop honours; a job whose strategy needs another is refused at ``fedgrid check``."""
+    training loop honours; a job whose strategy needs another is refused at ``fedgrid check``.
+
+    A client that keeps state between rounds (optimizer moments, a scheduler, an RNG, counters)
+    defines two more methods, and fedgrid makes that state exact across rounds, workers and
+    resumes (see apps/sitestate.py)::
+
+        def get_state(self):                   # after train: arrays, numbers, strings, and dicts/lists of them
+            return {"opt": self.opt.state_dict(), "rng": self.rng.bit_generator.state}
+
+        def set_state(self, state):            # before train, when this object holds another version
+            self.opt.load_state_dict(state["opt"])
+            self.rng.bit_generator.state = state["rng"]
+
+    Whatever influences training and is not in the params or in get_state() is not kept exactly:
+    the object that runs a client may be another worker's, or new.
+    """
 
     supports: ClassVar[frozenset[str] | set[str]] = frozenset()
 

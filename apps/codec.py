@@ -14,9 +14,15 @@ deltas are small and centred on zero, so they quantise and sparsify well), encod
   go dense, as in Deep Gradient Compression (Lin et al., ICLR 2018): they cost few bytes, and
   cutting 1% out of a 10-element bias leaves one value.
 
-Non-float tensors (BatchNorm counters) always travel as they are. The payload is a flat dict of
-numpy arrays (``name``, ``name/scale``, ``name/idx``, ``name/val``), so it pickles compactly and
-goes through the store unchanged when it is too big to ride inline. ``compression.down: fp16``
+Statistics buffers and counters (apps/kinds.py: BatchNorm's running mean and variance,
+``num_batches_tracked``) always travel whole and exact, as their own values in their own dtype
+(``name/value``; counters under ``name``): they are small, are not a delta that errors can be fed
+back into, and the driver takes their plain mean, so a sparsified or quantised running variance
+would simply be wrong (top-k would leave most of a layer's variances at the old global's). Which
+names those are, the driver says (the task's ``compress["exact"]``); without a list they are
+inferred from names and dtypes. The payload is a flat dict of numpy arrays (``name``,
+``name/scale``, ``name/idx``, ``name/val``, ``name/value``), so it pickles compactly and goes
+through the store unchanged when it is too big to ride inline. ``compression.down: fp16``
 sends the global model in half precision; clients train from its float32 upcast.
 
 Everything here runs on both sides: `encode` at the site, `decode` on the driver.
@@ -25,8 +31,11 @@ Everything here runs on both sides: `encode` at the site, `decode` on the driver
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 
 import numpy as np
+
+from fedgrid.apps.kinds import buffers, infer_kinds
 
 Params = dict[str, np.ndarray]
 CODECS = ("none", "fp16", "int8", "topk")
@@ -40,16 +49,22 @@ def is_float(a: np.ndarray) -> bool:
 
 
 def encode(params: Params, base: Params, codec: str, topk_fraction: float = 0.01,
-           residual: Params | None = None, seed: int = 0, dense_below: int = 0) -> tuple[Params, Params]:
+           residual: Params | None = None, seed: int = 0, dense_below: int = 0,
+           exact: Collection[str] | None = None) -> tuple[Params, Params]:
     """The payload for ``params`` trained from ``base``, and the new error-feedback residual
-    (top-k only: what was not sent this round, to add next round; empty otherwise)."""
+    (top-k only: what was not sent this round, to add next round; empty otherwise). `exact`: the
+    statistics and counters, sent as they are (None: inferred, apps/kinds.infer_kinds)."""
     out: Params = OrderedDict()
     left: Params = OrderedDict()
     rng = np.random.default_rng(seed)
+    whole = set(exact) if exact is not None else set(buffers(infer_kinds(params)))
     for name, x in params.items():
         x = np.asarray(x)
         if not is_float(x):
             out[name] = x
+            continue
+        if name in whole:
+            out[f"{name}/value"] = x  # the statistic itself: nothing to quantise, nothing to feed back
             continue
         delta = x.astype(np.float32) - np.asarray(base[name], np.float32)
         if codec == "fp32":
@@ -85,8 +100,9 @@ def encode(params: Params, base: Params, codec: str, topk_fraction: float = 0.01
 
 
 def decode(payload: Params, base: Params, codec: str) -> Params:
-    """The client's params again: ``base + delta`` in the base's dtype (non-float tensors as sent).
-    Raises ValueError for a payload that does not fit the base (a missing or misshapen tensor)."""
+    """The client's params again: ``base + delta`` in the base's dtype (non-float tensors as sent,
+    statistics sent whole as ``name/value`` taken as they are). Raises ValueError for a payload
+    that does not fit the base (a missing or misshapen tensor)."""
     out: Params = OrderedDict()
     for name, g in base.items():
         g = np.asarray(g)
@@ -94,6 +110,12 @@ def decode(payload: Params, base: Params, codec: str) -> Params:
             if name not in payload:
                 raise ValueError(f"compressed update lacks tensor {name!r}")
             out[name] = np.asarray(payload[name])
+            continue
+        if f"{name}/value" in payload:
+            value = np.asarray(payload[f"{name}/value"])
+            if value.size != g.size:
+                raise ValueError(f"compressed update: {name!r} has {value.size} values, the model {g.size}")
+            out[name] = value.reshape(g.shape).astype(g.dtype, copy=False)
             continue
         try:
             if codec in ("fp16", "fp32") or (codec == "topk" and name in payload):

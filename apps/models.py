@@ -55,20 +55,33 @@ def factory_arguments(factory: Any, input_shape: tuple[int, ...], num_classes: i
     return args
 
 
+NORMS = ("none", "batch")
+
+
 def _cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] = (16, 32),
-         hidden: int = 64):
+         hidden: int = 64, norm: str = "none"):
     """Two 3x3 conv blocks and two dense layers; ~105k params on 28x28, ~12k on 8x8.
 
     Padding keeps 8x8 digits usable (8 -> 4 -> 2) as well as 28x28 images (28 -> 14 -> 7).
+    ``norm: batch`` puts a BatchNorm2d after each convolution: the built-in model with statistics
+    buffers (running mean and variance, a batch counter), which the server rules must average
+    rather than step (apps/kinds.py). Only after the convolutions, where each channel has H x W
+    values, so a last batch of one example still trains.
     """
     from torch import nn
 
+    if norm not in NORMS:
+        raise ValueError(f"model cnn: norm must be one of {list(NORMS)}, got {norm!r}")
     c_in, h, w = (input_shape if len(input_shape) == 3 else (1, *input_shape[-2:]))
     c1, c2 = channels
+
+    def block(c_from: int, c_to: int) -> list[nn.Module]:
+        bn = [nn.BatchNorm2d(c_to)] if norm == "batch" else []
+        return [nn.Conv2d(c_from, c_to, 3, padding=1), *bn, nn.ReLU(), nn.MaxPool2d(2)]
+
     return nn.Sequential(
         nn.Unflatten(1, (c_in, h, w)) if len(input_shape) != 3 else nn.Identity(),
-        nn.Conv2d(c_in, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        *block(c_in, c1), *block(c1, c2),
         nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )
 

@@ -141,6 +141,15 @@ def decode(buf: bytes | bytearray | memoryview) -> OrderedDict[str, np.ndarray]:
     return out
 
 
+def _digest(bufs: list[Any]) -> tuple[str, int]:
+    """sha256 and size of an object given as its buffers."""
+    h, size = hashlib.sha256(), 0
+    for b in bufs:
+        h.update(b)
+        size += len(b) if isinstance(b, bytes) else b.nbytes
+    return h.hexdigest(), size
+
+
 class Store:
     """Objects under one root URL; keys are relative paths such as ``round-000003/global``."""
 
@@ -154,10 +163,18 @@ class Store:
 
     def put(self, params: dict[str, np.ndarray], key: str) -> Ref:
         bufs = encode(params)
-        h, size = hashlib.sha256(), 0
-        for b in bufs:
-            h.update(b)
-            size += len(b) if isinstance(b, bytes) else b.nbytes
+        sha, size = _digest(bufs)
+        return self._write(bufs, key, sha, size)
+
+    def put_addressed(self, params: dict[str, np.ndarray], folder: str) -> Ref:
+        """Write an object under its own sha256 inside `folder`: two writers of different
+        contents never replace each other (an abandoned attempt cannot overwrite an accepted
+        version), and a reference names its key by its digest."""
+        bufs = encode(params)
+        sha, size = _digest(bufs)
+        return self._write(bufs, f"{folder}/{sha}", sha, size)
+
+    def _write(self, bufs: list[Any], key: str, sha: str, size: int) -> Ref:
         uri = self._uri(key)
         if self.remote:
             with self._fs.open(uri, "wb") as f:
@@ -170,7 +187,7 @@ class Store:
             with open(tmp, "wb") as f:
                 f.writelines(bufs)
             os.replace(tmp, path)  # readers never see a half-written object
-        return Ref(uri, h.hexdigest(), size)
+        return Ref(uri, sha, size)
 
     def get(self, key: str) -> OrderedDict[str, np.ndarray] | None:
         """An object by key, or None when there is none (a site's own state, such as a

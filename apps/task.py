@@ -20,7 +20,8 @@ class TrainTask:
     (``prox_mu``, ``scaffold``, a paced ``steps`` budget, ``secagg``). `params` is the global model:
     arrays inline, a `Ref` into the store, or None for a warm-up task. The optional blocks are set
     only when the job uses the feature: a fault drill (`faults`), the data plane (`store`,
-    `ref_above`, `update_key`), local DP (`dp`), update compression (`compress`).
+    `ref_above`, `update_key`), local DP (`dp`), update compression (`compress`), client state and
+    personalization (`keep`, see :mod:`fedgrid.apps.sitestate`).
     """
 
     client: int
@@ -42,6 +43,12 @@ class TrainTask:
     dp: dict[str, Any] | None = None
     compress: dict[str, Any] | None = None
     sum_at_site: bool = False  # round.aggregate: site: the update (and its count) goes to the site's store
+    # the job's round target and the round it was set at, each time it changed (``--rounds +N``
+    # raises it): ((0, 10), (10, 13)); a schedule over rounds (Work.schedule) continues across them
+    horizon: tuple[tuple[int, int], ...] = ()
+    # client state (apps/sitestate.py): the store and folder of this client's versions, the version
+    # to start from ("have": {sha256, nbytes} or None), versions to keep, personal layers, Ditto
+    keep: dict[str, Any] | None = None
 
 
 def model_spec(name: str, input_shape: tuple[int, ...] | list[int], num_classes: int,

@@ -15,20 +15,21 @@ import importlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from fedgrid.apps import codec, faults
+from fedgrid.apps import codec, faults, sitestate
 from fedgrid.apps.client import Context, Evaluation, Fit, Work
 from fedgrid.apps.store import Ref, Store, StoreError, fetch
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.update import ClientEvaluation, ClientUpdate
 
-_CLIENTS: dict[tuple, Any] = {}
 _GLOBAL: dict[str, Any] = {}  # sha256 -> params: the round's global model, fetched once per worker
 _GLOBAL_LOCK = threading.Lock()
 
@@ -55,10 +56,23 @@ def call_client(method: Any, *args: Any) -> Any:
         raise ClientCodeError(f"{type(e).__name__}: {e}{where}", traceback.format_exc()) from None
 
 
-def load_class(path: str) -> type:
-    """The class a ``module:Class`` path names (``fedgrid check`` has already vetted it)."""
+def load_class(path: str, python_path: list[str] | tuple[str, ...] = ()) -> type:
+    """The class a ``module:Class`` path names (``fedgrid check`` has already vetted it), imported
+    after ``client.python_path`` is on this process's path: the job's code may be a package the
+    site's environment does not install. An ImportError is left as it is, not a ClientCodeError:
+    the driver's warm-up tells an unimportable client from one whose code raised by it."""
+    use_python_path(python_path)
     mod, _, attr = path.partition(":")
     return getattr(importlib.import_module(mod), attr)
+
+
+def use_python_path(dirs: list[str] | tuple[str, ...]) -> None:
+    """Put the directories not yet on sys.path first on it, in order. They stay for the process's
+    life: a client module may import its siblings later, at its first train, and one worker serves
+    every client of its site."""
+    if new := [d for d in dirs if d not in sys.path]:
+        sys.path[:0] = new
+        importlib.invalidate_caches()  # a finder may have cached that a directory had no such module
 
 
 def context(task: TrainTask) -> Context:
@@ -66,15 +80,50 @@ def context(task: TrainTask) -> Context:
                    options=task.code.get("options") or {})
 
 
-def site_client(task: TrainTask) -> Any:
-    """This worker's object for the task's client (made on its first task, kept across rounds)."""
+def _slot(task: TrainTask) -> sitestate.Slot:
+    """This worker's slot for the task's client: its object (made on first use, kept across
+    rounds up to ``train.keep_clients`` objects) and the state version the object holds."""
     # per thread too: a `local` site runs several clients at once in one process
     key = (threading.get_ident(), task.code["path"], task.client, task.clients, task.seed, task.site,
            json.dumps(task.data, sort_keys=True, default=str),
            json.dumps(task.code.get("options") or {}, sort_keys=True, default=str))
-    if key not in _CLIENTS:
-        _CLIENTS[key] = call_client(load_class(task.code["path"]), context(task))
-    return _CLIENTS[key]
+    return sitestate.slot(key, lambda: _make(task), int(task.train.get("keep_clients") or sitestate.KEEP_CLIENTS))
+
+
+def _make(task: TrainTask) -> Any:
+    return call_client(load_class(task.code["path"], task.code.get("python_path") or ()), context(task))
+
+
+def site_client(task: TrainTask) -> Any:
+    """This worker's object for the task's client, at the state version the task names."""
+    apply_threads(int(task.train.get("threads") or 1))
+    s = _slot(task)
+    sitestate.enter(s, task.keep, lambda: _make(task), call_client)
+    return s.client
+
+
+_THREADS: list[int] = []
+
+
+def apply_threads(n: int) -> None:
+    """``train.threads`` for every client, before any of its code runs: OpenMP/BLAS pools read
+    their variables when they start (torch imported later by client code included), torch's own
+    pool is set if torch is already in, and BLAS libraries already loaded are limited in place.
+    Without it a worker's first task runs with as many threads as the node has cores, on a
+    worker that was given one."""
+    if [n] == _THREADS:
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # numpy's BLAS then keeps the threads it started with
+        pass
+    _THREADS[:] = [n]
 
 
 class BaseMismatch(ValueError):
@@ -204,7 +253,8 @@ def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
 def _work(task: TrainTask, start: dict[str, np.ndarray]) -> Work:
     # an asynchronous client may train twice from the same global model: `draw` tells the two apart
     seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
-    return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=task.train, global_params=start)
+    return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=task.train, global_params=start,
+                horizon=task.horizon)
 
 
 def batch_job() -> str | None:
@@ -213,30 +263,41 @@ def batch_job() -> str | None:
 
 
 def train_client(task: TrainTask) -> ClientUpdate:
-    """One client's round: its client code trains from the global params; the update goes back."""
+    """One client's round: its client code trains from the global params (and from the client's
+    state, at the version the task names); the update and the new state's digest go back."""
     started = time.time()
     t0 = time.perf_counter()
     faults.before_training(task)
-    client = site_client(task)
+    apply_threads(int(task.train.get("threads") or 1))
+    s = _slot(task)
+    kept = sitestate.enter(s, task.keep, lambda: _make(task), call_client)
+    client = s.client
     check_base(client, task.code.get("base"))
     cold = bool(getattr(client, "cold", False))
     start = codec.up_from_down(global_params(task.params))  # float32 again if it came down in fp16
-    work = _work(task, start)
+    mine = sitestate.with_personal(start, kept)
+    work = _work(task, mine)
     if missing := work.needs() - set(getattr(client, "supports", ())):
         raise RuntimeError(f"client {task.code['path']} does not support {sorted(missing)}, which this round needs")
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    fit = checked_fit(call_client(client.train, start, work), start, work)
+    if task.keep is not None:
+        s.version = sitestate.DIRTY  # until its new state is written: a failure half way is no version
+    fit = checked_fit(call_client(client.train, mine, work), mine, work)
     faults.after_training(task, time.perf_counter() - t1)
     t_train = time.perf_counter() - t1
-    params = fit.params
+    params = sitestate.split_personal(fit.params, start, (task.keep or {}).get("personal") or [], kept)
     faults.tamper(task, start, params)
     if not all(np.isfinite(a).all() for a in params.values()):
         raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); "
                                  f"lower train.lr")
+    if (task.keep or {}).get("ditto"):
+        _ditto(task, client, kept, mine)
     t2 = time.perf_counter()
     extras = work.finish(int(fit.steps))
+    if task.keep is not None:
+        extras["state"] = sitestate.leave(s, task.keep, call_client)
     n = int(fit.num_examples)
     params, used, wire, sent = outgoing(task, params, start, n)
     params, ref = send_back(task, params, extras)
@@ -252,16 +313,53 @@ def train_client(task: TrainTask) -> ClientUpdate:
     )
 
 
+def _ditto(task: TrainTask, client: Any, kept: sitestate.Kept, mine: dict[str, np.ndarray]) -> None:
+    """Ditto's personal model: trained by the client's own loop from where it was (the global
+    model on the client's first round), with FedProx's term pulling it toward this round's global
+    model; kept at the site, never sent."""
+    d = task.keep["ditto"]
+    if "prox" not in set(getattr(client, "supports", ())):
+        raise RuntimeError(f"client {task.code['path']} does not support 'prox', which personal.ditto needs")
+    settings = {**task.train, "prox_mu": float(d["lam"]), "epochs": int(d["epochs"]), "steps": None,
+                "scaffold": None, "personal": True}
+    seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw, 0xD1770])
+    work = Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=settings, global_params=mine,
+                horizon=task.horizon)
+    start = OrderedDict((n, kept.ditto.get(n, a)) for n, a in mine.items())
+    # (no work.finish: a client may honour prox_mu in its own loop, and `supports` says it does)
+    fit = checked_fit(call_client(client.train, start, work), mine, work)
+    kept.ditto = OrderedDict((n, np.array(a, copy=True)) for n, a in fit.params.items())
+
+
 def evaluate_client(task: TrainTask) -> ClientEvaluation:
     """One client's federated evaluation: its client code evaluates the global params on its own
-    held-out data; only the example count and the metrics go back."""
+    held-out data; only the example count and the metrics go back. A personalized run also
+    evaluates the client's own model (its personal layers in the global model, or Ditto's
+    personal model) and reports it as ``personal_<metric>``, so the row shows what
+    personalization buys beside the global model."""
     t0 = time.perf_counter()
-    client = site_client(task)
-    check_base(client, task.code.get("base"))
-    ev = call_client(client.evaluate, codec.up_from_down(global_params(task.params)))
+    apply_threads(int(task.train.get("threads") or 1))
+    s = _slot(task)
+    kept = sitestate.enter(s, task.keep, lambda: _make(task), call_client)
+    check_base(s.client, task.code.get("base"))
+    if task.keep is not None and sitestate.stateful(s.client):
+        s.version = sitestate.DIRTY  # evaluate() may touch what get_state() returns: reload before training
+    start = codec.up_from_down(global_params(task.params))
+    n, metrics = _evaluated(s.client, start)
+    keep = task.keep or {}
+    if keep.get("personal") or keep.get("ditto"):
+        own = sitestate.with_personal(start, kept)
+        if kept.ditto:
+            own = OrderedDict((k, kept.ditto.get(k, a)) for k, a in start.items())
+        metrics.update({f"personal_{k}": v for k, v in _evaluated(s.client, own)[1].items()})
+    return ClientEvaluation(client=task.client, site=task.site, round=task.round, num_examples=n,
+                            metrics=metrics, seconds=time.perf_counter() - t0)
+
+
+def _evaluated(client: Any, params: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
+    ev = call_client(client.evaluate, params)
     if not isinstance(ev, Evaluation):
         raise TypeError(f"client evaluate() returned {type(ev).__name__}, expected fedgrid.client.Evaluation")
     if isinstance(ev.num_examples, bool) or not isinstance(ev.num_examples, int | np.integer) or ev.num_examples <= 0:
         raise ValueError(f"client evaluate() returned num_examples {ev.num_examples!r}, expected an int > 0")
-    return ClientEvaluation(client=task.client, site=task.site, round=task.round, num_examples=int(ev.num_examples),
-                            metrics=dict(ev.metrics), seconds=time.perf_counter() - t0)
+    return int(ev.num_examples), dict(ev.metrics)

@@ -70,6 +70,37 @@ def residual_of(p: dict[str, np.ndarray], c: int) -> dict | None:
     return {"sha256": p["residual_sha256"][c].tobytes().hex(), "nbytes": int(p["residual_nbytes"][c])}
 
 
+def keep_state(p: dict[str, np.ndarray], u: ClientUpdate) -> None:
+    """An accepted update's client state becomes the client's version; the one before stays named
+    too (a checkpoint still being written may refer to it). Only accepted updates come here: an
+    attempt that failed, was dropped as late or was rejected never becomes a client's state."""
+    ref = u.extras.get("state")
+    if not isinstance(ref, dict):
+        return
+    if "state_nbytes" not in p:
+        n = len(p["examples"])
+        for tag in ("state", "state_prev"):
+            p[f"{tag}_sha256"], p[f"{tag}_nbytes"] = np.zeros((n, 32), np.uint8), np.zeros(n, np.int64)
+    c = u.client
+    sha = np.frombuffer(bytes.fromhex(ref["sha256"]), np.uint8)
+    if p["state_nbytes"][c] and not np.array_equal(p["state_sha256"][c], sha):
+        p["state_prev_sha256"][c], p["state_prev_nbytes"][c] = p["state_sha256"][c], p["state_nbytes"][c]
+    p["state_sha256"][c], p["state_nbytes"][c] = sha, ref["nbytes"]
+    if ref.get("reset"):
+        log.warning("client %d: its stored state was missing or unreadable at its site; it started over from "
+                    "its initial state", c)
+
+
+def state_of(p: dict[str, np.ndarray], c: int) -> tuple[dict | None, list[str]]:
+    """Client c's state version ({sha256, nbytes}, None before its first accepted update) and the
+    digests of the versions its site must keep (this one and the one before)."""
+    if "state_nbytes" not in p or not p["state_nbytes"][c]:
+        return None, []
+    have = {"sha256": p["state_sha256"][c].tobytes().hex(), "nbytes": int(p["state_nbytes"][c])}
+    keep = [have["sha256"]] + ([p["state_prev_sha256"][c].tobytes().hex()] if p["state_prev_nbytes"][c] else [])
+    return have, keep
+
+
 def answered(p: dict[str, np.ndarray], rnd: int, client: int) -> None:
     """Count a usable answer toward the client's reliability."""
     p["rounds_ok"][client] += 1

@@ -4,6 +4,7 @@
 
     job = fedgrid.load_job("examples/fmnist.yaml", ["rounds=20"])
     result = fedgrid.run(job)                      # or fedgrid.run("examples/fmnist.yaml")
+    fedgrid.run("mine.yaml", python_path=["src"])  # the workers import the job's client from src/ too
     fedgrid.run(job, more=5)                       # five more rounds from the newest checkpoint
     info = fedgrid.status(result.run_dir)          # what `fedgrid status --json` prints
     fedgrid.report(result.run_dir)                 # PNGs + summary.md
@@ -17,6 +18,7 @@ worker processes, so a script calling `run` needs an ``if __name__ == "__main__"
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,34 @@ def as_job(job: Job | str | Path | dict[str, Any], overrides: list[str] | None =
     return load_job(job, overrides)
 
 
+def with_python_path(job: Job, python_path: list[str | Path] | None) -> Job:
+    """`job` with ``client.python_path`` set to `python_path` (relative to the current directory),
+    checked again: the check imports the client class from there, as every site's workers will."""
+    if not python_path:
+        return job
+    if job.client is None:
+        from fedgrid.flow.config import ConfigError
+
+        raise ConfigError("<job>", "client.python_path", "the job runs the built-in client, which needs no "
+                          "python_path; expected a client block (client: package.module:Class)")
+    raw = job.model_dump()
+    raw["client"]["python_path"] = [os.path.abspath(os.path.expanduser(d)) for d in python_path]
+    return parse_job(raw, "<job>")
+
+
 def run(job: Job | str | Path | dict[str, Any], *, base: Path | None = None, fresh: bool = False,
         quiet: bool = False, more: int | None = None, stop: threading.Event | None = None,
-        log_format: str = "text") -> Any:
-    """Run or resume a job (see runner.run); returns a RunResult with the rounds table rows."""
+        log_format: str = "text", python_path: list[str | Path] | None = None) -> Any:
+    """Run or resume a job (see runner.run); returns a RunResult with the rounds table rows.
+
+    `python_path`: directories that hold the job's client package, put on the path of the driver
+    and of every site's workers before the class is imported (the job file's
+    ``client.python_path``, which it replaces): a script can import its own client package, and the
+    workers, started elsewhere, could not."""
     from fedgrid.flow.rounds.runner import run as _run
 
-    return _run(as_job(job), base=base, fresh=fresh, quiet=quiet, more=more, stop=stop, log_format=log_format)
+    return _run(with_python_path(as_job(job), python_path), base=base, fresh=fresh, quiet=quiet, more=more,
+                stop=stop, log_format=log_format)
 
 
 def schedule(job: Job | str | Path | dict[str, Any], cron: str | None = None, rounds_per_run: int | None = None,

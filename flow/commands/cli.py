@@ -66,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--round", type=int, help="round to export (default: the newest)")
     x.add_argument("--format", choices=["safetensors", "torch", "peft"], default="safetensors")
     x.add_argument("--out", help="output file (default RUN_DIR/export/model-round-NNNNNN.<ext>; peft: a folder "
-                                 "RUN_DIR/export/adapter-round-NNNNNN)")
+                                 "RUN_DIR/export/adapter-round-NNNNNN; with --client, -client-NNNNN added)")
+    x.add_argument("--client", type=int, metavar="N",
+                   help="client N's personalized model (a run with a personal: block): the global model with its "
+                        "personal layers, or its Ditto model; read from the run's store")
     p = sub.add_parser("partition", help="write per-client Parquet shards (and test.parquet) for a job's data")
     _job_args(p)
     p.add_argument("--out", required=True, help="folder for client-NNN.parquet files")
@@ -185,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir(args.run_dir)
     try:
-        path = export_model(run_dir, args.round, args.format, Path(args.out) if args.out else None)
+        path = export_model(run_dir, args.round, args.format, Path(args.out) if args.out else None, args.client)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

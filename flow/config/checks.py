@@ -243,8 +243,16 @@ def _check_client(job: Job, file: str | Path) -> None:
                               "a client block (client: package.module:Class) or a built-in dataset")
         return
     from fedgrid.apps.client import HOOKS, REQUIRED
+    from fedgrid.apps.train import use_python_path
 
     path = job.client.path
+    # the workers import the class from the same directories (apps/train.load_class), so this
+    # check and the sites agree; a site on another machine has them on its own disk, not here
+    if all(s.executor.runs_here() for s in job.sites) and \
+            (missing := [d for d in job.client.python_path if not Path(d).is_dir()]):
+        raise ConfigError(file, "client.python_path", f"no directory {missing[0]} (a relative path is relative to "
+                          "the job file's folder)")
+    use_python_path(job.client.python_path)
     cls = import_path(file, "client.path", path, "class")
     if not isinstance(cls, type):
         raise ConfigError(file, "client.path", f"{path} is a {type(cls).__name__}, expected a class "
@@ -254,9 +262,11 @@ def _check_client(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "client.path", f"{path} has no {' or '.join(lacking)}(); expected the methods "
                           f"of fedgrid.client.Client ({', '.join(REQUIRED)}, and evaluate for federated evaluation)")
     needs = set(STRATEGIES[job.strategy.name].needs) | ({"steps"} if job.round.pace == "deadline" else set())
-    if missing := sorted(needs - set(getattr(cls, "supports", ()) or ())):
+    ditto = job.personal is not None and job.personal.ditto is not None
+    if missing := sorted((needs | ({"prox"} if ditto else set())) - set(getattr(cls, "supports", ()) or ())):
         hook = missing[0]
-        raise ConfigError(file, "client.path", f"{path} does not support {hook!r}, which "
-                          f"{'round.pace: deadline' if hook == 'steps' else 'strategy ' + job.strategy.name} needs: "
+        who = "round.pace: deadline" if hook == "steps" else \
+            "personal.ditto" if hook == "prox" and "prox" not in needs else f"strategy {job.strategy.name}"
+        raise ConfigError(file, "client.path", f"{path} does not support {hook!r}, which {who} needs: "
                           f"{HOOKS[hook]}; honour it and add {hook!r} to the class's `supports`")
     _check_federated(job, file, cls)

@@ -127,8 +127,21 @@ def parse_job(raw: Any, file: str | Path = "<job>", overrides: list[str] | None 
             if valid:
                 what += f"; valid keys: {', '.join(valid)}"
         raise ConfigError(file, _loc(err), what) from None
+    resolve_python_path(job, file)
     check_consistency(job, file)
     return job
+
+
+def resolve_python_path(job: Job, file: str | Path) -> None:
+    """Make ``client.python_path`` absolute against the job file's folder (the current directory
+    for a job without a file), once, on the driver: the code a job names usually sits beside it,
+    and a worker process starts in a directory of Parsl's choosing, where a relative path would
+    name something else. An absolute path is kept as written (on a remote site it is that site's)."""
+    if job.client is None or not job.client.python_path:
+        return
+    base = Path(file).expanduser().parent  # "<job>" (no file): "."
+    paths = [Path(d).expanduser() for d in job.client.python_path]
+    job.client.python_path = [str(p if p.is_absolute() else (base / p).resolve()) for p in paths]
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:

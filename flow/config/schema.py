@@ -60,7 +60,8 @@ class TrainSpec(_Strict):
     lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    threads: Annotated[int, Field(ge=1)] = 1  # torch threads per worker
+    threads: Annotated[int, Field(ge=1)] = 1  # torch and BLAS threads per worker, set before any client code
+    keep_clients: Annotated[int, Field(ge=1)] = 64  # client objects a worker keeps (LRU); more are rebuilt from state
 
 
 # The strategy block: `name` picks the strategy, whose Options class holds its keys.
@@ -257,6 +258,38 @@ class ModelSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+def stateful_client(path: str) -> bool:
+    """Whether the client class a job names keeps state (defines get_state); False when it cannot
+    be imported here (fedgrid check says so on its own)."""
+    import importlib
+
+    mod, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod), attr)
+    except Exception:  # noqa: BLE001 - any import failure of the user's module is reported by the check
+        return False
+    return callable(getattr(cls, "get_state", None))
+
+
+class DittoSpec(_Strict):
+    """Ditto (Li et al., ICML 2021): each client also trains a personal model of its own,
+    regularised toward the global one by ``lam / 2 * ||v - w||^2``; it never leaves the site."""
+
+    lam: Annotated[float, Field(gt=0)] = 0.1
+    epochs: Annotated[int, Field(ge=1)] = 1  # epochs of the personal model a round
+
+
+class PersonalSpec(_Strict):
+    """Personalization: what each client keeps to itself (in its client state, at its site).
+
+    ``layers`` names params that never leave a client and are never aggregated: glob patterns over
+    param names (FedPer / FedRep's personal head: ``["fc2.*"]``), or ``norm`` for every
+    normalization layer's weights and statistics (FedBN). ``ditto`` adds a personal model."""
+
+    layers: list[str] = Field(default_factory=list)
+    ditto: DittoSpec | None = None
+
+
 class ClientSpec(_Strict):
     """The code that runs at each site (fedgrid.client): ``path`` names a class the sites can
     import, ``options`` reach it as ``ctx.options``. Without a client block a job runs the built-in
@@ -264,6 +297,9 @@ class ClientSpec(_Strict):
 
     path: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
     options: dict[str, Any] = Field(default_factory=dict)
+    # directories put first on sys.path before the class is imported, by the driver's check and by
+    # every worker: a package the sites' environments do not install (relative: the job file's folder)
+    python_path: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class Job(_Strict):
@@ -272,6 +308,7 @@ class Job(_Strict):
     seed: int = 0
     model: ModelSpec = ModelSpec()
     client: ClientSpec | None = None
+    personal: PersonalSpec | None = None
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     strategy: StrategySpec = Field(default_factory=lambda: STRATEGIES[DEFAULT].Options())
@@ -338,6 +375,10 @@ class Job(_Strict):
         if self.compression.needs_store():
             out.append("compression.up: topk with error_feedback (error_feedback: false avoids it) keeps each "
                        "client's residual")
+        if self.personal is not None and (self.personal.layers or self.personal.ditto):
+            out.append("personal: keeps each client's personal layers or model")
+        if self.client is not None and stateful_client(self.client.path):
+            out.append(f"client {self.client.path} keeps each client's state (get_state)")
         return out
 
     def clients_per_round(self) -> int:
@@ -348,5 +389,7 @@ class Job(_Strict):
         key = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
         if self.client is not None:  # (absent for the built-in client: old checkpoints still match)
             key["client"] = self.client.path
+        if self.personal is not None:  # what is personal is part of what the checkpoint's model means
+            key["personal"] = self.personal.model_dump()
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

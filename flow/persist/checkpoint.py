@@ -70,6 +70,9 @@ class RoundState:
     row: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     job: dict[str, Any] = field(default_factory=dict)
+    # the job's round target and the round it was set at, every time it changed ([[0, 10], [10, 13]]
+    # after `--rounds +3` at round 10): a schedule over rounds continues from where it was
+    horizon: list[list[int]] = field(default_factory=list)
 
 
 def round_path(run_dir: Path, r: int) -> Path:
@@ -160,6 +163,7 @@ def write_round(run_dir: Path, state: RoundState) -> Path:
         b"fedgrid.fingerprint": state.fingerprint.encode(),
         b"fedgrid.rng": json.dumps(state.rng).encode(), b"fedgrid.row": json.dumps(state.row).encode(),
         b"fedgrid.job": json.dumps(state.job, sort_keys=True).encode(),
+        b"fedgrid.horizon": json.dumps(state.horizon).encode(),
     }
     meta[b"fedgrid.sha256"] = _digest(rows, meta).encode()
     schema = _SCHEMA.with_metadata(meta)
@@ -232,6 +236,7 @@ def read_round(path: Path) -> RoundState:
         profiles=out["profiles"], memory=out["memory"], rng=json.loads(meta[b"fedgrid.rng"]),
         row=json.loads(meta[b"fedgrid.row"]),
         fingerprint=meta[b"fedgrid.fingerprint"].decode(), job=json.loads(meta[b"fedgrid.job"]),
+        horizon=json.loads(meta.get(b"fedgrid.horizon", b"[]")),
     )
 
 

@@ -121,7 +121,8 @@ class AsyncLoop:
             for c in self.drv.rng.permutation(idle)[:max(0, self.slots[site] - in_flight)]:
                 self.draws += 1
                 task = self.drv.tasks.train(int(c), self.version + 1, self.sent[site], None, self.draws,
-                                            prof.residual_of(self.drv.profiles, int(c)))
+                                            prof.residual_of(self.drv.profiles, int(c)),
+                                            prof.state_of(self.drv.profiles, int(c)))
                 fut = self.drv.runtime.submit(site, replace(task, draw=(self.draws,)))
                 self.flights[fut] = _Flight(int(c), site, self.version, time.monotonic())
                 self.step.submitted += 1
@@ -168,6 +169,8 @@ class AsyncLoop:
         u.params = OrderedDict((k, np.asarray(v) - base[k]) for k, v in u.params.items())
         u.staleness, u.scale = stale, self.strat.weight(stale)
         prof.answered(self.drv.profiles, self.version + 1, fl.client)
+        # accepted: its next flight starts from this state (FedBuff's runs are not replayed exactly)
+        prof.keep_state(self.drv.profiles, u)
         self.buffer.append(u)
         self.drv.progress.client_done(fl.client, True)
 
@@ -179,7 +182,7 @@ class AsyncLoop:
             u.staleness = self.version - (u.round - 1)
             u.scale = self.strat.weight(u.staleness)
         t0 = time.perf_counter()
-        self.params = self.strat.aggregate(self.version + 1, self.params, batch, self.step.failures)
+        self.params = self.drv.aggregate(self.version + 1, self.params, batch, self.step.failures)
         agg_s = time.perf_counter() - t0
         self.version += 1
         self.bases[self.version] = self.params

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgrid.flow.clients import personal
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.clients.memory import UpdateMemory
 from fedgrid.flow.config import Job
@@ -54,6 +55,22 @@ class Driver:
         self.profiles = prof.empty(job.data.clients)
         self.memory = UpdateMemory(job)
         self.late: list[Late] = []
+        self.horizon: list[list[int]] = [[0, job.rounds]]
+
+    def aim(self, done: int) -> None:
+        """The run's target from here: a new target (``--rounds +N``, a changed ``rounds``) starts
+        a new phase at round `done`, so a client's schedule over rounds continues from its value
+        there instead of jumping (Work.schedule); every task carries the phases."""
+        if self.horizon[-1][1] != self.job.rounds:
+            self.horizon.append([done, self.job.rounds])
+        self.tasks.horizon = tuple((int(a), int(b)) for a, b in self.horizon)
+
+    def aggregate(self, rnd: int, params: dict[str, np.ndarray], updates: list,
+                  failures: list) -> dict[str, np.ndarray]:
+        """The strategy's step, then the rules no strategy may bend: personal layers keep their
+        global values (flow/clients/personal.py). The one place every round and server step goes through."""
+        out = self.strategy.aggregate(rnd, params, updates, failures)
+        return personal.hold(params, out, (self.tasks.keep or {}).get("personal") or [])
 
     def examples_limit(self, client: int) -> int:
         """The most examples `client` may claim now (the job's cap, growth from what it answered)."""
@@ -93,6 +110,8 @@ class Driver:
             self.profiles = OrderedDict((k, v.copy()) for k, v in state.profiles.items())
         if state.rng:
             self.rng.bit_generator.state = state.rng
+        if state.horizon:
+            self.horizon = [list(h) for h in state.horizon]
 
     def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
         """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
@@ -100,7 +119,7 @@ class Driver:
             round=rnd, params=params, strategy=OrderedDict((k, v.copy()) for k, v in self.strategy.state().items()),
             profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()), memory=self.memory.state(),
             rng=copy.deepcopy(self.rng.bit_generator.state), row=row, fingerprint=self.job.fingerprint(),
-            job=self.job.model_dump(mode="json"))
+            job=self.job.model_dump(mode="json"), horizon=[list(h) for h in self.horizon])
 
     def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
         """Round `rnd` is aggregated: snapshot it now, write it in the background. A fine-tuning

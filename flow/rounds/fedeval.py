@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps.update import ClientEvaluation
+from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.rounds import validate
 from fedgrid.flow.rounds.driver import Driver
 from fedgrid.flow.rounds.gather import gather
@@ -52,8 +53,9 @@ def evaluate(drv: Driver, rnd: int, params: Params) -> dict[str, Any]:
     clients = _clients(drv, rnd)
     sent = drv.tasks.outgoing(rnd, params, "evaluated")
     down = drv.runtime.down_sites()
-    futs = {c: (drv.sites[c], drv.runtime.evaluate(drv.sites[c], drv.tasks.train(c, rnd, sent[drv.sites[c]])))
-            for c in clients if drv.sites[c] not in down}
+    futs = {c: (drv.sites[c], drv.runtime.evaluate(drv.sites[c], drv.tasks.train(
+        c, rnd, sent[drv.sites[c]], state=prof.state_of(drv.profiles, c))))
+        for c in clients if drv.sites[c] not in down}
     g = gather(futs, 0, drv.job.round.deadline_s, accept=_checker(rnd), down=drv.runtime.down_sites)
     return summary(g.updates, [f.row() for f in g.failures], time.time() - t0)
 

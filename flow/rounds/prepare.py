@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,14 @@ def prepare(job: Job, run_dir: Path, fresh: bool, more: int | None, progress: Ru
 class ModelParts:
     """The driver's half of the model: the client code the sites run (`code`), the driver's own
     copy of the built-in model (for central evaluation and to check a checkpoint fits; None for
-    a job's own client), the central test set (None when the data never leaves the sites), and
-    the initial params."""
+    a job's own client), the central test set (None when the data never leaves the sites), the
+    initial params, and each tensor's kind (apps/kinds.py; empty: inferred where needed)."""
 
     code: dict[str, Any]
     model: Any
     test: datasets.Arrays | None
     params: Params
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def evaluator(self) -> Evaluate | None:
         if self.test is None or self.model is None:
@@ -122,6 +123,7 @@ def build_model(job: Job) -> ModelParts:
     import torch
 
     from fedgrid.apps.builtin import PATH
+    from fedgrid.apps.kinds import param_kinds
     from fedgrid.apps.models import build, get_params
 
     torch.set_num_threads(1)
@@ -138,12 +140,14 @@ def build_model(job: Job) -> ModelParts:
                           f"input_shape={tuple(shape)}, num_classes={num_classes}") from None
     spec = model_spec(job.model.name, shape, num_classes, job.model.kwargs)
     code = client_code(PATH, {"model": spec, "threads": job.train.threads, "batch_size": job.train.batch_size})
-    return ModelParts(code, model, test, get_params(model))
+    return ModelParts(code, model, test, get_params(model), dict(param_kinds(model)))
 
 
 def _client_model(job: Job) -> ModelParts:
-    """A job's own client: its init_params() on the driver (client 0's context, no data read)."""
+    """A job's own client: its init_params() on the driver (client 0's context, no data read), and
+    its tensors' kinds from its optional param_kinds() (apps/kinds.py), the rest inferred."""
     from fedgrid.apps.client import Context
+    from fedgrid.apps.kinds import infer_kinds
     from fedgrid.apps.train import ClientCodeError, call_client, load_class
 
     assert job.client is not None
@@ -155,18 +159,25 @@ def _client_model(job: Job) -> ModelParts:
         client = call_client(load_class(path), ctx)
         params = call_client(client.init_params)
         base = call_client(client.base) if hasattr(client, "base") else None
+        said = call_client(client.param_kinds) if callable(getattr(client, "param_kinds", None)) else None
     except ClientCodeError as e:
         raise ConfigError("<job>", "client.path", f"{path}: init_params() on the driver raised {e}") from None
     if not isinstance(params, dict) or not params or not all(isinstance(v, np.ndarray) for v in params.values()):
         raise ConfigError("<job>", "client.path", f"{path}: init_params() returned {type(params).__name__}, "
                           "expected an ordered dict of numpy arrays (the model's state_dict order)")
+    try:
+        if said is not None and not isinstance(said, dict):
+            raise ValueError(f"returned {type(said).__name__}, expected a dict of name -> kind")
+        kinds = dict(infer_kinds(params, said))
+    except ValueError as e:
+        raise ConfigError("<job>", "client.path", f"{path}: param_kinds(): {e}") from None
     code = client_code(path, job.client.options)
     if base is not None:  # every task carries the base's digest; each site checks its own copy against it
         try:
             code["base"] = {"name": str(base.name), "path": str(base.path), "sha256": base.sha256()}
         except OSError as e:
             raise ConfigError("<job>", "client.options", f"{path}: the base weights on the driver: {e}") from None
-    return ModelParts(code, None, None, OrderedDict(params))
+    return ModelParts(code, None, None, OrderedDict(params), kinds)
 
 
 def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> Params:

@@ -17,13 +17,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import re
 import threading
 import time
-from concurrent.futures import wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedgrid.apps import codec
-from fedgrid.flow.config import Job
+from fedgrid.flow.clients import personal
+from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config.schema import stateful_client
 from fedgrid.flow.persist.runlock import RunLock
 from fedgrid.flow.persist.table import rows_path
 from fedgrid.flow.privacy.dp import Privacy
@@ -37,6 +41,9 @@ from fedgrid.flow.rounds.tasks import Tasks
 from fedgrid.flow.rounds.writer import RoundWriter
 from fedgrid.flow.strategies import make_strategy
 from fedgrid.flow.tracking import open_tracking
+
+if TYPE_CHECKING:
+    from fedgrid.flow.config.schema import ClientSpec
 
 __all__ = ["ResumeRefused", "RoundFailed", "RunResult", "run"]
 
@@ -126,15 +133,26 @@ def _start_sites(job: Job, run_dir: Path, progress: RunProgress):  # noqa: ANN20
 def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start: Start,  # noqa: ANN001
                   stop: threading.Event | None) -> tuple[Driver, dict]:
     """Stages 3 and 4: everything the rounds need, built while the workers start, then restored."""
+    python_path = job.client.python_path if job.client is not None else []
+    if python_path:  # (the check that parsed the job did this already, unless the Job was built without one)
+        from fedgrid.apps.train import use_python_path
+
+        use_python_path(python_path)
     parts: ModelParts = build_model(job)
+    if python_path:  # each worker puts it first on its own sys.path before it imports the class
+        parts.code["python_path"] = list(python_path)
     needed = bool(job.client_state()) or job.round.aggregate == "site"
     transfer, store = open_store(job, run_dir, parts.params, progress, needed=needed,
                                  first=start.state is None)
     privacy = Privacy(job, run_dir, start.state.row if start.state else None) if job.privacy is not None else None
     tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy)
+    tasks.keeping(personal.keep_options(job, job.client is not None and stateful_client(job.client.path),
+                                        personal.names(job, parts.params, parts.model)))
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
     strategy = make_strategy(job.strategy)
     strategy.bind(job.data.clients, store.url if store is not None else None)
+    # statistics buffers are never a gradient: no server step on them, sent exact (apps/kinds.py)
+    strategy.kinds, tasks.compress = parts.kinds or None, tasks._compression(parts.kinds)
     writer = RoundWriter(run_dir, job.rounds, job.round.eval_every, job.checkpoint.keep, start.table, progress,
                          parts.evaluator(), store, sweep_lag(job, strategy))
     secagg = SecureAggregation(job, runtime, run_dir) if job.secagg is not None else None
@@ -145,24 +163,104 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     else:
         params = restore_params(parts, start.state, run_dir)
         drv.restore(start.state)
-    _await_warm_up(warm, job.round.deadline_s, progress)
+    drv.aim(start.done)
+    try:
+        _await_warm_up(warm, job.round.deadline_s, progress, job.client)
+    except ConfigError:
+        writer.close()
+        raise
     runtime.record()
     return drv, params
 
 
-def _await_warm_up(warm: list, timeout_s: float, progress: RunProgress) -> None:
+def _await_warm_up(warm: list[tuple[str, Future]], timeout_s: float, progress: RunProgress,
+                   client: ClientSpec | None = None) -> None:
     """Wait for the warm-up, at most a round's deadline: a site that cannot answer (an endpoint
     offline, a block stuck in a queue) must not hold the driver before round 1. Round 1 then
-    meets the site like any other and records what happens to its clients."""
-    done, pending = wait(warm, timeout=timeout_s)
-    for f in done:
-        if (exc := f.exception()) is not None:
+    meets the site like any other and records what happens to its clients.
+
+    A failed warm-up is a warning, except when a site's workers cannot import the job's client
+    module (`warm` is each site's name and warm task): every task there would fail the same way,
+    and round 1 would only spend its attempts and deadline finding that out. That stops the run
+    now, with the one line a user needs (a ConfigError: exit 2, no traceback)."""
+    pending = {f for _, f in warm}
+    site_of = {id(f): site for site, f in warm}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        done, pending = wait(pending, timeout=max(deadline - time.monotonic(), 0.0), return_when=FIRST_EXCEPTION)
+        if not done:
+            break
+        for f in done:
+            if (exc := f.exception()) is None:
+                continue
+            if client is not None and (err := _unimportable(exc, client.path.partition(":")[0])):
+                for rest in pending:
+                    rest.add_done_callback(lambda f: f.exception())
+                raise ConfigError("<job>", "client.python_path", _import_fix(client, site_of[id(f)], err))
             progress.say(f"warning: warm-up failed on a worker: {exc}")
     if pending:
         progress.say(f"warning: {len(pending)} warm-up task(s) unanswered after round.deadline_s={timeout_s:g} s; "
                      "starting round 1 without them")
         for f in pending:
             f.add_done_callback(lambda f: f.exception())
+
+
+def _unimportable(exc: BaseException, module: str) -> str | None:
+    """``"ModuleNotFoundError: No module named 'pkg'"`` when `exc` says `module` (or a package
+    above it) cannot be imported where the task ran, else None. HTEX re-raises the worker's own
+    ImportError here; the chain is walked in case something wraps it (Parsl's
+    RemoteExceptionWrapper keeps it as ``e_value``), and Globus Compute sends only the remote
+    traceback's text (``remote_data``), whose last line is then read. An error of the client's
+    own code is a ClientCodeError and never counts: its module did import."""
+    def names(name: str | None) -> bool:
+        return bool(name) and (module == name or module.startswith(f"{name}."))
+
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or type(e).__name__ == "ClientCodeError":
+            continue
+        seen.add(id(e))
+        if isinstance(e, ImportError) and names(e.name):
+            return f"{type(e).__name__}: {e}"
+        if isinstance(text := getattr(e, "remote_data", None), str):
+            last = (text.strip().splitlines() or [""])[-1].strip()
+            m = re.match(r"(ModuleNotFoundError|ImportError): No module named '([\w.]+)'", last)
+            if m and names(m.group(2)):
+                return last
+        todo += [getattr(e, "e_value", None), getattr(e, "__cause__", None), getattr(e, "__context__", None)]
+    return None
+
+
+def _import_fix(client: ClientSpec, site: str, err: str) -> str:
+    """What to set when `site`'s workers cannot import the client module the driver imported."""
+    module = client.path.partition(":")[0]
+    top = module.partition(".")[0]
+    if client.python_path:
+        return (f"site {site}'s workers cannot import {module} ({err}), though it imports here from "
+                f"client.python_path {client.python_path}: that site needs {top} under one of those directories "
+                f"on its own disk, or on its PYTHONPATH (a remote site's worker_init)")
+    home = _home(top)
+    where = f"[{home}]" if home else f"[the directory holding {top}]"
+    return (f"site {site}'s workers cannot import {module} ({err}), which imports here only through this "
+            f"process's sys.path; set client.python_path: {where} (on a site sharing this disk), or put the "
+            f"directory holding {top} on the site's PYTHONPATH (a remote site's worker_init)")
+
+
+def _home(top: str) -> str | None:
+    """The directory on the driver's sys.path that holds the top-level module `top`."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package: the directory above its own
+        return str(Path(next(iter(spec.submodule_search_locations))).parent)
+    return str(Path(spec.origin).parent) if spec.origin else None
 
 
 def sweep_lag(job: Job, strategy) -> int:  # noqa: ANN001 - a Strategy

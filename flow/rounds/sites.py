@@ -141,13 +141,14 @@ class SiteRuntime:
         self._aggregate = {s.name: python_app(aggregate_site, executors=[s.name], data_flow_kernel=self.dfk)
                            for s in job.sites}
 
-    def warm_up(self, task_for: Callable[[int], TrainTask]) -> list[Future]:
+    def warm_up(self, task_for: Callable[[int], TrainTask]) -> list[tuple[str, Future]]:
         """One warm task per worker, so torch, data and model are loaded before round 1 needs them
-        (`task_for(client)`: the warm task of a client of the site, carrying the job's model)."""
+        (`task_for(client)`: the warm task of a client of the site, carrying the job's model).
+        Each comes with its site's name: a failure to import the client stops the run naming it."""
         futs = []
         for s in self.job.sites:
             first = self.job.client_sites().index(s.name)
-            futs += [self._warm[s.name](self._arg(s.name, task_for(first))) for _ in range(warm_slots(s))]
+            futs += [(s.name, self._warm[s.name](self._arg(s.name, task_for(first)))) for _ in range(warm_slots(s))]
         return futs
 
     def record(self) -> None:

@@ -76,7 +76,7 @@ def run_rounds(drv: Driver, done: int, params: Params, params_bytes: int) -> str
         contributions = info.contributions(g)
         if drv.privacy is not None:
             drv.privacy.prepare(rnd, params, contributions)
-        params = drv.strategy.aggregate(rnd, params, contributions, g.failures)
+        params = drv.aggregate(rnd, params, contributions, g.failures)
         row = round_row(rnd, info, g, params_bytes, started, time.perf_counter() - t0)
         if fedeval.due(drv, rnd):
             row.update(fedeval.evaluate(drv, rnd, params))
@@ -97,6 +97,8 @@ def play_round(drv: Driver, rnd: int, params: Params) -> tuple[RoundInfo, Gather
         a = _attempt(drv, rnd, number, params, sent)
         if a.ok():
             _carry(drv, rnd, a.g, a.arrived, params)
+            for u in a.g.updates:  # only the updates this round aggregates become their clients' state
+                prof.keep_state(drv.profiles, u)
             return RoundInfo(selected=a.clients, attempt=number, ref_down=ref_bytes(sent, drv.sites, a.clients),
                              skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure,
                              sites=a.sites, site_rows=a.site_rows, folded=a.folded), a.g
@@ -182,7 +184,8 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
         site = drv.sites[c]
         futs[c] = (site, _failed(SiteDown(down[site])) if site in down else
                    drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number,
-                                                   prof.residual_of(drv.profiles, c))))
+                                                            prof.residual_of(drv.profiles, c),
+                                                            prof.state_of(drv.profiles, c))))
     return futs
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps import codec
+from fedgrid.apps import codec, sitestate
 from fedgrid.apps.store import Ref, Store
 from fedgrid.apps.task import TrainTask
 from fedgrid.flow.config import Job
@@ -41,27 +41,47 @@ class Tasks:
         # round.aggregate: site: each site's store (its own `store`, else this run's), in this run's area
         self.site_store = {s.name: dataplane.run_area(dataplane.store_url(s.store), job, run_dir) if s.store
                            else store.url for s in job.sites} if job.round.aggregate == "site" and store else {}
+        self.horizon: tuple[tuple[int, int], ...] = ((0, job.rounds),)  # Driver.aim sets the run's
+        self.keep: dict[str, Any] | None = None  # client state and personalization (Tasks.keeping)
+
+    def keeping(self, options: dict[str, Any] | None) -> None:
+        """Clients keep state at their sites (flow/clients/personal.py `keep_options`): every task
+        then names the version its client starts from."""
+        if options is not None and self.store is None:
+            raise RuntimeError("client state needs the store (open_store with needed=True)")
+        self.keep = {**options, "store": self.store.url} if options is not None else None
 
     @property
     def area(self) -> str | None:
         """This run's area of the store: where every by-reference answer must point (None: no store)."""
         return self.store.url if self.store is not None else None
 
-    def _compression(self) -> dict[str, Any] | None:
+    def _compression(self, kinds: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """The compress block of every train task; `kinds` (apps/kinds.py, known once the model
+        is built) names the statistics and counters the codec sends whole and exact (``exact``;
+        None: the site infers them from names and dtypes)."""
+        from fedgrid.apps.kinds import buffers
+
         comp = self.job.compression
         if comp.up_codec() == "none":
             return None
         return {"codec": comp.up_codec(), "topk_fraction": comp.topk_fraction, "dense_below": comp.dense_below,
-                "residual_key": "state/residual/client-{client:05d}" if comp.needs_store() else None}
+                "residual_key": "state/residual/client-{client:05d}" if comp.needs_store() else None,
+                "exact": buffers(kinds) if kinds else None}
 
     def train(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
-              extra: dict[str, Any] | None = None, attempt: int = 1, residual: dict | None = None) -> TrainTask:
+              extra: dict[str, Any] | None = None, attempt: int = 1, residual: dict | None = None,
+              state: tuple[dict | None, list[str]] | None = None) -> TrainTask:
         """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it,
-        `residual` the digest its stored compression residual must have (profiles.residual_of)."""
+        `residual` the digest its stored compression residual must have (profiles.residual_of),
+        `state` the version of its state to start from and the versions to keep (profiles.state_of)."""
         job, site = self.job, self.sites[client]
         task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
                          data=self.site_data[site], code=self.code, train={**job.train.model_dump(), **(extra or {})},
-                         params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp)
+                         params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp, horizon=self.horizon)
+        if self.keep is not None:
+            have, keep = state or (None, [])
+            task.keep = {**self.keep, "folder": sitestate.FOLDER.format(client=client), "have": have, "keep": keep}
         if job.faults:
             task.faults = faults.for_task(job, client, site, rnd, self.fault_dir, attempt)
         if self.store is not None:

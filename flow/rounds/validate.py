@@ -112,16 +112,21 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
         if key in u.extras and not isinstance(u.extras[key], bool):
             raise InvalidUpdate(f"rejected: extras.{key} must be true or false")
     if "topk_residual" in u.extras:
-        u.extras["topk_residual"] = _digest(u.extras["topk_residual"])
+        u.extras["topk_residual"] = _digest(u.extras["topk_residual"], "topk_residual")
+    if "state" in u.extras:  # the client state version it wrote: becomes the client's if the update is accepted
+        reset = u.extras["state"].get("reset", False) if isinstance(u.extras["state"], dict) else None
+        if not isinstance(reset, bool):
+            raise InvalidUpdate("rejected: extras.state.reset must be true or false")
+        u.extras["state"] = {**_digest(u.extras["state"], "state"), "reset": reset}
     return u
 
 
-def _digest(ref: Any) -> dict[str, Any]:
+def _digest(ref: Any, key: str) -> dict[str, Any]:
     """A stored object's {sha256, nbytes} as a site reports it: 64 hex digits and a size."""
     sha = ref.get("sha256") if isinstance(ref, dict) else None
     if not isinstance(sha, str) or len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
-        raise InvalidUpdate("rejected: extras.topk_residual must be {sha256: 64 hex digits, nbytes: int}")
-    return {"sha256": sha, "nbytes": _count(ref.get("nbytes"), "topk_residual.nbytes", 1, MAX_BYTES)}
+        raise InvalidUpdate(f"rejected: extras.{key} must be {{sha256: 64 hex digits, nbytes: int}}")
+    return {"sha256": sha, "nbytes": _count(ref.get("nbytes"), f"{key}.nbytes", 1, MAX_BYTES)}
 
 
 def seconds(name: Any, v: Any) -> float:

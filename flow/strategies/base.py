@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fedgrid.apps.codec import is_float
+from fedgrid.apps.kinds import COUNT, WEIGHT, buffers, infer_kinds
 from fedgrid.apps.update import ClientUpdate, Failure
 
 Params = dict[str, np.ndarray]
@@ -29,6 +31,14 @@ class Strategy:
     Strategies do numpy math on the driver only. Their state is a dict of arrays so it checkpoints
     to Arrow with the model and survives a resume exactly. `asynchronous` strategies are driven by
     the buffered asynchronous loop (flow/rounds/asynchronous.py) instead of synchronous rounds.
+
+    Kinds (apps/kinds.py). ``kinds`` says which tensors are trained weights and which are
+    statistics buffers or counters; the round loop sets it before round 1, and unset it is
+    inferred from the params. Every subclass's ``aggregate`` is wrapped (`__init_subclass__`) so
+    that its result passes through `settle`: the statistics and counters become the clients'
+    example-weighted mean (`statistics`) whatever the rule did with them. That one place keeps
+    every rule, a user's own included, from moving BatchNorm statistics by a server step; the
+    rules that step (`step_toward`) also leave them alone and keep no moments or velocity for them.
     """
 
     name = "base"
@@ -40,6 +50,9 @@ class Strategy:
     mean_based: ClassVar[bool] = False
     # hooks into the clients' local training (fedgrid.client HOOKS) a client must honour
     needs: ClassVar[frozenset[str]] = frozenset()
+    # each tensor's kind (apps/kinds.py), set by the round loop before round 1; None: inferred
+    kinds: dict[str, str] | None = None
+    _inferred: tuple[tuple[str, ...], dict[str, str]] | None = None
 
     @classmethod
     def site_weights(cls) -> str | None:
@@ -69,8 +82,62 @@ class Strategy:
         for settings that run but are known to learn much less than FedAvg would."""
         return []
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        rule = cls.__dict__.get("aggregate")
+        if rule is None or getattr(rule, "settles", False):
+            return
+
+        @functools.wraps(rule)
+        def aggregate(self: Strategy, rnd: int, global_params: Params, updates: list[ClientUpdate],
+                      failures: list[Failure]) -> Params:
+            return self.settle(global_params, updates, rule(self, rnd, global_params, updates, failures))
+
+        aggregate.settles = True  # type: ignore[attr-defined]
+        cls.aggregate = aggregate  # type: ignore[method-assign]
+
     def __init__(self, opts: StrategyOptions | None = None):
         self.opts = opts if opts is not None else self.Options()
+
+    def kinds_of(self, params: Params) -> dict[str, str]:
+        """Each tensor's kind: the ones the driver set, else inferred from the params (once per set
+        of names: a strategy used without the round loop, a unit test)."""
+        names = tuple(params)
+        if self.kinds is not None and all(n in self.kinds for n in names):
+            return self.kinds
+        if self._inferred is None or self._inferred[0] != names:
+            known = {n: k for n, k in (self.kinds or {}).items() if n in params}
+            self._inferred = names, infer_kinds(params, known)
+        return self._inferred[1]
+
+    def settle(self, global_params: Params, updates: list[ClientUpdate], out: Params) -> Params:
+        """The rule's result with its statistics buffers and counters replaced by `statistics`
+        (the round's plain mean of them): what every ``aggregate`` returns."""
+        names = buffers(self.kinds_of(global_params))
+        if not names or not updates:
+            return out
+        values = self.statistics(global_params, updates, out, names)
+        return OrderedDict((n, values.get(n, a)) for n, a in out.items())
+
+    def statistics(self, global_params: Params, updates: list[ClientUpdate], out: Params,
+                   names: list[str]) -> Params:
+        """The next values of the statistics and counters `names`: the clients' example-weighted
+        mean (each update's ``num_examples * scale``), counters rounded to whole numbers.
+
+        The mean, not the rule's output: a statistic describes the clients' data, and the mean of
+        their running statistics is the pooled statistic FedAvg would keep. It is right in every
+        way a round reaches the strategy: one folded contribution (flow/rounds/fold.py) or secure
+        aggregation's unmasked sum is already that mean, and `weighted_mean` returns it as is;
+        central DP's equal weights and noise (flow/privacy/dp.py) make it the noised equal-weight
+        mean the privacy guarantee covers. Counters are rounded, not their maximum: the mean is what
+        a folded or securely aggregated round can know (no client's own count survives the sum),
+        and it counts the batches the averaged statistics stand for. Rules whose updates are not
+        params (FedBuff's deltas) or whose statistics must resist bad clients (the robust rules)
+        override this."""
+        like = OrderedDict((n, global_params[n]) for n in names)
+        kinds = self.kinds_of(global_params)
+        return OrderedDict((n, np.rint(a).astype(a.dtype) if kinds[n] == COUNT and is_float(a) else a)
+                           for n, a in weighted_mean(updates, like).items())
 
     def bind(self, clients: int, store_url: str | None) -> None:
         """Told by the driver before round 1: how many clients the job has, and the store's URL."""
@@ -152,20 +219,25 @@ def weighted_sum(tensors: list[np.ndarray], weights: np.ndarray, exact: bool = F
 
 
 def server_step(updates: list[ClientUpdate], global_params: Params,
-                step: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> Params:
+                step: Callable[[str, np.ndarray, np.ndarray], np.ndarray],
+                kinds: Mapping[str, str] | None = None) -> Params:
     """A server optimiser's round: ``step(name, G, delta)`` returns the new float64 tensor from the
     global one and the pseudo-gradient ``delta = avg - G`` (avg: the example-weighted mean of the
-    clients). Integer buffers (BatchNorm counters) take the plain weighted mean."""
-    return step_toward(global_params, weighted_mean(updates, global_params), step)
+    clients), for the trained weights; everything else takes the plain weighted mean (`step_toward`)."""
+    return step_toward(global_params, weighted_mean(updates, global_params), step, kinds)
 
 
 def step_toward(global_params: Params, agg: Params,
-                step: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> Params:
-    """``step(name, G, agg - G)`` for every float tensor, in float64, cast back; other tensors
-    (integer buffers) are taken from `agg` as they are."""
+                step: Callable[[str, np.ndarray, np.ndarray], np.ndarray],
+                kinds: Mapping[str, str] | None = None) -> Params:
+    """``step(name, G, agg - G)`` for every ``weight`` tensor (apps/kinds.py), in float64, cast
+    back; the others (statistics, counters, frozen parameters) are taken from `agg` as they are,
+    and `step` is never called for them, so no server state is kept for them either. `kinds`:
+    inferred from the params when not given."""
+    kinds = kinds if kinds is not None else infer_kinds(global_params)
     out: Params = OrderedDict()
     for name, g in global_params.items():
-        if not is_float(g):
+        if kinds.get(name, WEIGHT) != WEIGHT or not is_float(g):
             out[name] = agg[name]
             continue
         g64 = np.asarray(g, np.float64)
@@ -194,9 +266,14 @@ class HeavyBall:
         self.velocity[name] = v
         return g - self.server_lr * v
 
-    def apply(self, global_params: Params, agg: Params) -> Params:
-        """The step from ``global_params`` toward an aggregate (float tensors; others are taken as is)."""
-        return agg if self.identity else step_toward(global_params, agg, self.step)
+    def apply(self, global_params: Params, agg: Params, kinds: Mapping[str, str] | None = None) -> Params:
+        """The step from ``global_params`` toward an aggregate (weights; the others are taken as
+        they are). A velocity an older checkpoint kept for a statistic is dropped here: it is
+        never used again."""
+        kinds = kinds if kinds is not None else infer_kinds(global_params)
+        for name in [n for n in self.velocity if kinds.get(n, WEIGHT) != WEIGHT]:
+            del self.velocity[name]
+        return agg if self.identity else step_toward(global_params, agg, self.step, kinds)
 
     def state(self) -> Params:
         return OrderedDict((f"v/{k}", v) for k, v in self.velocity.items())

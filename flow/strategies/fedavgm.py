@@ -5,7 +5,9 @@ Classification", 2019. The server treats ``G - avg`` (the round's pseudo-gradien
 and takes a heavy-ball step: ``v <- momentum * v + (G - avg)``, ``G' = G - server_lr * v``. Under
 non-IID data the momentum smooths the round-to-round swings that come from each round seeing a
 different mix of classes. With momentum 0 and server_lr 1 it is exactly FedAvg. The velocity ``v``
-is the strategy state, so it is checkpointed and a resumed run takes the same next step.
+is the strategy state, so it is checkpointed and a resumed run takes the same next step. Only
+trained weights take the step and keep a velocity; BatchNorm's statistics and counters take the
+clients' plain weighted mean (apps/kinds.py).
 
 Default momentum. Hsu et al. read server momentum through its effective step
 ``server_lr / (1 - momentum)``: 10 at the paper's 0.9, which suits long runs over clients that run
@@ -29,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from fedgrid.apps.update import ClientUpdate, Failure
-from fedgrid.flow.strategies.base import HeavyBall, Params, Strategy, StrategyOptions, server_step
+from fedgrid.flow.strategies.base import HeavyBall, Params, Strategy, StrategyOptions, weighted_mean
 
 
 class FedAvgMOptions(StrategyOptions):
@@ -65,7 +67,7 @@ class FedAvgM(Strategy):
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],
                   failures: list[Failure]) -> Params:
-        return server_step(updates, global_params, self.hb.step)
+        return self.hb.apply(global_params, weighted_mean(updates, global_params), self.kinds_of(global_params))
 
     def state(self) -> Params:
         return self.hb.state()

@@ -11,6 +11,10 @@ staler than `max_staleness` are discarded. Each server step is checkpointed as o
 
 The asynchronous loop (flow/rounds/asynchronous.py) turns each update into its delta before it reaches
 `aggregate`, so this file is only the server rule.
+
+Statistics buffers and counters (apps/kinds.py) take the same step as the weights: it has no
+moments or momentum, and at the default ``server_lr`` 1 it is each statistic's staleness-weighted
+mean change. (``server_lr`` other than 1 still scales their change.)
 """
 
 from __future__ import annotations
@@ -71,3 +75,9 @@ class FedBuff(Strategy):
             new = np.asarray(g, dtype=np.float64) + self.opts.server_lr * step
             out[name] = cast_like(new, g)
         return out
+
+    def statistics(self, global_params: Params, updates: list[ClientUpdate], out: Params,
+                   names: list[str]) -> Params:
+        """The rule's own step for statistics and counters too (module docstring): the updates here
+        are deltas, which the default plain mean of params would misread."""
+        return OrderedDict((n, out[n]) for n in names)

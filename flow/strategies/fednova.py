@@ -11,6 +11,12 @@ Under ``round.aggregate: site`` a site's partial is its clients' mean weighted b
 together with the sums ``A = sum n_i / tau_i`` and ``T = sum n_i tau_i`` (``extras["nova"]``, from
 the driver's records): every term of the rule is a sum over clients, so sums over sites give the
 same step. A single client is the partial ``(n / tau, n tau, x)``.
+
+Statistics buffers and counters (apps/kinds.py) are not stepped: the step's weights on the clients
+sum to ``tau_eff * sum_i p_i / tau_i``, above 1 when step counts differ, which would extrapolate a
+running variance past every client's. They take the mean weighted by ``n_i / tau_i`` instead, the
+weights a site's partial already carries, so sites give the same statistics as the clients; with
+equal step counts it is the example-weighted mean.
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ class FedNova(Strategy):
             new += tau_eff * weighted_sum([u.params[name] for u in updates], w, exact=True)
             out[name] = cast_like(new, g)
         return out
+
+    def statistics(self, global_params: Params, updates: list[ClientUpdate], out: Params,
+                   names: list[str]) -> Params:
+        """The ``n_i / tau_i``-weighted mean of the statistics (module docstring)."""
+        e = np.array([u.num_examples * u.scale for u in updates], dtype=np.float64)
+        a = np.array([_terms(u, n)[0] for u, n in zip(updates, e, strict=True)], dtype=np.float64)
+        return OrderedDict((n, cast_like(weighted_sum([u.params[n] for u in updates], a / a.sum(), exact=True),
+                                         global_params[n])) for n in names)
 
 
 def _terms(u: ClientUpdate, weight: float) -> tuple[float, float]:

@@ -6,7 +6,9 @@ global model). The server keeps a first moment ``m <- beta_1 * m + (1 - beta_1) 
 second moment ``v`` whose update is what tells the three apart (subclasses implement
 `second_moment`), then steps ``G' = G + server_lr * m / (sqrt(v) + tau)``. ``m`` starts at 0 and
 ``v`` at ``tau ** 2``, as in the paper; both are the strategy state, checkpointed per round.
-Integer buffers (BatchNorm counters) take the plain weighted mean.
+Only trained weights take the step and have moments (apps/kinds.py): BatchNorm's statistics and
+counters take the clients' plain weighted mean (`Strategy.statistics`), and are left out of the
+rate match below.
 
 Default server learning rate. ``m / sqrt(v)`` has about the same size whatever the size of the
 clients' updates, so a fixed ``server_lr`` moves every weight by about that much a round however far
@@ -31,6 +33,7 @@ import numpy as np
 from pydantic import Field
 
 from fedgrid.apps.codec import is_float
+from fedgrid.apps.kinds import WEIGHT
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, step_toward, weighted_mean
 
@@ -82,8 +85,12 @@ class FedOpt(Strategy):
         unscaled step ``m / (sqrt(v) + tau)`` and of FedAvg's step ``delta``, which the rate match
         needs (summed only while the rate is still unknown)."""
         o, step_sq, delta_sq = self.opts, 0.0, 0.0
+        kinds = self.kinds_of(global_params)
         for name, g in global_params.items():
-            if not is_float(g):
+            if kinds[name] != WEIGHT or not is_float(g):
+                # (a moment an older checkpoint kept for a statistic is never read again)
+                self.m.pop(name, None)
+                self.v.pop(name, None)
                 continue
             g64 = np.asarray(g, np.float64)
             delta = np.asarray(agg[name], np.float64) - g64
@@ -112,7 +119,8 @@ class FedOpt(Strategy):
             self.lr = self._match_fedavg(*lengths)
         lr, tau = (self.lr or 0.0) * self.scale(rnd), self.opts.tau
         return step_toward(global_params, agg,
-                           lambda name, g, delta: g + lr * self.m[name] / (np.sqrt(self.v[name]) + tau))
+                           lambda name, g, delta: g + lr * self.m[name] / (np.sqrt(self.v[name]) + tau),
+                           self.kinds_of(global_params))
 
     def state(self) -> Params:
         out = OrderedDict([*((f"m/{k}", a) for k, a in self.m.items()), *((f"v/{k}", a) for k, a in self.v.items())])

@@ -7,16 +7,21 @@ the bad ones score high. Krum keeps the single best-scoring update; multi-Krum (
 by default ``k - f``) averages the best ``keep`` of them, weighted by examples. Distances come from
 one Gram matrix of the flattened updates, accumulated tensor by tensor. With ``bucket`` s the
 rule scores k/s bucket means (flow/strategies/robust.py); ``byzantine`` then counts bad buckets.
+Only trained weights enter the distances; statistics buffers (BatchNorm's) are the coordinate-wise
+median of the clients' (apps/kinds.py): a client Krum keeps for its weights could still send
+poisoned statistics.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
+from fedgrid.apps.kinds import WEIGHT, buffers
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.strategies.base import Params, weighted_mean
 from fedgrid.flow.strategies.median import Median
@@ -48,7 +53,10 @@ class Krum(RobustStrategy):
     def scores(self, global_params: Params, updates: list[ClientUpdate]) -> np.ndarray:
         k, f = len(updates), self.opts.byzantine
         gram = np.zeros((k, k))
+        kinds = self.kinds_of(global_params)
         for name, g in global_params.items():
+            if kinds[name] != WEIGHT:
+                continue  # statistics and counters are not what Krum compares (module docstring)
             flat = np.stack([np.asarray(u.params[name], np.float64).ravel() - np.asarray(g, np.float64).ravel()
                              for u in updates])
             gram += flat @ flat.T
@@ -66,5 +74,8 @@ class Krum(RobustStrategy):
             return Median().combine(rnd, global_params, updates)
         keep = self.opts.keep or (1 if self.opts.name == "krum" else len(updates) - self.opts.byzantine)
         best = np.argsort(self.scores(global_params, updates), kind="stable")[:max(1, min(keep, len(updates)))]
-        return weighted_mean([updates[i] for i in sorted(best)], global_params)
+        out = weighted_mean([updates[i] for i in sorted(best)], global_params)
+        if names := buffers(self.kinds_of(global_params)):
+            out.update(Median().combine(rnd, OrderedDict((n, global_params[n]) for n in names), updates))
+        return out
 

@@ -16,10 +16,18 @@ round to round, and that momentum over rounds repairs much of it. A robust rule'
 treated as the round's aggregate and the server takes a heavy-ball step toward it (``server_lr``,
 ``momentum``; the defaults 1 and 0 are the rule alone). A bad client still moves each round's
 aggregate no further than the rule allows, so momentum adds no new way in.
+
+Statistics buffers (apps/kinds.py: BatchNorm's running mean and variance, its counter) take the
+rule's own value with no server step: the coordinate-wise median or trimmed mean of the clients'
+statistics, and for Krum their median too (they never enter Krum's distances, which compare the
+trained weights). Not their plain mean, as the other rules take: one hostile client would then
+set every BatchNorm layer's statistics (a running variance of -1e6 turns every activation into
+NaN) however robust the rule is on the weights.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Annotated
 
 import numpy as np
@@ -54,7 +62,13 @@ class RobustStrategy(Strategy):
         if not updates:
             raise ValueError("cannot aggregate zero updates")
         return self.hb.apply(global_params, self.combine(rnd, global_params,
-                                                         bucketed(updates, self.opts.bucket, rnd)))
+                                                         bucketed(updates, self.opts.bucket, rnd)),
+                             self.kinds_of(global_params))
+
+    def statistics(self, global_params: Params, updates: list[ClientUpdate], out: Params,
+                   names: list[str]) -> Params:
+        """The rule's own value, which the server step left as it was (module docstring)."""
+        return OrderedDict((n, out[n]) for n in names)
 
     def state(self) -> Params:
         return self.hb.state()

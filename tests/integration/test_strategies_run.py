@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedgrid.flow.config import parse_job
+from fedgrid.flow.config import ConfigError, parse_job
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.strategies import STRATEGIES
 
@@ -22,8 +22,14 @@ ROBUST = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"byzantine": 1},
 THREADS = [{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 6}]
 
 
+# scaffold refuses client momentum (its check_job): it runs on the plain-SGD line its refusal offers
+# (for TRAIN's lr 0.05 and momentum 0.5, and for the quickstart's lr 0.05 and momentum 0.9: lr 0.1)
+PLAIN_SGD = {"scaffold": {"momentum": 0.0, "lr": 0.1}}
+
+
 def _job(make_job, run_dir, name: str, rounds: int, data: dict = NON_IID, **over):
-    return parse_job(make_job(run_dir, rounds=rounds, model="mlp", data=data, train=TRAIN,
+    return parse_job(make_job(run_dir, rounds=rounds, model="mlp", data=data,
+                              train={**TRAIN, **PLAIN_SGD.get(name, {})},
                               strategy={"name": name, **ROBUST.get(name, {})},
                               round={"min_clients": 4, "deadline_s": 120}, **over))
 
@@ -32,10 +38,16 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml
 
 
 def _quickstart(run_dir: Path, strategy: str, rounds: int = 6):
-    """The quickstart as a user runs it (client momentum 0.9, 5 local epochs), shorter, on threads."""
+    """The quickstart as a user runs it (client momentum 0.9, 5 local epochs), shorter, on threads;
+    a strategy that refuses that train line runs on the one its refusal offers (scaffold: momentum
+    0, lr 0.1, the line the quickstart's comment gives)."""
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw.update(rounds=rounds, strategy={"name": strategy}, checkpoint={"dir": str(run_dir)},
                sites=[{"name": "a", "executor": {"kind": "local", "workers": 2}, "clients": 10}])
+    if strategy in PLAIN_SGD:
+        with pytest.raises(ConfigError, match=r"train\.momentum: .*set train\.momentum: 0 and train\.lr: 0\.1$"):
+            parse_job(raw, QUICKSTART)
+        raw["train"] = {**raw["train"], **PLAIN_SGD[strategy]}
     return parse_job(raw, QUICKSTART)
 
 

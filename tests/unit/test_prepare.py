@@ -28,6 +28,6 @@ def test_a_warm_up_that_never_answers_does_not_hold_round_one() -> None:
     never, failed, ok = Future(), Future(), Future()
     failed.set_exception(RuntimeError("no torch here"))
     ok.set_result({"pid": 1})
-    _await_warm_up([never, failed, ok], 0.2, RunProgress(1, 0, stream=out))
+    _await_warm_up([("a", never), ("a", failed), ("b", ok)], 0.2, RunProgress(1, 0, stream=out))
     text = out.getvalue()
     assert "warm-up failed on a worker: no torch here" in text and "1 warm-up task(s) unanswered" in text

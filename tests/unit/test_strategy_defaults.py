@@ -10,7 +10,7 @@ import pytest
 
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.commands.cli import main
-from fedgrid.flow.config import parse_job
+from fedgrid.flow.config import ConfigError, load_job, parse_job
 from fedgrid.flow.config.checks import strategy_advice
 from fedgrid.flow.strategies import STRATEGIES, make_strategy
 
@@ -60,9 +60,30 @@ def test_adaptive_rules_match_fedavgs_first_step_and_keep_that_rate(name: str) -
     assert fixed.lr == 0.5 and "lr" not in fixed.state()
 
 
-def test_scaffold_runs_with_client_momentum(make_job) -> None:
-    """Refused before issue 20 ("assumes plain SGD"); option II now divides by momentum's path."""
-    assert _job(make_job, {"name": "scaffold"}, momentum=0.9).strategy.name == "scaffold"
+def test_scaffold_with_the_quickstarts_momentum_is_refused_with_the_line_that_runs(capsys) -> None:
+    """The shipped quickstart (momentum 0.9) under scaffold reached 0.897 at round 6 and 0.092 at
+    round 20: `fedgrid check` refuses it naming train.momentum, and the train line it offers passes."""
+    with pytest.raises(ConfigError) as refused:
+        load_job(QUICKSTART, ["strategy.name=scaffold"])
+    assert refused.value.key == "train.momentum" and "\n" not in str(refused.value)
+    assert refused.value.expected.endswith("set train.momentum: 0 and train.lr: 0.1")
+    assert main(["check", str(QUICKSTART), "--set", "strategy.name=scaffold"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {QUICKSTART}: train.momentum: ") and err.count("\n") == 1
+    fixed = ["strategy.name=scaffold", "train.momentum=0", "train.lr=0.1"]
+    assert load_job(QUICKSTART, fixed).strategy.name == "scaffold"
+    assert main(["check", str(QUICKSTART), *(a for kv in fixed for a in ("--set", kv))]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("momentum", "lr", "offered"), [(0.9, 0.05, 0.1), (0.5, 0.05, 0.1), (0.3, 0.07, 0.1),
+                                                          (0.9, 0.02, 0.04)])
+def test_scaffold_offers_no_longer_step_than_the_job_took(make_job, momentum: float, lr: float,
+                                                         offered: float) -> None:
+    """min(lr / (1 - momentum), 2 lr): the quickstart's measured best was 2 lr, 4 lr diverged."""
+    with pytest.raises(ConfigError, match=rf"train\.momentum: .* train\.lr: {offered:g}$"):
+        _job(make_job, {"name": "scaffold"}, momentum=momentum, lr=lr)
+    assert _job(make_job, {"name": "scaffold"}, momentum=0.0, lr=offered).strategy.name == "scaffold"
 
 
 def test_check_prints_the_derived_options(capsys) -> None:
