@@ -104,6 +104,7 @@ class Work:
     # ``--rounds +N`` at round 10 of 10: ((0, 10), (10, 10 + N))); `rounds` is the current target
     horizon: tuple[tuple[int, int], ...] = ()
     _fix: Any = None
+    _kept: Any = None  # what the site keeps for this client (SCAFFOLD's variate lives there)
 
     @property
     def rounds(self) -> int:
@@ -154,11 +155,11 @@ class Work:
         asks for neither. Call it after loading the global params into `model`."""
         from fedgrid.apps.corrections import Corrections
 
-        self._fix = Corrections(self.settings, model, self.global_params)
+        self._fix = Corrections(self.settings, model, self.global_params, self._kept)
         return self._fix
 
     def finish(self, steps: int) -> dict[str, Any]:
-        """fedgrid's side, after train: SCAFFOLD writes the client's new variate to the store and
+        """fedgrid's side, after train: SCAFFOLD keeps the client's new variate in its state and
         returns its change for the server. A round whose strategy corrects local training, from a
         client that never asked for the correction, is an error rather than a silent FedAvg."""
         if self._fix is None:

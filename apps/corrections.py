@@ -13,9 +13,9 @@
   variates keep estimating gradients however the clients' momentum is set. (Cheng et al.,
   "Momentum Benefits Non-IID Federated Learning Simply and Provably", ICLR 2024, add momentum to
   SCAFFOLD differently, mixing the server's last direction into each step: not built.)
-  The variate never leaves the data plane: it is read from and written back to
-  the store (one object per task; the objects the driver's current and previous references name
-  are kept, since a checkpoint still being written may need the older one), and only
+  The variate never leaves its site: it is part of the client's state (apps/sitestate.py, one
+  versioned object per client in the site's store), so a resumed run, and whichever worker runs
+  the client, corrects with exactly the variate its last aggregated update left; only
   ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
 
 Both act on the model's trainable parameters only (not on buffers such as BatchNorm statistics).
@@ -28,27 +28,30 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps.store import Ref, Store, StoreError, fetch
-
 
 class Corrections:
-    def __init__(self, train: dict[str, Any], model: Any, global_params: dict[str, np.ndarray]):
-        """`train`: the task's train block, where the strategy put its instructions."""
+    def __init__(self, train: dict[str, Any], model: Any, global_params: dict[str, np.ndarray], kept: Any = None):
+        """`train`: the task's train block, where the strategy put its instructions; `kept`: what the
+        site keeps for this client (apps/sitestate.Kept), where SCAFFOLD's variate lives."""
         import torch
 
         tr = train
         self.params = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
         self.mu = float(tr.get("prox_mu") or 0.0)
         self.sc: dict[str, Any] | None = tr.get("scaffold")
+        self.kept = kept
         self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])) for n in self.params} if (
             self.mu or self.sc) else {}
         self.lr = float(tr["lr"])
         self.momentum = float(tr.get("momentum") or 0.0)
-        self.reset = False
         self.ci: dict[str, np.ndarray] = {}
         self.shift: dict[str, Any] = {}
         if self.sc:
-            self.ci = self._read_ci()
+            if kept is None:
+                raise RuntimeError("scaffold needs the client's kept state (the site runtime passes it)")
+            mine = kept.scaffold or {}
+            self.ci = {n: np.asarray(mine[n], np.float32) if n in mine else np.zeros(tuple(p.shape), np.float32)
+                       for n, p in self.params.items()}
             c = self.sc.get("c") or {}
             self.shift = {n: torch.from_numpy(np.asarray(c[n], np.float32) - self.ci[n]) if n in c
                           else torch.from_numpy(-self.ci[n]) for n in self.params}
@@ -56,18 +59,6 @@ class Corrections:
     @property
     def active(self) -> bool:
         return bool(self.mu or self.sc)
-
-    def _read_ci(self) -> dict[str, np.ndarray]:
-        ref = self.sc.get("ci")
-        zeros = {n: np.zeros(tuple(p.shape), np.float32) for n, p in self.params.items()}
-        if not ref:
-            return zeros
-        try:
-            got = fetch(Ref(**ref))
-        except StoreError:
-            self.reset = True  # the object is gone (a store wiped by hand): start this client over
-            return zeros
-        return {n: np.asarray(got[n], np.float32) for n in self.params}
 
     def apply(self) -> None:
         """Correct the gradients in place; call after backward(), before the optimiser step."""
@@ -80,7 +71,8 @@ class Corrections:
                 p.grad.add_(self.shift[n])
 
     def finish(self, steps: int) -> dict[str, Any]:
-        """SCAFFOLD: write the new variate to the store; return what the driver needs."""
+        """SCAFFOLD: the client's new variate goes into its kept state (written with it, and its
+        only if the driver aggregates this update); returns what the driver needs, its change."""
         if not self.sc:
             return {}
         c = self.sc.get("c") or {}
@@ -89,20 +81,8 @@ class Corrections:
             drift = (self.anchor[n].numpy() - p.detach().numpy()) / (path_length(steps, self.momentum) * self.lr)
             new[n] = (self.ci[n] - np.asarray(c.get(n, 0.0), np.float32) + drift).astype(np.float32)
             delta[n] = new[n] - self.ci[n]
-        store = Store(self.sc["store"])
-        ref = store.put(new, self.sc["key"])
-        self._prune(store)
-        return {"scaffold_delta_c": delta, "scaffold_ci": {"uri": ref.uri, "sha256": ref.sha256, "nbytes": ref.nbytes},
-                "scaffold_reset": self.reset}
-
-    def _prune(self, store: Store) -> None:
-        """Drop this client's variates that no checkpoint can refer to: all but the one just
-        written and the ones the driver says it still references (current and previous)."""
-        folder, mine = self.sc["key"].rsplit("/", 1)
-        keep = {mine, *self.sc.get("keep", ())}
-        for key in store.keys(folder):
-            if key not in keep:
-                store.delete(f"{folder}/{key}")
+        self.kept.scaffold = new
+        return {"scaffold_delta_c": delta}
 
 
 def path_length(steps: int, momentum: float) -> float:

@@ -6,7 +6,8 @@ shard, or one file that is partitioned like the built-ins). Everything here is n
 touched in :mod:`fedgrid.apps.train`, so the driver can validate a job without importing it.
 
 The driver only ever calls :func:`load_test`; training rows are read by :func:`client_arrays` inside
-the train app at the client's site.
+the train app at the client's site, which is also where a site's feature skew (``data.skew``) is
+applied, so the driver's test set is never skewed.
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ def load_pool(data: dict[str, Any], seed: int) -> tuple[Arrays, np.ndarray | Non
 
 def load_test(data: dict[str, Any], seed: int) -> Arrays | None:
     """The held-out set for central evaluation, or None when the job has none."""
+    # data.skew is deliberately not applied: the central test set is the task as a neutral observer
+    # sees it, so a model that only fits one site's view of the inputs shows it here
     ds = data["dataset"]
     if ds == "digits":
         return _digits(seed, data.get("test_fraction", 0.2), "test")
@@ -217,16 +220,55 @@ def load_test(data: dict[str, Any], seed: int) -> Arrays | None:
 
 
 def client_arrays(data: dict[str, Any], client: int, clients: int, seed: int) -> Arrays:
-    """One client's rows; the pool and its split are cached so a worker pays for them once."""
+    """One client's rows, with its site's feature skew applied (train and holdout alike: they are
+    split from these rows later). The pool and its split are cached so a worker pays for them once."""
+    skew = data.get("skew")
+    # the skew is left out of the cache keys: sites with different skews in one process (`local`
+    # thread sites) share one pool and one split, which are the same whatever the skew
+    base = {k: v for k, v in data.items() if k != "skew"}
     if data["dataset"] == "parquet" and "{client" in (data.get("path") or ""):
         path = data["path"].format(client=client)
-        return _cached(_spec_key("file", {"p": path, **data}), lambda: read_parquet(path, data)[0])
-    pool_key = _spec_key("pool", {"seed": seed, **data})
+        rows = _cached(_spec_key("file", {"p": path, **base}), lambda: read_parquet(path, data)[0])
+        return apply_skew(rows, skew, seed, client)
+    pool_key = _spec_key("pool", {"seed": seed, **base})
     pool, groups = _cached(pool_key, lambda: load_pool(data, seed))
-    parts = _cached(_spec_key("split", {"c": clients, "seed": seed, **data}),
+    parts = _cached(_spec_key("split", {"c": clients, "seed": seed, **base}),
                     lambda: partition(pool.y, clients, data.get("partition") or {}, seed, groups))
     idx = parts[client]
-    return Arrays(np.ascontiguousarray(pool.x[idx]), pool.y[idx], pool.num_classes)
+    return apply_skew(Arrays(np.ascontiguousarray(pool.x[idx]), pool.y[idx], pool.num_classes), skew, seed, client)
+
+
+def apply_skew(arr: Arrays, skew: dict[str, Any] | None, seed: int, client: int) -> Arrays:
+    """`arr` as a site with feature skew ``skew`` (``data.skew``) sees it: rotated by ``rotate``
+    degrees over the last two axes, times ``scale``, plus ``shift``, plus Gaussian noise of std
+    ``noise`` drawn from (seed, client), so every worker and every resume sees the same rows.
+
+    Returns `arr` itself when there is no skew (or an identity one), so unskewed jobs get exactly
+    the arrays they always did; otherwise new arrays, never touching `arr` (it may be a cached or
+    memory-mapped pool)."""
+    if not skew:
+        return arr
+    rotate, scale = int(skew.get("rotate") or 0), float(skew.get("scale", 1.0))
+    shift, noise = float(skew.get("shift") or 0.0), float(skew.get("noise") or 0.0)
+    if rotate % 90:
+        raise ValueError(f"data.skew.rotate must be a multiple of 90 degrees, got {rotate}")
+    k = (rotate // 90) % 4
+    if (k, scale, shift, noise) == (0, 1.0, 0.0, 0.0):
+        return arr
+    x = arr.x
+    if k:
+        if x.ndim < 3:
+            raise ValueError(f"data.skew.rotate needs image rows (N x ... x H x W), got rows of shape {x.shape[1:]}")
+        if k % 2 and x.shape[-1] != x.shape[-2]:
+            # a quarter turn would swap H and W, and the model was built for the unrotated shape
+            raise ValueError(f"data.skew.rotate {rotate} needs square images, got {x.shape[-2]}x{x.shape[-1]}")
+        x = np.rot90(x, k, axes=(-2, -1))
+    # np.float32 scalars: the rows stay float32 under any NumPy's promotion rules
+    x = np.ascontiguousarray(x, dtype=np.float32) * np.float32(scale) + np.float32(shift)
+    if noise:
+        rng = np.random.default_rng([seed, client, 0x5E3])
+        x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(noise)
+    return Arrays(x, arr.y, arr.num_classes)
 
 
 def meta(data: dict[str, Any], test: Arrays | None) -> tuple[tuple[int, ...], int]:
@@ -261,6 +303,10 @@ def describe(data: dict[str, Any]) -> str:
         how += f"({part.get('shards_per_client')} per client)"
     elif how == "natural":
         how += f"(by {part.get('column')})"
+    skew = data.get("skew") or {}
+    # only the parts that differ from the identity, so `fedgrid check` shows each site's skew briefly
+    if turned := {k: v for k, v in skew.items() if v != {"rotate": 0, "scale": 1.0}.get(k, 0.0)}:
+        how += ", skew " + " ".join(f"{k} {v:g}" for k, v in turned.items())
     if ds == "parquet":
         return f"parquet {data.get('path')} ({how})"
     if ds == "custom":

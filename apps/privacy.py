@@ -5,6 +5,10 @@ Runs at a site (local DP: the noise is added before the update leaves) and on th
 the global model is clipped to L2 norm ``clip`` over all float tensors together -- one bound per
 client, which is what client-level DP needs (McMahan et al., "Learning Differentially Private
 Recurrent Language Models", ICLR 2018) -- then ``N(0, std^2)`` is added to every coordinate.
+"All float tensors" includes statistics buffers (BatchNorm's running mean and variance,
+apps/kinds.py) on purpose: they are averages of the client's data, so they leave the site under
+the same bound and noise as the weights. Integer counters are not clipped or noised: they tell
+how many batches the client ran, which its update's example count already does.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ never passes for a clean version. Objects are kept per worker up to ``keep_clien
 recently used evicted); an evicted client is rebuilt from its state like any other.
 
 What is kept for a client is one tree: the client's own ``get_state()`` (``client``), the values
-of its personal layers (``personal``: FedBN, FedPer; never sent, never aggregated) and Ditto's
-personal model (``ditto``).
+of its personal layers (``personal``: FedBN, FedPer; never sent, never aggregated), Ditto's
+personal model (``ditto``), SCAFFOLD's control variate (``scaffold``) and top-k compression's
+error-feedback residual (``residual``): one mechanism, so each is exact in the same way.
 """
 
 from __future__ import annotations
@@ -51,16 +52,21 @@ class Kept:
     client: Any = None  # the client's own get_state()
     personal: Params = field(default_factory=dict)  # its personal layers (FedBN, FedPer)
     ditto: Params = field(default_factory=dict)  # Ditto's personal model
+    scaffold: Params = field(default_factory=dict)  # SCAFFOLD's control variate c_i
+    residual: Params = field(default_factory=dict)  # top-k compression's error feedback
 
     def tree(self) -> dict[str, Any]:
-        return {"client": self.client, "personal": dict(self.personal), "ditto": dict(self.ditto)}
+        return {"client": self.client, **{k: dict(getattr(self, k)) for k in SECTIONS}}
 
     @staticmethod
     def of(tree: Any) -> Kept:
         if not isinstance(tree, dict):
             raise codec.StateError("not a client state object (its tree is not a mapping)")
-        arrays = {k: {n: np.asarray(v) for n, v in (tree.get(k) or {}).items()} for k in ("personal", "ditto")}
-        return Kept(tree.get("client"), arrays["personal"], arrays["ditto"])
+        arrays = {k: {n: np.asarray(v) for n, v in (tree.get(k) or {}).items()} for k in SECTIONS}
+        return Kept(tree.get("client"), **arrays)
+
+
+SECTIONS = ("personal", "ditto", "scaffold", "residual")  # fedgrid's own per-client arrays
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 
 from fedgrid.apps import codec, faults, sitestate
 from fedgrid.apps.client import Context, Evaluation, Fit, Work
-from fedgrid.apps.store import Ref, Store, StoreError, fetch
+from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.update import ClientEvaluation, ClientUpdate
 
@@ -183,41 +183,25 @@ def warm(task: TrainTask) -> dict[str, Any]:
     return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "client": task.code["path"]}
 
 
-def _residual(store: Store, key: str, expect: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], bool]:
-    """This client's error-feedback residual, read only if it is the object the driver last heard
-    of (its sha256 and size): the store is shared, and a residual that someone else rewrote would
-    flow into this client's update. Returns it (empty when there is none or it does not match) and
-    whether a stored one had to be dropped."""
-    if not expect:
-        return {}, False
-    try:
-        return dict(fetch(Ref(store.url + "/" + key, str(expect["sha256"]), int(expect["nbytes"])))), False
-    except StoreError:
-        return {}, True
-
-
 def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray],
-             start: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The update as it goes over the wire (apps/codec.py), and what the driver must record.
-    Top-k's error-feedback residual is this client's own state at its site: read from the store
-    (verified), added in, written back; its new digest goes to the driver with the update."""
-    key = comp.get("residual_key")
-    store = Store(task.store) if key and task.store else None
-    residual, reset = _residual(store, key, comp.get("residual")) if store is not None else (None, False)
+             start: dict[str, np.ndarray], kept: sitestate.Kept | None) -> dict[str, np.ndarray]:
+    """The update as it goes over the wire (apps/codec.py). Top-k's error-feedback residual is
+    part of the client's state at its site (`kept`): added in, and what is left kept for the next
+    round, which becomes the client's only if the driver aggregates this update."""
+    feedback = bool(comp.get("feedback")) and kept is not None
     seed = int(np.random.SeedSequence([task.seed, task.round, task.client, 7]).generate_state(1)[0])
-    payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01), residual, seed,
-                                 comp.get("dense_below", 0))
-    if store is None:
-        return payload, {}
-    ref = store.put(left, key)
-    return payload, {"topk_residual": {"sha256": ref.sha256, "nbytes": ref.nbytes}, "residual_reset": reset}
+    payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01),
+                                 dict(kept.residual) if feedback else None, seed, comp.get("dense_below", 0),
+                                 comp.get("exact"))
+    if feedback:
+        kept.residual = left
+    return payload
 
 
 def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np.ndarray],
-             n: int) -> tuple[dict[str, np.ndarray], str, int, dict[str, Any]]:
+             n: int, kept: sitestate.Kept | None = None) -> tuple[dict[str, np.ndarray], str, int]:
     """The update as it leaves the site: local DP's clipping and noise, then secure aggregation's
-    mask or the compression codec. Returns the payload, its codec, its wire bytes (0: raw) and
-    extras for the driver (the compression residual's digest)."""
+    mask or the compression codec. Returns the payload, its codec and its wire bytes (0: raw)."""
     if dp := task.dp:  # local DP: the update is clipped and noised before it leaves the site
         from fedgrid.apps.privacy import clip_and_noise
 
@@ -226,11 +210,11 @@ def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np
     if sec := task.train.get("secagg"):  # secure aggregation: only the masked vector leaves the site
         from fedgrid.apps.secagg import mask
 
-        return {"masked": mask(sec, task.client, task.round, params, start, n)}, "secagg", 0, {}
+        return {"masked": mask(sec, task.client, task.round, params, start, n)}, "secagg", 0
     if comp := task.compress:
-        payload, extras = compress(task, comp, params, start)
-        return payload, comp["codec"], codec.nbytes(payload), extras
-    return params, "none", 0, {}
+        payload = compress(task, comp, params, start, kept)
+        return payload, comp["codec"], codec.nbytes(payload)
+    return params, "none", 0
 
 
 def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
@@ -250,11 +234,11 @@ def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
     return fit
 
 
-def _work(task: TrainTask, start: dict[str, np.ndarray]) -> Work:
+def _work(task: TrainTask, start: dict[str, np.ndarray], kept: sitestate.Kept | None = None) -> Work:
     # an asynchronous client may train twice from the same global model: `draw` tells the two apart
     seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
     return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=task.train, global_params=start,
-                horizon=task.horizon)
+                horizon=task.horizon, _kept=kept)
 
 
 def batch_job() -> str | None:
@@ -276,7 +260,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     cold = bool(getattr(client, "cold", False))
     start = codec.up_from_down(global_params(task.params))  # float32 again if it came down in fp16
     mine = sitestate.with_personal(start, kept)
-    work = _work(task, mine)
+    work = _work(task, mine, kept)
     if missing := work.needs() - set(getattr(client, "supports", ())):
         raise RuntimeError(f"client {task.code['path']} does not support {sorted(missing)}, which this round needs")
     t_load = time.perf_counter() - t0
@@ -296,10 +280,10 @@ def train_client(task: TrainTask) -> ClientUpdate:
         _ditto(task, client, kept, mine)
     t2 = time.perf_counter()
     extras = work.finish(int(fit.steps))
-    if task.keep is not None:
-        extras["state"] = sitestate.leave(s, task.keep, call_client)
     n = int(fit.num_examples)
-    params, used, wire, sent = outgoing(task, params, start, n)
+    params, used, wire = outgoing(task, params, start, n, kept)
+    if task.keep is not None:  # after the codec: top-k's residual is part of the state
+        extras["state"] = sitestate.leave(s, task.keep, call_client)
     params, ref = send_back(task, params, extras)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
@@ -309,7 +293,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
                  "samples_per_s": work.examples_seen(int(fit.steps), n) / max(t_train, 1e-9)},
         extras={"steps": int(fit.steps), "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold,
-                "batch_job": batch_job(), **extras, **sent},
+                "batch_job": batch_job(), **extras},
     )
 
 

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, quick by default (under 10 minutes on 2 cores), `--full` for all.
 
     python bench/all.py            # compare (fedgrid vs Flower vs floor), overhead, throughput, warm-up
-    python bench/all.py --full     # + sites, faults, hetero, crash drill, strategies, Byzantine, traffic
+    python bench/all.py --full     # + sites, faults, hetero, crash drill, strategies, Byzantine, traffic,
+                                   #   personalization
 
 Each benchmark runs in its own process and writes its JSON under bench/results/; this prints the
 machine and versions, then each benchmark's Markdown table (what BENCHMARKS.md is made of).
@@ -22,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [("compare.py", []), ("overhead.py", []), ("throughput.py", []), ("warmup.py", [])]
 FULL = [("sites.py", []), ("faults.py", []), ("hetero.py", []), ("crash.py", []), ("strategies.py", []),
-        ("strategies.py", ["--byzantine", "--clean"]), ("traffic.py", [])]
+        ("strategies.py", ["--byzantine", "--clean"]), ("traffic.py", []), ("personal.py", [])]
 
 
 def machine() -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.strategies import STRATEGIES
 
 NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm")
 # names of normalization params when no torch module is at hand (a client's own init_params)
@@ -67,7 +68,9 @@ def names(job: Job, params: dict[str, np.ndarray], model: Any | None) -> list[st
 def keep_options(job: Job, stateful: bool, personal: list[str]) -> dict[str, Any] | None:
     """What every task says about client state (None: the run keeps none)."""
     ditto = job.personal.ditto if job.personal is not None else None
-    if not (stateful or personal or ditto):
+    # SCAFFOLD's variates and top-k's residuals are per-client state too, kept the same way
+    fedgrid_own = STRATEGIES[job.strategy.name].needs_store or job.compression.needs_store()
+    if not (stateful or personal or ditto or fedgrid_own):
         return None
     return {"personal": list(personal), "ditto": ditto.model_dump() if ditto else None,
             "cache": job.train.keep_clients}

@@ -45,29 +45,6 @@ def observe(p: dict[str, np.ndarray], u: ClientUpdate) -> None:
     _ema(p["samples_per_s"], c, u.timings.get("samples_per_s", np.nan))
     _ema(p["train_s"], c, u.timings.get("train", np.nan))
     _ema(p["queue_s"], c, u.timings.get("queue", np.nan))
-    if (r := u.extras.get("topk_residual")) is not None:
-        _remember_residual(p, c, r)
-    if u.extras.get("residual_reset"):
-        log.warning("client %d: its stored compression residual was not the one it last reported (an update "
-                    "that never arrived, or the object was rewritten); it started again from zero", c)
-
-
-def _remember_residual(p: dict[str, np.ndarray], c: int, ref: dict) -> None:
-    """The digest of the residual the client just wrote (top-k's error feedback): its next task
-    carries it, so the site reads its residual only if nobody rewrote it. Kept with the profiles
-    (per client, checkpointed); only jobs that keep residuals have these arrays."""
-    if "residual_nbytes" not in p:
-        n = len(p["examples"])
-        p["residual_sha256"], p["residual_nbytes"] = np.zeros((n, 32), np.uint8), np.zeros(n, np.int64)
-    p["residual_sha256"][c] = np.frombuffer(bytes.fromhex(ref["sha256"]), np.uint8)
-    p["residual_nbytes"][c] = ref["nbytes"]
-
-
-def residual_of(p: dict[str, np.ndarray], c: int) -> dict | None:
-    """What client c's stored residual must be ({sha256, nbytes}), or None when it has none yet."""
-    if "residual_nbytes" not in p or not p["residual_nbytes"][c]:
-        return None
-    return {"sha256": p["residual_sha256"][c].tobytes().hex(), "nbytes": int(p["residual_nbytes"][c])}
 
 
 def keep_state(p: dict[str, np.ndarray], u: ClientUpdate) -> None:

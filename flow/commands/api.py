@@ -89,7 +89,9 @@ def report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
 
 
 def export(run_dir: str | Path, rnd: int | None = None, fmt: str = "safetensors",
-           out: str | Path | None = None) -> Path:
+           out: str | Path | None = None, client: int | None = None) -> Path:
+    """The model of round `rnd` (the newest when None) as a file; with `client`, that client's
+    personalized model (its personal layers, or Ditto's personal model) instead of the global one."""
     from fedgrid.flow.commands.export import export_model
 
-    return export_model(Path(run_dir), rnd, fmt, Path(out) if out else None)
+    return export_model(Path(run_dir), rnd, fmt, Path(out) if out else None, client)

@@ -34,6 +34,17 @@ class PartitionSpec(_Strict):
     min_size: Annotated[int, Field(ge=0)] = 2
 
 
+class SkewSpec(_Strict):
+    """Feature skew (FedBN's setting, Li et al. 2021): the same task seen through each site's own
+    scanner or camera. Given per site (``sites.<name>.data.skew``); applied at the site to its
+    clients' rows, in this order: rotate, scale, shift, noise."""
+
+    rotate: Annotated[int, Field(multiple_of=90)] = 0  # degrees, over the last two (spatial) axes
+    scale: float = 1.0  # values multiplied by this
+    shift: float = 0.0  # then this added
+    noise: Annotated[float, Field(ge=0)] = 0.0  # then Gaussian noise of this std, seeded per client
+
+
 class DataSpec(_Strict):
     """What data each client trains on and what the driver evaluates on."""
 
@@ -52,6 +63,7 @@ class DataSpec(_Strict):
     holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # built-in client: share of each client's rows it
     # keeps out of training for federated evaluation
     samples_per_client: Annotated[int, Field(ge=1)] = 32  # synthetic: rows per client
+    skew: SkewSpec | None = None  # feature skew of the clients' inputs (not the driver's test set)
 
 
 class TrainSpec(_Strict):

@@ -16,6 +16,15 @@
   driver does in flat rounds. It never sees another site's. Local DP is unchanged: the noise is
   added where each client trains, and neither the site aggregator nor the driver sees a clean update.
 
+Statistics buffers (apps/kinds.py: BatchNorm's running mean and variance) are part of the update
+and are clipped and noised with it, in both modes: the bound C and the noise cover the whole vector
+that leaves a site, so the guarantee covers everything a client's data shaped, not only the weights
+(a running mean is an average of that data). The server then takes the noised equal-weight mean as
+the statistics, with no server step (`Strategy.statistics`); counters, integers outside the
+clipped vector, are averaged and rounded. The noise also reaches the statistics: with
+``z * C / m`` near the smallest running variance a noised variance can come out negative, so a
+model with BatchNorm needs that noise well below its variances (or GroupNorm, which keeps none).
+
 After every round the RDP accountant of Opacus (Mironov 2017; subsampled Gaussian, Mironov et al.
 2019) turns the rounds so far -- noise multiplier z, sampling rate q = clients per round / clients
 -- into epsilon for the job's delta. Each round's z, q and epsilon are in rounds.parquet

@@ -121,7 +121,6 @@ class AsyncLoop:
             for c in self.drv.rng.permutation(idle)[:max(0, self.slots[site] - in_flight)]:
                 self.draws += 1
                 task = self.drv.tasks.train(int(c), self.version + 1, self.sent[site], None, self.draws,
-                                            prof.residual_of(self.drv.profiles, int(c)),
                                             prof.state_of(self.drv.profiles, int(c)))
                 fut = self.drv.runtime.submit(site, replace(task, draw=(self.draws,)))
                 self.flights[fut] = _Flight(int(c), site, self.version, time.monotonic())

@@ -184,7 +184,6 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
         site = drv.sites[c]
         futs[c] = (site, _failed(SiteDown(down[site])) if site in down else
                    drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number,
-                                                            prof.residual_of(drv.profiles, c),
                                                             prof.state_of(drv.profiles, c))))
     return futs
 

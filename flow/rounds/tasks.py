@@ -66,14 +66,13 @@ class Tasks:
         if comp.up_codec() == "none":
             return None
         return {"codec": comp.up_codec(), "topk_fraction": comp.topk_fraction, "dense_below": comp.dense_below,
-                "residual_key": "state/residual/client-{client:05d}" if comp.needs_store() else None,
+                "feedback": comp.needs_store(),  # top-k's residual, kept in the client's state
                 "exact": buffers(kinds) if kinds else None}
 
     def train(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
-              extra: dict[str, Any] | None = None, attempt: int = 1, residual: dict | None = None,
+              extra: dict[str, Any] | None = None, attempt: int = 1,
               state: tuple[dict | None, list[str]] | None = None) -> TrainTask:
         """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it,
-        `residual` the digest its stored compression residual must have (profiles.residual_of),
         `state` the version of its state to start from and the versions to keep (profiles.state_of)."""
         job, site = self.job, self.sites[client]
         task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
@@ -91,9 +90,7 @@ class Tasks:
             task.store, task.sum_at_site = self.site_store[site], True
             task.update_key = self.update_key(rnd, client, attempt)
         if self.compress is not None:
-            key = self.compress["residual_key"]
-            task.compress = {**self.compress, "residual_key": key.format(client=client) if key else None,
-                             "residual": residual}
+            task.compress = self.compress
         return task
 
     @staticmethod

@@ -185,7 +185,7 @@ def contribution(drv: Any, p: SitePartial, held: list[ClientUpdate]) -> ClientUp
                           float(sum(u.num_examples * s for u, s in zip(held, steps, strict=True))))
     if "scaffold" in drv.strategy.needs:
         extras["scaffold_mean"] = {k[len(CONTROL):]: v for k, v in p.params.items() if k.startswith(CONTROL)}
-        extras["scaffold_clients"] = {u.client: u.extras["scaffold_ci"] for u in held}
+        extras["scaffold_clients"] = [u.client for u in held]
     n = len(held) if weighing(drv) == "equal" else p.examples
     return ClientUpdate(client=-1, site=p.site, round=p.round, num_examples=n, params=params, extras=extras)
 

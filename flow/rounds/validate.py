@@ -108,11 +108,9 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
             raise InvalidUpdate(f"rejected: extras.{key} is {type(u.extras[key]).__name__}, expected a string")
         if u.extras.get(key) is not None:
             u.extras[key] = u.extras[key][:200]  # a label, not a payload: the rounds table holds it
-    for key in ("cold", "residual_reset"):
+    for key in ("cold",):
         if key in u.extras and not isinstance(u.extras[key], bool):
             raise InvalidUpdate(f"rejected: extras.{key} must be true or false")
-    if "topk_residual" in u.extras:
-        u.extras["topk_residual"] = _digest(u.extras["topk_residual"], "topk_residual")
     if "state" in u.extras:  # the client state version it wrote: becomes the client's if the update is accepted
         reset = u.extras["state"].get("reset", False) if isinstance(u.extras["state"], dict) else None
         if not isinstance(reset, bool):

@@ -132,8 +132,8 @@ class Strategy:
         mean the privacy guarantee covers. Counters are rounded, not their maximum: the mean is what
         a folded or securely aggregated round can know (no client's own count survives the sum),
         and it counts the batches the averaged statistics stand for. Rules whose updates are not
-        params (FedBuff's deltas) or whose statistics must resist bad clients (the robust rules)
-        override this."""
+        params (FedBuff's deltas), whose contributions carry other weights (FedNova's site
+        partials) or whose statistics must resist bad clients (the robust rules) override this."""
         like = OrderedDict((n, global_params[n]) for n in names)
         kinds = self.kinds_of(global_params)
         return OrderedDict((n, np.rint(a).astype(a.dtype) if kinds[n] == COUNT and is_float(a) else a)

@@ -12,9 +12,10 @@ staler than `max_staleness` are discarded. Each server step is checkpointed as o
 The asynchronous loop (flow/rounds/asynchronous.py) turns each update into its delta before it reaches
 `aggregate`, so this file is only the server rule.
 
-Statistics buffers and counters (apps/kinds.py) take the same step as the weights: it has no
-moments or momentum, and at the default ``server_lr`` 1 it is each statistic's staleness-weighted
-mean change. (``server_lr`` other than 1 still scales their change.)
+Statistics buffers and counters (apps/kinds.py) take the same step as the weights
+(`statistics`): it keeps no moments or momentum, and at the default ``server_lr`` 1 it adds the
+buffer's example- and staleness-weighted changes over its examples, as for the weights. A
+``server_lr`` other than 1 still scales their change.
 """
 
 from __future__ import annotations

@@ -39,3 +39,21 @@ def bad_factory(width, depth):
 def raising_factory(input_shape, num_classes):
     """A model factory that fails when the driver builds the model."""
     raise RuntimeError(f"no layer for {num_classes} classes")
+
+
+class CountsThreads(NumpyLogReg):
+    """Records the torch threads its constructor and its train saw (train.threads is fedgrid's)."""
+
+    seen: list[int] = []
+
+    def __init__(self, ctx):
+        import torch
+
+        super().__init__(ctx)
+        CountsThreads.seen.append(torch.get_num_threads())
+
+    def train(self, params, work):
+        import torch
+
+        CountsThreads.seen.append(torch.get_num_threads())
+        return super().train(params, work)

@@ -202,3 +202,22 @@ def test_a_client_that_claims_a_hook_but_never_uses_it_fails_instead_of_training
         train_client(_task("numpy_client:NumpyLogReg", client=5, prox_mu=0.1))
     with pytest.raises(RuntimeError, match=r"does not support \['scaffold'\], which this round needs"):
         train_client(_task("numpy_client:NumpyLogReg", client=5, scaffold={"c": {}}))
+
+
+def test_train_threads_is_applied_before_any_client_code_runs():
+    import os
+
+    import torch
+    from broken_clients import CountsThreads
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (3, 1):
+            CountsThreads.seen.clear()
+            train_client(_task("broken_clients:CountsThreads", client=threads, threads=threads))
+            assert CountsThreads.seen == [threads, threads] and os.environ["OMP_NUM_THREADS"] == str(threads)
+    finally:
+        from fedgrid.apps import train
+
+        torch.set_num_threads(before)
+        train._THREADS.clear()

@@ -94,36 +94,24 @@ def test_the_sampling_rate_is_the_clients_share_only_where_the_trusted_driver_sa
     assert sample_rate(central) == 0.5 and sample_rate(local) == 1.0
 
 
-def test_a_site_reads_its_residual_only_if_it_is_the_one_the_driver_last_heard_of(tmp_path) -> None:
-    """The store is shared: a residual someone else rewrote must not flow into the client's update."""
-    from fedgrid.apps.store import Store
-    from fedgrid.apps.train import _residual
+def test_topk_error_feedback_lives_in_the_client_state_and_only_a_kept_version_counts() -> None:
+    """The residual is part of the client's state (apps/sitestate.Kept): what one round leaves out is
+    added in the next, and a task started from an older version uses that version's residual."""
+    from fedgrid.apps.sitestate import Kept
+    from fedgrid.apps.task import TrainTask
+    from fedgrid.apps.train import compress
 
-    store, key = Store(str(tmp_path)), "state/residual/client-00003"
-    mine = {"w": np.arange(4, dtype=np.float32)}
-    ref = store.put(mine, key)
-    expect = {"sha256": ref.sha256, "nbytes": ref.nbytes}
-    got, reset = _residual(store, key, expect)
-    assert np.array_equal(got["w"], mine["w"]) and not reset
-    store.put({"w": np.full(4, 1e6, np.float32)}, key)  # rewritten by someone else
-    assert _residual(store, key, expect) == ({}, True)
-    assert _residual(store, key, None) == ({}, False)  # the driver has heard of none: start empty
-
-
-def test_the_residual_digest_a_site_reports_is_checked_and_kept_per_client() -> None:
-    from fedgrid.apps.update import ClientUpdate
-    from fedgrid.flow.clients import profiles as prof
-    from fedgrid.flow.rounds.validate import InvalidUpdate, envelope
-
-    def upd(extras):
-        return ClientUpdate(client=2, site="a", round=1, num_examples=5, params={}, extras=extras)
-
-    for bad in ({"sha256": "zz" * 32, "nbytes": 10}, {"sha256": "ab" * 32, "nbytes": -1}, "x",
-                {"sha256": "ab" * 31, "nbytes": 10}):
-        with pytest.raises(InvalidUpdate, match="topk_residual"):
-            envelope(upd({"topk_residual": bad}), 2, "a", 1)
-    u = envelope(upd({"topk_residual": {"sha256": "ab" * 32, "nbytes": np.int64(10)}}), 2, "a", 1)
-    p = prof.empty(4)
-    assert prof.residual_of(p, 2) is None
-    prof.observe(p, u)
-    assert prof.residual_of(p, 2) == {"sha256": "ab" * 32, "nbytes": 10} and prof.residual_of(p, 1) is None
+    task = TrainTask(client=3, site="a", round=1, clients=4, seed=0, data={}, code={}, train={})
+    comp = {"codec": "topk", "topk_fraction": 0.25, "dense_below": 0, "feedback": True}
+    start = {"w": np.zeros(4, np.float32)}
+    kept = Kept()
+    compress(task, comp, {"w": np.array([4, 3, 2, 1], np.float32)}, start, kept)
+    np.testing.assert_array_equal(kept.residual["w"], [0, 3, 2, 1])  # the largest went, the rest kept
+    older = Kept(residual=dict(kept.residual))
+    compress(task, comp, {"w": np.zeros(4, np.float32)}, start, kept)  # the residual's largest goes next
+    np.testing.assert_array_equal(kept.residual["w"], [0, 0, 2, 1])
+    compress(task, comp, {"w": np.zeros(4, np.float32)}, start, older)  # a retry from the older version
+    np.testing.assert_array_equal(older.residual["w"], [0, 0, 2, 1])
+    off = Kept()
+    compress(task, {**comp, "feedback": False}, {"w": np.array([4, 3, 2, 1], np.float32)}, start, off)
+    assert off.residual == {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedgrid.apps.corrections import Corrections
-from fedgrid.apps.store import Ref, Store, fetch
+from fedgrid.apps.sitestate import Kept
 
 torch = pytest.importorskip("torch")
 
@@ -27,26 +27,20 @@ def test_fedprox_adds_mu_times_the_distance_to_the_global_model() -> None:
     assert fix.finish(3) == {}
 
 
-def test_scaffold_corrects_each_step_and_keeps_the_client_variate_in_the_store(tmp_path) -> None:
-    store = Store(str(tmp_path))
-    old = store.put({"weight": np.array([[0.25, 0.0]], np.float32)}, "state/scaffold/client-000007/round-000001")
-    older = store.put({"weight": np.zeros((1, 2), np.float32)}, "state/scaffold/client-000007/round-000000")
-    sc = {"c": {"weight": np.array([[1.0, 1.0]], np.float32)}, "store": str(tmp_path),
-          "ci": {"uri": old.uri, "sha256": old.sha256, "nbytes": old.nbytes},
-          "key": "state/scaffold/client-000007/round-000004", "keep": ["round-000001"]}
+def test_scaffold_corrects_each_step_and_keeps_the_client_variate_in_its_state() -> None:
+    kept = Kept(scaffold={"weight": np.array([[0.25, 0.0]], np.float32)})
+    sc = {"c": {"weight": np.array([[1.0, 1.0]], np.float32)}}
     m = _model()
     g = {"weight": np.array([[1.0, 0.0]], np.float32)}
-    fix = Corrections({"lr": 0.5, "scaffold": sc}, m, g)
+    fix = Corrections({"lr": 0.5, "scaffold": sc}, m, g, kept)
     fix.apply()
     np.testing.assert_allclose(m.weight.grad.numpy(), [[0.75, 1.0]])  # + c - c_i
     out = fix.finish(steps=2)  # y = [2, -1]: c_i+ = c_i - c + (G - y) / (2 * 0.5) = [-1.75, 0]
-    new = fetch(Ref(**out["scaffold_ci"]))
-    np.testing.assert_allclose(new["weight"], [[0.25 - 1 - 1, 0 - 1 + 1]])
+    np.testing.assert_allclose(kept.scaffold["weight"], [[0.25 - 1 - 1, 0 - 1 + 1]])
     np.testing.assert_allclose(out["scaffold_delta_c"]["weight"], [[-2.0, 0.0]])
-    assert not out["scaffold_reset"]
-    # the variate it read is kept (the last checkpoint refers to it); older ones are gone
-    assert store.keys("state/scaffold/client-000007") == ["round-000001", "round-000004"]
-    assert older.uri.endswith("round-000000")
+    assert set(out) == {"scaffold_delta_c"}  # the variate itself stays at the site
+    fresh = Corrections({"lr": 0.5, "scaffold": sc}, _model(), g, Kept())  # a client with no variate yet
+    np.testing.assert_allclose(fresh.ci["weight"], np.zeros((1, 2)))
 
 
 @pytest.mark.parametrize("mu", [0.0, 0.5, 0.9])
@@ -59,8 +53,7 @@ def test_scaffold_option_two_recovers_a_constant_gradient_under_client_momentum(
     g = torch.tensor([[0.3, -0.2]])
     m = _model()
     start = {"weight": m.weight.detach().numpy().copy()}
-    sc = {"c": {}, "store": str(tmp_path), "ci": None, "key": "state/scaffold/client-000001/round-000001"}
-    fix = Corrections({"lr": 0.05, "momentum": mu, "scaffold": sc}, m, start)
+    fix = Corrections({"lr": 0.05, "momentum": mu, "scaffold": {"c": {}}}, m, start, Kept())
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=mu)
     for _ in range(7):
         opt.zero_grad(set_to_none=True)

@@ -84,11 +84,10 @@ def test_fedopt_steps_the_weights_and_averages_the_statistics(name: str) -> None
     s.kinds = KINDS
     out = s.aggregate(1, G(), UPDATES, [])
     _check_buffers(out, UPDATES)
-    # the weights: delta = mean - G = [0.5, 1]; m = (1 - b1) delta; v from tau^2 (every rule's first
-    # v is tau^2 + delta^2 scaled: Adam and Yogi by 1 - b2, Adagrad by 1)
+    # the weights: delta = mean - G = [0.5, 1]; m = (1 - b1) delta; v from tau^2, each rule its own way
     for i, d in enumerate([0.5, 1.0]):
-        v = (tau**2 + d * d) if name == "fedadagrad" else (b2 * tau**2 + (1 - b2) * d * d if name == "fedadam"
-                                                            else tau**2 - (1 - b2) * d * d * math.copysign(1, tau**2 - d * d))
+        v = {"fedadam": b2 * tau**2 + (1 - b2) * d * d, "fedadagrad": tau**2 + d * d,
+             "fedyogi": tau**2 - (1 - b2) * d * d * math.copysign(1, tau**2 - d * d)}[name]
         assert float(out[W][i]) == pytest.approx(1.0 + eta * (1 - b1) * d / (math.sqrt(v) + tau), rel=1e-5)
     assert float(out[W][0]) != MEAN_W[0]  # the server step, not FedAvg's jump
     assert sorted(s.state()) == [f"m/{W}", f"v/{W}"]  # no moments for the buffers
@@ -148,14 +147,16 @@ def test_robust_rules_take_their_own_robust_statistics_with_no_server_step() -> 
     """Median and trimmed mean: the rule's value of each statistic, never stepped (momentum and a
     server rate here); one hostile client's statistics cannot set the model's, as a plain mean would."""
     hostile = U(2, 1000, [1.0, 1.0], [-1e6, 1e6], 10**9)
-    ups = [*UPDATES, U(3, 20, [1.0, 3.0], [0.7, 2.0], 15), hostile]
-    for name, want in (("median", [0.7, 2.0]), ("trimmed_mean", [0.7, 2.0])):
-        s = make(name, server_lr=0.5, momentum=0.9, **({"beta": 0.25} if name == "trimmed_mean" else {}))
+    ups = [*UPDATES, U(3, 20, [1.0, 3.0], [0.7, 2.0], 15), U(4, 5, [1.0, 2.0], [0.6, 2.2], 16), hostile]
+    # running_var, sorted per coordinate: -1e6 0.5 0.6 0.7 0.9 and 1 2 2.2 3 1e6; counts 14 15 16 17 1e9
+    for name, want in (("median", [0.6, 2.2]), ("trimmed_mean", [0.6, (2 + 2.2 + 3) / 3])):
+        s = make(name, server_lr=0.5, momentum=0.9)  # trimmed_mean's beta 0.2 of 5: one cut at each end
         s.kinds = KINDS
         out = s.aggregate(1, G(), ups, [])
         np.testing.assert_allclose(out[VAR], want, rtol=1e-6)
-        assert int(out[N]) == 16  # the median of 14, 15, 17, 10^9 is 16 (rounded); trimmed: (15 + 17) / 2
-        # the weights are stepped: median [1, 2], delta [0, 1]; v = -delta; G' = G - 0.5 v
+        assert int(out[N]) == 16
+        # the weights are stepped: the rule gives [1, 2] (0 1 1 1 2; 1 2 2 2 3), delta [0, 1]; v = -delta;
+        # G' = G - 0.5 v
         np.testing.assert_allclose(out[W], [1.0, 1.5])
         assert sorted(s.state()) == [f"v/{W}"]
 
