@@ -44,7 +44,7 @@ class Strategy:
     name = "base"
     Options: ClassVar[type[StrategyOptions]]
     asynchronous: ClassVar[bool] = False
-    needs_store: ClassVar[bool] = False  # keeps per-client state in the data plane (SCAFFOLD)
+    needs_store: ClassVar[bool] = False  # keeps per-client state at the sites (SCAFFOLD's variates: apps/sitestate.py)
     # the next model depends on the updates only through their example-weighted mean, so central DP
     # can noise that mean and secure aggregation can hand over only the sum
     mean_based: ClassVar[bool] = False

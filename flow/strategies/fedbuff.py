@@ -12,10 +12,9 @@ staler than `max_staleness` are discarded. Each server step is checkpointed as o
 The asynchronous loop (flow/rounds/asynchronous.py) turns each update into its delta before it reaches
 `aggregate`, so this file is only the server rule.
 
-Statistics buffers and counters (apps/kinds.py) take the same step as the weights
-(`statistics`): it keeps no moments or momentum, and at the default ``server_lr`` 1 it adds the
-buffer's example- and staleness-weighted changes over its examples, as for the weights. A
-``server_lr`` other than 1 still scales their change.
+Statistics buffers and counters (apps/kinds.py) move by the buffer's example- and staleness-weighted
+mean change (`statistics`): no ``server_lr``, and normalised by the weights themselves, so stale
+updates do not shrink a running variance toward the old model's; counters stay whole.
 """
 
 from __future__ import annotations
@@ -79,6 +78,10 @@ class FedBuff(Strategy):
 
     def statistics(self, global_params: Params, updates: list[ClientUpdate], out: Params,
                    names: list[str]) -> Params:
-        """The rule's own step for statistics and counters too (module docstring): the updates here
+        """G plus the weighted mean of the buffer's changes (module docstring): the updates here
         are deltas, which the default plain mean of params would misread."""
-        return OrderedDict((n, out[n]) for n in names)
+        w = np.array([u.num_examples * u.scale for u in updates], np.float64)
+        w = w / w.sum()
+        return OrderedDict((n, cast_like(np.asarray(global_params[n], np.float64)
+                                         + weighted_sum([u.params[n] for u in updates], w), global_params[n]))
+                           for n in names)

@@ -221,3 +221,15 @@ def test_train_threads_is_applied_before_any_client_code_runs():
 
         torch.set_num_threads(before)
         train._THREADS.clear()
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"client": "stateful_client:StatefulClient"}, "client stateful_client:StatefulClient keeps each client's state"),
+    ({"personal": {"layers": ["fc*"]}}, "personal: keeps each client's personal layers"),
+])
+def test_client_state_on_a_site_that_cannot_reach_the_run_dir_needs_a_store_url(over, why, tmp_path, make_job, capsys):
+    remote = [{"name": "s", "executor": {"kind": "slurm", "partition": "x"}, "clients": 6}]
+    code, err = _check(_job_file(tmp_path, make_job, sites=remote, **over), capsys)
+    assert code == 2 and len(err) == 1 and "store.url" in err[0] and why in err[0], err
+    ok = _job_file(tmp_path, make_job, sites=remote, store={"url": str(tmp_path / "shared")}, **over)
+    assert "store.url" not in "\n".join(_check(ok, capsys)[1])
