@@ -108,8 +108,11 @@ class BuiltinClient(Client):
         x, y = self.tensors(int(work.settings.get("threads", 1)))
         model = cached_model(self.spec)
         set_params(model, params)
-        fix = work.corrections(model)  # FedProx / SCAFFOLD, when the strategy asks for them
-        done = local_sgd(work, model, x, y, fix)
+        if work.settings.get("head_epochs"):
+            done = rep_sgd(work, model, x, y)
+        else:
+            fix = work.corrections(model)  # FedProx / SCAFFOLD, when the strategy asks for them
+            done = local_sgd(work, model, x, y, fix)
         return Fit(get_params(model), len(y), done.metrics(), steps=done.steps)
 
 
@@ -146,6 +149,33 @@ class _Pass:
 
     def metrics(self) -> dict[str, float]:
         return {"loss": self.loss / max(self.seen, 1), "accuracy": self.correct / max(self.seen, 1)}
+
+
+def rep_sgd(work: Work, model: Any, x: Any, y: Any) -> _Pass:
+    """FedRep's round (Collins et al., ICML 2021): the personal layers (the head) trained alone for
+    ``head_epochs`` epochs with the shared ones frozen, then the shared ones alone for the round's
+    epochs with the head frozen; the strategy's corrections apply to the shared part. Returns the
+    shared part's pass: its steps are what the round's update took."""
+    from dataclasses import replace
+
+    head = set(work.settings["personal_layers"])
+    params = dict(model.named_parameters())
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in head)
+        head_work = replace(work, settings={**work.settings, "epochs": work.settings["head_epochs"], "steps": None},
+                            _fix=None)
+        local_sgd(head_work, model, x, y, _NoFix())
+        for n, p in params.items():
+            p.requires_grad_(n not in head)
+        return local_sgd(work, model, x, y, work.corrections(model))
+    finally:
+        for p in params.values():
+            p.requires_grad_(True)
+
+
+class _NoFix:
+    active = False
 
 
 def local_sgd(work: Work, model: Any, x: Any, y: Any, fix: Any) -> _Pass:

@@ -237,7 +237,10 @@ def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
 def _work(task: TrainTask, start: dict[str, np.ndarray], kept: sitestate.Kept | None = None) -> Work:
     # an asynchronous client may train twice from the same global model: `draw` tells the two apart
     seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
-    return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=task.train, global_params=start,
+    settings = task.train
+    if (task.keep or {}).get("head_epochs"):  # FedRep: the client's loop trains its head first
+        settings = {**settings, "head_epochs": task.keep["head_epochs"], "personal_layers": task.keep["personal"]}
+    return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=settings, global_params=start,
                 horizon=task.horizon, _kept=kept)
 
 

@@ -73,7 +73,7 @@ def keep_options(job: Job, stateful: bool, personal: list[str]) -> dict[str, Any
     if not (stateful or personal or ditto or fedgrid_own):
         return None
     return {"personal": list(personal), "ditto": ditto.model_dump() if ditto else None,
-            "cache": job.train.keep_clients}
+            "head_epochs": job.personal.head_epochs if job.personal is not None else 0}
 
 
 def hold(before: dict[str, np.ndarray], after: dict[str, np.ndarray], personal: list[str]) -> dict[str, np.ndarray]:

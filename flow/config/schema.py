@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedgrid.executors import kind_module, specs
 from fedgrid.flow.strategies import DEFAULT, STRATEGIES, option_models
@@ -296,9 +296,20 @@ class PersonalSpec(_Strict):
 
     ``layers`` names params that never leave a client and are never aggregated: glob patterns over
     param names (FedPer / FedRep's personal head: ``["fc2.*"]``), or ``norm`` for every
-    normalization layer's weights and statistics (FedBN). ``ditto`` adds a personal model."""
+    normalization layer's weights and statistics (FedBN); ``head_epochs`` makes it FedRep.
+    ``ditto`` adds a personal model."""
+
+    @model_validator(mode="after")
+    def _rep_needs_a_head(self) -> PersonalSpec:
+        if self.head_epochs and not self.layers:
+            raise ValueError("head_epochs (FedRep) trains the personal layers first: name them in personal.layers")
+        return self
 
     layers: list[str] = Field(default_factory=list)
+    # FedRep (Collins et al., ICML 2021): each round first trains only the personal layers for this
+    # many epochs, the shared ones frozen, then only the shared ones for train.epochs (0: FedPer,
+    # both together)
+    head_epochs: Annotated[int, Field(ge=0)] = 0
     ditto: DittoSpec | None = None
 
 

@@ -1,5 +1,5 @@
 """Strategies in real runs: every strategy's defaults on the quickstart, exact resume, robustness
-(threads; SCAFFOLD's resume on HTEX)."""
+(threads; SCAFFOLD's resume with every client object rebuilt from its state)."""
 
 from __future__ import annotations
 
@@ -68,21 +68,22 @@ def test_every_strategy_learns_with_its_defaults_on_the_quickstart(tmp_path, nam
     assert max(acc) > (0.3 if strategy_advice(job) else 0.6), acc
 
 
-# SCAFFOLD's client variates are written and read by the sites, through the store: its resumed
-# round 3 runs on HTEX, whose fresh worker process can only have them from the store (the rest on
-# threads; a resumed run may change its sites, and the two kinds train bit-identically)
-HTEX = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 6}]
+# SCAFFOLD's client variates live in each client's state at its site: its resumed round 3 runs with
+# `train.keep_clients: 1`, so every task rebuilds its client object and can only have its variate
+# from the store (processes of their own: tests/integration/test_client_state_run.py)
 
 
 @pytest.mark.parametrize("name", ["fedadam", "scaffold"])  # (fedavgm's state round trip: test_strategies)
 def test_resume_takes_the_same_next_round(tmp_path, make_job, name: str) -> None:
-    """Server-optimiser state (and SCAFFOLD's variates in the store) survive a stop after round 2."""
+    """Server-optimiser state (and SCAFFOLD's variates in the clients' state) survive a stop after round 2."""
     from fedgrid.flow.rounds.runner import run
 
     run(_job(make_job, tmp_path / "whole", name, 3, sites=THREADS), quiet=True)
     run(_job(make_job, tmp_path / "split", name, 2, sites=THREADS), quiet=True)
-    resumed = HTEX if name == "scaffold" else THREADS
-    assert run(_job(make_job, tmp_path / "split", name, 3, sites=resumed), quiet=True).resumed_from == 2
+    resumed = _job(make_job, tmp_path / "split", name, 3, sites=THREADS)
+    if name == "scaffold":
+        resumed = resumed.model_copy(update={"train": resumed.train.model_copy(update={"keep_clients": 1})})
+    assert run(resumed, quiet=True).resumed_from == 2
     a = ckpt.read_round(ckpt.round_path(tmp_path / "whole", 3))
     b = ckpt.read_round(ckpt.round_path(tmp_path / "split", 3))
     assert a.strategy.keys() == b.strategy.keys() and a.strategy

@@ -194,3 +194,25 @@ def test_the_schedule_continues_across_a_raised_target():
     assert anneal(5, ((0, 10),), 1.0, 0.5, "linear") == pytest.approx(0.5 + 0.5 * 0.6)
     with pytest.raises(ValueError, match="shape"):
         anneal(1, ((0, 2),), 1, 0, "step")
+
+
+def test_fedrep_trains_the_head_alone_then_the_body_alone():
+    from fedgrid.apps.builtin import rep_sgd
+    from fedgrid.apps.client import Work
+
+    def trained(epochs: int) -> dict[str, np.ndarray]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        x, y = torch.randn(20, 4, generator=torch.Generator().manual_seed(1)), torch.arange(20) % 2
+        settings = {"epochs": epochs, "batch_size": 5, "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0,
+                    "head_epochs": 2, "personal_layers": ["2.weight", "2.bias"]}
+        before = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+        rep_sgd(Work(round=1, seed=3, settings=settings, global_params={}), model, x, y)
+        assert all(p.requires_grad for p in model.parameters())  # the cached model is left trainable
+        after = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        return {k: after[k] - before[k] for k in after}
+
+    head_only, both = trained(0), trained(1)
+    assert not np.any(head_only["0.weight"]) and np.any(head_only["2.weight"])  # body frozen in the head phase
+    assert np.any(both["0.weight"])
+    np.testing.assert_array_equal(both["2.weight"], head_only["2.weight"])  # head frozen in the body phase
