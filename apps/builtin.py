@@ -21,7 +21,6 @@ from fedgrid.apps.datasets import client_arrays
 PATH = "fedgrid.apps.builtin:BuiltinClient"
 
 _MODELS: dict[tuple, Any] = {}
-_TENSORS: dict[tuple, Any] = {}
 _THREADS: list[int] = []
 
 
@@ -68,16 +67,17 @@ class BuiltinClient(Client):
         ``data.holdout`` share it keeps out of training for federated evaluation."""
         torch = set_threads(threads)
         c = self.ctx
-        key = (c.client, repr(sorted(c.data.items())), c.clients, c.seed)
-        if key not in _TENSORS:
+        # on the object, not in a module cache: a worker keeps at most train.keep_clients client
+        # objects, so the rows of a client it dropped are freed with it
+        if "_tensors" not in self.__dict__:
             arr = client_arrays(c.data, c.client, c.clients, c.seed)
             x = arr.x if arr.x.flags.writeable and arr.x.flags.c_contiguous else np.array(arr.x, order="C")
             y = arr.y if arr.y.flags.writeable else arr.y.copy()
             held = holdout_rows(len(y), float(c.data.get("holdout") or 0.0), c.seed, c.client)
             keep = np.setdiff1d(np.arange(len(y)), held)
-            _TENSORS[key] = {"train": (torch.from_numpy(np.ascontiguousarray(x[keep])), torch.from_numpy(y[keep])),
+            self._tensors = {"train": (torch.from_numpy(np.ascontiguousarray(x[keep])), torch.from_numpy(y[keep])),
                              "holdout": (torch.from_numpy(np.ascontiguousarray(x[held])), torch.from_numpy(y[held]))}
-        return _TENSORS[key][part]
+        return self._tensors[part]
 
     def init_params(self) -> Params:
         import torch

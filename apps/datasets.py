@@ -228,8 +228,9 @@ def client_arrays(data: dict[str, Any], client: int, clients: int, seed: int) ->
     base = {k: v for k, v in data.items() if k != "skew"}
     if data["dataset"] == "parquet" and "{client" in (data.get("path") or ""):
         path = data["path"].format(client=client)
-        rows = _cached(_spec_key("file", {"p": path, **base}), lambda: read_parquet(path, data)[0])
-        return apply_skew(rows, skew, seed, client)
+        # not cached here: one file a client, and a worker may serve thousands of clients; the
+        # client object keeps its rows (and is dropped beyond train.keep_clients)
+        return apply_skew(read_parquet(path, data)[0], skew, seed, client)
     pool_key = _spec_key("pool", {"seed": seed, **base})
     pool, groups = _cached(pool_key, lambda: load_pool(data, seed))
     parts = _cached(_spec_key("split", {"c": clients, "seed": seed, **base}),

@@ -233,3 +233,20 @@ def test_client_state_on_a_site_that_cannot_reach_the_run_dir_needs_a_store_url(
     assert code == 2 and len(err) == 1 and "store.url" in err[0] and why in err[0], err
     ok = _job_file(tmp_path, make_job, sites=remote, store={"url": str(tmp_path / "shared")}, **over)
     assert "store.url" not in "\n".join(_check(ok, capsys)[1])
+
+
+def test_a_worker_keeps_at_most_keep_clients_client_objects_and_frees_the_rest():
+    import gc
+    import weakref
+
+    from fedgrid.apps import sitestate
+    from fedgrid.apps.train import _slot
+
+    sitestate._SLOTS.clear()
+    first = weakref.ref(_slot(_task("numpy_client:NumpyLogReg", client=0, keep_clients=2)).client)
+    for c in range(6):
+        train_client(_task("numpy_client:NumpyLogReg", client=c, keep_clients=2))
+    assert sitestate.cached() == 2
+    gc.collect()
+    assert first() is None  # its data went with it
+    sitestate._SLOTS.clear()
