@@ -51,7 +51,7 @@ def cached_model(spec: dict[str, Any]):  # noqa: ANN201 - a torch module
 
 
 class BuiltinClient(Client):
-    supports = frozenset({"prox", "scaffold", "steps"})
+    supports = frozenset({"prox", "scaffold", "steps", "head"})
 
     @property
     def spec(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ HOOKS = {
     "prox": "FedProx's proximal term (work.corrections(model).apply() after each backward pass)",
     "scaffold": "SCAFFOLD's control-variate correction (work.corrections(model).apply() after each backward pass)",
     "steps": "a step budget set by the round's pacing (train for work.budget(batches_per_epoch) steps)",
+    "head": "FedRep's head-first round (personal.head_epochs: train work.settings['personal_layers'] alone for "
+            "work.settings['head_epochs'] epochs, then the rest alone for the round's epochs)",
 }
 
 
@@ -178,6 +180,8 @@ class Work:
             need.add("scaffold")
         if self.steps:
             need.add("steps")
+        if self.settings.get("head_epochs"):
+            need.add("head")
         return need
 
 

@@ -76,7 +76,6 @@ class Slot:
     client: Any
     version: str | None = None
     kept: Kept = field(default_factory=Kept)
-    reset: bool = False  # the named version could not be read: the client started over
 
 
 _SLOTS: OrderedDict[tuple, Slot] = OrderedDict()
@@ -116,17 +115,17 @@ def enter(s: Slot, keep: dict[str, Any] | None, make: Callable[[], Any], call: C
     sha = want["sha256"] if want else None
     if s.version == sha and s.version != DIRTY:
         return s.kept
-    s.reset = False
     if want is None:
         s.client, s.kept, s.version = make(), Kept(), None
         return s.kept
+    uri = f"{keep['store']}/{keep['folder']}/{sha}"
     try:
-        tree = codec.decode(fetch(Ref(f"{keep['store']}/{keep['folder']}/{sha}", sha, int(want["nbytes"]))))
-        kept = Kept.of(tree)
-    except (StoreError, codec.StateError):
-        # the store lost or garbled it (wiped by hand): start over, and say so to the driver
-        s.client, s.kept, s.version, s.reset = make(), Kept(), None, True
-        return s.kept
+        kept = Kept.of(codec.decode(fetch(Ref(uri, sha, int(want["nbytes"])))))
+    except (StoreError, codec.StateError) as e:
+        # never a silent start-over: a worker that cannot see the store (a path not mounted there,
+        # a lagging file system) would otherwise reset its clients every round
+        raise StateUnreadable(f"client state version {sha[:12]} cannot be read at this site ({e}); every "
+                              "worker of a stateful client's site must reach the store (store.url)") from None
     if kept.client is not None and stateful(s.client):
         s.version = DIRTY
         call(s.client.set_state, kept.client)
@@ -134,21 +133,36 @@ def enter(s: Slot, keep: dict[str, Any] | None, make: Callable[[], Any], call: C
     return kept
 
 
-def leave(s: Slot, keep: dict[str, Any], call: Callable[..., Any]) -> dict[str, Any]:
+def leave(s: Slot, keep: dict[str, Any], call: Callable[..., Any], started: float) -> dict[str, Any]:
     """After an answer is ready: the client's new state written to the store under its digest;
     returns the digest for the driver, which makes it the client's version only if it accepts
-    the update. Older versions the driver no longer names are removed."""
+    the update. Versions the driver no longer names are removed (`prune`)."""
     if stateful(s.client):
         s.kept.client = call(s.client.get_state)
     arrays = codec.encode(s.kept.tree())
     store = Store(keep["store"])
     ref = store.put_addressed(arrays, keep["folder"])
     s.version = ref.sha256
-    names = {ref.sha256, *keep.get("keep", ())}
-    for name in store.keys(keep["folder"]):
-        if name not in names:
-            store.delete(f"{keep['folder']}/{name}")
-    return {"sha256": ref.sha256, "nbytes": ref.nbytes, "reset": s.reset}
+    prune(store, keep["folder"], {ref.sha256, *keep.get("keep", ())}, started - PRUNE_MARGIN_S)
+    return {"sha256": ref.sha256, "nbytes": ref.nbytes}
+
+
+PRUNE_MARGIN_S = 600.0  # clocks of the driver, the sites and a shared file system may disagree this much
+
+
+def prune(store: Store, folder: str, names: set[str], before: float) -> None:
+    """Remove the client's versions that the task's list does not name and that were written
+    before `before` (this task's start, less a margin for clocks). Another attempt of the same
+    client may still be running (a task of a site given up as down, a FedBuff flight past its
+    deadline, a task of a crashed driver): whatever it writes, and whatever a newer attempt wrote
+    that the driver has since accepted, is newer than this task and stays."""
+    for name, written in store.times(folder).items():
+        if name not in names and written < before:
+            store.delete(f"{folder}/{name}")
+
+
+class StateUnreadable(RuntimeError):
+    """The version of a client's state that its task names cannot be read at its site."""
 
 
 def with_personal(start: Params, kept: Kept) -> Params:

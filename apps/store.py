@@ -190,8 +190,7 @@ class Store:
         return Ref(uri, sha, size)
 
     def get(self, key: str) -> OrderedDict[str, np.ndarray] | None:
-        """An object by key, or None when there is none (a site's own state, such as a
-        compression residual, which no reference names)."""
+        """An object by key, unverified, or None when there is none."""
         try:
             return decode(read_bytes(self._uri(key)))
         except FileNotFoundError:
@@ -206,6 +205,25 @@ class Store:
             return sorted(n for n in os.listdir(_local(uri)) if not n.startswith("."))
         except FileNotFoundError:
             return []
+
+    def times(self, folder: str) -> dict[str, float]:
+        """Each object directly under a folder key and when it was last written (seconds since the
+        epoch, the store's own clock); empty if the folder does not exist."""
+        out = {}
+        for name in self.keys(folder):
+            uri = self._uri(f"{folder}/{name}")
+            try:
+                if self.remote:
+                    info = self._fs.info(uri)
+                    stamp = info.get("mtime") or info.get("LastModified") or info.get("updated")
+                    if stamp is None:
+                        continue
+                    out[name] = stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+                else:
+                    out[name] = os.stat(_local(uri)).st_mtime
+            except (FileNotFoundError, TypeError, ValueError):
+                continue  # gone meanwhile, or a store that keeps no times: left alone
+        return out
 
     def delete(self, prefix: str) -> None:
         """Remove one object, or every object under a key prefix (a finished round's objects)."""

@@ -274,11 +274,10 @@ def train_client(task: TrainTask) -> ClientUpdate:
     fit = checked_fit(call_client(client.train, mine, work), mine, work)
     faults.after_training(task, time.perf_counter() - t1)
     t_train = time.perf_counter() - t1
+    finite(task, fit.params)  # personal layers included: a diverged one must not be kept either
     params = sitestate.split_personal(fit.params, start, (task.keep or {}).get("personal") or [], kept)
     faults.tamper(task, start, params)
-    if not all(np.isfinite(a).all() for a in params.values()):
-        raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); "
-                                 f"lower train.lr")
+    finite(task, params)
     if (task.keep or {}).get("ditto"):
         _ditto(task, client, kept, mine)
     t2 = time.perf_counter()
@@ -286,7 +285,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     n = int(fit.num_examples)
     params, used, wire = outgoing(task, params, start, n, kept)
     if task.keep is not None:  # after the codec: top-k's residual is part of the state
-        extras["state"] = sitestate.leave(s, task.keep, call_client)
+        extras["state"] = sitestate.leave(s, task.keep, call_client, started)
     params, ref = send_back(task, params, extras)
     return ClientUpdate(
         codec=used, wire_nbytes=wire,
@@ -298,6 +297,12 @@ def train_client(task: TrainTask) -> ClientUpdate:
         extras={"steps": int(fit.steps), "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold,
                 "batch_job": batch_job(), **extras},
     )
+
+
+def finite(task: TrainTask, params: dict[str, np.ndarray]) -> None:
+    """A diverged model (a NaN or inf anywhere) is this client's failure, never an update or a state."""
+    if not all(np.isfinite(a).all() for a in params.values() if np.issubdtype(a.dtype, np.number)):
+        raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); lower train.lr")
 
 
 def _ditto(task: TrainTask, client: Any, kept: sitestate.Kept, mine: dict[str, np.ndarray]) -> None:
@@ -315,6 +320,7 @@ def _ditto(task: TrainTask, client: Any, kept: sitestate.Kept, mine: dict[str, n
     start = OrderedDict((n, kept.ditto.get(n, a)) for n, a in mine.items())
     # (no work.finish: a client may honour prox_mu in its own loop, and `supports` says it does)
     fit = checked_fit(call_client(client.train, start, work), mine, work)
+    finite(task, fit.params)
     kept.ditto = OrderedDict((n, np.array(a, copy=True)) for n, a in fit.params.items())
 
 
@@ -335,6 +341,9 @@ def evaluate_client(task: TrainTask) -> ClientEvaluation:
     n, metrics = _evaluated(s.client, start)
     keep = task.keep or {}
     if keep.get("personal") or keep.get("ditto"):
+        if clash := [k for k in metrics if k.startswith("personal_")]:
+            raise ValueError(f"client evaluate() returned metric {clash[0]!r}: under personalization personal_* "
+                             "names are the personalized model's; rename it")
         own = sitestate.with_personal(start, kept)
         if kept.ditto:
             own = OrderedDict((k, kept.ditto.get(k, a)) for k, a in start.items())

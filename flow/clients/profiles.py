@@ -63,9 +63,6 @@ def keep_state(p: dict[str, np.ndarray], u: ClientUpdate) -> None:
     if p["state_nbytes"][c] and not np.array_equal(p["state_sha256"][c], sha):
         p["state_prev_sha256"][c], p["state_prev_nbytes"][c] = p["state_sha256"][c], p["state_nbytes"][c]
     p["state_sha256"][c], p["state_nbytes"][c] = sha, ref["nbytes"]
-    if ref.get("reset"):
-        log.warning("client %d: its stored state was missing or unreadable at its site; it started over from "
-                    "its initial state", c)
 
 
 def state_of(p: dict[str, np.ndarray], c: int) -> tuple[dict | None, list[str]]:

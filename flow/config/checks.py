@@ -78,6 +78,10 @@ def _check_strategy(job: Job, file: str | Path) -> None:
     _check_tracking(job, file)
     if (problem := STRATEGIES[job.strategy.name].check_job(job)) is not None:
         raise ConfigError(file, *problem)
+    if job.personal is not None and job.personal.layers and "scaffold" in STRATEGIES[job.strategy.name].needs:
+        raise ConfigError(file, "personal.layers", f"strategy {job.strategy.name}'s control variates would carry "
+                          "the personal layers' drift to the server and into every client's steps; use personal "
+                          "layers with another strategy (fedavg, fedprox, ...)")
 
 
 def _check_privacy(job: Job, file: str | Path) -> None:
@@ -262,11 +266,14 @@ def _check_client(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "client.path", f"{path} has no {' or '.join(lacking)}(); expected the methods "
                           f"of fedgrid.client.Client ({', '.join(REQUIRED)}, and evaluate for federated evaluation)")
     needs = set(STRATEGIES[job.strategy.name].needs) | ({"steps"} if job.round.pace == "deadline" else set())
-    ditto = job.personal is not None and job.personal.ditto is not None
-    if missing := sorted((needs | ({"prox"} if ditto else set())) - set(getattr(cls, "supports", ()) or ())):
+    personal = {"prox": "personal.ditto", "head": "personal.head_epochs"}
+    if job.personal is not None:
+        needs |= {"prox"} if job.personal.ditto is not None else set()
+        needs |= {"head"} if job.personal.head_epochs else set()
+    if missing := sorted(needs - set(getattr(cls, "supports", ()) or ())):
         hook = missing[0]
-        who = "round.pace: deadline" if hook == "steps" else \
-            "personal.ditto" if hook == "prox" and "prox" not in needs else f"strategy {job.strategy.name}"
+        who = "round.pace: deadline" if hook == "steps" else f"strategy {job.strategy.name}" \
+            if hook in STRATEGIES[job.strategy.name].needs else personal[hook]
         raise ConfigError(file, "client.path", f"{path} does not support {hook!r}, which {who} needs: "
                           f"{HOOKS[hook]}; honour it and add {hook!r} to the class's `supports`")
     _check_federated(job, file, cls)

@@ -112,7 +112,9 @@ class AsyncLoop:
 
     def _fill(self, down: set[str]) -> None:
         """Give every site with a free slot idle clients, training from the newest global model."""
-        busy = {fl.client for fl in self.flights.values()}
+        # a client whose update waits in the buffer is not sent again: its next flight must start from
+        # the state that update leaves, which becomes its state only at the server step that uses it
+        busy = {fl.client for fl in self.flights.values()} | {u.client for u in self.buffer}
         for site, clients in self.site_clients.items():
             in_flight = sum(1 for fl in self.flights.values() if fl.site == site)
             idle = [c for c in clients if c not in busy]
@@ -168,8 +170,6 @@ class AsyncLoop:
         u.params = OrderedDict((k, np.asarray(v) - base[k]) for k, v in u.params.items())
         u.staleness, u.scale = stale, self.strat.weight(stale)
         prof.answered(self.drv.profiles, self.version + 1, fl.client)
-        # accepted: its next flight starts from this state (FedBuff's runs are not replayed exactly)
-        prof.keep_state(self.drv.profiles, u)
         self.buffer.append(u)
         self.drv.progress.client_done(fl.client, True)
 
@@ -177,6 +177,8 @@ class AsyncLoop:
         """Exactly buffer_size updates a step (several may arrive at once); the rest wait for the next."""
         size = self.opts.buffer_size
         batch, self.buffer = self.buffer[:size], self.buffer[size:]
+        for u in batch:  # in this step: its state is its client's now (and in this step's checkpoint)
+            prof.keep_state(self.drv.profiles, u)
         for u in batch:  # staleness as of this step (u.round - 1 is the step it trained from)
             u.staleness = self.version - (u.round - 1)
             u.scale = self.strat.weight(u.staleness)

@@ -39,11 +39,20 @@ def _clients(drv: Driver, rnd: int) -> list[int]:
     return sorted(int(c) for c in rng.choice(n, size=k, replace=False))
 
 
+# the row's own fed_* fields: a metric of these names would overwrite them (and the rounds table
+# could no longer be written)
+RESERVED = frozenset({"clients", "failures", "s", "examples"})
+
+
 def _checker(rnd: int):  # noqa: ANN202 - the gather's accept hook
     def check(client: int, site: str, e: ClientEvaluation) -> ClientEvaluation:
         if not isinstance(e, ClientEvaluation):
             raise validate.InvalidUpdate(f"rejected: the site answered {type(e).__name__}, expected an evaluation")
-        return validate.envelope(e, client, site, rnd)
+        e = validate.envelope(e, client, site, rnd)
+        if taken := sorted(RESERVED & set(e.metrics)):
+            raise validate.InvalidUpdate(f"rejected: metric {taken[0]!r} is a name the row keeps for itself "
+                                         f"(fed_{taken[0]}); rename it in the client's evaluate()")
+        return e
     return check
 
 

@@ -145,14 +145,13 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     transfer, store = open_store(job, run_dir, parts.params, progress, needed=needed,
                                  first=start.state is None)
     privacy = Privacy(job, run_dir, start.state.row if start.state else None) if job.privacy is not None else None
-    tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy)
+    tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy, parts.kinds or None)
     tasks.keeping(personal.keep_options(job, job.client is not None and stateful_client(job.client.path),
                                         personal.names(job, parts.params, parts.model)))
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
     strategy = make_strategy(job.strategy)
     strategy.bind(job.data.clients, store.url if store is not None else None)
-    # statistics buffers are never a gradient: no server step on them, sent exact (apps/kinds.py)
-    strategy.kinds, tasks.compress = parts.kinds or None, tasks._compression(parts.kinds)
+    strategy.kinds = parts.kinds or None  # statistics buffers are never a gradient (apps/kinds.py)
     writer = RoundWriter(run_dir, job.rounds, job.round.eval_every, job.checkpoint.keep, start.table, progress,
                          parts.evaluator(), store, sweep_lag(job, strategy))
     secagg = SecureAggregation(job, runtime, run_dir) if job.secagg is not None else None

@@ -31,13 +31,15 @@ class Tasks:
     params travel (the transfer plan and store), and local DP's options when the job uses them."""
 
     def __init__(self, job: Job, run_dir: Path, code: dict[str, Any], transfer: dataplane.TransferPlan,
-                 store: Store | None, privacy: Privacy | None):
+                 store: Store | None, privacy: Privacy | None, kinds: dict[str, str] | None = None):
+        """`kinds`: each param's kind (apps/kinds.py), known once the model is built: the codec
+        sends statistics and counters whole."""
         self.job, self.code, self.transfer, self.store = job, code, transfer, store
         self.sites = job.client_sites()
         self.site_data = {s.name: job.site_data(s.name).model_dump() for s in job.sites}
         self.fault_dir = str(run_dir / "faults")
         self.dp = privacy.task_options() if privacy is not None else None
-        self.compress = self._compression()
+        self.compress = self._compression(kinds)
         # round.aggregate: site: each site's store (its own `store`, else this run's), in this run's area
         self.site_store = {s.name: dataplane.run_area(dataplane.store_url(s.store), job, run_dir) if s.store
                            else store.url for s in job.sites} if job.round.aggregate == "site" and store else {}

@@ -112,10 +112,7 @@ def envelope(u: Any, client: int, site: str, rnd: int, area: str | None = None,
         if key in u.extras and not isinstance(u.extras[key], bool):
             raise InvalidUpdate(f"rejected: extras.{key} must be true or false")
     if "state" in u.extras:  # the client state version it wrote: becomes the client's if the update is accepted
-        reset = u.extras["state"].get("reset", False) if isinstance(u.extras["state"], dict) else None
-        if not isinstance(reset, bool):
-            raise InvalidUpdate("rejected: extras.state.reset must be true or false")
-        u.extras["state"] = {**_digest(u.extras["state"], "state"), "reset": reset}
+        u.extras["state"] = _digest(u.extras["state"], "state")
     return u
 
 

@@ -250,3 +250,24 @@ def test_a_worker_keeps_at_most_keep_clients_client_objects_and_frees_the_rest()
     gc.collect()
     assert first() is None  # its data went with it
     sitestate._SLOTS.clear()
+
+
+def test_personalization_that_cannot_work_is_refused_at_check_with_one_line(tmp_path, make_job, capsys):
+    scaffold = _job_file(tmp_path, make_job, strategy="scaffold", personal={"layers": ["fc*"]},
+                         train={"epochs": 1, "batch_size": 32, "lr": 0.1, "momentum": 0.0})
+    code, err = _check(scaffold, capsys)
+    assert code == 2 and len(err) == 1 and "personal.layers" in err[0] and "control variates" in err[0], err
+    rep = _job_file(tmp_path, make_job, client="numpy_client:NumpyLogReg", personal={"layers": ["w"], "head_epochs": 2})
+    code, err = _check(rep, capsys)
+    assert code == 2 and len(err) == 1 and "'head', which personal.head_epochs needs" in err[0], err
+
+
+def test_a_federated_metric_that_would_overwrite_the_rows_own_fields_is_rejected():
+    from fedgrid.apps.update import ClientEvaluation
+    from fedgrid.flow.rounds.fedeval import _checker
+    from fedgrid.flow.rounds.validate import InvalidUpdate
+
+    check = _checker(3)
+    assert check(1, "a", ClientEvaluation(client=1, site="a", round=3, num_examples=4, metrics={"acc": 0.5}))
+    with pytest.raises(InvalidUpdate, match="'clients' is a name the row keeps"):
+        check(1, "a", ClientEvaluation(client=1, site="a", round=3, num_examples=4, metrics={"clients": 1.0}))

@@ -84,12 +84,15 @@ def _call(f, *a):
     return f(*a)
 
 
-def _train(s, keep):
+LATER = 1e12  # a task's start far ahead of every file's time: all it does not name is old enough to go
+
+
+def _train(s, keep, started: float = 0.0):
     """One accepted-or-not attempt: enter, train (n += 1), leave; returns the digest sent back."""
     sitestate.enter(s, keep, Counter, _call)
     s.version = sitestate.DIRTY
     s.client.n += 1
-    return sitestate.leave(s, keep, _call)
+    return sitestate.leave(s, keep, _call, started)
 
 
 def test_a_task_starts_from_the_version_it_names_whichever_object_runs_it(tmp_path):
@@ -131,22 +134,35 @@ def test_no_accepted_state_yet_means_a_new_object(tmp_path):
     assert s.client.n == 0 and s.version is None
 
 
-def test_a_lost_state_object_starts_the_client_over_and_says_so(tmp_path):
+def test_a_version_that_cannot_be_read_fails_the_attempt_never_a_silent_start_over(tmp_path):
     s, other = sitestate.Slot(Counter()), sitestate.Slot(Counter())
     v1 = _train(s, _keep(tmp_path))
-    Store(str(tmp_path)).delete("state")
-    sitestate.enter(other, _keep(tmp_path, v1), Counter, _call)
-    assert other.client.n == 0 and other.reset
-    assert _train(other, _keep(tmp_path, v1))["reset"] is True
+    Store(str(tmp_path)).delete("state")  # a store this worker does not see, or one wiped by hand
+    with pytest.raises(sitestate.StateUnreadable, match=f"version {v1['sha256'][:12]} cannot be read"):
+        sitestate.enter(other, _keep(tmp_path, v1), Counter, _call)
 
 
 def test_old_versions_are_removed_but_the_ones_the_driver_names(tmp_path):
     s = sitestate.Slot(Counter())
     v = [_train(s, _keep(tmp_path))]
     for _ in range(4):
-        v.append(_train(s, _keep(tmp_path, v[-1], [v[-1]["sha256"], v[-2]["sha256"] if len(v) > 1 else ""])))
+        keep = [v[-1]["sha256"], v[-2]["sha256"] if len(v) > 1 else ""]
+        v.append(_train(s, _keep(tmp_path, v[-1], keep), started=LATER))
     left = Store(str(tmp_path)).keys("state/clients/client-00000")
     assert sorted(left) == sorted({v[-1]["sha256"], v[-2]["sha256"], v[-3]["sha256"]})
+
+
+def test_an_older_attempt_finishing_late_never_removes_what_a_newer_one_wrote(tmp_path):
+    """A task of a site given up as down (or a FedBuff flight past its deadline) may still run
+    and finish after the client's next attempt wrote a version the driver has accepted."""
+    import time
+
+    old, new = sitestate.Slot(Counter()), sitestate.Slot(Counter())
+    v1 = _train(new, _keep(tmp_path))
+    old_started = time.time() - 2 * sitestate.PRUNE_MARGIN_S  # submitted long before
+    v2 = _train(new, _keep(tmp_path, v1, [v1["sha256"]]))  # the newer attempt, accepted
+    _train(old, _keep(tmp_path, v1, [v1["sha256"]]), started=old_started)  # the old one ends now
+    assert v2["sha256"] in Store(str(tmp_path)).keys("state/clients/client-00000")
 
 
 def test_a_worker_keeps_a_bounded_number_of_client_objects():
@@ -166,7 +182,7 @@ def test_the_driver_records_a_version_only_from_an_accepted_update_and_keeps_the
     assert prof.state_of(p, 1) == (None, [])
     for sha in ("a" * 64, "b" * 64):
         prof.keep_state(p, ClientUpdate(client=1, site="s", round=1, num_examples=1, params={},
-                                        extras={"state": {"sha256": sha, "nbytes": 10, "reset": False}}))
+                                        extras={"state": {"sha256": sha, "nbytes": 10}}))
     have, keep = prof.state_of(p, 1)
     assert have == {"sha256": "b" * 64, "nbytes": 10} and keep == ["b" * 64, "a" * 64]
     assert prof.state_of(p, 0) == (None, [])
