@@ -13,6 +13,7 @@ version (flow/clients/profiles.py).
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -39,9 +40,11 @@ def norm_names(model: Any) -> list[str]:
 
 
 def _hinted(name: str) -> bool:
+    """A normalization param by its name alone: a part such as ``bn1``, ``norm``, ``ln_f``'s ``ln``,
+    ``layernorm``, or a running statistic (not ``normal`` or ``bneck``)."""
     parts = name.lower().replace("_", ".").split(".")
     return any(h in name.lower() for h in NORM_HINTS[2:]) or any(
-        p.startswith(("bn", "norm")) or p.endswith("norm") for p in parts)
+        re.fullmatch(r"(bn|norm|ln|gn)\d*", p) or p.endswith("norm") for p in parts)
 
 
 def names(job: Job, params: dict[str, np.ndarray], model: Any | None) -> list[str]:

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedgrid.flow.config import Job
+from fedgrid.flow.config import ConfigError, Job
 
 
 def describe_model(job: Job) -> tuple[str, int]:
@@ -28,14 +28,25 @@ def describe_model(job: Job) -> tuple[str, int]:
         nbytes = int(sum(a.nbytes for a in params.values()))
         count = sum(int(a.size) for a in params.values())
         return (f"client {job.client.path}: {count:,} params in {len(params)} tensors ({nbytes / 2**20:.2f} MB) "
-                f"from its init_params()"), nbytes
+                f"from its init_params(){_personal(job, params, None)}"), nbytes
     d = job.data.model_dump()
     test = datasets.load_test(d, job.seed) if job.data.dataset == "parquet" and job.data.test_path else None
     shape, classes = datasets.meta(d, test)
     model = build(job.model.name, shape, classes, job.model.kwargs)
     nbytes = int(sum(math.prod(p.shape) * p.element_size() for p in model.state_dict().values()))
     return (f"model {job.model.name}: input {list(shape)}, {classes} classes, {nbytes // 4:,} params "
-            f"({nbytes / 2**20:.2f} MB)"), nbytes
+            f"({nbytes / 2**20:.2f} MB){_personal(job, model.state_dict(), model)}"), nbytes
+
+
+def _personal(job: Job, params: Any, model: Any) -> str:
+    """What stays at the clients, resolved as a run resolves it: a pattern matching nothing is an
+    error here, before any site starts."""
+    from fedgrid.flow.clients.personal import names
+
+    if not (found := names(job, params, model)):
+        return ""
+    more = ", ..." if len(found) > 4 else ""
+    return f"; personal (kept at each client): {len(found)} tensors ({', '.join(found[:4])}{more})"
 
 
 def dry_build(site: Any, run_dir: Path) -> Any:
@@ -74,7 +85,10 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     from fedgrid.flow.persist import dataplane
 
     run_dir = job.run_dir(base)
-    line, nbytes = describe_model(job)
+    try:
+        line, nbytes = describe_model(job)
+    except ConfigError as e:  # found once the model is built: name the job file
+        raise ConfigError(str(file) if e.file == "<job>" else e.file, e.key, e.expected) from None
     mb = nbytes / 2**20
     opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in job.strategy.model_dump(exclude={"name"}).items() if v is not None)

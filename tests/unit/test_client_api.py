@@ -271,3 +271,12 @@ def test_a_federated_metric_that_would_overwrite_the_rows_own_fields_is_rejected
     assert check(1, "a", ClientEvaluation(client=1, site="a", round=3, num_examples=4, metrics={"acc": 0.5}))
     with pytest.raises(InvalidUpdate, match="'clients' is a name the row keeps"):
         check(1, "a", ClientEvaluation(client=1, site="a", round=3, num_examples=4, metrics={"clients": 1.0}))
+
+
+def test_personal_layers_are_resolved_at_check(tmp_path, make_job, capsys):
+    code, err = _check(_job_file(tmp_path, make_job, personal={"layers": ["norm"]}), capsys)  # a cnn without norm
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'job.yaml'}: personal.layers: "
+                                                             "'norm' matches none"), err
+    ok = _job_file(tmp_path, make_job, personal={"layers": ["norm"]}, model={"name": "cnn", "kwargs": {"norm": "batch"}})
+    assert main(["check", str(ok)]) == 0
+    assert "personal (kept at each client): 10 tensors" in capsys.readouterr().out

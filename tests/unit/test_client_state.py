@@ -232,3 +232,13 @@ def test_fedrep_trains_the_head_alone_then_the_body_alone():
     assert not np.any(head_only["0.weight"]) and np.any(head_only["2.weight"])  # body frozen in the head phase
     assert np.any(both["0.weight"])
     np.testing.assert_array_equal(both["2.weight"], head_only["2.weight"])  # head frozen in the body phase
+
+
+@pytest.mark.parametrize(("name", "norm"), [
+    ("bn1.weight", True), ("layer1.0.bn2.running_var", True), ("encoder.norm.weight", True), ("ln_f.bias", True),
+    ("h.0.layernorm.weight", True), ("bn.num_batches_tracked", True), ("normal.weight", False),
+    ("bneck.conv.weight", False), ("fc.weight", False)])
+def test_fedbn_finds_a_clients_normalization_params_by_name_when_there_is_no_module(name, norm):
+    from fedgrid.flow.clients.personal import _hinted
+
+    assert _hinted(name) is norm
