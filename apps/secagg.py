@@ -145,7 +145,9 @@ def from_ring(r: np.ndarray, frac_bits: int) -> np.ndarray:
 # -- the site's secrets -----------------------------------------------------------------------------
 def _secret_path(sa: dict[str, Any], client: int, rnd: int) -> Path:
     """Where a client keeps this round's secrets: its site's own temp dir, never the shared store."""
-    d = Path(sa.get("key_dir") or tempfile.gettempdir()) / f"fedgrid-secagg-{os.getuid()}" / sa["run_id"]
+    # the run's unguessable nonce in the name: a folder another user made first is never this one
+    top = f"fedgrid-secagg-{os.getuid()}" + (f"-{sa['nonce']}" if sa.get("nonce") else "")
+    d = Path(sa.get("key_dir") or tempfile.gettempdir()) / top / sa["run_id"]
     return d / f"client-{client:05d}-round-{rnd:06d}.key"
 
 

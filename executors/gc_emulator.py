@@ -93,6 +93,7 @@ class EmulatedEndpoint(Executor):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             engine = GlobusComputeEngine(
                 address="127.0.0.1", max_workers_per_node=self.workers, heartbeat_period=2, heartbeat_threshold=10,
+                encrypted=True,  # as every HTEX fedgrid starts
                 provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1),
                 job_status_kwargs={"strategy": "none", "strategy_period": 0.5})
             engine.start(endpoint_id=self.endpoint_id, run_dir=str(self.run_dir))

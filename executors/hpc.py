@@ -156,7 +156,8 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
                   max_workers_per_node=spec.workers(), cores_per_worker=spec.cores_per_worker,
                   available_accelerators=spec.gpus_per_node, heartbeat_period=spec.heartbeat_period,
                   heartbeat_threshold=spec.heartbeat_threshold, worker_logdir_root=spec.worker_logdir_root,
-                  block_error_handler=_three_failed_blocks, interchange_launch_cmd=interchange_cmd())
+                  block_error_handler=_three_failed_blocks, interchange_launch_cmd=interchange_cmd(),
+                  encrypted=True)  # CurveZMQ between interchange and pools: pinned, not left to a default
     if dry_run and spec.address is None:
         with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
             return HighThroughputExecutor(**kwargs)

@@ -58,6 +58,7 @@ def build(site: Any, run_dir: Path, dry_run: bool = False):
         heartbeat_period=2,
         heartbeat_threshold=10,
         poll_period=5,
+        encrypted=True,  # CurveZMQ between interchange and pools: pinned, not left to Parsl's default
         launch_cmd=launch_cmd(),
         interchange_launch_cmd=interchange_cmd(),
         # min_blocks=1: when a job mixes in batch sites the DFK runs the "simple" strategy, which

@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.run_dir)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,6 +55,18 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+
+    def _open(self) -> int:
+        """The lock file, owner-only. One that another user owns, or that others can open (an
+        older fedgrid made it 0644), is replaced first: whoever opened it could hold its lock and
+        block every run here, naming a pid long gone."""
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.path)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+                self.path.unlink()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -67,6 +80,20 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def private_dir(path: Path) -> None:
+    """A run directory only its owner can enter, whatever the umask: nobody else on a login node
+    reads the model, the clients' updates or their state, or rewrites a checkpoint. Made so if
+    missing; one of ours that others could enter (an older fedgrid's 0755, a group-writable umask)
+    is closed; a directory of another user's is refused."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{path}: the run directory belongs to uid {st.st_uid}, not to this user "
+                              f"({os.getuid()}); use a checkpoint.dir of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def holder(lock: Path) -> str | None:
@@ -145,7 +172,7 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
     for p in psutil.process_iter(["pid", "create_time", "status"]):
         try:
             pid, ct = p.info["pid"], p.info["create_time"]
-            if pid == me or p.info["status"] == psutil.STATUS_ZOMBIE:  # exited, only not yet reaped
+            if pid == me or p.info["status"] == psutil.STATUS_ZOMBIE or not _mine(p):  # exited, or not ours
                 continue
             if (pid in pids and abs(ct - pids[pid]) < 1.0) or (os.getpgid(pid) in pgids and ct >= rec["started"]):
                 found[pid] = p
@@ -154,10 +181,23 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
                         found[child.pid] = child
         except (psutil.Error, ProcessLookupError):
             continue
-    for p in _by_command_line(run_dir):  # pools of a driver killed before it could record them
+    for p in _by_command_line(run_dir):  # pools of a driver killed before it could record them ...
         found.setdefault(p.pid, p)
+        with contextlib.suppress(psutil.Error):  # ... and the workers they spawned, which do not name it
+            for child in p.children(recursive=True):
+                if _mine(child) and child.status() != psutil.STATUS_ZOMBIE:
+                    found.setdefault(child.pid, child)
     found.pop(me, None)
     return list(found.values())
+
+
+def _mine(p: psutil.Process) -> bool:
+    """Run by this user: the reaper never signals another user's process, whatever its command
+    line or process group says (a name under the run directory proves nothing about who runs it)."""
+    try:
+        return p.uids().real == os.getuid()
+    except psutil.Error:
+        return False
 
 
 def _same_group(pgid: int, leader_ctime: float | None) -> bool:
@@ -178,7 +218,7 @@ def _by_command_line(run_dir: Path) -> list[psutil.Process]:
     mark, me, out = str(run_dir / "parsl") + os.sep, os.getpid(), []
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
-            if p.info["pid"] != me and p.info["status"] != psutil.STATUS_ZOMBIE and \
+            if p.info["pid"] != me and p.info["status"] != psutil.STATUS_ZOMBIE and _mine(p) and \
                     any(mark in a for a in p.info["cmdline"] or []):
                 out.append(p)
         except psutil.Error:
@@ -197,11 +237,11 @@ def reap(run_dir: Path, timeout: float = 5.0) -> int:
     """Terminate, then kill, every process left for this run; returns how many there were."""
     procs = recorded_processes(run_dir)
     for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.Error):  # gone meanwhile, or not ours to signal after all
             p.send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs(alive, timeout=timeout)
     return len(procs)

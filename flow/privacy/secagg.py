@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
@@ -102,13 +103,17 @@ class SecureAggregation:
         self.job, self.runtime, self.spec = job, runtime, job.secagg
         self.sites = job.client_sites()
         self.run_id = f"{job.name}-{hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]}"
+        # the sites' key directory is named with this: another local user who cannot read the
+        # tasks cannot guess it, so cannot take it first (and fail every round) or plant a link there
+        self.nonce = secrets.token_hex(16)
         self.rounds: dict[int, dict[str, Any]] = {}
 
     def threshold(self, m: int) -> int:
         return max(2, math.ceil(self.spec.threshold * m))
 
     def _opts(self, rnd: int, **more: Any) -> dict[str, Any]:
-        return {"run_id": self.run_id, "key_dir": self.spec.key_dir, "frac_bits": self.spec.frac_bits, **more}
+        return {"run_id": self.run_id, "nonce": self.nonce, "key_dir": self.spec.key_dir,
+                "frac_bits": self.spec.frac_bits, **more}
 
     def _stage(self, rnd: int, clients: list[int], opts: dict[int, dict[str, Any]],
                failures: list[Failure], well_formed: Callable[[int, Any], bool]) -> dict[int, Any]:
@@ -177,6 +182,8 @@ class SecureAggregation:
                 out[g] = ok
                 continue
             why = f"round {rnd}: {len(ok)} clients{' of site ' + g if g else ''} {what}, secagg needs {t[g]}"
+            if cause := next((f for f in failures if f.client in members), None):
+                why += f" (client {cause.client}: {cause.reason})"  # the real cause, not only in parsl.log
             if not g:
                 raise SecAggFailed(why)
             failures.extend(Failure.of(c, g, f"secagg: {why}") for c in ok)

@@ -3,6 +3,7 @@ the config refuses (real runs that match plain aggregation: tests/integration/te
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -159,3 +160,29 @@ def test_a_misbehaving_client_is_named_and_the_round_completes_with_the_others(t
     assert mean.num_examples == n
     (f,) = [f for f in failures if f.client == 3]
     assert blamed in f.reason
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="acting as another user needs root (CI runs as root)")
+def test_another_user_taking_the_old_predictable_key_directory_first_blocks_nothing(tmp_path) -> None:
+    """`<tmp>/fedgrid-secagg-<uid>` could be guessed and made by anyone first (every round then
+    failed); the driver's nonce, which only the tasks carry, names the directory now."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o1777)
+    keys.chmod(0o1777)  # a shared temp dir, as /tmp is
+    taken = keys / f"fedgrid-secagg-{os.getuid()}"
+    taken.mkdir()
+    os.chown(taken, 65534, 65534)  # `nobody` made it first
+    opts = {"run_id": "r", "nonce": "c0ffee" * 4, "key_dir": str(keys)}
+    sa._save(sa._secret_path(opts, 1, 1), {"sk": b"\1" * 32})
+    assert sa._load(sa._secret_path(opts, 1, 1)) == {"sk": b"\1" * 32}
+    assert sa._secret_path(opts, 1, 1).parent.parent.name.endswith("c0ffee" * 4)
+
+
+def test_a_round_that_fails_its_key_stage_says_why() -> None:
+    from fedgrid.apps.update import Failure
+    from fedgrid.flow.privacy.secagg import SecAggFailed, SecureAggregation
+
+    agg = SecureAggregation.__new__(SecureAggregation)
+    failures = [Failure.of(2, "a", "secagg keys: PermissionError: secagg key directory /tmp/x must be ...")]
+    with pytest.raises(SecAggFailed, match=r"0 clients published keys, secagg needs 2 \(client 2: .*PermissionError"):
+        agg._enough(1, {"": [2, 3]}, {"": 2}, {}, "published keys", failures)

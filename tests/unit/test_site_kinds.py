@@ -63,6 +63,7 @@ def test_slurm_builds_htex_on_slurm_provider(no_network, no_commands, tmp_path):
     assert isinstance(ex, HighThroughputExecutor) and ex.label == "hpc"
     assert ex.max_workers_per_node == 4 and ex.available_accelerators == ["0", "1", "2", "3"]
     assert ex.address is None and ex.heartbeat_threshold == 20
+    assert ex.encrypted  # pinned by fedgrid, whatever Parsl's default becomes
     p = ex.provider
     assert isinstance(p, SlurmProvider)
     assert (p.partition, p.account, p.qos, p.constraint, p.walltime) == ("debug", "abc", "normal", "a100", "02:30:00")
@@ -289,3 +290,10 @@ def test_aws_dry_run_still_requires_credentials(aws_env, monkeypatch, tmp_path: 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(ConfigurationError, match="profile"):
         aws.build(site(aws.Spec(image_id="ami-1")), tmp_path, dry_run=True)
+
+
+def test_the_local_htex_kind_pins_encryption(tmp_path):
+    from fedgrid.executors import htex
+
+    ex = htex.build(site(htex.Spec(kind="htex")), tmp_path)
+    assert ex.encrypted
