@@ -277,6 +277,7 @@ def test_personal_layers_are_resolved_at_check(tmp_path, make_job, capsys):
     code, err = _check(_job_file(tmp_path, make_job, personal={"layers": ["norm"]}), capsys)  # a cnn without norm
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'job.yaml'}: personal.layers: "
                                                              "'norm' matches none"), err
-    ok = _job_file(tmp_path, make_job, personal={"layers": ["norm"]}, model={"name": "cnn", "kwargs": {"norm": "batch"}})
+    bn = {"name": "cnn", "kwargs": {"norm": "batch"}}
+    ok = _job_file(tmp_path, make_job, personal={"layers": ["norm"]}, model=bn)
     assert main(["check", str(ok)]) == 0
     assert "personal (kept at each client): 10 tensors" in capsys.readouterr().out
