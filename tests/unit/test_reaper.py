@@ -68,7 +68,7 @@ def test_another_users_process_naming_the_run_directory_is_never_touched(tmp_pat
     """Its command line names this run's parsl folder, and it may even be in a recorded group:
     it is not ours to signal, and the reaper neither lists it nor crashes on it."""
     (tmp_path / "parsl").mkdir()
-    theirs = subprocess.Popen(["/bin/sh", "-c", "sleep 60", f"{tmp_path}/parsl/x"], user="nobody",
+    theirs = subprocess.Popen(["/bin/sh", "-c", "sleep 60", f"{tmp_path}/parsl/x"], user="nobody", cwd="/",
                               start_new_session=True)
     try:
         ct = psutil.Process(theirs.pid).create_time()
