@@ -12,6 +12,7 @@ interchange and the next driver's reaper finds them by the run directory in thei
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import runpy
@@ -28,6 +29,12 @@ def main() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if driver is not None and os.getppid() != driver:  # the driver died before prctl took effect
             os._exit(1)
+    # out of the driver's process group: a signal to the whole group (Ctrl-C in a terminal, GNU
+    # timeout, `kill -- -PGID`, a service manager or batch scheduler stopping the job) reaches the
+    # driver, which finishes its round and shuts the interchange down itself; had the interchange
+    # died with the group, the driver would wait for it for good in Parsl's cleanup
+    with contextlib.suppress(OSError):
+        os.setsid()
     sys.argv = [sys.argv[0]]
     runpy.run_module("parsl.executors.high_throughput.interchange", run_name="__main__", alter_sys=True)
 

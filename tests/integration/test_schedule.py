@@ -6,6 +6,7 @@ scheduler that holds the run directory while a manual run is refused, and the ru
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from fedgrid.flow.persist import checkpoint as ckpt
-from fedgrid.flow.persist.runlock import holder
+from fedgrid.flow.persist.runlock import holder, recorded_processes
 
 CLI = [sys.executable, "-m", "fedgrid.flow.commands.cli"]
 ONE_SITE = [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 4}]
@@ -94,8 +95,11 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_jo
                    faults=[{"clients": [0], "hold_at": [3]}])  # round 3 waits for this test: SIGTERM lands inside it
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
+    # a process group of its own, signalled as a whole, as a terminal's Ctrl-C, GNU timeout, a service
+    # manager or a batch scheduler does: the interchange must not die under the driver (it did, and
+    # the driver then waited for it for good in Parsl's cleanup)
     proc = subprocess.Popen(CLI + ["run", str(path), "-q", "--log-format", "json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     err_lines: list[str] = []
 
     def read_err() -> None:
@@ -109,7 +113,7 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_jo
         while not (run_dir / "faults" / "started-r000003").exists():
             assert proc.poll() is None and time.time() < deadline, "".join(err_lines)
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         # the driver has taken the request (its handler printed) before round 3 may finish
         while not any("finishing the round in progress" in line for line in err_lines):
             assert proc.poll() is None and time.time() < deadline, "".join(err_lines)
@@ -123,6 +127,7 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_zero(tmp_path, make_jo
             proc.kill()
     err = "".join(err_lines)
     assert proc.returncode == 0, err
+    assert recorded_processes(run_dir) == [], "the group's SIGTERM left processes of the run behind"
     assert "finishing the round in progress" in err and "Traceback" not in err
     rounds = _rounds(run_dir)
     assert 2 <= len(rounds) < 500 and rounds == list(range(1, len(rounds) + 1))
