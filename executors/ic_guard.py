@@ -6,6 +6,8 @@ outlives the run (seen here: for as long as anyone cared to wait). Linux's ``PR_
 makes the kernel SIGKILL the interchange the moment its parent (the driver) dies, even when the
 driver is killed before it has recorded the interchange's pid; the pools then lose their
 interchange and the next driver's reaper finds them by the run directory in their command line.
+It also leaves the driver's process group (a session of its own), so that stopping the whole group
+stops the driver, which then shuts the interchange down cleanly.
 
     python -m fedgrid.executors.ic_guard DRIVER_PID   (stdin: the interchange's pickled config)
 """
