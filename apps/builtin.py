@@ -21,15 +21,15 @@ from fedgrid.apps.datasets import client_arrays
 PATH = "fedgrid.apps.builtin:BuiltinClient"
 
 _MODELS: dict[tuple, Any] = {}
-_THREADS: list[int] = []
 
 
 def set_threads(threads: int):  # noqa: ANN201 - the torch module
+    """torch, with the worker's thread count set (apps/train.apply_threads, the one place that does)."""
     import torch
 
-    if not _THREADS or _THREADS[0] != threads:
-        torch.set_num_threads(threads)
-        _THREADS[:] = [threads]
+    from fedgrid.apps.train import apply_threads
+
+    apply_threads(threads)
     return torch
 
 

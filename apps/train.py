@@ -94,12 +94,17 @@ def _make(task: TrainTask) -> Any:
     return call_client(load_class(task.code["path"], task.code.get("python_path") or ()), context(task))
 
 
-def site_client(task: TrainTask) -> Any:
-    """This worker's object for the task's client, at the state version the task names."""
+def entered(task: TrainTask) -> tuple[sitestate.Slot, sitestate.Kept]:
+    """This worker's slot for the task's client, brought to the state version the task names (and
+    `train.threads` applied first: nothing of the client's runs before it), and what it keeps."""
     apply_threads(int(task.train.get("threads") or 1))
     s = _slot(task)
-    sitestate.enter(s, task.keep, lambda: _make(task), call_client)
-    return s.client
+    return s, sitestate.enter(s, task.keep, lambda: _make(task), call_client)
+
+
+def site_client(task: TrainTask) -> Any:
+    """This worker's object for the task's client, at the state version the task names."""
+    return entered(task)[0].client
 
 
 _THREADS: list[int] = []
@@ -255,9 +260,7 @@ def train_client(task: TrainTask) -> ClientUpdate:
     started = time.time()
     t0 = time.perf_counter()
     faults.before_training(task)
-    apply_threads(int(task.train.get("threads") or 1))
-    s = _slot(task)
-    kept = sitestate.enter(s, task.keep, lambda: _make(task), call_client)
+    s, kept = entered(task)
     client = s.client
     check_base(client, task.code.get("base"))
     cold = bool(getattr(client, "cold", False))
@@ -331,9 +334,7 @@ def evaluate_client(task: TrainTask) -> ClientEvaluation:
     personal model) and reports it as ``personal_<metric>``, so the row shows what
     personalization buys beside the global model."""
     t0 = time.perf_counter()
-    apply_threads(int(task.train.get("threads") or 1))
-    s = _slot(task)
-    kept = sitestate.enter(s, task.keep, lambda: _make(task), call_client)
+    s, kept = entered(task)
     check_base(s.client, task.code.get("base"))
     if task.keep is not None and sitestate.stateful(s.client):
         s.version = sitestate.DIRTY  # evaluate() may touch what get_state() returns: reload before training
