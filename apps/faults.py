@@ -14,12 +14,12 @@ run directory, so kills and holds need a site that shares the driver's disk.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from fedgrid.apps import blackbox
 from fedgrid.apps.task import TrainTask
 
 
@@ -37,7 +37,7 @@ def before_training(task: TrainTask) -> None:
         if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
-            os._exit(137)  # the worker process dies mid-task, as on an OOM kill or a node failure
+            blackbox.vanish(137)  # the worker process dies mid-task, as on a node failure: retried
     if f["raise"]:
         raise InjectedFault(f"injected failure: client {client} raises at round {rnd}")
     if f["fail_p"] > 0:

@@ -98,6 +98,12 @@ def slot(key: tuple, make: Callable[[], Any], bound: int = KEEP_CLIENTS) -> Slot
     return made
 
 
+def drop(key: tuple) -> None:
+    """Forget a client's object (its task was interrupted mid-way: the object may be half-changed)."""
+    with _LOCK:
+        _SLOTS.pop(key, None)
+
+
 def cached() -> int:
     """Client objects this worker holds now."""
     return len(_SLOTS)

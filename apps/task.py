@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fedgrid.apps.guard import Guard
+
 
 @dataclass
 class TrainTask:
@@ -49,6 +51,8 @@ class TrainTask:
     # client state (apps/sitestate.py): the store and folder of this client's versions, the version
     # to start from ("have": {sha256, nbytes} or None), versions to keep, personal layers, Ditto
     keep: dict[str, Any] | None = None
+    # how the site contains the client's code: time limit, black box, output cap (apps/guard.py)
+    guard: Guard | None = None
 
 
 def model_spec(name: str, input_shape: tuple[int, ...] | list[int], num_classes: int,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps import codec, faults, sitestate
+from fedgrid.apps import codec, faults, guard, sitestate
 from fedgrid.apps.client import Context, Evaluation, Fit, Work
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
@@ -50,7 +50,8 @@ def call_client(method: Any, *args: Any) -> Any:
     """Call the client's code; what it raises becomes a ClientCodeError naming where."""
     try:
         return method(*args)
-    except Exception as e:  # noqa: BLE001 - any error of the user's code is this client's failure
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001 - any error of the user's code is
+        # this client's failure; sys.exit() in it must not end the worker that serves every client
         tb = traceback.extract_tb(e.__traceback__)
         where = f" [at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name}]" if tb else ""
         raise ClientCodeError(f"{type(e).__name__}: {e}{where}", traceback.format_exc()) from None
@@ -80,14 +81,24 @@ def context(task: TrainTask) -> Context:
                    options=task.code.get("options") or {})
 
 
+def _key(task: TrainTask) -> tuple:
+    # per thread too: a `local` site runs several clients at once in one process
+    return (threading.get_ident(), task.code["path"], task.client, task.clients, task.seed, task.site,
+            json.dumps(task.data, sort_keys=True, default=str),
+            json.dumps(task.code.get("options") or {}, sort_keys=True, default=str))
+
+
 def _slot(task: TrainTask) -> sitestate.Slot:
     """This worker's slot for the task's client: its object (made on first use, kept across
     rounds up to ``train.keep_clients`` objects) and the state version the object holds."""
-    # per thread too: a `local` site runs several clients at once in one process
-    key = (threading.get_ident(), task.code["path"], task.client, task.clients, task.seed, task.site,
-           json.dumps(task.data, sort_keys=True, default=str),
-           json.dumps(task.code.get("options") or {}, sort_keys=True, default=str))
-    return sitestate.slot(key, lambda: _make(task), int(task.train.get("keep_clients") or sitestate.KEEP_CLIENTS))
+    bound = int(task.train.get("keep_clients") or sitestate.KEEP_CLIENTS)
+    return sitestate.slot(_key(task), lambda: _make(task), bound)
+
+
+def contained(task: TrainTask, what: str):  # noqa: ANN201 - a context manager
+    """The task's client code contained at its site (apps/guard.py). A client interrupted at its
+    time limit may have been anywhere in its code: its object is dropped, never reused."""
+    return guard.guarded(task.guard, task.client, task.round, what, on_timeout=lambda: sitestate.drop(_key(task)))
 
 
 def _make(task: TrainTask) -> Any:
@@ -181,6 +192,11 @@ def warm(task: TrainTask) -> dict[str, Any]:
 
     Returns what it warmed, so the driver can tell a warm-up that loaded the client's model from
     one that could not."""
+    with contained(task, "warm-up"):
+        return _warm(task)
+
+
+def _warm(task: TrainTask) -> dict[str, Any]:
     t0 = time.perf_counter()
     client = site_client(task)
     if hasattr(client, "warm"):
@@ -231,6 +247,10 @@ def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
         got = list(fit.params) if isinstance(fit.params, dict) else type(fit.params).__name__
         raise ValueError(f"client train() returned params {got}, expected the global model's {list(start)}")
     fit.params = {k: np.asarray(v) for k, v in fit.params.items()}
+    for k, a in fit.params.items():
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"client train() returned param {k!r} of dtype {a.dtype}; expected a numeric array "
+                            f"like the global model's ({np.asarray(start[k]).dtype})")
     if isinstance(fit.num_examples, bool) or not isinstance(fit.num_examples, int | np.integer) \
             or fit.num_examples <= 0:
         raise ValueError(f"client train() returned num_examples {fit.num_examples!r}, expected an int > 0")
@@ -257,6 +277,11 @@ def batch_job() -> str | None:
 def train_client(task: TrainTask) -> ClientUpdate:
     """One client's round: its client code trains from the global params (and from the client's
     state, at the version the task names); the update and the new state's digest go back."""
+    with contained(task, "training"):
+        return _train_client(task)
+
+
+def _train_client(task: TrainTask) -> ClientUpdate:
     started = time.time()
     t0 = time.perf_counter()
     faults.before_training(task)
@@ -333,6 +358,11 @@ def evaluate_client(task: TrainTask) -> ClientEvaluation:
     evaluates the client's own model (its personal layers in the global model, or Ditto's
     personal model) and reports it as ``personal_<metric>``, so the row shows what
     personalization buys beside the global model."""
+    with contained(task, "evaluation"):
+        return _evaluate_client(task)
+
+
+def _evaluate_client(task: TrainTask) -> ClientEvaluation:
     t0 = time.perf_counter()
     s, kept = entered(task)
     check_base(s.client, task.code.get("base"))

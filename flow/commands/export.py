@@ -284,7 +284,17 @@ def client_model(run_dir: Path, state: ckpt.RoundState, client: int) -> tuple[Pa
 def export_model(run_dir: Path, rnd: int | None = None, fmt: str = "safetensors", out: Path | None = None,
                  client: int | None = None) -> Path:
     """Write the global model of round `rnd` (default newest), or with `client` that client's
-    personalized model, and its .json; returns the model file."""
+    personalized model, and its .json; returns the model file. Written into the run directory,
+    it is made as the run's own files are (owner-only, or read-only for its share group)."""
+    from fedgrid.flow.persist.runlock import share_like_run, writing_in
+
+    with writing_in(run_dir, out):
+        path = _export_model(run_dir, rnd, fmt, out, client)
+        share_like_run(path, run_dir)
+    return path
+
+
+def _export_model(run_dir: Path, rnd: int | None, fmt: str, out: Path | None, client: int | None) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {sorted(FORMATS)}, got {fmt!r}")
     state = load_round(run_dir, rnd)

@@ -83,8 +83,11 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     from fedgrid.executors import describe
     from fedgrid.executors.hpc import BatchHtexSpec, batch_script
     from fedgrid.flow.persist import dataplane
+    from fedgrid.flow.persist.runlock import share_gid
 
     run_dir = job.run_dir(base)
+    if job.checkpoint.share_group:  # a group the run could not give its directory fails here, as in a run
+        share_gid(job.checkpoint.share_group, file)
     try:
         line, nbytes = describe_model(job)
     except ConfigError as e:  # found once the model is built: name the job file
@@ -132,7 +135,8 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
                 print(f"      | {line}")
         if why:
             warnings.append(f"site {s.name!r} ({s.executor.kind}): a run from this machine would fail: {why}")
-    print(f"checkpoints: {run_dir}")
+    print(f"checkpoints: {run_dir}" + (f" (read-only for group {job.checkpoint.share_group})"
+                                       if job.checkpoint.share_group else " (owner-only)"))
     for w in warnings:
         print(f"warning: {w}")
     return warnings

@@ -284,8 +284,15 @@ def summary_md(info: dict[str, Any], rows: list[dict[str, Any]], images: list[st
 def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Write accuracy.png, sites.png, failures.png, bytes.png (metrics.png when the clients report
     their own metrics, fed_spread.png with federated evaluation) and summary.md into `out` (default
-    <run_dir>/report); returns their paths. Raises ValueError when the run has no rounds yet."""
-    run_dir = run_dir.resolve()
+    <run_dir>/report); returns their paths. Raises ValueError when the run has no rounds yet.
+    Written into the run directory, the report is made as the run's own files are."""
+    from fedgrid.flow.persist.runlock import writing_in
+
+    with writing_in(run_dir, out):
+        return _write_report(run_dir.resolve(), out)
+
+
+def _write_report(run_dir: Path, out: Path | None) -> list[Path]:
     info, rows = status_and_rows(run_dir)
     if not rows:
         raise ValueError(f"{run_dir}: no finished rounds to report on yet")

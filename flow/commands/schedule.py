@@ -92,7 +92,8 @@ class Scheduler:
                                       "next_firing": None, "last_firing": None, "last_result": None}
         self.prev = read_state(self.run_dir)
         self._lock = RunLock(self.run_dir, ".schedule.lock", busy=lambda pid: SchedulerBusy(
-            f"{self.run_dir}: another fedgrid schedule (pid {pid}) owns this run directory; stop it first"))
+            f"{self.run_dir}: another fedgrid schedule (pid {pid}) owns this run directory; stop it first"),
+            share_group=job.checkpoint.share_group, source=self.source)
 
     # -- state --------------------------------------------------------------------------------
     def _save(self) -> None:

@@ -74,6 +74,10 @@ class TrainSpec(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     threads: Annotated[int, Field(ge=1)] = 1  # torch and BLAS threads per worker, set before any client code
     keep_clients: Annotated[int, Field(ge=1)] = 64  # client objects a worker keeps (LRU); more are rebuilt from state
+    # seconds a client's task may run at its site before it is ended there (its worker is given
+    # back for the site's other clients); default: round.deadline_s
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    output_mb: Annotated[float, Field(gt=0)] = 16.0  # stdout/stderr a worker keeps (RUN_DIR/logs/workers)
 
 
 # The strategy block: `name` picks the strategy, whose Options class holds its keys.
@@ -179,6 +183,9 @@ class FaultSpec(_Strict):
 class CheckpointSpec(_Strict):
     dir: str = "runs/{name}"
     keep: Annotated[int, Field(ge=0)] = 0  # 0 keeps every round file
+    # a Unix group that may read the run directory, never write it (directories 2750, files 0640);
+    # unset: owner-only (0700/0600), and a run directory shared before is closed again
+    share_group: str | None = None
 
 
 class StoreSpec(_Strict):

@@ -11,21 +11,40 @@ LocalProvider block's process group (Parsl starts blocks with ``setpgrp``), with
 recycled pid is never mistaken for ours. The record also names the host and its boot, so a run
 directory on a shared file system, or one copied elsewhere, never ends another machine's
 processes, and it is removed when the driver shuts its executors down cleanly.
+
+Taking a lock also settles who may read the run directory (``checkpoint.share_group``): owner-only
+by default, or read-only for one Unix group. While the lock is held the process runs with the
+matching umask (0o077, or 0o027 when shared), so everything fedgrid writes there (checkpoints, the
+rounds table, the store, tracking, logs, exports, and whatever the Parsl processes it starts
+locally write) is made that way whatever the user's umask; the lock's release restores the umask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import grp
 import json
+import operator
 import os
 import signal
 import socket
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+PRIVATE_UMASK = 0o077  # an owner-only run: files 0600, directories 0700
+SHARED_UMASK = 0o027  # shared read-only with a group: files 0640, directories 0750 (and setgid)
+PRIVATE_DIR, SHARED_DIR = 0o700, 0o2750  # setgid: what is made inside takes the directory's group
+# owner-only even in a shared run: a lock another user could open they could hold (and block every
+# run here); Parsl's CurveZMQ keys would let them talk to the interchange (and Parsl refuses a
+# certificates directory that is not 0700)
+KEEP_PRIVATE = {".lock", ".schedule.lock", "certificates"}
 
 
 class RunDirBusy(Exception):
@@ -34,17 +53,26 @@ class RunDirBusy(Exception):
 
 class RunLock:
     """An exclusive lock file in a run directory holding its owner's pid: ``.lock`` for the driver
-    (RunDirBusy when taken); the scheduler takes ``.schedule.lock`` the same way with its own error."""
+    (RunDirBusy when taken); the scheduler takes ``.schedule.lock`` the same way with its own error.
 
-    def __init__(self, run_dir: Path, name: str = ".lock", busy: Any = None):
+    `share_group`: the job's ``checkpoint.share_group``, checked now (a ConfigError naming `source`,
+    the job file, for a group that does not exist or is not this user's), so a scheduler fails at
+    its start rather than at its first firing."""
+
+    def __init__(self, run_dir: Path, name: str = ".lock", busy: Any = None, share_group: str | None = None,
+                 source: str | Path = "<job>"):
         self.run_dir = run_dir
         self.path = run_dir / name
         self.busy = busy or (lambda pid: RunDirBusy(f"{run_dir}: another fedgrid run (pid {pid}) is using this "
                                                     f"run directory; wait for it or stop it first"))
+        self.gid = share_gid(share_group, source) if share_group else None
         self._fd: int | None = None
+        self._umask: int | None = None
 
     def acquire(self) -> None:
-        private_dir(self.run_dir)
+        """Take the lock, then settle the directory's access and this process's umask. Nothing is
+        changed unless the lock is taken: a busy directory stays as its running driver made it."""
+        own_dir(self.run_dir)
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,6 +83,14 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        try:
+            settle(self.run_dir, self.gid)
+        except BaseException:
+            self.release()
+            raise
+        # process-wide, so the background writer, the trackers and the pools started from now on
+        # (which inherit it) create files the same way; release() puts the caller's back
+        self._umask = hold_umask(SHARED_UMASK if self.gid is not None else PRIVATE_UMASK)
 
     def _open(self) -> int:
         """The lock file, owner-only. One that another user owns, or that others can open (an
@@ -69,6 +105,9 @@ class RunLock:
         return fd
 
     def release(self) -> None:
+        if self._umask is not None:
+            drop_umask(self._umask)
+            self._umask = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -82,25 +121,170 @@ class RunLock:
         self.release()
 
 
-def private_dir(path: Path) -> None:
-    """A run directory only its owner can enter, whatever the umask: nobody else on a login node
-    reads the model, the clients' updates or their state, or rewrites a checkpoint. Made so if
-    missing; one of ours that others could enter (an older fedgrid's 0755, a group-writable umask)
-    is closed; a directory of another user's is refused."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def private_dir(path: Path, gid: int | None = None) -> None:
+    """A run directory only its owner can enter (or, with `gid`, that group read too), whatever
+    the umask: nobody else on a login node reads the model, the clients' updates or their state,
+    and nobody but the owner rewrites a checkpoint. Made so if missing; one of ours that others
+    could enter (an older fedgrid's 0755, a group-writable umask) is closed; a directory of
+    another user's is refused."""
+    own_dir(path)
+    settle(path, gid)
+
+
+def own_dir(path: Path) -> None:
+    """Make the run directory if missing (0700: nobody else gets in before it is settled); refuse
+    one that is another user's, whose files we could neither make private nor trust."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     st = os.stat(path)
     if st.st_uid != os.getuid():
         raise PermissionError(f"{path}: the run directory belongs to uid {st.st_uid}, not to this user "
                               f"({os.getuid()}); use a checkpoint.dir of your own")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+
+
+def settle(path: Path, gid: int | None) -> None:
+    """Bring a run directory of ours to owner-only (`gid` None) or to read-only for group `gid`.
+
+    The directory itself says which it is, so only a change walks the tree: a run directory
+    fedgrid made this way is already right inside (files are made under the lock's umask), and a
+    large store on a parallel file system is not stat'ed at every start. The walk closes before it
+    opens: made private, a directory is closed before its contents; made shared, its contents
+    (an older fedgrid's 0664 files included) lose group write before the directory lets the group
+    in."""
+    st = os.stat(path)
+    want = PRIVATE_DIR if gid is None else SHARED_DIR
+    if stat.S_IMODE(st.st_mode) == want and (gid is None or st.st_gid == gid):
+        return
+    for p in _tree(path, shared=gid is not None):
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+            _settle_one(p, gid, private=gid is None or not _shared_part(p, path))
+
+
+def _tree(top: Path, shared: bool) -> Iterator[Path]:
+    """`top` and everything under it, never following a link: each directory before its contents
+    when closing (`shared` false), after them when opening."""
+    if not shared:
+        yield top
+    try:
+        entries = list(os.scandir(top))
+    except FileNotFoundError:
+        entries = []
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            yield from _tree(Path(e.path), shared)
+        elif not e.is_symlink():
+            yield Path(e.path)
+    if shared:
+        yield top
+
+
+def _shared_part(p: Path, top: Path) -> bool:
+    """Whether the group may read `p` in a shared run: not the locks, not Parsl's keys."""
+    return not any(part in KEEP_PRIVATE for part in p.relative_to(top).parts)
+
+
+def _settle_one(p: Path, gid: int | None, private: bool) -> None:
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
+        return  # (nobody else can have made anything in a run directory of ours)
+    if gid is not None and st.st_gid != gid:
+        os.chown(p, -1, gid, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        mode = PRIVATE_DIR if private else SHARED_DIR
+        if gid is not None:
+            mode |= stat.S_ISGID  # made inside, even a private directory's files keep the group
+    else:
+        owner = st.st_mode & 0o700
+        mode = owner if private else owner | (owner & 0o500) >> 3  # the group reads what the owner reads
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(p, mode)
+
+
+def share_gid(group: str, source: str | Path = "<job>") -> int:
+    """The id of ``checkpoint.share_group``: a group that exists here and that this user is in (a
+    user can give a file only a group of their own; root any)."""
+    from fedgrid.flow.config.errors import ConfigError
+
+    try:
+        gr = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError(source, "checkpoint.share_group", f"no group {group!r} on this machine "
+                          "(`getent group` lists them)") from None
+    if os.geteuid() != 0 and gr.gr_gid not in {os.getegid(), *os.getgroups()}:
+        raise ConfigError(source, "checkpoint.share_group", f"this user is not a member of group {gr.gr_name!r} "
+                          "(`id -Gn` lists yours; a group added since you logged in needs a new login)")
+    return gr.gr_gid
+
+
+@contextlib.contextmanager
+def writing_in(run_dir: Path, out: Path | None = None) -> Iterator[None]:
+    """The umask a run directory's own files are made with, for what a command writes into it
+    without the lock (``fedgrid export`` and ``report``): 0o027 in a shared run directory (its
+    group reads, never writes), 0o077 otherwise. Output sent elsewhere (`out` outside the run
+    directory) keeps the user's umask."""
+    try:
+        mode = os.stat(run_dir).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is None or (out is not None and not Path(out).resolve().is_relative_to(Path(run_dir).resolve())):
+        yield
+        return
+    mask = hold_umask(SHARED_UMASK if _is_shared(mode) else PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        drop_umask(mask)
+
+
+_held: list[int] = []  # the umasks that run directories in use in this process ask for
+_caller_umask = 0o022
+_umask_lock = threading.Lock()
+
+
+def hold_umask(mask: int) -> int:
+    """Apply `mask` for as long as it is held (returns it, for drop_umask). The umask is one per
+    process: two runs in threads of one program (the Python API) must not give each other's
+    files the caller's umask when the first one ends, so the umask in force is every held mask
+    together (a shared and a private run at once: both owner-only), and the caller's comes back
+    with the last drop."""
+    global _caller_umask
+    with _umask_lock:
+        if not _held:
+            _caller_umask = os.umask(mask)
+        _held.append(mask)
+        os.umask(functools.reduce(operator.or_, _held))
+    return mask
+
+
+def drop_umask(mask: int) -> None:
+    with _umask_lock:
+        _held.remove(mask)
+        os.umask(functools.reduce(operator.or_, _held) if _held else _caller_umask)
+
+
+def _is_shared(mode: int) -> bool:
+    return bool(mode & stat.S_ISGID and mode & 0o040)
+
+
+def share_like_run(path: Path, run_dir: Path) -> None:
+    """Give the share group of a shared run directory read access to `path` (a file or a folder
+    inside it) that a library wrote owner-only whatever the umask (safetensors writes 0600)."""
+    try:
+        st = os.stat(run_dir)
+    except FileNotFoundError:
+        return
+    if _is_shared(st.st_mode) and st.st_uid == os.getuid() and \
+            Path(path).resolve().is_relative_to(Path(run_dir).resolve()):
+        for p in _tree(Path(path), shared=True) if Path(path).is_dir() else [Path(path)]:
+            _settle_one(p, st.st_gid, private=False)
 
 
 def holder(lock: Path) -> str | None:
-    """The pid written in a lock file whose lock is held now (None when nobody holds it)."""
-    if not lock.exists():
+    """The pid written in a lock file whose lock is held now (None when nobody holds it, or when
+    this user may not open it: a group a run is shared with reads its rounds, never its lock)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except (FileNotFoundError, PermissionError):
         return None
-    fd = os.open(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -133,9 +317,10 @@ def machine() -> dict[str, str]:
     return {"host": socket.gethostname(), "boot": boot}
 
 
-def record_processes(run_dir: Path, executors: list) -> dict:
+def record_processes(run_dir: Path, executors: list, nonce: str | None = None) -> dict:
     """Write processes.json: interchange pids and provider block process groups of `executors`,
-    each group with its leader's creation time."""
+    each group with its leader's creation time, and the run's nonce (every process a worker starts
+    carries it: apps/guard.py)."""
     pids, pgids = [], []
     for ex in map(_local_htex, executors):
         ic = getattr(ex, "interchange_proc", None)
@@ -151,7 +336,7 @@ def record_processes(run_dir: Path, executors: list) -> dict:
                 pgids.append([g, _ctime(g)])
     # anything in those process groups created after this driver started is ours
     started = psutil.Process().create_time() - 1.0
-    rec = {"driver": os.getpid(), "started": started, "pids": pids, "pgids": pgids, **machine()}
+    rec = {"driver": os.getpid(), "started": started, "pids": pids, "pgids": pgids, "nonce": nonce, **machine()}
     tmp = run_dir / ".processes.json.tmp"
     tmp.write_text(json.dumps(rec))
     os.replace(tmp, run_dir / "processes.json")
@@ -181,6 +366,8 @@ def recorded_processes(run_dir: Path) -> list[psutil.Process]:
                         found[child.pid] = child
         except (psutil.Error, ProcessLookupError):
             continue
+    for p in marked(rec.get("nonce")):  # what client code started and a dead worker left behind
+        found.setdefault(p.pid, p)
     for p in _by_command_line(run_dir):  # pools of a driver killed before it could record them ...
         found.setdefault(p.pid, p)
         with contextlib.suppress(psutil.Error):  # ... and the workers they spawned, which do not name it
@@ -213,6 +400,37 @@ def forget_processes(run_dir: Path) -> None:
     (run_dir / "processes.json").unlink(missing_ok=True)
 
 
+def marked(nonce: str | None) -> list[psutil.Process]:
+    """This user's processes that carry the run's mark (``FEDGRID_RUN=<nonce>``, set by its
+    workers, inherited by whatever client code starts, double-forked or not)."""
+    if not nonce:
+        return []
+    from fedgrid.apps.guard import RUN_ENV
+
+    me, out = os.getpid(), []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if p.info["pid"] != me and p.info["status"] != psutil.STATUS_ZOMBIE and _mine(p) and \
+                    p.environ().get(RUN_ENV) == nonce:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def end(procs: list[psutil.Process], timeout: float = 5.0) -> int:
+    """Terminate, then kill, `procs`; returns how many there were."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):  # gone meanwhile, or not ours to signal after all
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return len(procs)
+
+
 def _by_command_line(run_dir: Path) -> list[psutil.Process]:
     """Worker pools name files under the run directory (cert_dir, logdir) in their command line."""
     mark, me, out = str(run_dir / "parsl") + os.sep, os.getpid(), []
@@ -235,13 +453,4 @@ def alive(p: psutil.Process) -> bool:
 
 def reap(run_dir: Path, timeout: float = 5.0) -> int:
     """Terminate, then kill, every process left for this run; returns how many there were."""
-    procs = recorded_processes(run_dir)
-    for p in procs:
-        with contextlib.suppress(psutil.Error):  # gone meanwhile, or not ours to signal after all
-            p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=timeout)
-    return len(procs)
+    return end(recorded_processes(run_dir), timeout)

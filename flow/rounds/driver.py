@@ -77,9 +77,13 @@ class Driver:
         rs = self.job.round
         return validate.examples_limit(float(self.profiles["examples"][client]), rs.max_examples, rs.examples_growth)
 
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
     def stopping(self, after: int) -> bool:
         """A stop was requested (SIGTERM): no round after `after` starts; the finished ones are all saved."""
-        if self.stop is None or not self.stop.is_set():
+        if not self.stop_requested:
             return False
         self.progress.say(f"stop requested: stopping after round {after}")
         return True

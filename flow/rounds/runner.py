@@ -61,7 +61,7 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
     directory's fedgrid.log.
     """
     run_dir = job.run_dir(base or Path.cwd()).resolve()
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir, share_group=job.checkpoint.share_group)
     lock.acquire()
     handler: logging.Handler | None = None
     try:
@@ -145,7 +145,7 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     transfer, store = open_store(job, run_dir, parts.params, progress, needed=needed,
                                  first=start.state is None)
     privacy = Privacy(job, run_dir, start.state.row if start.state else None) if job.privacy is not None else None
-    tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy, parts.kinds or None)
+    tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy, parts.kinds or None, runtime.nonce)
     tasks.keeping(personal.keep_options(job, job.client is not None and stateful_client(job.client.path),
                                         personal.names(job, parts.params, parts.model)))
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now

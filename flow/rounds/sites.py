@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -20,12 +22,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from fedgrid.apps import blackbox, guard
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.wire import Packed
 from fedgrid.executors import build_executor
 from fedgrid.flow.config import ConfigError, Job
 from fedgrid.flow.persist.checkpoint import atomic_write
-from fedgrid.flow.persist.runlock import forget_processes, record_processes
+from fedgrid.flow.persist.runlock import end, forget_processes, marked, record_processes
 from fedgrid.flow.rounds.blocks import BlockWatch
 from fedgrid.flow.rounds.gather import SITE_DOWN
 
@@ -112,6 +115,8 @@ class SiteRuntime:
 
         self.job = job
         self.run_dir = run_dir
+        self.nonce = secrets.token_hex(12)  # marks this run's site processes and names its scratch (apps/guard.py)
+        guard.IN_DRIVER = True  # a `local` site's clients run in this process's threads
         executors = [build_executor(s, run_dir) for s in job.sites]
         # Sites on this machine start their one block at once and never scale ("none": fastest first
         # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
@@ -130,7 +135,7 @@ class SiteRuntime:
         self._seen_workers: set[str] = set()  # sites that have had workers (so none now means lost)
         self._taken_down: set[str] = set()
         self.watches = {s.name: w for s in job.sites if (w := block_watch(s, self.by_site[s.name], job)) is not None}
-        record_processes(run_dir, executors)  # interchanges now; blocks once they are up (see warm_up)
+        record_processes(run_dir, executors, self.nonce)  # interchanges now; blocks once they are up (see warm_up)
         self._train = {s.name: python_app(train_client, executors=[s.name], data_flow_kernel=self.dfk)
                        for s in job.sites}
         self._warm = {s.name: python_app(warm, executors=[s.name], data_flow_kernel=self.dfk) for s in job.sites}
@@ -153,7 +158,7 @@ class SiteRuntime:
 
     def record(self) -> None:
         """Note this run's processes (blocks exist once a worker has answered) for a later reaper."""
-        record_processes(self.run_dir, self.executors)
+        record_processes(self.run_dir, self.executors, self.nonce)
 
     def _arg(self, site: str, obj: Any) -> Any:
         """An app argument as it should travel to `site`: C-pickled where the site's executor
@@ -246,3 +251,7 @@ class SiteRuntime:
             log.warning("executor shutdown: %s", e)
         else:
             forget_processes(self.run_dir)
+        # what client code started and a worker that died (or was ended at a limit) left behind
+        if n := end(marked(self.nonce)):
+            log.warning("ended %d process(es) that client code had left running", n)
+        shutil.rmtree(blackbox.scratch_path(self.nonce), ignore_errors=True)

@@ -71,7 +71,15 @@ def run_rounds(drv: Driver, done: int, params: Params, params_bytes: int) -> str
             except BudgetSpent as e:
                 drv.progress.say(str(e))
                 return "the privacy budget is spent"
-        info, g = play_round(drv, rnd, params)
+        try:
+            info, g = play_round(drv, rnd, params)
+        except RoundFailed:
+            if not drv.stopping(rnd - 1):
+                raise
+            # a batch scheduler or service manager stops every process of the job at once: the
+            # round's workers went with the driver's own signal, and it is the stop, not a failure
+            drv.progress.say(f"round {rnd} did not finish: its sites were stopped too")
+            return "on request"
         t0 = time.perf_counter()
         contributions = info.contributions(g)
         if drv.privacy is not None:
@@ -225,7 +233,7 @@ def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:
     msg = (f"round {rnd} attempt {number}: {len(a.g.updates)} of {len(a.clients)} clients answered, "
            f"quorum is {a.quorum} ({reasons})")
     drv.progress.say(msg)
-    if number > rs.retries:
+    if number > rs.retries or drv.stop_requested:  # stopping: no attempt again
         raise RoundFailed(f"{msg}; gave up after {rs.retries} retr{'y' if rs.retries == 1 else 'ies'}. "
                           f"The run stopped at round {rnd - 1}; fix the failing sites and run again to resume")
 

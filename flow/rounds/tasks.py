@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import codec, sitestate
+from fedgrid.apps.guard import Guard
 from fedgrid.apps.store import Ref, Store
 from fedgrid.apps.task import TrainTask
 from fedgrid.flow.config import Job
 from fedgrid.flow.persist import dataplane
 from fedgrid.flow.privacy.dp import Privacy
 from fedgrid.flow.rounds import faults
+from fedgrid.flow.strategies import STRATEGIES
 
 
 def round_key(rnd: int) -> str:
@@ -31,10 +33,12 @@ class Tasks:
     params travel (the transfer plan and store), and local DP's options when the job uses them."""
 
     def __init__(self, job: Job, run_dir: Path, code: dict[str, Any], transfer: dataplane.TransferPlan,
-                 store: Store | None, privacy: Privacy | None, kinds: dict[str, str] | None = None):
+                 store: Store | None, privacy: Privacy | None, kinds: dict[str, str] | None = None,
+                 nonce: str = "0"):
         """`kinds`: each param's kind (apps/kinds.py), known once the model is built: the codec
-        sends statistics and counters whole."""
+        sends statistics and counters whole. `nonce`: the run's (SiteRuntime), for the guards."""
         self.job, self.code, self.transfer, self.store = job, code, transfer, store
+        self.guards = guards(job, run_dir, nonce)
         self.sites = job.client_sites()
         self.site_data = {s.name: job.site_data(s.name).model_dump() for s in job.sites}
         self.fault_dir = str(run_dir / "faults")
@@ -79,7 +83,8 @@ class Tasks:
         job, site = self.job, self.sites[client]
         task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
                          data=self.site_data[site], code=self.code, train={**job.train.model_dump(), **(extra or {})},
-                         params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp, horizon=self.horizon)
+                         params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp, horizon=self.horizon,
+                         guard=self.guards[rnd == 0])
         if self.keep is not None:
             have, keep = state or (None, [])
             task.keep = {**self.keep, "folder": sitestate.FOLDER.format(client=client), "have": have, "keep": keep}
@@ -114,3 +119,27 @@ class Tasks:
             return {s: params for s in self.site_data}
         ref = self.store.put(params, f"{round_key(rnd)}/{name}")
         return {s: (ref if tp.by_ref[s] else params) for s in self.site_data}
+
+
+def guards(job: Job, run_dir: Path, nonce: str) -> tuple[Guard, Guard]:
+    """How sites contain the client code of a round's task and of a warm-up (apps/guard.py): a
+    client's task is limited by ``train.timeout_s``, else by how long its answer can still be used
+    (:func:`useful_s`); a warm-up (the client's constructor, its data) by the deadline the driver
+    waits for it."""
+    out = str(run_dir / "logs" / "workers")
+    common = {"run": nonce, "output_dir": out, "output_max": int(job.train.output_mb * (1 << 20))}
+    warm = Guard(limit_s=job.round.deadline_s, limit_key="round.deadline_s", **common)
+    if job.train.timeout_s is not None:
+        return Guard(limit_s=job.train.timeout_s, limit_key="train.timeout_s", **common), warm
+    return Guard(limit_s=useful_s(job), limit_key="round.deadline_s", **common), warm
+
+
+def useful_s(job: Job) -> float:
+    """How long a client's answer can still be used: the round's deadline; with ``round.late:
+    carry`` as long as a later round takes it (max_staleness rounds on); under FedBuff twice the
+    deadline, after which the asynchronous loop forgets a task. Past that, running on only holds
+    a worker its site's other clients need."""
+    rs = job.round
+    if STRATEGIES[job.strategy.name].asynchronous:
+        return 2 * rs.deadline_s
+    return rs.deadline_s * (1 + rs.max_staleness) if rs.late == "carry" else rs.deadline_s

@@ -1,0 +1,171 @@
+"""Client code at a site, contained: what it does costs only its own client.
+
+A task's client code runs inside a persistent Parsl worker that serves every client of its site,
+so whatever that code does — hang, kill its worker, print without end, start processes — would
+otherwise cost the other clients, later rounds or the machine. Around every task (train, evaluate,
+warm-up) :func:`guarded`:
+
+- **ends it at its time limit** (``train.timeout_s``, else the round's deadline): the task's thread
+  gets an exception (SIGALRM in a worker's main thread, which also interrupts a ``sleep``); client
+  code that swallows it or is stuck in native code is ended with its worker after a grace period,
+  and the pool replaces the worker. Either way the failure reads ``timeout: ...``;
+- **keeps a black box** per worker (:mod:`fedgrid.apps.blackbox`): a worker that dies in a task
+  (SIGSEGV, ``os._exit``, the OOM killer) is named by the task's retry, which reads the box and
+  fails at once with ``worker died: SIGSEGV in client code [at x.py:12 in train]`` instead of
+  running the crash again;
+- **caps the worker's output**: its stdout and stderr (C libraries and subprocesses included)
+  go through a pipe into two rotating files, ``output_mb`` in all (:mod:`fedgrid.apps.outputs`);
+- **ends the processes the client started** when its task ends: the worker is a child subreaper,
+  so even a ``setsid`` double-forked daemon is its descendant; and every process a worker starts
+  carries ``FEDGRID_RUN=<run nonce>``, by which the driver ends what escaped a dead worker.
+
+Only a worker process of its own gets all of it. A ``local`` site runs clients in threads of the
+driver, where a limit can only interrupt Python code and nothing process-wide is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from fedgrid.apps import blackbox, outputs
+
+RUN_ENV = "FEDGRID_RUN"  # marks every process a worker of this run starts (the driver's reaper reads it)
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class Guard:
+    """How a site contains one task's client code (built by the driver for every task)."""
+
+    run: str  # the run's nonce: names its private scratch folder and marks its processes
+    limit_s: float | None  # seconds the task may run at its site; None: no limit
+    limit_key: str  # the job key that set the limit, named in the failure
+    output_dir: str | None = None  # where workers' output goes (else the run's private scratch)
+    output_max: int = 16 << 20  # bytes of output a worker keeps
+    grace_s: float | None = None  # after the limit, until the worker is ended (None: 5 s + 10%, within limit and 30 s)
+
+
+class TaskTimeout(RuntimeError):
+    """The task ran past its limit and was ended at its site."""
+
+    plain = True  # the message is the reason (apps/update.py Failure.of)
+
+
+class _Interrupt(BaseException):
+    """Raised in the task's thread at its limit: a BaseException, so the client's own ``except
+    Exception`` does not swallow it."""
+
+
+IN_DRIVER = False  # set by the driver: its threads (a `local` site) are never a worker of their own
+
+
+def dedicated() -> bool:
+    """Whether this process is a Parsl worker of its own (a pool's worker, not the driver)."""
+    return not IN_DRIVER and "PARSL_WORKER_RANK" in os.environ and \
+        threading.current_thread() is threading.main_thread()
+
+
+class _Worker:
+    """What a dedicated worker sets up once: its black box, output pipe, subreaper and marker."""
+
+    def __init__(self, g: Guard):
+        self.run = g.run
+        self.box = blackbox.Box(blackbox.scratch(g.run))
+        outputs.capture(outputs.folder(g.output_dir, self.box.dir.parent), g.output_max)
+        os.environ[RUN_ENV] = g.run
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        signal.signal(signal.SIGALRM, _on_alarm)
+        self.armed = False
+
+
+_WORKER: list[_Worker] = []
+
+
+def _worker(g: Guard) -> _Worker:
+    if not _WORKER or _WORKER[0].run != g.run:
+        _WORKER[:] = [_Worker(g)]
+    return _WORKER[0]
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    w = _WORKER[0] if _WORKER else None
+    if w is not None and w.armed:
+        w.armed = False
+        raise _Interrupt
+
+
+@contextlib.contextmanager
+def guarded(g: Guard | None, client: int, rnd: int, what: str,
+            on_timeout: Callable[[], None] | None = None) -> Iterator[None]:
+    """Run the body (one task of `client` at round `rnd`) contained as the module says."""
+    if g is None:
+        yield
+        return
+    w = _worker(g) if dedicated() else None
+    if w is not None:
+        w.box.check(client, rnd, what)  # a retry after its worker died: fail now, naming how
+        w.box.enter(client, rnd, what, g.limit_s)
+    before = outputs.descendants() if w is not None else set()
+    timer = _Timer(g, w, client, rnd, what)
+    try:
+        yield
+    except _Interrupt:
+        if on_timeout is not None:
+            on_timeout()
+        raise TaskTimeout(timeout_reason(g, what)) from None
+    finally:
+        if w is not None:
+            w.armed = False
+        timer.cancel()
+        if w is not None:
+            outputs.flush()
+            outputs.end_descendants(before)
+            w.box.leave()
+
+
+def timeout_reason(g: Guard, what: str, stuck: bool = False) -> str:
+    how = ("did not stop when interrupted, so its worker was ended and replaced" if stuck
+           else "was ended at its site and its worker given back")
+    return f"timeout: {what} ran past {g.limit_key}={g.limit_s:g} s and {how}"
+
+
+class _Timer:
+    """The task's limit: an interrupt at `limit_s`; in a worker of its own, the worker's end after
+    a grace period (a C call that never returns cannot be interrupted)."""
+
+    def __init__(self, g: Guard, w: _Worker | None, client: int, rnd: int, what: str):
+        self._done = threading.Event()
+        if not g.limit_s:
+            return
+        self.g, self.w, self.what = g, w, what
+        self.ident = threading.get_ident()
+        if w is not None:
+            w.armed = True
+        threading.Thread(target=self._watch, name="fedgrid-task-limit", daemon=True).start()
+
+    def _watch(self) -> None:
+        g = self.g
+        if self._done.wait(g.limit_s):
+            return
+        if self.w is not None:
+            signal.pthread_kill(self.ident, signal.SIGALRM)
+        else:  # a driver thread: only Python code can be interrupted there
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
+            return
+        grace = g.grace_s if g.grace_s is not None else min(g.limit_s, 5.0 + 0.1 * g.limit_s, 30.0)
+        if self._done.wait(grace):
+            return
+        self.w.box.died(timeout_reason(g, self.what, stuck=True))
+        blackbox.real_exit(70)
+
+    def cancel(self) -> None:
+        self._done.set()
