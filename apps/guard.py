@@ -78,7 +78,8 @@ class _Worker:
     def __init__(self, g: Guard):
         self.run = g.run
         self.box = blackbox.Box(blackbox.scratch(g.run))
-        outputs.capture(outputs.folder(g.output_dir, self.box.dir.parent), g.output_max)
+        with contextlib.suppress(OSError):  # no folder it may write: its output stays where Parsl put it
+            outputs.capture(outputs.folder(g.output_dir, self.box.dir.parent), g.output_max)
         os.environ[RUN_ENV] = g.run
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError, AttributeError):

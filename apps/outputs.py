@@ -30,8 +30,8 @@ def folder(wanted: str | None, fallback: Path) -> Path:
     """Where this worker's output goes: the folder the driver named (under its run directory)
     when this machine has that run directory and can write there, else the run's private scratch
     folder (a pod or a cloud instance: the driver's path means nothing there)."""
-    if wanted and Path(wanted).parents[1].is_dir():
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # not there, or not ours to enter (pathlib raises EACCES)
+        if wanted and Path(wanted).parents[1].is_dir():
             Path(wanted).mkdir(mode=0o700, parents=True, exist_ok=True)
             if os.access(wanted, os.W_OK):
                 return Path(wanted)

@@ -16,6 +16,14 @@ A dry run therefore builds a ``DryRunAWSProvider``: an AWSProvider subclass that
 constructor and its local checks (credentials configured, profile exists, key file readable, state
 file read) but makes no boto3 client, creates nothing and writes no state file; it records
 ``would_create_vpc`` instead and refuses to submit, so it can never be mistaken for a working one.
+
+Certificates: an instance does not see the driver's run directory, where Parsl keeps the CurveZMQ
+keys (fedgrid.executors.certs). AWSProvider sends the block's command as the instance's user data,
+so the command carries the files a pool needs (the client's key pair and the interchange's public
+key, never its secret key) in itself: it writes them, base64-decoded, into a private ``mktemp -d``
+folder (0700, files 0600, removed when the command exits) and starts the pool with ``--cert_dir``
+there. User data is readable by whoever may describe the instance's attributes in the account, and
+from the instance; the client key it holds only lets a worker join this run's interchange.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from fedgrid.executors import hpc
+from fedgrid.executors import certs, hpc
 from fedgrid.executors.common import require
 
 
@@ -98,7 +106,8 @@ def provider_config(spec: Spec) -> dict[str, Any]:
 def build(site: Any, run_dir: Path, dry_run: bool = False):
     require("boto3", site=site.name, kind="aws", extra="aws")
     state = str(Path(run_dir) / f"aws-{site.name}.json")
-    return hpc.remote_htex(site, provider(site.executor, dry_run, state), site.executor, dry_run=dry_run)
+    return hpc.remote_htex(site, provider(site.executor, dry_run, state), site.executor, dry_run=dry_run,
+                           certs=certs.InCommand())
 
 
 def describe(site: Any) -> str:

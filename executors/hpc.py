@@ -20,6 +20,7 @@ from unittest import mock
 
 from pydantic import Field, model_validator
 
+from fedgrid.executors.certs import Delivery, attach, pool_launch_cmd
 from fedgrid.executors.common import SpecBase
 from fedgrid.executors.htex import interchange_cmd
 
@@ -148,8 +149,11 @@ def _interface_addresses() -> set[str]:
     return found
 
 
-def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool = False):
-    """The HTEX for a remote site; in a dry run, ``address=None`` discovers only local interfaces."""
+def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool = False,
+                certs: Delivery | None = None):
+    """The HTEX for a remote site; in a dry run, ``address=None`` discovers only local interfaces.
+    ``certs``: how pools that do not share this machine's filesystem get the certificates
+    (pods, instances; see fedgrid.executors.certs); None where they read the driver's folder."""
     from parsl.executors import HighThroughputExecutor
 
     kwargs = dict(label=site.name, provider=provider, address=spec.address,
@@ -158,10 +162,17 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
                   heartbeat_threshold=spec.heartbeat_threshold, worker_logdir_root=spec.worker_logdir_root,
                   block_error_handler=_three_failed_blocks, interchange_launch_cmd=interchange_cmd(),
                   encrypted=True)  # CurveZMQ between interchange and pools: pinned, not left to a default
+    if certs is not None:
+        kwargs["launch_cmd"] = pool_launch_cmd()
+        # a pod or an instance has no copy of the driver's run directory, where Parsl's default
+        # would put the pools' logs: a non-root pool could not create that path there
+        kwargs["worker_logdir_root"] = spec.worker_logdir_root or "/tmp/fedgrid-workers"
     if dry_run and spec.address is None:
         with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
-            return HighThroughputExecutor(**kwargs)
-    return HighThroughputExecutor(**kwargs)
+            ex = HighThroughputExecutor(**kwargs)
+    else:
+        ex = HighThroughputExecutor(**kwargs)
+    return ex if certs is None else attach(ex, certs)
 
 
 def _three_failed_blocks(executor: Any, status: dict) -> None:
