@@ -21,6 +21,7 @@ import yaml
 from fedgrid.flow.commands.cli import main
 from fedgrid.flow.config import parse_job
 from fedgrid.flow.persist import checkpoint as ckpt
+from fedgrid.flow.persist.runlock import recorded_processes
 from fedgrid.flow.persist.table import rows_path
 from fedgrid.flow.rounds.runner import run
 
@@ -174,7 +175,9 @@ def test_the_driver_as_a_batch_job_stops_on_sigterm_and_its_next_submission_resu
     """Drill 4: the README's batch recipe. `--signal=B:TERM@N` has Slurm send SIGTERM to the batch
     shell (fedgrid, by exec) N seconds before the time limit; here the same signal is sent with
     `scancel --signal=TERM --batch` once a round is checkpointed. The job finishes its round,
-    checkpoints and exits 0 (COMPLETED); the same script submitted again resumes."""
+    checkpoints and exits 0 (COMPLETED); the same script submitted again resumes, and a plain
+    `scancel` of that job (every process signalled) stops it cleanly too; a third submission
+    finishes the run."""
     run_dir = tmp_path / "run"
     spec = make_job(run_dir, rounds=12, model="mlp", data={"dataset": "digits", "clients": 2},
                     train={"epochs": 1, "batch_size": 32, "lr": 0.05}, round={"min_clients": 2, "deadline_s": 60},
@@ -192,6 +195,20 @@ def test_the_driver_as_a_batch_job_stops_on_sigterm_and_its_next_submission_resu
     done = [r["round"] for r in pq.read_table(rows_path(run_dir)).to_pylist()]
     assert 2 <= len(done) < 12 and done == list(range(1, len(done) + 1))
     assert "stop requested" in (tmp_path / "driver.out").read_text()
+
+    # a plain scancel (and a walltime) signals every process of the job at once, the interchange
+    # and the worker pools with the driver: the driver still stops cleanly, and nothing is left
+    before = len((tmp_path / "driver.out").read_text())
+    second = subprocess.run(["sbatch", "--parsable", "--export=ALL", str(script)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    _wait_for(lambda: [r for r, _ in ckpt.round_files(run_dir) if r > done[-1]])
+    subprocess.run(["scancel", second], check=True)
+    _wait_for(lambda: _state(second) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 120)
+    out = (tmp_path / "driver.out").read_text()[before:]
+    assert "stopped on request" in out and "Traceback" not in out, out[-2000:]
+    assert recorded_processes(run_dir) == []
+    done = [r["round"] for r in pq.read_table(rows_path(run_dir)).to_pylist()]
+    assert done == list(range(1, len(done) + 1)) and ckpt.latest_valid(run_dir)[0].round == done[-1] < 12
 
     again = subprocess.run(["sbatch", "--parsable", "--export=ALL", str(script)], capture_output=True, text=True,
                            check=True).stdout.strip()
