@@ -46,7 +46,7 @@ class Guard:
 
     run: str  # the run's nonce: names its private scratch folder and marks its processes
     limit_s: float | None  # seconds the task may run at its site; None: no limit
-    limit_key: str  # the job key that set the limit, named in the failure
+    limit_key: str  # what set the limit (a job key), named in the failure
     output_dir: str | None = None  # where workers' output goes (else the run's private scratch)
     output_max: int = 16 << 20  # bytes of output a worker keeps
     grace_s: float | None = None  # after the limit, until the worker is ended (None: 5 s + 10%, within limit and 30 s)
@@ -136,7 +136,7 @@ def guarded(g: Guard | None, client: int, rnd: int, what: str,
 def timeout_reason(g: Guard, what: str, stuck: bool = False) -> str:
     how = ("did not stop when interrupted, so its worker was ended and replaced" if stuck
            else "was ended at its site and its worker given back")
-    return f"timeout: {what} ran past {g.limit_key}={g.limit_s:g} s and {how}"
+    return f"timeout: {what} ran past {g.limit_s:g} s ({g.limit_key}) and {how}"
 
 
 class _Timer:

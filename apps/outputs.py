@@ -31,7 +31,7 @@ def folder(wanted: str | None, fallback: Path) -> Path:
     when this machine has that run directory and can write there, else the run's private scratch
     folder (a pod or a cloud instance: the driver's path means nothing there)."""
     with contextlib.suppress(OSError):  # not there, or not ours to enter (pathlib raises EACCES)
-        if wanted and Path(wanted).parents[1].is_dir():
+        if wanted and Path(wanted).parent.parent.is_dir():
             Path(wanted).mkdir(mode=0o700, parents=True, exist_ok=True)
             if os.access(wanted, os.W_OK):
                 return Path(wanted)

@@ -131,15 +131,16 @@ def guards(job: Job, run_dir: Path, nonce: str) -> tuple[Guard, Guard]:
     warm = Guard(limit_s=job.round.deadline_s, limit_key="round.deadline_s", **common)
     if job.train.timeout_s is not None:
         return Guard(limit_s=job.train.timeout_s, limit_key="train.timeout_s", **common), warm
-    return Guard(limit_s=useful_s(job), limit_key="round.deadline_s", **common), warm
+    why = "round.deadline_s and max_staleness" if job.round.late == "carry" else "twice round.deadline_s"
+    return Guard(limit_s=useful_s(job), limit_key=why, **common), warm
 
 
 def useful_s(job: Job) -> float:
-    """How long a client's answer can still be used: the round's deadline; with ``round.late:
-    carry`` as long as a later round takes it (max_staleness rounds on); under FedBuff twice the
-    deadline, after which the asynchronous loop forgets a task. Past that, running on only holds
-    a worker its site's other clients need."""
+    """How long a client's answer can still be used: twice the round's deadline (a late answer
+    still teaches the client's profile, which `round.select: deadline` plans with; FedBuff forgets
+    a task then), or with ``round.late: carry`` as long as a later round takes it (max_staleness
+    rounds on). Past that, running on only holds a worker its site's other clients need."""
     rs = job.round
-    if STRATEGIES[job.strategy.name].asynchronous:
-        return 2 * rs.deadline_s
-    return rs.deadline_s * (1 + rs.max_staleness) if rs.late == "carry" else rs.deadline_s
+    if rs.late == "carry" and not STRATEGIES[job.strategy.name].asynchronous:
+        return rs.deadline_s * max(2, 1 + rs.max_staleness)
+    return 2 * rs.deadline_s

@@ -37,7 +37,7 @@ def test_hung_crashing_and_noisy_clients_cost_only_themselves(tmp_path, write_jo
     why = {r: {f["client"]: f["reason"] for f in rows[r]["failures"]} for r in rows}
     assert why[1] == {}
     assert set(why[2]) == {1, 2} and rows[2]["clients_ok"] == 2  # clients 0 and 3 answered in round 2
-    assert why[2][1] == ("timeout: training ran past train.timeout_s=3 s and was ended at its site and its "
+    assert why[2][1] == ("timeout: training ran past 3 s (train.timeout_s) and was ended at its site and its "
                          "worker given back")
     assert why[2][2].startswith("worker died: SIGSEGV in client code [at unruly_client.py:"), why[2][2]
     assert why[2][2].endswith("in train]; the pool replaced the worker")

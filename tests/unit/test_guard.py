@@ -68,7 +68,7 @@ with guarded(g, 7, 3, "training"):
     boxes = tmp_path / f"fedgrid-{os.getuid()}-r1" / "boxes"
     assert blackbox.dead_reason(boxes, 7, 2, "training", os.getpid()) is None  # another round's task
     why = blackbox.dead_reason(boxes, 7, 3, "training", os.getpid())
-    assert why == ("timeout: training ran past train.timeout_s=0.5 s and did not stop when interrupted, "
+    assert why == ("timeout: training ran past 0.5 s (train.timeout_s) and did not stop when interrupted, "
                    "so its worker was ended and replaced")
     assert blackbox.dead_reason(boxes, 7, 3, "training", os.getpid()) is None  # reported once
 
@@ -106,7 +106,7 @@ with guarded(g, 2, 1, "training"):
 """, tmp_path)
     assert p.returncode == 0, p.stderr
     text = "".join(f.read_text() for f in (tmp_path / "out").glob("*.log"))
-    assert "failed: timeout: training ran past train.timeout_s=0.5 s and was ended at its site" in text
+    assert "failed: timeout: training ran past 0.5 s (train.timeout_s) and was ended at its site" in text
     assert "client 2 trained" in text
 
 
@@ -195,7 +195,7 @@ def test_sys_exit_in_client_code_is_its_failure_not_the_workers_end() -> None:
         call_client(sys.exit, 2)
 
 
-def test_the_driver_limits_a_task_by_timeout_s_and_a_warm_up_by_the_deadline(tmp_path, make_job) -> None:
+def test_a_task_is_limited_by_timeout_s_else_twice_the_deadline_a_warm_up_by_the_deadline(tmp_path, make_job) -> None:
     from fedgrid.flow.config import parse_job
     from fedgrid.flow.rounds.tasks import guards
 
@@ -204,4 +204,5 @@ def test_the_driver_limits_a_task_by_timeout_s_and_a_warm_up_by_the_deadline(tmp
     assert (task.limit_s, task.limit_key, warm.limit_s, warm.limit_key) == (30, "train.timeout_s", 90,
                                                                             "round.deadline_s")
     assert task.output_max == 2 << 20 and task.output_dir == str(tmp_path / "logs" / "workers")
-    assert guards(parse_job(make_job(tmp_path, round={"deadline_s": 90}), "j.yaml"), tmp_path, "n")[0].limit_s == 90
+    plain = guards(parse_job(make_job(tmp_path, round={"deadline_s": 90}), "j.yaml"), tmp_path, "n")[0]
+    assert (plain.limit_s, plain.limit_key) == (180, "twice round.deadline_s")
