@@ -22,9 +22,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flow executors apps tests bench fedgrid_pkg examples
 
-# the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs)
+# the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs).
+# Two pytest workers, a test file each at a time: most of an integration test is waiting (worker
+# pools starting, heartbeats, held rounds), which the other file's test fills
 test: lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slurm"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slurm" -n 2 --dist loadfile
 
 # fedgrid on a real one-node Slurm cluster (started here: apt install + daemons, needs root) and
 # the batch-site drills: a cancelled block, a walltime, a held queue, the driver as a batch job

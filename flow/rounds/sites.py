@@ -100,6 +100,23 @@ def parsl_logging() -> Any:
     return FileLogging(level=level)
 
 
+def blocks_gone(ex: Any) -> bool:
+    """Every block this machine started for `ex` has exited: its pool is gone, though the
+    interchange lists it until its heartbeats are missed (seconds later, on purpose: a busy pool
+    may be late with one). The block's launcher exits with its pool."""
+    pids = [j.get("remote_pid") for j in getattr(getattr(ex, "provider", None), "resources", {}).values()]
+    pids = [int(p) for p in pids if str(p or "").isdigit()]
+    return bool(pids) and not any(_running(p) for p in pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 class SiteRuntime:
     """Started executors for every site of a job, and a `submit` that routes by site."""
 
@@ -194,9 +211,12 @@ class SiteRuntime:
         for s in self.job.sites:
             if not s.executor.watch_workers:
                 continue
+            ex = self.by_site[s.name]
             try:
-                n = len(self.by_site[s.name].connected_managers())
+                n = len(ex.connected_managers())
             except Exception:  # noqa: BLE001 - an interchange that cannot answer is down too
+                n = 0
+            if n and blocks_gone(ex):  # the interchange has not missed their heartbeats yet
                 n = 0
             if n:
                 self._seen_workers.add(s.name)
