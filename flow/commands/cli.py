@@ -5,8 +5,9 @@ stopped (a round missed its quorum on every attempt); 2 the job file, run direct
 are wrong (one line naming file, key and expectation, no traceback); 3 the run directory is in use
 by another driver (or scheduler); 130 interrupted (Ctrl-C, or a second SIGTERM).
 
-SIGTERM (what cron, systemd and Slurm send) asks a run to finish the round in progress, checkpoint
-it and exit 0; a second SIGTERM, or Ctrl-C, stops at once (finished rounds are already saved).
+SIGTERM (what cron, systemd and Slurm send) asks a run to finish the round in progress (waiting at
+most round.stop_wait_s for it), checkpoint it and exit 0; a second SIGTERM, or Ctrl-C, stops at
+once (finished rounds are already saved).
 """
 
 from __future__ import annotations

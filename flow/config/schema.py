@@ -114,6 +114,9 @@ class RoundSpec(_Strict):
     # travels to the driver (flow/rounds/twotier.py). flat: every client's update does
     aggregate: Literal["flat", "site"] = "flat"
     site_deadline_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.9  # the site aggregator's share of deadline_s
+    # after a stop (SIGTERM), how long the round in progress may still take; then the run stops
+    # without it. 25 s fits Slurm's default KillWait (30 s) and systemd's stop timeout (90 s)
+    stop_wait_s: Annotated[float, Field(ge=0)] = 25.0
 
 
 # A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Driver:
         self.memory = UpdateMemory(job)
         self.late: list[Late] = []
         self.horizon: list[list[int]] = [[0, job.rounds]]
+        self._stop_seen: float | None = None  # when `down` first saw the stop request
 
     def aim(self, done: int) -> None:
         """The run's target from here: a new target (``--rounds +N``, a changed ``rounds``) starts
@@ -80,6 +82,20 @@ class Driver:
     @property
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    def down(self) -> dict[str, str]:
+        """Sites whose pending clients fail now (the gather polls it): those with no workers, and
+        every site once a stop has waited ``round.stop_wait_s`` for the round in progress, so that
+        a stop ends the run in bounded time (a batch scheduler SIGKILLs what is left 30 s after
+        its SIGTERM) with the finished rounds intact."""
+        down = self.runtime.down_sites()
+        if not self.stop_requested:
+            return down
+        self._stop_seen = self._stop_seen or time.monotonic()
+        if time.monotonic() - self._stop_seen < self.job.round.stop_wait_s:
+            return down
+        why = f"stopped: the run was asked to stop and round.stop_wait_s={self.job.round.stop_wait_s:g} passed"
+        return {s.name: why for s in self.job.sites}
 
     def stopping(self, after: int) -> bool:
         """A stop was requested (SIGTERM): no round after `after` starts; the finished ones are all saved."""

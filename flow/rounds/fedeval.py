@@ -65,7 +65,7 @@ def evaluate(drv: Driver, rnd: int, params: Params) -> dict[str, Any]:
     futs = {c: (drv.sites[c], drv.runtime.evaluate(drv.sites[c], drv.tasks.train(
         c, rnd, sent[drv.sites[c]], state=prof.state_of(drv.profiles, c))))
         for c in clients if drv.sites[c] not in down}
-    g = gather(futs, 0, drv.job.round.deadline_s, accept=_checker(rnd), down=drv.runtime.down_sites)
+    g = gather(futs, 0, drv.job.round.deadline_s, accept=_checker(rnd), down=drv.down)
     return summary(g.updates, [f.row() for f in g.failures], time.time() - t0)
 
 

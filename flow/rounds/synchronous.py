@@ -130,7 +130,7 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
     folding = fold.Fold(params, rnd, list(futs)) if sr is None and fold.applies(drv) else None
     done = drv.progress.client_done if sr is None else sr.observe(drv.progress.client_done)
     g = gather(futs, quorum, rs.deadline_s, folding.observe(done) if folding else done,
-               accept=_acceptor(drv, rnd, params, instr, sr, folding), down=drv.runtime.down_sites)
+               accept=_acceptor(drv, rnd, params, instr, sr, folding), down=drv.down)
     g.failures[:0] = early
     a = Attempt(clients, skipped, quorum, g, [], problem, folded=folding)
     if sr is not None:  # the sites' partials: clients their site's partial does not hold fail here
