@@ -16,6 +16,9 @@ from fedgrid.client import Fit
 
 
 class Unruly(NumpyLogReg):
+    def warm(self) -> None:
+        self._data()  # sklearn's import and the data, before round 1 and its time limit
+
     def train(self, params, work) -> Fit:
         act = self.ctx.options.get("acts", {}).get(f"{self.ctx.client}@{work.round}")
         if act == "hang":

@@ -27,7 +27,7 @@ def test_hung_crashing_and_noisy_clients_cost_only_themselves(tmp_path, write_jo
     job = write_job(rounds=3, client={"path": "unruly_client:Unruly",
                                       "options": {"acts": acts, "noisy": 3, "pids": str(tmp_path / "pids")}},
                     data={"dataset": "custom", "clients": 4, "partition": {"kind": "iid"}},
-                    train={"epochs": 1, "batch_size": 32, "lr": 0.5, "timeout_s": 3, "output_mb": 1},
+                    train={"epochs": 1, "batch_size": 32, "lr": 0.5, "timeout_s": 8, "output_mb": 1},
                     round={"min_clients": 2, "deadline_s": 120},
                     sites=[{"name": "a", "executor": {"kind": "htex", "workers": 2}, "clients": 4}])
     rc, _, err = cli("run", job, "--quiet")
@@ -37,7 +37,8 @@ def test_hung_crashing_and_noisy_clients_cost_only_themselves(tmp_path, write_jo
     why = {r: {f["client"]: f["reason"] for f in rows[r]["failures"]} for r in rows}
     assert why[1] == {}
     assert set(why[2]) == {1, 2} and rows[2]["clients_ok"] == 2  # clients 0 and 3 answered in round 2
-    assert why[2][1] == ("timeout: training ran past 3 s (train.timeout_s) and was ended at its site and its "
+    # (8 s: a client's first round on a busy machine imports sklearn well within it)
+    assert why[2][1] == ("timeout: training ran past 8 s (train.timeout_s) and was ended at its site and its "
                          "worker given back")
     assert why[2][2].startswith("worker died: SIGSEGV in client code [at unruly_client.py:"), why[2][2]
     assert why[2][2].endswith("in train]; the pool replaced the worker")
