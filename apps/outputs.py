@@ -123,7 +123,7 @@ def end_descendants(keep: set[int], grace_s: float = 1.0) -> list[int]:
         return []
     _signal(doomed, signal.SIGTERM)
     end = time.monotonic() + grace_s
-    while (left := {p for p in doomed if _running(p)}) and time.monotonic() < end:
+    while (left := {p for p in doomed if running(p)}) and time.monotonic() < end:
         _reap()
         time.sleep(0.02)
     late = descendants() - keep  # whatever they started meanwhile
@@ -141,7 +141,7 @@ def _signal(pids: set[int], sig: int) -> None:
             os.kill(p, sig)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Alive and not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

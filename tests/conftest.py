@@ -66,3 +66,15 @@ def cli(capsys):
 def make_job():
     """`job_dict` itself, for tests that build several jobs (tests is not an importable package)."""
     return job_dict
+
+
+@pytest.fixture
+def kubeconfig(monkeypatch, tmp_path):
+    """A kubeconfig that authenticates with a plain token: loading it runs nothing."""
+    kube_config = pytest.importorskip("kubernetes.config.kube_config")
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "k", "cluster": {"server": "https://k8s.invalid:6443"}}],
+           "users": [{"name": "u", "user": {"token": "t"}}],
+           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from fedgrid.apps import blackbox, guard
+from fedgrid.apps import blackbox, guard, outputs
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.wire import Packed
 from fedgrid.executors import build_executor
@@ -106,15 +106,7 @@ def blocks_gone(ex: Any) -> bool:
     may be late with one). The block's launcher exits with its pool."""
     pids = [j.get("remote_pid") for j in getattr(getattr(ex, "provider", None), "resources", {}).values()]
     pids = [int(p) for p in pids if str(p or "").isdigit()]
-    return bool(pids) and not any(_running(p) for p in pids)
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+    return bool(pids) and not any(outputs.running(p) for p in pids)
 
 
 class SiteRuntime:

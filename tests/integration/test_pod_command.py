@@ -30,7 +30,6 @@ from typing import Any
 
 import psutil
 import pytest
-import yaml
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
                                 reason="acting as nobody needs root and util-linux's setpriv (CI has both)")
@@ -80,17 +79,9 @@ def scratch():
 
 
 @pytest.fixture
-def cluster(monkeypatch, tmp_path):
+def cluster(monkeypatch, kubeconfig):
     """A kubeconfig that needs no network (a token) and the fake API behind every CoreV1Api()."""
     kubernetes = pytest.importorskip("kubernetes")
-    from kubernetes.config import kube_config
-
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": "https://k8s.invalid:6443"}}],
-           "users": [{"name": "u", "user": {"token": "t"}}],
-           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(cfg))
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
     api = FakeCoreV1()
     monkeypatch.setattr(kubernetes.client, "CoreV1Api", lambda *a, **k: api)
     return api

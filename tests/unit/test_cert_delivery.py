@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from fedgrid.executors import certs, kubernetes
@@ -132,18 +131,6 @@ def api():
     calls.delete_namespaced_secret = delete_namespaced_secret
     calls.create_namespaced_pod = lambda namespace, body: calls.pods.append(body) or SimpleNamespace(status=None)
     return calls
-
-
-@pytest.fixture
-def kubeconfig(monkeypatch, tmp_path):
-    """A kubeconfig that authenticates with a plain token: loading it runs nothing."""
-    kube_config = pytest.importorskip("kubernetes.config.kube_config")
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": "https://k8s.invalid:6443"}}],
-           "users": [{"name": "u", "user": {"token": "t"}}],
-           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(cfg))
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
 
 
 def test_pods_mount_the_secret_read_only_beside_their_volumes(kubeconfig, api):
