@@ -85,7 +85,10 @@ class _Worker:
             with contextlib.suppress(OSError, AttributeError):
                 ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         signal.signal(signal.SIGALRM, _on_alarm)
-        self.armed = False
+        # the running task's timer, and the timer that fired: an alarm meant for a task that has
+        # just finished never interrupts the next one
+        self.armed: object | None = None
+        self.fired: object | None = None
 
 
 _WORKER: list[_Worker] = []
@@ -99,8 +102,8 @@ def _worker(g: Guard) -> _Worker:
 
 def _on_alarm(signum: int, frame: object) -> None:
     w = _WORKER[0] if _WORKER else None
-    if w is not None and w.armed:
-        w.armed = False
+    if w is not None and w.armed is not None and w.armed is w.fired:
+        w.armed = None
         raise _Interrupt
 
 
@@ -116,7 +119,7 @@ def guarded(g: Guard | None, client: int, rnd: int, what: str,
         w.box.check(client, rnd, what)  # a retry after its worker died: fail now, naming how
         w.box.enter(client, rnd, what, g.limit_s)
     before = outputs.descendants() if w is not None else set()
-    timer = _Timer(g, w, client, rnd, what)
+    timer = _Timer(g, w, what)
     try:
         yield
     except _Interrupt:
@@ -125,7 +128,7 @@ def guarded(g: Guard | None, client: int, rnd: int, what: str,
         raise TaskTimeout(timeout_reason(g, what)) from None
     finally:
         if w is not None:
-            w.armed = False
+            w.armed = None
         timer.cancel()
         if w is not None:
             outputs.flush()
@@ -143,14 +146,15 @@ class _Timer:
     """The task's limit: an interrupt at `limit_s`; in a worker of its own, the worker's end after
     a grace period (a C call that never returns cannot be interrupted)."""
 
-    def __init__(self, g: Guard, w: _Worker | None, client: int, rnd: int, what: str):
+    def __init__(self, g: Guard, w: _Worker | None, what: str):
         self._done = threading.Event()
         if not g.limit_s:
             return
         self.g, self.w, self.what = g, w, what
         self.ident = threading.get_ident()
+        self.task = w.box.task if w is not None else None
         if w is not None:
-            w.armed = True
+            w.armed = self
         threading.Thread(target=self._watch, name="fedgrid-task-limit", daemon=True).start()
 
     def _watch(self) -> None:
@@ -158,12 +162,14 @@ class _Timer:
         if self._done.wait(g.limit_s):
             return
         if self.w is not None:
+            self.w.fired = self
             signal.pthread_kill(self.ident, signal.SIGALRM)
         else:  # a driver thread: only Python code can be interrupted there
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
+            if not self._done.is_set():
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
             return
         grace = g.grace_s if g.grace_s is not None else min(g.limit_s, 5.0 + 0.1 * g.limit_s, 30.0)
-        if self._done.wait(grace):
+        if self._done.wait(grace) or self.w.box.task is not self.task:  # finished meanwhile
             return
         self.w.box.died(timeout_reason(g, self.what, stuck=True))
         blackbox.real_exit(70)
