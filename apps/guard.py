@@ -155,6 +155,8 @@ class _Timer:
         self.task = w.box.task if w is not None else None
         if w is not None:
             w.armed = self
+        else:
+            _IN_THREADS.add(self)
         threading.Thread(target=self._watch, name="fedgrid-task-limit", daemon=True).start()
 
     def _watch(self) -> None:
@@ -165,8 +167,7 @@ class _Timer:
             self.w.fired = self
             signal.pthread_kill(self.ident, signal.SIGALRM)
         else:  # a driver thread: only Python code can be interrupted there
-            if not self._done.is_set():
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
+            self.interrupt()
             return
         grace = g.grace_s if g.grace_s is not None else min(g.limit_s, 5.0 + 0.1 * g.limit_s, 30.0)
         if self._done.wait(grace) or self.w.box.task is not self.task:  # finished meanwhile
@@ -174,5 +175,24 @@ class _Timer:
         self.w.box.died(timeout_reason(g, self.what, stuck=True))
         blackbox.real_exit(70)
 
+    def interrupt(self) -> None:
+        """End the task in a driver thread (its Python code: a C call runs on to its end)."""
+        if not self._done.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
+
     def cancel(self) -> None:
         self._done.set()
+        _IN_THREADS.discard(self)
+
+
+_IN_THREADS: set[_Timer] = set()  # tasks running in the driver's threads (a `local` site) now
+
+
+def interrupt_threads() -> int:
+    """End the tasks running in the driver's threads, as the driver shuts down: Python joins a
+    thread pool's threads at exit, so one client still running (late, held, hung) would keep a
+    stopped driver from exiting until it finished. Returns how many were interrupted."""
+    running = [t for t in list(_IN_THREADS) if not t._done.is_set()]
+    for t in running:
+        t.interrupt()
+    return len(running)
