@@ -100,13 +100,17 @@ def parsl_logging() -> Any:
     return FileLogging(level=level)
 
 
-def blocks_gone(ex: Any) -> bool:
-    """Every block this machine started for `ex` has exited: its pool is gone, though the
-    interchange lists it until its heartbeats are missed (seconds later, on purpose: a busy pool
-    may be late with one). The block's launcher exits with its pool."""
-    pids = [j.get("remote_pid") for j in getattr(getattr(ex, "provider", None), "resources", {}).values()]
-    pids = [int(p) for p in pids if str(p or "").isdigit()]
-    return bool(pids) and not any(outputs.running(p) for p in pids)
+def live_managers(ex: Any, managers: list[dict]) -> list[dict]:
+    """The connected managers whose block still runs, where this machine started the blocks (a
+    LocalProvider records each launcher's pid, and the launcher exits with its pool): the
+    interchange lists a dead pool until it has missed its heartbeats, seconds later on purpose (a
+    busy pool may be late with one). Elsewhere, every connected manager."""
+    jobs = getattr(getattr(ex, "provider", None), "resources", {})
+    pids = {bid: jobs.get(jid, {}).get("remote_pid") for bid, jid in getattr(ex, "blocks_to_job_id", {}).items()}
+    if not pids or not all(str(p or "").isdigit() for p in pids.values()):
+        return managers
+    alive = {str(bid) for bid, pid in pids.items() if outputs.running(int(pid))}
+    return [m for m in managers if str(m.get("block_id")) in alive]
 
 
 class SiteRuntime:
@@ -205,10 +209,8 @@ class SiteRuntime:
                 continue
             ex = self.by_site[s.name]
             try:
-                n = len(ex.connected_managers())
+                n = len(live_managers(ex, ex.connected_managers()))
             except Exception:  # noqa: BLE001 - an interchange that cannot answer is down too
-                n = 0
-            if n and blocks_gone(ex):  # the interchange has not missed their heartbeats yet
                 n = 0
             if n:
                 self._seen_workers.add(s.name)
@@ -237,12 +239,12 @@ class SiteRuntime:
         if site not in self._taken_down:
             return
         ex = self.by_site[site]
-        ex.scale_out_facade(1)
+        new = {str(b) for b in ex.scale_out_facade(1)}
         self._taken_down.discard(site)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                if ex.connected_managers():
+            with contextlib.suppress(Exception):  # the new block's own manager (the lost one may still be listed)
+                if any(str(m.get("block_id")) in new for m in ex.connected_managers()):
                     self.record()  # the new block's processes belong to this run too
                     return
             time.sleep(0.2)
