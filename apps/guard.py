@@ -127,10 +127,9 @@ def guarded(g: Guard | None, client: int, rnd: int, what: str,
             on_timeout()
         raise TaskTimeout(timeout_reason(g, what)) from None
     finally:
+        timer.cancel()  # first: nothing may interrupt this task from here on
         if w is not None:
             w.armed = None
-        timer.cancel()
-        if w is not None:
             outputs.flush()
             outputs.end_descendants(before)
             w.box.leave()
@@ -148,6 +147,11 @@ class _Timer:
 
     def __init__(self, g: Guard, w: _Worker | None, what: str):
         self._done = threading.Event()
+        # a driver thread is interrupted at most once, and only while its task runs: an async
+        # exception that landed after the task, in the thread pool's own loop, would end that
+        # thread and hang the pool's shutdown
+        self._lock = threading.Lock()
+        self._interrupted = False
         if not g.limit_s:
             return
         self.g, self.w, self.what = g, w, what
@@ -177,11 +181,18 @@ class _Timer:
 
     def interrupt(self) -> None:
         """End the task in a driver thread (its Python code: a C call runs on to its end)."""
-        if not self._done.is_set():
+        with self._lock:
+            if self._done.is_set() or self._interrupted:
+                return
+            self._interrupted = True
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
 
     def cancel(self) -> None:
-        self._done.set()
+        """The task is over (called in its own thread): an interrupt still pending is withdrawn."""
+        with self._lock:
+            self._done.set()
+            if self._interrupted:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
         _IN_THREADS.discard(self)
 
 
@@ -192,7 +203,7 @@ def interrupt_threads() -> int:
     """End the tasks running in the driver's threads, as the driver shuts down: Python joins a
     thread pool's threads at exit, so one client still running (late, held, hung) would keep a
     stopped driver from exiting until it finished. Returns how many were interrupted."""
-    running = [t for t in list(_IN_THREADS) if not t._done.is_set()]
+    running = [t for t in list(_IN_THREADS) if not t._done.is_set() and not t._interrupted]
     for t in running:
         t.interrupt()
     return len(running)
