@@ -159,8 +159,6 @@ class _Timer:
         self.task = w.box.task if w is not None else None
         if w is not None:
             w.armed = self
-        else:
-            _IN_THREADS.add(self)
         threading.Thread(target=self._watch, name="fedgrid-task-limit", daemon=True).start()
 
     def _watch(self) -> None:
@@ -193,17 +191,3 @@ class _Timer:
             self._done.set()
             if self._interrupted:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
-        _IN_THREADS.discard(self)
-
-
-_IN_THREADS: set[_Timer] = set()  # tasks running in the driver's threads (a `local` site) now
-
-
-def interrupt_threads() -> int:
-    """End the tasks running in the driver's threads, as the driver shuts down: Python joins a
-    thread pool's threads at exit, so one client still running (late, held, hung) would keep a
-    stopped driver from exiting until it finished. Returns how many were interrupted."""
-    running = [t for t in list(_IN_THREADS) if not t._done.is_set() and not t._interrupted]
-    for t in running:
-        t.interrupt()
-    return len(running)

@@ -259,8 +259,6 @@ class SiteRuntime:
             self.bring_back(site)
 
     def close(self) -> None:
-        if n := guard.interrupt_threads():  # a `local` site's clients still running: not waited for
-            log.warning("interrupted %d client task(s) still running in the driver's threads", n)
         try:
             self.dfk.cleanup()
         except Exception as e:  # noqa: BLE001 - shutdown must never mask the run's own outcome
