@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -131,15 +132,17 @@ def test_a_rogue_worker_pool_is_refused_while_the_sites_own_block_runs_the_tasks
         certs = {kind: rogue_certs(home, kind, ex.cert_dir) for kind in ("none", "forged")}
         for kind in certs:
             (home / f"logs-{kind}").mkdir()
+        gid = pwd.getpwnam(user).pw_gid if user else None  # its own group: Debian's nobody has no group "nobody"
         for path in [home, *home.rglob("*")] if user else []:
-            shutil.chown(path, user, user)
+            shutil.chown(path, user, gid)
         for kind, cert_dir in certs.items():
             # the command the site's own block runs, its later options overriding: only the
             # certificates (and the user, where it can be `nobody`) differ
             cmd = [*shlex.split(ex.launch_cmd.format(block_id=f"rogue-{kind}")), "--cert_dir", cert_dir,
                    f"--logdir={home}/logs-{kind}", f"--uid=rogue-{kind}", "--address_probe_timeout=3"]
             with open(home / f"stderr-{kind}", "w") as err:  # (a file: a pool's children inherit it)
-                rogues[kind] = subprocess.Popen(cmd, user=user, cwd="/", stdout=subprocess.DEVNULL, stderr=err,
+                rogues[kind] = subprocess.Popen(cmd, user=user, group=gid, extra_groups=[] if user else None,
+                                                cwd="/", stdout=subprocess.DEVNULL, stderr=err,
                                                 start_new_session=True)
 
         ran_on = {t.result(timeout=GUARD_S) for t in tasks}  # the control: the site's own block got in
