@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedgrid.apps.outputs import proc_stat
+
 _FATAL = {"Segmentation fault": "SIGSEGV", "Floating-point exception": "SIGFPE", "Floating point exception": "SIGFPE",
           "Aborted": "SIGABRT", "Bus error": "SIGBUS", "Illegal instruction": "SIGILL"}
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)', re.M)
@@ -57,11 +59,8 @@ def scratch_path(run: str) -> Path:
 
 def started(pid: int) -> str | None:
     """A process's start time (clock ticks since boot): a pid is reused, a (pid, start) is not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = proc_stat(pid)
+    return fields[19] if fields is not None else None
 
 
 class Box:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from numpy_client import NumpyLogReg
 
+from fedgrid.apps.outputs import running
 from fedgrid.client import Fit
 
 
@@ -37,14 +38,7 @@ class Unruly(NumpyLogReg):
     def _spawn(self, pids: Path, rnd: int) -> int:
         """Start a daemon that leaves this process's tree (setsid, its parent exits); count the ones
         earlier rounds started that are still running."""
-        alive = 0
-        for f in pids.glob("child-*"):
-            pid = int(f.read_text())
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                alive += state not in ("Z", "X")
-            except OSError:
-                pass
+        alive = sum(running(int(f.read_text())) for f in pids.glob("child-*"))
         pids.mkdir(parents=True, exist_ok=True)
         subprocess.run(["sh", "-c", f"setsid sleep 300 >/dev/null 2>&1 & echo $! > {pids}/child-{rnd}"], check=True)
         return alive

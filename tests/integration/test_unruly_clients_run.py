@@ -8,18 +8,11 @@ workers' output stays within `train.output_mb`, and no daemon outlives its task.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from fedgrid.apps.outputs import running
 from fedgrid.flow.persist.table import rows_path
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_hung_crashing_and_noisy_clients_cost_only_themselves(tmp_path, write_job, cli) -> None:
@@ -46,7 +39,7 @@ def test_hung_crashing_and_noisy_clients_cost_only_themselves(tmp_path, write_jo
     # each round's daemon was gone when the next round began, and none is left now
     assert [rows[r]["train_orphans_alive"] for r in (2, 3)] == [0.0, 0.0]
     children = [int(f.read_text()) for f in (tmp_path / "pids").glob("child-*")]
-    assert len(children) == 3 and not [p for p in children if _running(p)]
+    assert len(children) == 3 and not [p for p in children if running(p)]
     logs = sorted((tmp_path / "run" / "logs" / "workers").glob("*.log"))
     assert logs
     for log in logs:

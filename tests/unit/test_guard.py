@@ -118,9 +118,8 @@ with guarded(g, 1, 1, "training"):
     for i in range(200):
         print(f"line {i:04d} " + "x" * 90)
     os.system("echo from a child process")
-pid = int(open("daemon.pid").read())
-alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"
-open("daemon.alive", "w").write(str(alive))
+from fedgrid.apps.outputs import running
+open("daemon.alive", "w").write(str(running(int(open("daemon.pid").read()))))
 """, tmp_path)
     assert p.returncode == 0, p.stderr
     (log,) = (tmp_path / "out").glob("*.log")
