@@ -52,9 +52,24 @@ def call_client(method: Any, *args: Any) -> Any:
         return method(*args)
     except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001 - any error of the user's code is
         # this client's failure; sys.exit() in it must not end the worker that serves every client
-        tb = traceback.extract_tb(e.__traceback__)
-        where = f" [at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name}]" if tb else ""
+        where = _where(traceback.extract_tb(e.__traceback__))
         raise ClientCodeError(f"{type(e).__name__}: {e}{where}", traceback.format_exc()) from None
+
+
+_APPS = os.path.dirname(os.path.abspath(__file__))
+_LIBRARIES = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}", f"{os.sep}lib{os.sep}python")
+
+
+def _where(tb: traceback.StackSummary) -> str:
+    """Where the client's own code raised: the deepest frame outside fedgrid and installed
+    libraries (a Flower handler, not flwr's dispatch; the user's line that called numpy, not
+    numpy's), else the deepest frame."""
+    def own(f: traceback.FrameSummary) -> bool:
+        path = os.path.abspath(f.filename)
+        return not path.startswith(_APPS + os.sep) and not any(lib in path for lib in _LIBRARIES)
+
+    frame = next((f for f in reversed(tb) if own(f)), tb[-1] if tb else None)
+    return f" [at {os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}]" if frame else ""
 
 
 def load_class(path: str, python_path: list[str] | tuple[str, ...] = ()) -> type:
@@ -102,7 +117,10 @@ def contained(task: TrainTask, what: str):  # noqa: ANN201 - a context manager
 
 
 def _make(task: TrainTask) -> Any:
-    return call_client(load_class(task.code["path"], task.code.get("python_path") or ()), context(task))
+    cls = load_class(task.code["path"], task.code.get("python_path") or ())
+    for module in task.code.get("imports") or ():  # a Flower app's module: its ImportError is not the client's
+        importlib.import_module(module)
+    return call_client(cls, context(task))
 
 
 def entered(task: TrainTask) -> tuple[sitestate.Slot, sitestate.Kept]:
@@ -369,6 +387,8 @@ def _evaluate_client(task: TrainTask) -> ClientEvaluation:
     if task.keep is not None and sitestate.stateful(s.client):
         s.version = sitestate.DIRTY  # evaluate() may touch what get_state() returns: reload before training
     start = codec.up_from_down(global_params(task.params))
+    if hasattr(s.client, "evaluation_round"):  # a Flower app's evaluate config names the round
+        s.client.evaluation_round = task.round
     n, metrics = _evaluated(s.client, start)
     keep = task.keep or {}
     if keep.get("personal") or keep.get("ditto"):

@@ -27,8 +27,9 @@ def describe_model(job: Job) -> tuple[str, int]:
         params = build_model(job).params
         nbytes = int(sum(a.nbytes for a in params.values()))
         count = sum(int(a.size) for a in params.values())
-        return (f"client {job.client.path}: {count:,} params in {len(params)} tensors ({nbytes / 2**20:.2f} MB) "
-                f"from its init_params(){_personal(job, params, None)}"), nbytes
+        source = "client.initial" if job.client.initial else "init_params()"
+        return (f"client {job.client.code}: {count:,} params in {len(params)} tensors ({nbytes / 2**20:.2f} MB) "
+                f"from its {source}{_personal(job, params, None)}"), nbytes
     d = job.data.model_dump()
     test = datasets.load_test(d, job.seed) if job.data.dataset == "parquet" and job.data.test_path else None
     shape, classes = datasets.meta(d, test)

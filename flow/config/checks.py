@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedgrid.executors.common import SpecError
 from fedgrid.flow.config.errors import ConfigError
 from fedgrid.flow.config.schema import Job
 from fedgrid.flow.strategies import STRATEGIES, mean_based
@@ -38,11 +39,32 @@ def check_consistency(job: Job, file: str | Path) -> None:
     if job.round.min_clients > job.data.clients:
         raise ConfigError(file, "round.min_clients", f"must be <= data.clients ({job.data.clients}), "
                           f"got {job.round.min_clients}")
+    _check_sites(job, file)
     _check_data(job, file)
     _check_model(job, file)
     _check_client(job, file)
     _check_strategy(job, file)
     _check_faults(job, file)
+
+
+def _check_sites(job: Job, file: str | Path) -> None:
+    """Each site's kind reads what it will build before any check below reads its capabilities. A
+    `parsl` site calls its factory, which may live beside the job's client code:
+    ``client.python_path`` goes on sys.path first."""
+    if job.client is not None and job.client.python_path:
+        from fedgrid.apps.train import use_python_path
+
+        use_python_path(job.client.python_path)
+    for i, site in enumerate(job.sites):
+        try:
+            site.executor.resolve(site.name)
+        except SpecError as e:
+            raise site_error(file, i, e) from None
+
+
+def site_error(file: str | Path, i: int, e: SpecError) -> ConfigError:
+    """A site kind's SpecError as the one-line ConfigError naming the key to change."""
+    return ConfigError(file, f"sites.{i}.executor.{e.field}", e.why)
 
 
 def _check_faults(job: Job, file: str | Path) -> None:
@@ -257,6 +279,8 @@ def _check_client(job: Job, file: str | Path) -> None:
         raise ConfigError(file, "client.python_path", f"no directory {missing[0]} (a relative path is relative to "
                           "the job file's folder)")
     use_python_path(job.client.python_path)
+    if job.client.flower:
+        _check_flower(job, file)
     cls = import_path(file, "client.path", path, "class")
     if not isinstance(cls, type):
         raise ConfigError(file, "client.path", f"{path} is a {type(cls).__name__}, expected a class "
@@ -274,6 +298,31 @@ def _check_client(job: Job, file: str | Path) -> None:
         hook = missing[0]
         who = "round.pace: deadline" if hook == "steps" else f"strategy {job.strategy.name}" \
             if hook in STRATEGIES[job.strategy.name].needs else personal[hook]
+        if job.client.flower:
+            raise ConfigError(file, "client.flower", f"{who} needs {hook!r} in the client's training loop, which "
+                              "fedgrid cannot add to a Flower app; expected a strategy that needs no client hook "
+                              "(fedavg, fedadam, fedyogi, fedadagrad, fedavgm, krum, median, trimmed_mean, ...)")
         raise ConfigError(file, "client.path", f"{path} does not support {hook!r}, which {who} needs: "
                           f"{HOOKS[hook]}; honour it and add {hook!r} to the class's `supports`")
-    _check_federated(job, file, cls)
+    if not job.client.flower:
+        _check_federated(job, file, cls)
+
+
+def _check_flower(job: Job, file: str | Path) -> None:
+    """The Flower app imports (with flwr installed), is a ClientApp fedgrid can drive, and has what
+    this job will send it; its initial-model function imports."""
+    assert job.client is not None and job.client.flower is not None
+    try:
+        from fedgrid.apps.flower.app import flwr_imported, refusal
+
+        flwr_imported()
+    except ImportError:
+        raise ConfigError(file, "client.flower", "Flower apps need flwr installed where the driver and the sites run: "
+                          "pip install 'fedgrid[flower]'") from None
+    app = import_path(file, "client.flower", job.client.flower, "app")
+    if job.client.initial:
+        import_path(file, "client.initial", job.client.initial, "function")
+    if job.round.federated_every and STRATEGIES[job.strategy.name].asynchronous:
+        _check_federated(job, file, None)
+    if why := refusal(app, job.client.flower, bool(job.round.federated_every), job.client.initial):
+        raise ConfigError(file, *why)

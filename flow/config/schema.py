@@ -323,16 +323,70 @@ class PersonalSpec(_Strict):
     ditto: DittoSpec | None = None
 
 
-class ClientSpec(_Strict):
-    """The code that runs at each site (fedgrid.client): ``path`` names a class the sites can
-    import, ``options`` reach it as ``ctx.options``. Without a client block a job runs the built-in
-    client (the model, data and train blocks)."""
+FLOWER_CLIENT = "fedgrid.apps.flower.client:FlowerClient"  # the class that runs a Flower ClientApp at a site
+_OBJECT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
-    path: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+
+class ClientSpec(_Strict):
+    """The code that runs at each site: ``path`` names a fedgrid client class the sites can import
+    (fedgrid.client), ``options`` reach it as ``ctx.options``; or ``flower`` names a Flower
+    ``ClientApp`` object that fedgrid calls unchanged (apps/flower), with ``initial`` the function
+    giving its initial model and ``run_config`` its ``Context.run_config``. Without a client block a
+    job runs the built-in client (the model, data and train blocks)."""
+
+    path: Annotated[str | None, Field(pattern=_OBJECT_PATH)] = None
     options: dict[str, Any] = Field(default_factory=dict)
     # directories put first on sys.path before the class is imported, by the driver's check and by
     # every worker: a package the sites' environments do not install (relative: the job file's folder)
     python_path: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    flower: Annotated[str | None, Field(pattern=_OBJECT_PATH)] = None  # pkg.module:app, a flwr ClientApp
+    initial: Annotated[str | None, Field(pattern=_OBJECT_PATH)] = None  # pkg.module:function -> initial arrays
+    run_config: dict[str, bool | int | float | str] = Field(default_factory=dict)  # Flower's Context.run_config
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flower_runs_in_its_adapter(cls, v: Any) -> Any:
+        """A Flower app runs inside fedgrid's adapter class, which is then the client's `path`."""
+        if isinstance(v, dict) and v.get("flower") and not v.get("path"):
+            return {**v, "path": FLOWER_CLIENT}
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind_of_client(self) -> ClientSpec:
+        if self.flower is None:
+            if self.path is None:
+                raise ValueError("expected path (a fedgrid client class, package.module:Class) or flower "
+                                 "(a Flower ClientApp, package.module:app)")
+            if self.initial is not None or self.run_config:
+                raise ValueError("initial and run_config belong to a Flower app (client.flower)")
+        elif self.path != FLOWER_CLIENT:
+            raise ValueError("give either path (a fedgrid client class) or flower (a Flower ClientApp), not both")
+        elif self.options:
+            raise ValueError("a Flower app reads client.run_config (its Context.run_config), not client.options")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The job key that names the user's code, for messages."""
+        return "client.flower" if self.flower else "client.path"
+
+    @property
+    def code(self) -> str:
+        """The user's own object: the client class, or the Flower app."""
+        return self.flower or str(self.path)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether each client keeps state between rounds: a Flower app's Context.state always."""
+        return bool(self.flower) or stateful_client(str(self.path))
+
+    def site_options(self, job_name: str) -> dict[str, Any]:
+        """What the client object gets as ``ctx.options``: the job's options, or for a Flower app
+        the app, its initial-model function, its run_config and the run's Flower ``run_id``."""
+        if not self.flower:
+            return dict(self.options)
+        run_id = int(hashlib.sha256(f"fedgrid/{job_name}".encode()).hexdigest()[:15], 16)
+        return {"app": self.flower, "initial": self.initial, "run_config": dict(self.run_config), "run_id": run_id}
 
 
 class Job(_Strict):
@@ -410,7 +464,9 @@ class Job(_Strict):
                        "client's residual")
         if self.personal is not None and (self.personal.layers or self.personal.ditto):
             out.append("personal: keeps each client's personal layers or model")
-        if self.client is not None and stateful_client(self.client.path):
+        if self.client is not None and self.client.flower:
+            out.append(f"client.flower {self.client.flower} keeps each client's Context.state")
+        elif self.client is not None and self.client.stateful:
             out.append(f"client {self.client.path} keeps each client's state (get_state)")
         return out
 
@@ -421,7 +477,7 @@ class Job(_Strict):
         """What a checkpoint must match to be resumed: the model (or client code) and the strategy."""
         key = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
         if self.client is not None:  # (absent for the built-in client: old checkpoints still match)
-            key["client"] = self.client.path
+            key["client"] = self.client.code
         if self.personal is not None:  # what is personal is part of what the checkpoint's model means
             key["personal"] = self.personal.model_dump()
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -150,34 +150,37 @@ def _client_model(job: Job) -> ModelParts:
     from fedgrid.apps.kinds import infer_kinds
     from fedgrid.apps.train import ClientCodeError, call_client, load_class
 
-    assert job.client is not None
-    path = job.client.path
+    assert job.client is not None and job.client.path is not None
+    path, key, code, options = job.client.path, job.client.key, job.client.code, job.client.site_options(job.name)
     site = job.client_sites()[0]
     ctx = Context(client=0, clients=job.data.clients, site=site, seed=job.seed,
-                  data=job.site_data(site).model_dump(), options=job.client.options)
+                  data=job.site_data(site).model_dump(), options=options)
     try:
         client = call_client(load_class(path), ctx)
         params = call_client(client.init_params)
         base = call_client(client.base) if hasattr(client, "base") else None
         said = call_client(client.param_kinds) if callable(getattr(client, "param_kinds", None)) else None
     except ClientCodeError as e:
-        raise ConfigError("<job>", "client.path", f"{path}: init_params() on the driver raised {e}") from None
+        source = "client.initial" if job.client.initial else "init_params()"
+        raise ConfigError("<job>", key, f"{code}: {source} on the driver raised {e}") from None
     if not isinstance(params, dict) or not params or not all(isinstance(v, np.ndarray) for v in params.values()):
-        raise ConfigError("<job>", "client.path", f"{path}: init_params() returned {type(params).__name__}, "
+        raise ConfigError("<job>", key, f"{code}: init_params() returned {type(params).__name__}, "
                           "expected an ordered dict of numpy arrays (the model's state_dict order)")
     try:
         if said is not None and not isinstance(said, dict):
             raise ValueError(f"returned {type(said).__name__}, expected a dict of name -> kind")
         kinds = dict(infer_kinds(params, said))
     except ValueError as e:
-        raise ConfigError("<job>", "client.path", f"{path}: param_kinds(): {e}") from None
-    code = client_code(path, job.client.options)
+        raise ConfigError("<job>", key, f"{code}: param_kinds(): {e}") from None
+    spec = client_code(path, options)
     if base is not None:  # every task carries the base's digest; each site checks its own copy against it
         try:
-            code["base"] = {"name": str(base.name), "path": str(base.path), "sha256": base.sha256()}
+            spec["base"] = {"name": str(base.name), "path": str(base.path), "sha256": base.sha256()}
         except OSError as e:
             raise ConfigError("<job>", "client.options", f"{path}: the base weights on the driver: {e}") from None
-    return ModelParts(code, None, None, OrderedDict(params), kinds)
+    if job.client.flower:  # imported by each worker before the adapter runs: an ImportError stays one
+        spec["imports"] = [job.client.flower.partition(":")[0]]
+    return ModelParts(spec, None, None, OrderedDict(params), kinds)
 
 
 def restore_params(parts: ModelParts, state: ckpt.RoundState, run_dir: Path) -> Params:

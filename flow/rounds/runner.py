@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from fedgrid.apps import codec
 from fedgrid.flow.clients import personal
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.config.schema import stateful_client
 from fedgrid.flow.persist.runlock import RunLock
 from fedgrid.flow.persist.table import rows_path
 from fedgrid.flow.privacy.dp import Privacy
@@ -146,7 +145,7 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
                                  first=start.state is None)
     privacy = Privacy(job, run_dir, start.state.row if start.state else None) if job.privacy is not None else None
     tasks = Tasks(job, run_dir, parts.code, transfer, store, privacy, parts.kinds or None, runtime.nonce)
-    tasks.keeping(personal.keep_options(job, job.client is not None and stateful_client(job.client.path),
+    tasks.keeping(personal.keep_options(job, job.client is not None and job.client.stateful,
                                         personal.names(job, parts.params, parts.model)))
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
     strategy = make_strategy(job.strategy)
@@ -192,7 +191,7 @@ def _await_warm_up(warm: list[tuple[str, Future]], timeout_s: float, progress: R
         for f in done:
             if (exc := f.exception()) is None:
                 continue
-            if client is not None and (err := _unimportable(exc, client.path.partition(":")[0])):
+            if client is not None and (err := _unimportable(exc, client.code.partition(":")[0])):
                 for rest in pending:
                     rest.add_done_callback(lambda f: f.exception())
                 raise ConfigError("<job>", "client.python_path", _import_fix(client, site_of[id(f)], err))
@@ -234,7 +233,7 @@ def _unimportable(exc: BaseException, module: str) -> str | None:
 
 def _import_fix(client: ClientSpec, site: str, err: str) -> str:
     """What to set when `site`'s workers cannot import the client module the driver imported."""
-    module = client.path.partition(":")[0]
+    module = client.code.partition(":")[0]
     top = module.partition(".")[0]
     if client.python_path:
         return (f"site {site}'s workers cannot import {module} ({err}), though it imports here from "
