@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,endpoint,kubernetes,aws,monitoring,privacy,tracking,llm]'
+	$(BIN)/pip install -q -e '.[dev,endpoint,kubernetes,aws,monitoring,privacy,tracking,llm,flower,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = [("compare.py", []), ("overhead.py", []), ("throughput.py", []), ("warmup.py", [])]
 FULL = [("sites.py", []), ("faults.py", []), ("hetero.py", []), ("crash.py", []), ("strategies.py", []),
         ("strategies.py", ["--byzantine", "--clean"]), ("traffic.py", []), ("personal.py", []),
-        ("encryption.py", [])]
+        ("encryption.py", []), ("flower_app.py", [])]
 
 
 def machine() -> dict:
