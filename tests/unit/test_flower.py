@@ -5,6 +5,7 @@ runtime builds them, replies turned into updates, Context.state as client state,
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,28 @@ def test_what_fedgrid_cannot_offer_a_flower_app_is_refused_at_check_in_one_line(
     assert rc == 2, (out, err)
     line = err.strip()
     assert "\n" not in line and key in line and says in line, line
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flower"
+
+
+def test_the_flower_example_passes_check(cli):
+    rc, out, err = cli("check", EXAMPLE / "job.yaml")
+    assert rc == 0, err
+    assert "client fmnist_app.client_app:app: 105,866 params in 8 tensors" in out and "from its client.initial" in out
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="the Flower example reads Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+def test_the_flower_examples_torch_app_trains_and_evaluates_through_the_adapter(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    opts = {"app": "fmnist_app.client_app:app", "initial": "fmnist_app.task:initial_arrays",
+            "run_config": {"max-rows": 64}, "run_id": 1}
+    c = FlowerClient(Context(client=2, clients=10, site="a", seed=0, data={}, options=opts))
+    params = c.init_params()
+    assert list(params)[:2] == ["conv1.weight", "conv1.bias"]
+    fit = c.train(params, _work(1, lr=0.05))
+    assert fit.num_examples == 64 and fit.metrics["loss"] > 0
+    assert any(not np.array_equal(fit.params[k], params[k]) for k in params)
+    ev = c.evaluate(fit.params)
+    assert ev.num_examples == 1000 and 0.0 <= ev.metrics["acc"] <= 1.0
