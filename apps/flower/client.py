@@ -79,7 +79,7 @@ class FlowerClient:
         reply = self._ask("train", work.round, params, cfg)
         arrays, values = _one(reply, "ArrayRecord", "train"), _one(reply, "MetricRecord", "train")
         return Fit(records.from_record(arrays), records.examples(values, "train"),
-                   records.metrics(values, "train_"))
+                   records.metrics(values, "train_"), steps=records.steps(values))
 
     def evaluate(self, params: Params) -> Evaluation:
         cfg = {"server-round": int(self.evaluation_round)}

@@ -68,6 +68,7 @@ def config(settings: dict[str, Any], rnd: int) -> dict[str, Any]:
 
 
 WEIGHT = "num-examples"  # the reply metric Flower's strategies weight by (their weighted_by_key)
+STEPS = "num-steps"  # optional: the local steps taken (FedNova normalizes by them; else estimated)
 _BAD = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -77,7 +78,7 @@ def metrics(values: dict[str, Any], drop_prefix: str) -> dict[str, float]:
     ``train_loss`` in the rounds table rather than ``train_train_loss``. Lists and text stay out."""
     out: dict[str, float] = {}
     for k, v in values.items():
-        if k == WEIGHT or isinstance(v, bool) or not isinstance(v, int | float | np.number):
+        if k in (WEIGHT, STEPS) or isinstance(v, bool) or not isinstance(v, int | float | np.number):
             continue
         name = _BAD.sub("_", k)
         if name.startswith(drop_prefix) and len(name) > len(drop_prefix):
@@ -92,6 +93,18 @@ def examples(values: dict[str, Any], what: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int | float | np.number) or n <= 0 or int(n) != n:
         raise ValueError(f"the app's {what} reply has metrics[{WEIGHT!r}] = {n!r}; expected the number of "
                          "examples (an int > 0), which weights the update as Flower's strategies do")
+    return int(n)
+
+
+def steps(values: dict[str, Any]) -> int | None:
+    """The reply's ``num-steps`` if it reports them; None lets fedgrid estimate them from the job's
+    epochs and batch size (what FedNova normalizes by)."""
+    n = values.get(STEPS)
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int | float | np.number) or n < 0 or int(n) != n:
+        raise ValueError(f"the app's train reply has metrics[{STEPS!r}] = {n!r}; expected the local steps taken "
+                         "(an int >= 0)")
     return int(n)
 
 

@@ -40,6 +40,9 @@ def test_reply_metrics_get_fedgrids_names_and_the_weight_must_be_a_count():
                            "ok": True, "train_": 2.0}, "train_")
     assert got == {"loss": 1.5, "acc": 0.5, "train_": 2.0}
     assert records.examples({"num-examples": 9.0}, "train") == 9
+    assert records.steps({"num-steps": 12}) == 12 and records.steps({}) is None
+    with pytest.raises(ValueError, match="num-steps"):
+        records.steps({"num-steps": -1})
     for bad in (0, -1, 2.5, True, None):
         with pytest.raises(ValueError, match="num-examples"):
             records.examples({"num-examples": bad}, "train")
