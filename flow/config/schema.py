@@ -426,6 +426,17 @@ class Job(_Strict):
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flower_loads_its_own_data(cls, v: Any) -> Any:
+        """A Flower app reads its partition itself (partition-id, num-partitions): its data block
+        needs only the client count, so the dataset defaults to ``custom`` rather than digits."""
+        client, data = (v.get("client"), v.get("data")) if isinstance(v, dict) else (None, None)
+        if isinstance(client, dict) and client.get("flower") and (data is None or isinstance(data, dict)) \
+                and "dataset" not in (data or {}):
+            return {**v, "data": {**(data or {}), "dataset": "custom"}}
+        return v
+
     @field_validator("client", mode="before")
     @classmethod
     def _client_shorthand(cls, v: Any) -> Any:

@@ -170,3 +170,15 @@ def test_the_flower_examples_torch_app_trains_and_evaluates_through_the_adapter(
     assert any(not np.array_equal(fit.params[k], params[k]) for k in params)
     ev = c.evaluate(fit.params)
     assert ev.num_examples == 1000 and 0.0 <= ev.metrics["acc"] <= 1.0
+
+
+def test_a_flower_job_needs_only_its_client_count_for_data():
+    from fedgrid.flow.config import parse_job
+    from fedgrid.flow.config.schema import FLOWER_CLIENT
+
+    job = parse_job({"client": {"flower": "flower_numpy_app:app", "initial": "flower_numpy_app:initial"},
+                     "data": {"clients": 4}, "sites": [{"name": "a", "executor": {"kind": "local"}}]})
+    assert job.data.dataset == "custom" and job.client.path == FLOWER_CLIENT and job.client.key == "client.flower"
+    assert job.client.stateful and job.client_state() == ["client.flower flower_numpy_app:app keeps each client's "
+                                                          "Context.state"]
+    assert job.client.site_options(job.name)["run_id"] == job.client.site_options(job.name)["run_id"] > 0
