@@ -9,7 +9,9 @@ flow/rounds/blocks.py turns that into "queued", "lost" and "about to expire" for
 
 A kind that uses this module provides ``SCHEDULER`` (its name) and ``query(job_ids)`` returning
 ``{job_id: Block}`` (None when the scheduler could not be asked); everything else (polling,
-replacing, draining) is shared, so PBS gets it too.
+replacing, draining) is shared, so PBS gets it too. A site's `Scheduler` comes from its Spec
+(``SpecBase.scheduler``): its kind's module, or for a `parsl` site the module of the scheduler its
+provider submits to.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 log = logging.getLogger("fedgrid")
 
@@ -42,6 +46,20 @@ class Block:
     def row(self) -> dict[str, Any]:
         return {"block": self.block, "job": self.job, "state": self.state, "reason": self.reason,
                 "left_s": self.left_s}
+
+
+class Scheduler(NamedTuple):
+    """A batch scheduler as the driver asks it about a site's blocks: its name (in reasons and
+    `fedgrid status`) and its ``query(job_ids)``."""
+
+    name: str
+    query: Callable[[list[str]], dict[str, Block] | None]
+
+
+def scheduler_of(module: ModuleType) -> Scheduler | None:
+    """The scheduler a batch kind's module defines (``SCHEDULER`` and ``query``), else None."""
+    query = getattr(module, "query", None)
+    return Scheduler(module.SCHEDULER, query) if query is not None else None
 
 
 def run(cmd: list[str], timeout: float = 10.0, empty_if: str = "") -> str | None:

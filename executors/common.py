@@ -9,10 +9,13 @@ and any optional package inside ``build``, so validating a job never needs a clo
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from fedgrid.executors.batch import Scheduler, scheduler_of
 
 
 class SpecBase(BaseModel):
@@ -29,7 +32,13 @@ class SpecBase(BaseModel):
     - ``payload_limit``: the most bytes a task or a result may carry (a hosted service's cap), or
       None when there is no such cap; ``payload_overhead``: how much its serializer inflates params;
     - ``runs_here()``: its processes run on this machine, so its data paths and a store under the
-      run directory are reachable from here.
+      run directory are reachable from here;
+    - ``scheduler()``: the batch scheduler whose own answers watch its blocks (a ``BlockWatch``), or
+      None.
+
+    These are class-level for a kind whose options say everything. A kind whose capabilities depend
+    on what it builds (``parsl``: the user's executor) reads them in ``resolve`` and overrides them
+    per instance.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -42,6 +51,25 @@ class SpecBase(BaseModel):
 
     def runs_here(self) -> bool:
         return False
+
+    def scheduler(self) -> Scheduler | None:
+        """By default the kind module's own ``SCHEDULER`` and ``query`` (slurm, pbs), if it has them."""
+        return scheduler_of(sys.modules[type(self).__module__])
+
+    def resolve(self, site: str) -> None:
+        """Called with the site's name once the job is parsed (flow/config/checks.py), before any
+        capability is read. Nothing to do for a kind whose options say everything; a problem is a
+        :class:`SpecError` naming the option."""
+
+
+class SpecError(ValueError):
+    """A site's executor option that cannot work (`field`: the option's key in the executor
+    block, `why`: what was expected); the job check turns it into a ConfigError naming
+    ``sites.<i>.executor.<field>``."""
+
+    def __init__(self, field: str, why: str):
+        self.field, self.why = field, why
+        super().__init__(f"{field}: {why}")
 
 
 class MissingExtra(Exception):

@@ -1,8 +1,9 @@
 """fedgrid: federated learning whose rounds are Parsl app DAGs across HPC, cloud and lab sites.
 
-The Python API (flow/commands/api.py) is importable from here: ``fedgrid.run``, ``fedgrid.schedule``,
-``fedgrid.status``, ``fedgrid.report``, ``fedgrid.export``, ``fedgrid.load_job``,
-``fedgrid.parse_job``. They are loaded on first use, so ``import fedgrid`` stays cheap (no torch,
+The Python API (flow/commands/api.py) is importable from here: ``fedgrid.run``, ``fedgrid.submit``
+(a run inside a Parsl workflow, as a Future), ``fedgrid.schedule``, ``fedgrid.status``,
+``fedgrid.report``, ``fedgrid.export``, ``fedgrid.load_job``, ``fedgrid.parse_job``, and
+``fedgrid.DependencyFailed``. They are loaded on first use, so ``import fedgrid`` stays cheap (no torch,
 no Parsl) for the train apps that run at the sites.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "schedule", "status", "report", "export", "load_job", "parse_job"]
+__all__ = ["run", "submit", "schedule", "status", "report", "export", "load_job", "parse_job", "DependencyFailed"]
 
 
 def __getattr__(name: str) -> Any:

@@ -78,11 +78,21 @@ def try_build(site: Any, run_dir: Path) -> tuple[Any, str | None]:
         return None, f"{type(e).__name__}: {e}".strip()
 
 
+def block_script(site: Any, ex: Any) -> str | None:
+    """The job script each block of a batch site is submitted with (an HTEX whose blocks are
+    batch jobs: the slurm and pbs kinds, or a `parsl` site's own SlurmProvider or PBSProProvider)."""
+    from fedgrid.executors import workers_per_node
+    from fedgrid.executors.hpc import batch_script
+
+    if site.executor.scheduler() is None or not isinstance(getattr(ex, "launch_cmd", None), str):
+        return None
+    return batch_script(ex, workers_per_node(site.executor) or 1)
+
+
 def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     """Print the plan; returns warnings (sites whose provider could not be set up from here)."""
     from fedgrid.apps import datasets
     from fedgrid.executors import describe
-    from fedgrid.executors.hpc import BatchHtexSpec, batch_script
     from fedgrid.flow.persist import dataplane
     from fedgrid.flow.persist.runlock import share_gid
 
@@ -130,9 +140,9 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         print(f"    params travel {how} ({tp.why[s.name]})")
         if job.round.aggregate == "site":
             print(f"    updates stay in {s.store or 'the run store'}; one partial per round to the driver")
-        if ex is not None and isinstance(s.executor, BatchHtexSpec):
+        if ex is not None and (script := block_script(s, ex)):
             print("    batch script of each block:")
-            for line in batch_script(ex, s.executor.workers()).strip().splitlines():
+            for line in script.strip().splitlines():
                 print(f"      | {line}")
         if why:
             warnings.append(f"site {s.name!r} ({s.executor.kind}): a run from this machine would fail: {why}")

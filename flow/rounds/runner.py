@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedgrid.apps import codec
 from fedgrid.flow.clients import personal
@@ -50,14 +50,16 @@ log = logging.getLogger("fedgrid")
 
 
 def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = False, stream=None,
-        more: int | None = None, stop: threading.Event | None = None, log_format: str = "text") -> RunResult:
+        more: int | None = None, stop: threading.Event | None = None, log_format: str = "text",
+        dfk: Any = None) -> RunResult:
     """Run (or resume) `job` to `job.rounds` rounds; returns the rounds table rows.
 
     `more`: train that many rounds past the newest checkpoint instead (``fedgrid run --rounds +N``);
     the target is read under the run directory's lock, so two invocations never count the same
     rounds. `stop`: once set, the run finishes the round in progress, checkpoints it and returns
     (`stopped` is then true). `log_format`: ``text`` or ``json`` (one object a line) for the run
-    directory's fedgrid.log.
+    directory's fedgrid.log. `dfk`: a Parsl workflow's DataFlowKernel to run in instead of one of
+    the run's own (flow/rounds/sites.py); it is left running.
     """
     run_dir = job.run_dir(base or Path.cwd()).resolve()
     lock = RunLock(run_dir, share_group=job.checkpoint.share_group)
@@ -66,7 +68,7 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
     try:
         handler = setup_log(run_dir, log_format)
         progress = RunProgress(job.rounds, 0, quiet=quiet, stream=stream, show=job.round.show)
-        return _run_locked(job, run_dir, fresh, progress, more, stop)
+        return _run_locked(job, run_dir, fresh, progress, more, stop, dfk)
     except Exception:
         log.exception("run stopped")
         raise
@@ -78,7 +80,7 @@ def run(job: Job, base: Path | None = None, fresh: bool = False, quiet: bool = F
 
 
 def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, more: int | None,
-                stop: threading.Event | None) -> RunResult:
+                stop: threading.Event | None, dfk: Any = None) -> RunResult:
     """The stages, with the lock held and the log open (run() releases both whatever happens)."""
     # torch's import (~1.5 s) overlaps with the executors starting up; the driver needs it later
     threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
@@ -94,7 +96,7 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
         # after the writer's final round
         if (tracking := open_tracking(job, run_dir)) is not None:
             cleanup.callback(tracking.close, lambda: _artifacts(run_dir), job.tracking.drain_s)
-        runtime = _start_sites(job, run_dir, progress)
+        runtime = _start_sites(job, run_dir, progress, dfk)
         cleanup.callback(runtime.close)
         drv, *held = _build_driver(job, run_dir, progress, runtime, start, stop)
         if tracking is not None:
@@ -114,7 +116,7 @@ def _artifacts(run_dir: Path) -> list[Path]:
     return [p for p in write_report(run_dir) if p.suffix == ".png"] + [model, model.with_suffix(".json")]
 
 
-def _start_sites(job: Job, run_dir: Path, progress: RunProgress):  # noqa: ANN202 - a SiteRuntime
+def _start_sites(job: Job, run_dir: Path, progress: RunProgress, dfk: Any = None):  # noqa: ANN202 - a SiteRuntime
     from fedgrid.flow.persist import dataplane
     from fedgrid.flow.rounds.sites import SiteRuntime
 
@@ -126,7 +128,7 @@ def _start_sites(job: Job, run_dir: Path, progress: RunProgress):  # noqa: ANN20
         progress.say(f"warning: {key}: {why}")
     progress.say(f"{job.name}: starting {len(job.sites)} site(s): "
                  + ", ".join(f"{s.name} ({s.executor.kind}, {s.clients} clients)" for s in job.sites))
-    return SiteRuntime(job, run_dir)
+    return SiteRuntime(job, run_dir, dfk)
 
 
 def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start: Start,  # noqa: ANN001

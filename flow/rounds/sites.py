@@ -5,6 +5,13 @@ DFK is created directly (not `parsl.load`) so a Python pipeline can hold several
 configured for the fastest first round measured on this kind of machine: no scaling strategy
 (blocks start at once), no app cache (Parsl memoization cannot hash numpy arrays), no Parsl-level
 retries (a failed client is a recorded failure; the round decides what to do about it).
+
+Inside a Parsl workflow (``fedgrid.submit``, ``fedgrid.run(job, dfk=...)``) the run uses the
+workflow's DataFlowKernel instead (:func:`join`): a `parsl` site with a `label` runs on that
+executor of the workflow, and every other site's executor is built as for a run of its own and
+added to the DFK, unless an earlier run there added it already. The workflow owns the DFK and
+every executor in it: the run never cleans it up, records no processes of it for a reaper, and
+the DFK's own Config (retries, scaling strategy, monitoring) applies to the run's tasks.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import secrets
 import shutil
 import signal
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,14 +33,21 @@ from typing import Any
 from fedgrid.apps import blackbox, guard, outputs
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.wire import Packed
-from fedgrid.executors import build_executor
+from fedgrid.executors import build_executor, site_workers
+from fedgrid.executors.common import SpecError
+from fedgrid.executors.parsl import borrowed, borrowed_executor
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config.checks import site_error
 from fedgrid.flow.persist.checkpoint import atomic_write
 from fedgrid.flow.persist.runlock import end, forget_processes, marked, record_processes
 from fedgrid.flow.rounds.blocks import BlockWatch
 from fedgrid.flow.rounds.gather import SITE_DOWN
 
 log = logging.getLogger("fedgrid")
+
+# executors a run added to a workflow's DataFlowKernel, with the site options they were built from:
+# a later run of a site with the same name and options uses it again
+_ADDED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 TRANSIENT = frozenset({"WorkerLost", "ManagerLost", "ConnectionError", "TimeoutError", "ConnectionResetError",
                        "CommandClientTimeoutError", "BrokenPipeError"})
@@ -61,22 +76,89 @@ def monitoring_hub(job: Job, run_dir: Path) -> Any:
 
 
 def block_watch(site: Any, executor: Any, job: Job) -> BlockWatch | None:
-    """A watch on a batch site's blocks (its kind can ask its scheduler: ``query``), else None."""
-    from fedgrid.executors import kind_module
-
-    mod = kind_module(site.executor.kind)
-    if not hasattr(mod, "query"):
+    """A watch on a batch site's blocks (its Spec names a scheduler that can be asked), else None."""
+    scheduler = site.executor.scheduler()
+    if scheduler is None:
         return None
-    return BlockWatch(site.name, executor, mod.SCHEDULER, mod.query, site.executor.status_poll_s,
+    return BlockWatch(site.name, executor, scheduler.name, scheduler.query, site.executor.status_poll_s,
                       job.round.deadline_s)
 
 
 def warm_slots(site: Any) -> int:
-    """Workers to warm before round 1: every local worker; none on batch sites (their blocks may
-    still be queued, and a warm task must not be what asks the scheduler for nodes)."""
+    """Workers to warm before round 1: every worker of a site whose blocks all start at once;
+    none on sites that scale (their blocks may still be queued, and a warm task must not be what
+    asks the scheduler for nodes)."""
     if site.executor.scales:
         return 0
-    return getattr(site.executor, "workers", 1)
+    return site_workers(site.executor)
+
+
+def own_dfk(job: Job, run_dir: Path, executors: list[Any]) -> Any:
+    """A DataFlowKernel of the run's own over `executors` (see the module docstring)."""
+    from parsl.config import Config
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    # Sites on this machine start their blocks at once and never scale ("none": fastest first
+    # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
+    scaled = any(s.executor.scales for s in job.sites)
+    config = Config(executors=executors, strategy="simple" if scaled else "none",
+                    strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
+                    retry_handler=retry_cost, monitoring=monitoring_hub(job, run_dir),
+                    run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=parsl_logging())
+    return DataFlowKernel(config)
+
+
+def build_site(job: Job, i: int, run_dir: Path) -> Any:
+    """The executor of `job.sites[i]`, built as its kind says; a kind's SpecError (a `parsl`
+    factory that fails now, a workflow's label outside its workflow) names the job key."""
+    try:
+        return build_executor(job.sites[i], run_dir)
+    except SpecError as e:
+        raise site_error("<job>", i, e) from None
+
+
+def join(dfk: Any, job: Job, run_dir: Path) -> list[Any]:
+    """The sites' executors in a workflow's DataFlowKernel, in site order: a `label` site's is the
+    workflow's own; every other site's is built and added to the DFK, or found there when an
+    earlier run added it for a site of the same name and options. Parsl cannot take an executor
+    out of a DFK, so what is added stays the workflow's: its cleanup shuts it down."""
+    found: list[Any] = []
+    new: list[Any] = []
+    for i, s in enumerate(job.sites):
+        if (label := borrowed(s)) is not None:
+            try:
+                ex = borrowed_executor(dfk, label)
+            except SpecError as e:
+                raise site_error("<job>", i, e) from None
+            s.executor.bind(ex)
+        elif (ex := dfk.executors.get(s.name)) is not None:
+            if _ADDED.get(ex) != s.executor.model_dump_json():
+                raise ConfigError("<job>", f"sites.{i}.name", "the workflow's DataFlowKernel already has an "
+                                  f"executor labelled {s.name!r}; expected executor: {{kind: parsl, label: {s.name}}} "
+                                  "to run the site on it, or another site name")
+        else:
+            ex = build_site(job, i, run_dir)
+            _ADDED[ex] = s.executor.model_dump_json()
+            new.append(ex)
+        found.append(ex)
+    dfk.add_executors(new)
+    return found
+
+
+def embedding_warnings(job: Job, dfk: Any) -> list[str]:
+    """What a workflow's DataFlowKernel does differently from a run's own, where the job asks for
+    more: Parsl's retries, scaling strategy and monitoring are the DFK's Config, for every app in it."""
+    cfg = dfk.config
+    out = []
+    if job.round.task_retries and cfg.retries < job.round.task_retries:
+        out.append(f"round.task_retries={job.round.task_retries} does not apply: the workflow's DataFlowKernel "
+                   f"retries a task {cfg.retries} time(s) (its Config's retries)")
+    if any(s.executor.scales for s in job.sites) and cfg.strategy in (None, "none"):
+        out.append("sites whose blocks start on demand get none: the workflow's DataFlowKernel runs no scaling "
+                   "strategy (its Config's strategy='none')")
+    if job.monitoring and cfg.monitoring is None:
+        out.append("monitoring: true does not apply: the workflow's DataFlowKernel has no MonitoringHub")
+    return out
 
 
 def parsl_logging() -> Any:
@@ -116,30 +198,25 @@ def live_managers(ex: Any, managers: list[dict]) -> list[dict]:
 class SiteRuntime:
     """Started executors for every site of a job, and a `submit` that routes by site."""
 
-    def __init__(self, job: Job, run_dir: Path):
-        from parsl.app.app import python_app
-        from parsl.config import Config
-        from parsl.dataflow.dflow import DataFlowKernel
+    def __init__(self, job: Job, run_dir: Path, dfk: Any = None):
+        """`dfk`: a workflow's DataFlowKernel to run in (see the module docstring); None: one of the
+        run's own, shut down by `close`."""
         from parsl.executors import HighThroughputExecutor
-
-        from fedgrid.apps.secagg import step as secagg_step
-        from fedgrid.apps.siteagg import aggregate_site
-        from fedgrid.apps.train import evaluate_client, train_client, warm
 
         self.job = job
         self.run_dir = run_dir
         self.nonce = secrets.token_hex(12)  # marks this run's site processes and names its scratch (apps/guard.py)
         guard.IN_DRIVER = True  # a `local` site's clients run in this process's threads
-        executors = [build_executor(s, run_dir) for s in job.sites]
-        # Sites on this machine start their one block at once and never scale ("none": fastest first
-        # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
-        scaled = [s for s in job.sites if s.executor.scales]
-        config = Config(executors=executors, strategy="simple" if scaled else "none",
-                        strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
-                        retry_handler=retry_cost, monitoring=monitoring_hub(job, run_dir),
-                        run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=parsl_logging())
+        self.owns_dfk = dfk is None
         t0 = time.perf_counter()
-        self.dfk = DataFlowKernel(config)
+        if dfk is None:
+            executors = [build_site(job, i, run_dir) for i in range(len(job.sites))]
+            self.dfk = own_dfk(job, run_dir, executors)
+        else:
+            executors = join(dfk, job, run_dir)
+            self.dfk = dfk
+            for w in embedding_warnings(job, dfk):
+                log.warning("%s", w)
         self.start_s = time.perf_counter() - t0
         self.executors = executors
         self.by_site = dict(zip([s.name for s in job.sites], executors, strict=True))
@@ -148,16 +225,24 @@ class SiteRuntime:
         self._seen_workers: set[str] = set()  # sites that have had workers (so none now means lost)
         self._taken_down: set[str] = set()
         self.watches = {s.name: w for s in job.sites if (w := block_watch(s, self.by_site[s.name], job)) is not None}
-        record_processes(run_dir, executors, self.nonce)  # interchanges now; blocks once they are up (see warm_up)
-        self._train = {s.name: python_app(train_client, executors=[s.name], data_flow_kernel=self.dfk)
-                       for s in job.sites}
-        self._warm = {s.name: python_app(warm, executors=[s.name], data_flow_kernel=self.dfk) for s in job.sites}
-        self._evaluate = {s.name: python_app(evaluate_client, executors=[s.name], data_flow_kernel=self.dfk)
-                          for s in job.sites}
-        self._step = {s.name: python_app(secagg_step, executors=[s.name], data_flow_kernel=self.dfk)
-                      for s in job.sites}
-        self._aggregate = {s.name: python_app(aggregate_site, executors=[s.name], data_flow_kernel=self.dfk)
-                           for s in job.sites}
+        self.record()  # interchanges now; blocks once they are up (see warm_up)
+        self._train, self._warm, self._evaluate, self._step, self._aggregate = map(
+            self._apps, self._site_functions())
+
+    @staticmethod
+    def _site_functions() -> tuple[Callable[..., Any], ...]:
+        from fedgrid.apps.secagg import step as secagg_step
+        from fedgrid.apps.siteagg import aggregate_site
+        from fedgrid.apps.train import evaluate_client, train_client, warm
+
+        return train_client, warm, evaluate_client, secagg_step, aggregate_site
+
+    def _apps(self, fn: Callable[..., Any]) -> dict[str, Any]:
+        """`fn` as a Parsl app of each site, bound to the site's executor label: it runs only there."""
+        from parsl.app.app import python_app
+
+        return {site: python_app(fn, executors=[ex.label], data_flow_kernel=self.dfk)
+                for site, ex in self.by_site.items()}
 
     def warm_up(self, task_for: Callable[[int], TrainTask]) -> list[tuple[str, Future]]:
         """One warm task per worker, so torch, data and model are loaded before round 1 needs them
@@ -170,8 +255,10 @@ class SiteRuntime:
         return futs
 
     def record(self) -> None:
-        """Note this run's processes (blocks exist once a worker has answered) for a later reaper."""
-        record_processes(self.run_dir, self.executors, self.nonce)
+        """Note this run's processes (blocks exist once a worker has answered) for a later reaper;
+        a workflow's are its own (a later run in the same program must not end them)."""
+        if self.owns_dfk:
+            record_processes(self.run_dir, self.executors, self.nonce)
 
     def _arg(self, site: str, obj: Any) -> Any:
         """An app argument as it should travel to `site`: C-pickled where the site's executor
@@ -259,13 +346,17 @@ class SiteRuntime:
             self.bring_back(site)
 
     def close(self) -> None:
+        if self.owns_dfk:
+            self._shut_down()
+        # what client code started and a worker that died (or was ended at a limit) left behind
+        if n := end(marked(self.nonce)):
+            log.warning("ended %d process(es) that client code had left running", n)
+        shutil.rmtree(blackbox.scratch_path(self.nonce), ignore_errors=True)
+
+    def _shut_down(self) -> None:
         try:
             self.dfk.cleanup()
         except Exception as e:  # noqa: BLE001 - shutdown must never mask the run's own outcome
             log.warning("executor shutdown: %s", e)
         else:
             forget_processes(self.run_dir)
-        # what client code started and a worker that died (or was ended at a limit) left behind
-        if n := end(marked(self.nonce)):
-            log.warning("ended %d process(es) that client code had left running", n)
-        shutil.rmtree(blackbox.scratch_path(self.nonce), ignore_errors=True)
