@@ -78,6 +78,15 @@ def try_build(site: Any, run_dir: Path) -> tuple[Any, str | None]:
         return None, f"{type(e).__name__}: {e}".strip()
 
 
+def _data(job: Job, data: dict[str, Any]) -> str:
+    """Where a job's training data comes from, in words."""
+    from fedgrid.apps import datasets
+
+    if job.client is not None and job.client.flower:
+        return "read by the Flower app itself (node_config partition-id of num-partitions = data.clients)"
+    return datasets.describe(data)
+
+
 def block_script(site: Any, ex: Any) -> str | None:
     """The job script each block of a batch site is submitted with (an HTEX whose blocks are
     batch jobs: the slurm and pbs kinds, or a `parsl` site's own SlurmProvider or PBSProProvider)."""
@@ -91,7 +100,6 @@ def block_script(site: Any, ex: Any) -> str | None:
 
 def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     """Print the plan; returns warnings (sites whose provider could not be set up from here)."""
-    from fedgrid.apps import datasets
     from fedgrid.executors import describe
     from fedgrid.flow.persist import dataplane
     from fedgrid.flow.persist.runlock import share_gid
@@ -109,7 +117,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}"
           + (f" ({opts})" if opts else ""))
     print(line)
-    print(f"data: {datasets.describe(job.data.model_dump())}, {job.data.clients} clients; "
+    print(f"data: {_data(job, job.data.model_dump())}, {job.data.clients} clients; "
           f"training rows are read only at their site")
     per_round = job.clients_per_round()
     print(f"rounds: {per_round} of {job.data.clients} clients per round, quorum {job.round.min_clients}, "
@@ -121,8 +129,11 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
     if tp.store_url and job.store.url:
         dataplane.check_store(tp.store_url, file)
         print(f"store probed: {tp.store_url} is writable and readable from here")
+    kept = job.client_state()
+    store = tp.store_url or (dataplane.store_url(job.store.url or str(run_dir / "store")) if kept else None)
     print(f"params: {mb:.2f} MB down and up per client per round ({2 * mb * per_round:.1f} MB a round)"
-          + (f"; store {tp.store_url}" if tp.store_url else "; no store needed"))
+          + (f"; store {store}" if store else "; no store needed")
+          + (f" ({kept[0]})" if kept and not tp.store_url else ""))
     sites = job.client_sites()
     warnings = []
     print("sites:")
@@ -135,7 +146,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
             prov = getattr(ex, "provider", None)
             built = type(ex).__name__ + (f" + {type(prov).__name__}" if prov is not None else "")
         print(f"  {s.name}: {s.executor.kind} -> {built}; {describe(s)}")
-        data = datasets.describe(job.site_data(s.name).model_dump())
+        data = _data(job, job.site_data(s.name).model_dump())
         print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")
         print(f"    params travel {how} ({tp.why[s.name]})")
         if job.round.aggregate == "site":
