@@ -5,7 +5,9 @@ Parsl reports only ``WorkerLost`` and replaces the worker; nothing names the cli
 the line. So while a task runs, its worker keeps a small record in the run's private scratch
 folder (``$TMPDIR/fedgrid-<uid>-<run nonce>/boxes``): ``<pid>.json`` says which task is running,
 and Python's faulthandler writes ``<pid>.fault`` (the signal and the stack) if the process dies of a
-fatal signal. ``os._exit`` is wrapped to note its code first. The task's retry (Parsl retries a lost
+fatal signal. The record is rewritten in place on one open file (empty between tasks), two system
+calls a task: a worker of a cohort (apps/cohort.py) enters a task per client. ``os._exit`` is
+wrapped to note its code first. The task's retry (Parsl retries a lost
 worker once) lands on a worker of the same node, finds the dead worker's box for its own client and
 round, and fails at once with the reason instead of running the crash again: a client that kills
 its worker is recorded as such and is not retried without end.
@@ -72,6 +74,7 @@ class Box:
         self.pid = os.getpid()
         self.path = self.dir / f"{self.pid}.json"
         self.me = started(self.pid)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # for the process's life
         self._fault = open(self.dir / f"{self.pid}.fault", "w")  # noqa: SIM115 - open for the process's life
         faulthandler.enable(file=self._fault, all_threads=False)
         self.task: dict[str, Any] | None = None
@@ -84,8 +87,7 @@ class Box:
 
     def leave(self) -> None:
         self.task = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        os.ftruncate(self._fd, 0)
 
     def died(self, reason: str) -> None:
         """The worker is about to end itself (a task past its limit): the reason for the retry."""
@@ -93,9 +95,9 @@ class Box:
             self._write({**self.task, "reason": reason})
 
     def _write(self, rec: dict[str, Any]) -> None:
-        tmp = self.dir / f".{self.pid}.tmp"
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self.path)
+        data = json.dumps(rec).encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
 
     def _exit(self, code: int) -> None:
         if self.task is not None:
@@ -116,7 +118,11 @@ def dead_reason(boxes: Path, client: int, rnd: int, what: str, me: int) -> str |
     found = None
     for path in boxes.glob("*.json"):
         rec = _read(path)
-        if rec is None or rec.get("pid") == me or _alive(rec):
+        if rec is None:  # between tasks (or being written): a dead worker's empty box is dropped
+            if path.stem.isdigit() and int(path.stem) != me and _gone(int(path.stem)):
+                _discard(path, boxes / f"{path.stem}.fault")
+            continue
+        if rec.get("pid") == me or _alive(rec):
             continue
         fault = boxes / f"{rec['pid']}.fault"
         if found is None and (rec.get("client"), rec.get("round"), rec.get("what")) == (client, rnd, what):
@@ -166,6 +172,17 @@ def _alive(rec: dict[str, Any]) -> bool:
             return True
         return True
     return started(pid) == rec["started"]
+
+
+def _gone(pid: int) -> bool:
+    """No process has this pid (its worker ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import heapq
+import itertools
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -85,6 +88,8 @@ class _Worker:
             with contextlib.suppress(OSError, AttributeError):
                 ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         signal.signal(signal.SIGALRM, _on_alarm)
+        # what the worker runs of its own (before any task): never a client's to end
+        self.baseline = outputs.descendants()
         # the running task's timer, and the timer that fired: an alarm meant for a task that has
         # just finished never interrupts the next one
         self.armed: object | None = None
@@ -108,17 +113,18 @@ def _on_alarm(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def guarded(g: Guard | None, client: int, rnd: int, what: str,
-            on_timeout: Callable[[], None] | None = None) -> Iterator[None]:
-    """Run the body (one task of `client` at round `rnd`) contained as the module says."""
+def guarded(g: Guard | None, client: int, rnd: int, what: str, on_timeout: Callable[[], None] | None = None,
+            relaunched: bool = True) -> Iterator[None]:
+    """Run the body (one task of `client` at round `rnd`) contained as the module says.
+    `relaunched`: the task may be a retry after its worker died (else its box lookup is skipped)."""
     if g is None:
         yield
         return
     w = _worker(g) if dedicated() else None
     if w is not None:
-        w.box.check(client, rnd, what)  # a retry after its worker died: fail now, naming how
+        if relaunched:
+            w.box.check(client, rnd, what)  # a retry after its worker died: fail now, naming how
         w.box.enter(client, rnd, what, g.limit_s)
-    before = outputs.descendants() if w is not None else set()
     timer = _Timer(g, w, what)
     try:
         yield
@@ -131,7 +137,7 @@ def guarded(g: Guard | None, client: int, rnd: int, what: str,
         if w is not None:
             w.armed = None
             outputs.flush()
-            outputs.end_descendants(before)
+            outputs.end_descendants(w.baseline)
             w.box.leave()
 
 
@@ -141,17 +147,62 @@ def timeout_reason(g: Guard, what: str, stuck: bool = False) -> str:
     return f"timeout: {what} ran past {g.limit_s:g} s ({g.limit_key}) and {how}"
 
 
+class _Watchdog:
+    """One thread per process that ends tasks at their limits. A thread of its own per task cost
+    about 0.3 ms to start, as much as a small client's whole task in a cohort (apps/cohort.py)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: list[list] = []  # heap of [when (monotonic), seq, call, live]
+        self._seq = itertools.count()
+        self._owner = 0  # the pid whose thread runs: a forked child starts its own
+
+    def at(self, delay_s: float, call: Callable[[], None]) -> list:
+        """Call `call` on the watchdog's thread in `delay_s` seconds, unless :meth:`cancel` first."""
+        entry = [time.monotonic() + delay_s, next(self._seq), call, True]
+        with self._cv:
+            if self._owner != os.getpid():
+                self._owner = os.getpid()
+                threading.Thread(target=self._run, name="fedgrid-task-limits", daemon=True).start()
+            heapq.heappush(self._due, entry)
+            if self._due[0] is entry:
+                self._cv.notify()
+        return entry
+
+    @staticmethod
+    def cancel(entry: list | None) -> None:
+        if entry is not None:
+            entry[3] = False
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._due and not self._due[0][3]:
+                    heapq.heappop(self._due)
+                wait = self._due[0][0] - time.monotonic() if self._due else None
+                if wait is None or wait > 0:
+                    self._cv.wait(wait)
+                    continue
+                entry = heapq.heappop(self._due)
+            if entry[3]:
+                entry[2]()
+
+
+WATCHDOG = _Watchdog()
+
+
 class _Timer:
     """The task's limit: an interrupt at `limit_s`; in a worker of its own, the worker's end after
     a grace period (a C call that never returns cannot be interrupted)."""
 
     def __init__(self, g: Guard, w: _Worker | None, what: str):
-        self._done = threading.Event()
+        self._done = False
         # a driver thread is interrupted at most once, and only while its task runs: an async
         # exception that landed after the task, in the thread pool's own loop, would end that
         # thread and hang the pool's shutdown
         self._lock = threading.Lock()
         self._interrupted = False
+        self._entry: list | None = None
         if not g.limit_s:
             return
         self.g, self.w, self.what = g, w, what
@@ -159,28 +210,32 @@ class _Timer:
         self.task = w.box.task if w is not None else None
         if w is not None:
             w.armed = self
-        threading.Thread(target=self._watch, name="fedgrid-task-limit", daemon=True).start()
+        self._entry = WATCHDOG.at(g.limit_s, self._limit)
 
-    def _watch(self) -> None:
-        g = self.g
-        if self._done.wait(g.limit_s):
+    def _limit(self) -> None:
+        """On the watchdog's thread, at the limit."""
+        if self._done:
             return
-        if self.w is not None:
-            self.w.fired = self
-            signal.pthread_kill(self.ident, signal.SIGALRM)
-        else:  # a driver thread: only Python code can be interrupted there
+        if self.w is None:  # a driver thread: only Python code can be interrupted there
             self.interrupt()
             return
+        self.w.fired = self
+        signal.pthread_kill(self.ident, signal.SIGALRM)
+        g = self.g
         grace = g.grace_s if g.grace_s is not None else min(g.limit_s, 5.0 + 0.1 * g.limit_s, 30.0)
-        if self._done.wait(grace) or self.w.box.task is not self.task:  # finished meanwhile
+        self._entry = WATCHDOG.at(grace, self._end_worker)
+
+    def _end_worker(self) -> None:
+        """After the grace: a task that is still the same one did not stop; its worker goes."""
+        if self._done or self.w.box.task is not self.task:  # finished meanwhile
             return
-        self.w.box.died(timeout_reason(g, self.what, stuck=True))
+        self.w.box.died(timeout_reason(self.g, self.what, stuck=True))
         blackbox.real_exit(70)
 
     def interrupt(self) -> None:
         """End the task in a driver thread (its Python code: a C call runs on to its end)."""
         with self._lock:
-            if self._done.is_set() or self._interrupted:
+            if self._done or self._interrupted:
                 return
             self._interrupted = True
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Interrupt))
@@ -188,6 +243,7 @@ class _Timer:
     def cancel(self) -> None:
         """The task is over (called in its own thread): an interrupt still pending is withdrawn."""
         with self._lock:
-            self._done.set()
+            self._done = True
+            WATCHDOG.cancel(self._entry)
             if self._interrupted:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)

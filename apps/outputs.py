@@ -99,8 +99,8 @@ def children(pid: int) -> set[int]:
     out: set[int] = set()
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                out.update(int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.update(int(c) for c in f.read().split())
     return out
 
 
@@ -115,9 +115,21 @@ def descendants(pid: int | None = None) -> set[int]:
     return seen
 
 
+def has_children() -> bool:
+    """Whether this process has any child, running or not yet reaped: one system call (a subreaper
+    with none has no descendants at all), where listing them reads a file per thread."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # WNOWAIT: nothing is reaped
+    except ChildProcessError:
+        return False
+    return True
+
+
 def end_descendants(keep: set[int], grace_s: float = 1.0) -> list[int]:
     """Terminate, then kill, this process's descendants not in `keep`, and reap those that are
     its children; returns the pids that were ended."""
+    if not keep and not has_children():
+        return []
     doomed = descendants() - keep
     if not doomed:
         return []

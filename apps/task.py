@@ -53,6 +53,9 @@ class TrainTask:
     keep: dict[str, Any] | None = None
     # how the site contains the client's code: time limit, black box, output cap (apps/guard.py)
     guard: Guard | None = None
+    # set by the driver when Parsl runs the task again after its worker was lost: only then may a
+    # dead worker's black box name it (apps/blackbox.py), a lookup not worth making on every task
+    relaunched: bool = False
 
 
 def model_spec(name: str, input_shape: tuple[int, ...] | list[int], num_classes: int,

@@ -113,7 +113,8 @@ def _slot(task: TrainTask) -> sitestate.Slot:
 def contained(task: TrainTask, what: str):  # noqa: ANN201 - a context manager
     """The task's client code contained at its site (apps/guard.py). A client interrupted at its
     time limit may have been anywhere in its code: its object is dropped, never reused."""
-    return guard.guarded(task.guard, task.client, task.round, what, on_timeout=lambda: sitestate.drop(_key(task)))
+    return guard.guarded(task.guard, task.client, task.round, what, on_timeout=lambda: sitestate.drop(_key(task)),
+                         relaunched=task.relaunched)
 
 
 def _make(task: TrainTask) -> Any:

@@ -132,6 +132,9 @@ class SiteSpec(_Strict):
     # round.aggregate: site: where this site's clients leave their updates for its aggregator (a
     # path the site reads fast: node-local or its parallel file system); default: the run's store
     store: str | None = None
+    # clients a train task carries (apps/cohort.py): auto sizes tasks from the clients' measured
+    # training times so Parsl's per-task cost is amortized; 1 is one task per client
+    cohort: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
 
     @field_validator("executor", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgrid.executors import site_workers
 from fedgrid.flow.clients import personal
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.clients.memory import UpdateMemory
@@ -52,6 +53,8 @@ class Driver:
         self.strategy, self.tasks, self.writer = strategy, tasks, writer
         self.privacy, self.secagg, self.stop = privacy, secagg, stop
         self.sites = job.client_sites()
+        self.site_specs = {s.name: s for s in job.sites}  # each site's cohort setting (flow/rounds/cohorts.py)
+        self.site_workers = {s.name: site_workers(s.executor) for s in job.sites}
         self.rng = np.random.default_rng(job.seed)
         self.profiles = prof.empty(job.data.clients)
         self.memory = UpdateMemory(job)

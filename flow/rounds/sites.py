@@ -58,7 +58,19 @@ def retry_cost(exc: BaseException, task_record: Any) -> float:
     dropped connection, a timeout. A deterministic error (bad data, a shape mismatch, an injected
     fault) is final at once; re-running it would only burn the round's deadline."""
     names = {t.__name__ for t in type(exc).__mro__}
-    return 1.0 if names & TRANSIENT else float("inf")
+    if not names & TRANSIENT:
+        return float("inf")
+    for arg in (task_record or {}).get("args") or ():  # the retry may find its dead worker's black box
+        _relaunched(getattr(arg, "obj", arg))
+    return 1.0
+
+
+def _relaunched(arg: Any) -> None:
+    """Mark a task (or a cohort's tasks) as run again after its worker was lost: only then does its
+    site look for a dead worker's black box naming it (apps/guard.py)."""
+    for task in arg if isinstance(arg, list) else [arg]:
+        if isinstance(task, TrainTask):
+            task.relaunched = True
 
 
 def monitoring_hub(job: Job, run_dir: Path) -> Any:
@@ -226,16 +238,17 @@ class SiteRuntime:
         self._taken_down: set[str] = set()
         self.watches = {s.name: w for s in job.sites if (w := block_watch(s, self.by_site[s.name], job)) is not None}
         self.record()  # interchanges now; blocks once they are up (see warm_up)
-        self._train, self._warm, self._evaluate, self._step, self._aggregate = map(
+        self._train, self._warm, self._evaluate, self._step, self._aggregate, self._cohort = map(
             self._apps, self._site_functions())
 
     @staticmethod
     def _site_functions() -> tuple[Callable[..., Any], ...]:
+        from fedgrid.apps.cohort import train_cohort
         from fedgrid.apps.secagg import step as secagg_step
         from fedgrid.apps.siteagg import aggregate_site
         from fedgrid.apps.train import evaluate_client, train_client, warm
 
-        return train_client, warm, evaluate_client, secagg_step, aggregate_site
+        return train_client, warm, evaluate_client, secagg_step, aggregate_site, train_cohort
 
     def _apps(self, fn: Callable[..., Any]) -> dict[str, Any]:
         """`fn` as a Parsl app of each site, bound to the site's executor label: it runs only there."""
@@ -267,6 +280,11 @@ class SiteRuntime:
 
     def submit(self, site: str, task: TrainTask) -> Future:
         return self._train[site](self._arg(site, task))
+
+    def cohort(self, site: str, tasks: list[TrainTask], until: float | None) -> Future:
+        """Several clients of `site` trained in one task, one after another (apps/cohort.py); the
+        future's value is each client's update or exception, in order."""
+        return self._cohort[site](self._arg(site, tasks), until)
 
     def evaluate(self, site: str, task: TrainTask) -> Future:
         """A federated evaluation task: the client evaluates the task's params on its held-out data."""

@@ -22,7 +22,7 @@ from fedgrid.flow.clients import pacing, selection
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.privacy.dp import BudgetSpent
 from fedgrid.flow.privacy.secagg import SecAggFailed
-from fedgrid.flow.rounds import faults, fedeval, fold, twotier, validate
+from fedgrid.flow.rounds import cohorts, faults, fedeval, fold, twotier, validate
 from fedgrid.flow.rounds.driver import Driver, Late
 from fedgrid.flow.rounds.gather import Gathered, gather
 from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
@@ -185,15 +185,32 @@ def _secagg_setup(drv: Driver, rnd: int, clients: list[int], params: Params,
 
 def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[str, Any],
             instr: dict[int, dict[str, Any]]) -> dict[int, tuple[str, Future]]:
-    """One train task per client, longest expected first; a site with no workers fails its clients at once."""
+    """Each client's train task, longest expected first, several clients a task where a site's
+    clients are quick (flow/rounds/cohorts.py); a site with no workers fails its clients at once."""
     down = drv.runtime.down_sites()
-    futs = {}
-    for c in prof.longest_first(drv.profiles, clients):
-        site = drv.sites[c]
-        futs[c] = (site, _failed(SiteDown(down[site])) if site in down else
-                   drv.runtime.submit(site, drv.tasks.train(c, rnd, sent[site], instr.get(c), number,
-                                                            prof.state_of(drv.profiles, c))))
-    return futs
+    until = time.time() + drv.job.round.deadline_s
+    order = prof.longest_first(drv.profiles, clients)
+    by_site: dict[str, list[int]] = {}
+    for c in order:
+        by_site.setdefault(drv.sites[c], []).append(c)
+    futs: dict[int, tuple[str, Future]] = {}
+    for site, mine in by_site.items():
+        if site in down:
+            futs.update((c, (site, _failed(SiteDown(down[site])))) for c in mine)
+            continue
+        tasks = [drv.tasks.train(c, rnd, sent[site], instr.get(c), number, prof.state_of(drv.profiles, c))
+                 for c in mine]
+        k = cohorts.size(drv.site_specs[site].cohort, drv.profiles["train_s"][mine], len(mine),
+                         drv.site_workers[site])
+        if k == 1:
+            futs.update((t.client, (site, drv.runtime.submit(site, t))) for t in tasks)
+            continue
+        groups = cohorts.split(tasks, k)
+        log.info("round %d: site %s: %d clients in %d task(s)", rnd, site, len(tasks), len(groups))
+        for group in groups:
+            got = cohorts.per_client(drv.runtime.cohort(site, group, until), group)
+            futs.update((c, (site, f)) for c, f in got.items())
+    return {c: futs[c] for c in order}
 
 
 def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gather's accept hook

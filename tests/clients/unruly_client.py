@@ -24,6 +24,8 @@ class Unruly(NumpyLogReg):
         act = self.ctx.options.get("acts", {}).get(f"{self.ctx.client}@{work.round}")
         if act == "hang":
             time.sleep(3600)
+        if act == "raise":
+            raise RuntimeError(f"client {self.ctx.client} was told to raise")
         if act == "segfault":
             ctypes.string_at(0)
         fit = super().train(params, work)
