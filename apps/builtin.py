@@ -6,6 +6,12 @@ Its options are the model the driver chose (``model``: name, input shape, classe
 comes from the job's data block (digits, fashion_mnist, parquet, synthetic) through
 :mod:`fedgrid.apps.datasets`, cached per worker process; one model object per architecture and
 thread is kept per worker and its weights overwritten every round.
+
+It computes on ``ctx.device`` (apps/devices.py): the model lives there, each batch is moved
+there, and the rows stay in host memory (a worker keeps many clients' rows; a batch is small).
+Params go back as CPU numpy arrays as always. On the CPU every operation, and so every result,
+is what it was before devices existed: moving a CPU tensor to the CPU is the tensor itself, and
+the running loss is summed in float64 as the Python float it was.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from fedgrid.apps.client import Client, Evaluation, Fit, Params, Work
 from fedgrid.apps.datasets import client_arrays
+from fedgrid.apps.devices import model_device, on
 
 PATH = "fedgrid.apps.builtin:BuiltinClient"
 
@@ -33,20 +40,22 @@ def set_threads(threads: int):  # noqa: ANN201 - the torch module
     return torch
 
 
-def model_key(spec: dict[str, Any]) -> tuple:
+def model_key(spec: dict[str, Any], device: str = "cpu") -> tuple:
     # per thread too: a `local` site runs several clients at once in one process, and two of them
     # training the same module object would corrupt each other's autograd state
     return (threading.get_ident(), spec["name"], tuple(spec["input_shape"]), spec["num_classes"],
-            repr(sorted(spec["kwargs"].items())))
+            repr(sorted(spec["kwargs"].items())), device)
 
 
-def cached_model(spec: dict[str, Any]):  # noqa: ANN201 - a torch module
-    """One model object per architecture per worker; weights are loaded into it every round."""
+def cached_model(spec: dict[str, Any], device: str = "cpu"):  # noqa: ANN201 - a torch module
+    """One model object per architecture per worker, on `device`; weights are loaded into it every
+    round. Built on the CPU first, so its initial weights are the seeded ones wherever it lives."""
     from fedgrid.apps.models import build
 
-    key = model_key(spec)
+    key = model_key(spec, device)
     if key not in _MODELS:
-        _MODELS[key] = build(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec["kwargs"])
+        model = build(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], spec["kwargs"])
+        _MODELS[key] = model if device == "cpu" else model.to(device)
     return _MODELS[key]
 
 
@@ -60,7 +69,11 @@ class BuiltinClient(Client):
     @property
     def cold(self) -> bool:
         """The model of this architecture is not built in this worker (thread) yet."""
-        return model_key(self.spec) not in _MODELS
+        return model_key(self.spec, self.ctx.device) not in _MODELS
+
+    def model(self):  # noqa: ANN201 - a torch module
+        """This worker's (thread's) model object of the job's architecture, on ``ctx.device``."""
+        return cached_model(self.spec, self.ctx.device)
 
     def tensors(self, threads: int = 1, part: str = "train"):  # noqa: ANN201 - (x, y) torch tensors
         """This client's rows as tensors: the ones it trains on, or (``part="holdout"``) the
@@ -85,13 +98,13 @@ class BuiltinClient(Client):
         from fedgrid.apps.models import get_params
 
         torch.manual_seed(self.ctx.seed)
-        return get_params(cached_model(self.spec))
+        return get_params(self.model())
 
     def warm(self) -> None:
         """Data and model loaded, and one optimiser step taken on a batch (see `prime`)."""
         opts = self.ctx.options
         x, y = self.tensors(int(opts.get("threads", 1)))
-        prime(cached_model(self.spec), x, y, int(opts.get("batch_size", 32)))
+        prime(self.model(), x, y, int(opts.get("batch_size", 32)))
 
     def evaluate(self, params: Params) -> Evaluation:
         """Loss and accuracy of `params` on the rows this client held out (``data.holdout``)."""
@@ -99,14 +112,14 @@ class BuiltinClient(Client):
         from fedgrid.apps.evaluate import evaluate
 
         x, y = self.tensors(part="holdout")
-        m = evaluate(cached_model(self.spec), params, Arrays(x.numpy(), y.numpy(), self.spec["num_classes"]))
+        m = evaluate(self.model(), params, Arrays(x.numpy(), y.numpy(), self.spec["num_classes"]))
         return Evaluation(len(y), m)
 
     def train(self, params: Params, work: Work) -> Fit:
         from fedgrid.apps.models import get_params, set_params
 
         x, y = self.tensors(int(work.settings.get("threads", 1)))
-        model = cached_model(self.spec)
+        model = self.model()
         set_params(model, params)
         if work.settings.get("head_epochs"):
             done = rep_sgd(work, model, x, y)
@@ -136,7 +149,8 @@ def prime(model: Any, x: Any, y: Any, batch_size: int) -> None:
         return
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    torch.nn.functional.cross_entropy(model(x[:batch_size]), y[:batch_size]).backward()
+    xb, yb = on(model_device(model), x[:batch_size], y[:batch_size])
+    torch.nn.functional.cross_entropy(model(xb), yb).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -192,6 +206,10 @@ def local_sgd(work: Work, model: Any, x: Any, y: Any, fix: Any) -> _Pass:
     done = _Pass()
     if n == 0:
         return done
+    device = model_device(model)
+    # summed where the model is, read once at the end: a GPU is not made to wait every step
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     budget = work.budget(work.batches_per_epoch(n))
     while done.steps < budget:
         order = torch.randperm(n, generator=gen)
@@ -199,7 +217,7 @@ def local_sgd(work: Work, model: Any, x: Any, y: Any, fix: Any) -> _Pass:
             if done.steps >= budget:
                 break
             idx = order[s:s + bs]
-            xb, yb = x[idx], y[idx]
+            xb, yb = on(device, x[idx], y[idx])
             opt.zero_grad(set_to_none=True)
             out = model(xb)
             loss = loss_fn(out, yb)
@@ -207,8 +225,9 @@ def local_sgd(work: Work, model: Any, x: Any, y: Any, fix: Any) -> _Pass:
             if fix.active:
                 fix.apply()
             opt.step()
-            done.loss += loss.item() * len(idx)
-            done.correct += int((out.argmax(1) == yb).sum())
+            loss_sum += loss.detach().double() * len(idx)
+            correct += (out.argmax(1) == yb).sum()
             done.seen += len(idx)
             done.steps += 1
+    done.loss, done.correct = float(loss_sum), int(correct)
     return done

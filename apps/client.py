@@ -47,7 +47,16 @@ HOOKS = {
 
 @dataclass(frozen=True)
 class Context:
-    """Who this client is and what the job says about its data and options."""
+    """Who this client is, what the job says about its data and options, and where to compute.
+
+    `device` is the torch device this client's worker trains on, decided at the site
+    (apps/devices.py): ``"cuda:0"`` when the site pins the worker to a GPU (its executor's
+    ``gpus``, or ``gpus_per_node`` on a batch or cloud site), or the worker otherwise sees one,
+    and torch sees it there; ``"cpu"`` otherwise, and always under ``train.device: cpu``. Inside
+    the worker its pinned GPU is device 0 (a worker given several sees them as 0, 1, ...). A
+    client moves its model and each batch there and returns params as CPU numpy arrays
+    (:func:`torch_params` does). On the driver (``init_params``) it is ``"cpu"``.
+    """
 
     client: int  # this client's id, 0 .. clients-1 across all sites
     clients: int  # clients in the whole job
@@ -55,6 +64,7 @@ class Context:
     seed: int  # the job's seed
     data: dict[str, Any]  # the job's data block as this client's site sees it (paths, partition, ...)
     options: dict[str, Any]  # the job's client.options
+    device: str = "cpu"  # "cuda:0" or "cpu": where this client computes (see above)
 
     def split(self, labels: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         """This client's rows of a dataset pooled at the site, by the job's ``data.partition``
@@ -206,6 +216,11 @@ def anneal(rnd: int, horizon: tuple[tuple[int, int], ...] | list, start: float, 
 class Client:
     """Subclass this (or write a class with the same methods). `supports` names the HOOKS the
     training loop honours; a job whose strategy needs another is refused at ``fedgrid check``.
+
+    ``self.ctx.device`` is where to train: build the model there (``model.to(self.ctx.device)``),
+    move each batch there, and hand back params as CPU numpy arrays (:func:`torch_params`). It is
+    the worker's GPU when its site has GPUs (see :class:`Context`), so the same client runs on a
+    laptop's CPU and on a GPU node unchanged.
 
     A client that keeps state between rounds (optimizer moments, a scheduler, an RNG, counters)
     defines two more methods, and fedgrid makes that state exact across rounds, workers and

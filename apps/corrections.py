@@ -18,7 +18,8 @@
   the client, corrects with exactly the variate its last aggregated update left; only
   ``c_i+ - c_i`` goes back to the driver for the server's ``c``.
 
-Both act on the model's trainable parameters only (not on buffers such as BatchNorm statistics).
+Both act on the model's trainable parameters only (not on buffers such as BatchNorm statistics),
+on whichever device each parameter is (a client's GPU: ``ctx.device``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Corrections:
         self.mu = float(tr.get("prox_mu") or 0.0)
         self.sc: dict[str, Any] | None = tr.get("scaffold")
         self.kept = kept
-        self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])) for n in self.params} if (
-            self.mu or self.sc) else {}
+        self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])).to(p.device) for n, p in self.params.items()} \
+            if (self.mu or self.sc) else {}
         self.lr = float(tr["lr"])
         self.momentum = float(tr.get("momentum") or 0.0)
         self.ci: dict[str, np.ndarray] = {}
@@ -53,8 +54,8 @@ class Corrections:
             self.ci = {n: np.asarray(mine[n], np.float32) if n in mine else np.zeros(tuple(p.shape), np.float32)
                        for n, p in self.params.items()}
             c = self.sc.get("c") or {}
-            self.shift = {n: torch.from_numpy(np.asarray(c[n], np.float32) - self.ci[n]) if n in c
-                          else torch.from_numpy(-self.ci[n]) for n in self.params}
+            self.shift = {n: torch.from_numpy(np.asarray(c[n], np.float32) - self.ci[n] if n in c else -self.ci[n])
+                          .to(p.device) for n, p in self.params.items()}
 
     @property
     def active(self) -> bool:
@@ -77,8 +78,9 @@ class Corrections:
             return {}
         c = self.sc.get("c") or {}
         new, delta = OrderedDict(), OrderedDict()
+        path = path_length(steps, self.momentum) * self.lr
         for n, p in self.params.items():
-            drift = (self.anchor[n].numpy() - p.detach().numpy()) / (path_length(steps, self.momentum) * self.lr)
+            drift = (self.anchor[n].cpu().numpy() - p.detach().cpu().numpy()) / path
             new[n] = (self.ci[n] - np.asarray(c.get(n, 0.0), np.float32) + drift).astype(np.float32)
             delta[n] = new[n] - self.ci[n]
         self.kept.scaffold = new

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgrid.apps import codec, faults, guard, sitestate
+from fedgrid.apps import codec, devices, faults, guard, sitestate
 from fedgrid.apps.client import Context, Evaluation, Fit, Work
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
@@ -93,7 +93,7 @@ def use_python_path(dirs: list[str] | tuple[str, ...]) -> None:
 
 def context(task: TrainTask) -> Context:
     return Context(client=task.client, clients=task.clients, site=task.site, seed=task.seed, data=task.data,
-                   options=task.code.get("options") or {})
+                   options=task.code.get("options") or {}, device=devices.device(task.train.get("device") or "auto"))
 
 
 def _key(task: TrainTask) -> tuple:
@@ -126,8 +126,11 @@ def _make(task: TrainTask) -> Any:
 
 def entered(task: TrainTask) -> tuple[sitestate.Slot, sitestate.Kept]:
     """This worker's slot for the task's client, brought to the state version the task names (and
-    `train.threads` applied first: nothing of the client's runs before it), and what it keeps."""
+    `train.threads` applied first: nothing of the client's runs before it), and what it keeps.
+    The worker's GPU pin too: a client module that asks torch about CUDA as it is imported fixes
+    the process's GPU there (apps/devices.py)."""
     apply_threads(int(task.train.get("threads") or 1))
+    devices.restore_pin()
     s = _slot(task)
     return s, sitestate.enter(s, task.keep, lambda: _make(task), call_client)
 

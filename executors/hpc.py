@@ -9,10 +9,16 @@ an environment where fedgrid is installed). Heartbeats default to 5 s with a 20 
 constructors do: HTEX with ``address=None`` probes the machine's addresses, including an HTTP
 query to api.ipify.org (up to 30 s offline), and SlurmProvider runs ``sacct -X`` to pick its status
 command. :func:`remote_htex` and :func:`construct` replace exactly those steps in a dry run.
+
+GPUs: ``gpus_per_node`` is what each node gets (asked of Slurm, PBS and Kubernetes) and the
+devices 0..n-1 its workers are pinned to, one worker per pin unless ``workers_per_node`` says
+otherwise (it must then agree); ``workers_per_gpu`` / ``gpus_per_worker`` share them out
+(:mod:`fedgrid.executors.gpus`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, Literal
@@ -20,8 +26,9 @@ from unittest import mock
 
 from pydantic import Field, model_validator
 
+from fedgrid.executors import gpus
 from fedgrid.executors.certs import Delivery, attach, pool_launch_cmd
-from fedgrid.executors.common import SpecBase
+from fedgrid.executors.common import SpecBase, SpecError
 from fedgrid.executors.htex import interchange_cmd
 
 LauncherName = Literal["srun", "mpiexec", "mpirun", "aprun", "simple", "single"]
@@ -33,14 +40,16 @@ NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
 
 
-class RemoteHtexSpec(SpecBase):
+class RemoteHtexSpec(SpecBase, gpus.GpuSharing):
     """Options of every HTEX site whose workers run on provisioned nodes (batch jobs, pods, VMs)."""
 
     scales: ClassVar[bool] = True  # blocks come from the scheduler or the cloud on demand
+    GPUS_KEY: ClassVar[str] = "gpus_per_node"
 
-    workers_per_node: PosInt | None = None  # default: node cores / cores_per_worker when known, else 1
+    # default: one per GPU pin with gpus_per_node, else node cores / cores_per_worker when known, else 1
+    workers_per_node: PosInt | None = None
     cores_per_worker: Annotated[float, Field(gt=0)] = 1.0
-    gpus_per_node: NonNegInt = 0  # one GPU per worker (CUDA_VISIBLE_DEVICES); caps the workers per node
+    gpus_per_node: NonNegInt = 0  # GPUs a node gets; each worker is pinned to one (CUDA_VISIBLE_DEVICES)
     address: str | None = None  # interchange address workers connect to; None = Parsl's auto-discovery
     worker_init: str = ""  # shell lines run before the pool starts: module loads, venv activation
     worker_logdir_root: str | None = None  # where pools write logs on the nodes (default: Parsl's)
@@ -67,11 +76,39 @@ class RemoteHtexSpec(SpecBase):
         """Cores per node when the kind knows them (slurm cores_per_node, pbs cpus_per_node)."""
         return None
 
+    def pool_cores(self) -> int | None:
+        """Cores a worker pool counts on its node when the kind sets them (PARSL_CORES, which
+        SlurmProvider exports from cores_per_node); None: the node's own count, unknown here."""
+        return None
+
+    def gpu_ids(self) -> list[str]:
+        return [str(i) for i in range(self.gpus_per_node)]
+
     def workers(self) -> int:
         if self.workers_per_node is not None:
             return self.workers_per_node
+        if pins := self.pins():
+            return len(pins)
         cores = self.node_cores()
         return max(1, int(cores // self.cores_per_worker)) if cores else 1
+
+    def gpu_pins(self) -> list[str]:
+        """Each worker's GPU(s) on a node, checked against ``workers_per_node`` (a SpecError names
+        the option): Parsl would start only as many workers as pins, and leave GPUs idle for fewer."""
+        pins = self.pins()
+        if pins and self.workers_per_node not in (None, len(pins)):
+            raise SpecError("workers_per_node", f"{self.workers_per_node} worker(s) for {len(pins)} GPU pin(s) "
+                            f"({gpus.placement(pins)}); leave workers_per_node out for one worker per pin, or share "
+                            "GPUs with workers_per_gpu")
+        cores = self.pool_cores()
+        if pins and cores and (fit := math.floor(cores / self.cores_per_worker)) < len(pins):  # Parsl's pool cap
+            raise SpecError("cores_per_worker", f"{cores} core(s)/node at {self.cores_per_worker:g} per worker start "
+                            f"{fit} of the {len(pins)} GPU workers; set cores_per_worker: "
+                            f"{cores / (len(pins) + 0.5):.3g}")
+        return pins
+
+    def resolve(self, site: str) -> None:
+        self.gpu_pins()
 
 
 class BatchHtexSpec(RemoteHtexSpec):
@@ -155,10 +192,12 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
     ``certs``: how pools that do not share this machine's filesystem get the certificates
     (pods, instances; see fedgrid.executors.certs); None where they read the driver's folder."""
     from parsl.executors import HighThroughputExecutor
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
+    pins = spec.gpu_pins()
     kwargs = dict(label=site.name, provider=provider, address=spec.address,
                   max_workers_per_node=spec.workers(), cores_per_worker=spec.cores_per_worker,
-                  available_accelerators=spec.gpus_per_node, heartbeat_period=spec.heartbeat_period,
+                  available_accelerators=pins, heartbeat_period=spec.heartbeat_period,
                   heartbeat_threshold=spec.heartbeat_threshold, worker_logdir_root=spec.worker_logdir_root,
                   block_error_handler=_three_failed_blocks, interchange_launch_cmd=interchange_cmd(),
                   encrypted=True)  # CurveZMQ between interchange and pools: pinned, not left to a default
@@ -167,6 +206,8 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
         # a pod or an instance has no copy of the driver's run directory, where Parsl's default
         # would put the pools' logs: a non-root pool could not create that path there
         kwargs["worker_logdir_root"] = spec.worker_logdir_root or "/tmp/fedgrid-workers"
+    if pins:
+        kwargs["launch_cmd"] = gpus.export(pins) + str(kwargs.get("launch_cmd", DEFAULT_LAUNCH_CMD))
     if dry_run and spec.address is None:
         with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
             ex = HighThroughputExecutor(**kwargs)
@@ -191,8 +232,9 @@ def describe_htex(where: str, spec: RemoteHtexSpec, settings: dict[str, Any], no
                  f" (init {spec.init_blocks})")
     if isinstance(spec, BatchHtexSpec):
         parts += [f"walltime {spec.walltime}", spec.launcher]
-    parts.append(f"{spec.workers()} worker(s)/{node}" + (f", {spec.gpus_per_node} GPU(s)/{node}"
-                                                        if spec.gpus_per_node else ""))
+    pins = spec.pins()
+    gpu = f", {spec.gpus_per_node} GPU(s)/{node} ({gpus.placement(pins)})" if pins else ""
+    parts.append(f"{spec.workers()} worker(s)/{node}{gpu}")
     if spec.address:
         parts.append(f"interchange at {spec.address}")
     return f"Parsl HTEX on {where}: " + ", ".join(p for p in parts if p)
@@ -229,12 +271,14 @@ def batch_script(executor: Any, workers: int) -> str:
 
     prov = executor.provider
     command = executor.launch_cmd.format_map(_Placeholders(
-        executor, block_id="0", debug="", accelerators="", address_probe_timeout_string="", enable_mpi_mode="",
+        executor, block_id="0", debug="", accelerators=" ".join(executor.available_accelerators),
+        address_probe_timeout_string="", enable_mpi_mode="",
         max_workers_per_node=f"--max_workers_per_node={workers}", addresses=executor.address or "<addresses>"))
     with tempfile.TemporaryDirectory() as d, mock.patch.object(
             type(prov), "execute_wait", lambda self, cmd, timeout=None: (0, "Submitted batch job 0\n0.server", "")):
         prov.script_dir = d
-        prov.submit(command, workers, job_name=f"parsl.{executor.label}.block-0")
+        # one pool per node, which starts the workers: Parsl's HTEX submits every block with 1 task per node
+        prov.submit(command, 1, job_name=f"parsl.{executor.label}.block-0")
         scripts = [p for p in Path(d).iterdir() if not p.name.endswith((".stdout", ".stderr", ".out", ".err"))]
         return scripts[0].read_text() if scripts else ""
 

@@ -6,6 +6,11 @@ at once and never scaled (``init_blocks=1``, ``max_blocks=1``) so the first task
 start, and a short heartbeat so a pool whose driver was SIGKILLed exits by itself within seconds.
 Both the interchange and the worker pool are launched with this interpreter (``python -m ...``)
 rather than by name from PATH, so a venv's `fedgrid` works without activating the venv.
+
+GPUs (a workstation's): ``gpus`` pins each worker to a GPU (:mod:`fedgrid.executors.gpus`), one
+worker per pin unless ``workers`` says otherwise (it must then agree: Parsl would quietly start
+fewer). GPU workers are not bound by cores, so they get a share of the machine's cores small
+enough that the pool starts every one of them (a pool starts at most cores / cores_per_worker).
 """
 
 from __future__ import annotations
@@ -15,22 +20,56 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
-from fedgrid.executors.common import SpecBase
+from fedgrid.executors import gpus as pinning
+from fedgrid.executors.common import SpecBase, SpecError
 
 POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
 
 
-class Spec(SpecBase):
+class Spec(SpecBase, pinning.GpuSharing):
     kind: Literal["htex"] = "htex"
-    workers: Annotated[int, Field(ge=1)] = 1  # worker processes (one client at a time each)
+    workers: Annotated[int, Field(ge=1)] = 1  # worker processes (one client at a time each); with gpus: one per pin
     address: str = "127.0.0.1"  # where the workers reach the interchange
+    # the GPUs workers are pinned to: a count (devices 0..n-1) or device ids; an id listed twice is
+    # shared by two workers (workers_per_gpu: every GPU shared; gpus_per_worker: several per worker)
+    gpus: pinning.Gpus = None
 
     watch_workers: ClassVar[bool] = True
 
     def runs_here(self) -> bool:
         return True
+
+    def gpu_ids(self) -> list[str]:
+        g = self.gpus
+        return [str(i) for i in (range(g) if isinstance(g, int) else g or [])]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_worker_per_pin(cls, v: Any) -> Any:
+        """Without ``workers``, a site with GPUs runs one worker per pin (what the count is for is
+        known only once the GPU options are valid; invalid ones are reported by their own keys)."""
+        if not isinstance(v, dict) or "workers" in v or not v.get("gpus"):
+            return v
+        try:
+            options = {k: v[k] for k in (*pinning.GpuSharing.model_fields, "gpus") if k in v}
+            n = len(cls.model_validate({**options, "workers": 1}).pins())
+        except (ValidationError, SpecError):
+            return v
+        return {**v, "workers": n} if n else v
+
+    def gpu_pins(self) -> list[str]:
+        """Each worker's GPU(s), checked against ``workers`` (a SpecError names the option)."""
+        pins = self.pins()
+        if pins and self.workers != len(pins):
+            raise SpecError("workers", f"{self.workers} worker(s) for {len(pins)} GPU pin(s) "
+                                       f"({pinning.placement(pins)}); leave workers out for one worker per pin, "
+                                       "or share GPUs with workers_per_gpu")
+        return pins
+
+    def resolve(self, site: str) -> None:
+        self.gpu_pins()
 
 
 def interchange_cmd() -> list[str]:
@@ -45,21 +84,31 @@ def launch_cmd() -> str:
     return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f"{sys.executable} -m {POOL_MODULE}", 1)
 
 
+def cores_per_worker(workers: int, pinned: bool) -> float:
+    """One core per CPU worker. A pool starts at most floor(cores / cores_per_worker) workers, and
+    GPU workers must all start: they get cores / (workers + 0.5) each when there are more of them
+    than cores (the half keeps the floor at `workers` whatever the float rounding)."""
+    cores = os.cpu_count() or 1
+    return cores / (workers + 0.5) if pinned and workers > cores else 1.0
+
+
 def build(site: Any, run_dir: Path, dry_run: bool = False):
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
     ex = site.executor
+    pins = ex.gpu_pins()
     return HighThroughputExecutor(
         label=site.name,
         address=ex.address,
         max_workers_per_node=ex.workers,
-        cores_per_worker=1,
+        cores_per_worker=cores_per_worker(ex.workers, bool(pins)),
+        available_accelerators=pins,
         heartbeat_period=2,
         heartbeat_threshold=10,
         poll_period=5,
         encrypted=True,  # CurveZMQ between interchange and pools: pinned, not left to Parsl's default
-        launch_cmd=launch_cmd(),
+        launch_cmd=pinning.export(pins) + launch_cmd(),
         interchange_launch_cmd=interchange_cmd(),
         # min_blocks=1: when a job mixes in batch sites the DFK runs the "simple" strategy, which
         # must never scale this machine's only block in
@@ -68,4 +117,7 @@ def build(site: Any, run_dir: Path, dry_run: bool = False):
 
 
 def describe(site: Any) -> str:
-    return f"Parsl HighThroughputExecutor, LocalProvider, {site.executor.workers} worker(s)"
+    ex = site.executor
+    pins = ex.pins()
+    return (f"Parsl HighThroughputExecutor, LocalProvider, {ex.workers} worker(s)"
+            + (f"; {pinning.placement(pins)}" if pins else ""))

@@ -1,9 +1,10 @@
 """`pbs`: Parsl HTEX whose worker pools run in PBS Pro batch jobs (PBSProProvider).
 
 Blocks are submitted with ``qsub`` as ``#PBS -l select=<nodes>:ncpus=<cpus_per_node><select_options>``;
-``gpus_per_node`` adds ``:ngpus=N`` there (unless select_options already asks for ngpus) and gives
-each worker one GPU. Pools start with ``mpiexec`` by default, one per node. The constructor runs no
-command, so a dry run builds exactly what a real run would.
+``gpus_per_node`` adds ``:ngpus=N`` there (unless select_options already asks for ngpus) and pins
+each worker to one GPU (or shares them out: ``workers_per_gpu``, ``gpus_per_worker``). Pools start
+with ``mpiexec`` by default, one per node. The constructor runs no command, so a dry run builds
+exactly what a real run would.
 """
 
 from __future__ import annotations

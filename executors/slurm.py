@@ -31,6 +31,9 @@ class Spec(hpc.BatchHtexSpec):
     def node_cores(self) -> int | None:
         return self.cores_per_node
 
+    def pool_cores(self) -> int | None:
+        return self.cores_per_node
+
 
 def provider_kwargs(spec: Spec) -> dict[str, Any]:
     """SlurmProvider's arguments other than the launcher, as plain (YAML-able) values."""

@@ -131,9 +131,12 @@ def _load(args: argparse.Namespace) -> Job:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedgrid.flow.persist.runlock import RunDirBusy
+    from fedgrid.flow.rounds import timeline
     from fedgrid.flow.rounds.runner import ResumeRefused, RoundFailed, run
 
+    timeline.early("fedgrid imported")
     job = _load(args)
+    timeline.early("job read and checked")
     more = args.rounds[1] if args.rounds and args.rounds[0] else None
     try:
         run(job, base=Path.cwd(), fresh=args.fresh, quiet=args.quiet, more=more, stop=STOP,

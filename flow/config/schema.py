@@ -73,6 +73,9 @@ class TrainSpec(_Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     threads: Annotated[int, Field(ge=1)] = 1  # torch and BLAS threads per worker, set before any client code
+    # ctx.device of every client (apps/devices.py) and the driver's evaluation: auto, a worker's GPU
+    # when it has one (its site's gpus pin, or CUDA_VISIBLE_DEVICES) and torch sees it; cpu: never a GPU
+    device: Literal["auto", "cpu"] = "auto"
     keep_clients: Annotated[int, Field(ge=1)] = 64  # client objects a worker keeps (LRU); more are rebuilt from state
     # seconds a client's task may run at its site before it is ended there (its worker is given
     # back for the site's other clients); default: round.deadline_s

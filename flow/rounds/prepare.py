@@ -100,20 +100,23 @@ class ModelParts:
     """The driver's half of the model: the client code the sites run (`code`), the driver's own
     copy of the built-in model (for central evaluation and to check a checkpoint fits; None for
     a job's own client), the central test set (None when the data never leaves the sites), the
-    initial params, and each tensor's kind (apps/kinds.py; empty: inferred where needed)."""
+    initial params, each tensor's kind (apps/kinds.py; empty: inferred where needed), and the
+    device central evaluation runs on (the driver's GPU when it has one; apps/devices.py)."""
 
     code: dict[str, Any]
     model: Any
     test: datasets.Arrays | None
     params: Params
     kinds: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
 
     def evaluator(self) -> Evaluate | None:
         if self.test is None or self.model is None:
             return None
         from fedgrid.apps.evaluate import evaluate
 
-        return lambda params: evaluate(self.model, params, self.test)
+        # moved when first used, on the writer's thread: a run that never evaluates starts no CUDA
+        return lambda params: evaluate(self.model.to(self.device), params, self.test)
 
 
 def build_model(job: Job) -> ModelParts:
@@ -123,6 +126,7 @@ def build_model(job: Job) -> ModelParts:
     import torch
 
     from fedgrid.apps.builtin import PATH
+    from fedgrid.apps.devices import device
     from fedgrid.apps.kinds import param_kinds
     from fedgrid.apps.models import build, get_params
 
@@ -140,7 +144,7 @@ def build_model(job: Job) -> ModelParts:
                           f"input_shape={tuple(shape)}, num_classes={num_classes}") from None
     spec = model_spec(job.model.name, shape, num_classes, job.model.kwargs)
     code = client_code(PATH, {"model": spec, "threads": job.train.threads, "batch_size": job.train.batch_size})
-    return ModelParts(code, model, test, get_params(model), dict(param_kinds(model)))
+    return ModelParts(code, model, test, get_params(model), dict(param_kinds(model)), device(job.train.device))
 
 
 def _client_model(job: Job) -> ModelParts:

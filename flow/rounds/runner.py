@@ -37,6 +37,7 @@ from fedgrid.flow.rounds.outcome import ResumeRefused, RoundFailed, RunResult
 from fedgrid.flow.rounds.prepare import ModelParts, Start, build_model, open_store, prepare, restore_params
 from fedgrid.flow.rounds.progress import RunProgress, setup_log
 from fedgrid.flow.rounds.tasks import Tasks
+from fedgrid.flow.rounds.timeline import Timeline
 from fedgrid.flow.rounds.writer import RoundWriter
 from fedgrid.flow.strategies import make_strategy
 from fedgrid.flow.tracking import open_tracking
@@ -85,9 +86,11 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
     # torch's import (~1.5 s) overlaps with the executors starting up; the driver needs it later
     threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
     t_start = time.time()
+    marks = Timeline()
     with contextlib.ExitStack() as cleanup:  # unwinds in reverse: writer, sites, progress
         cleanup.callback(progress.close)
         start = prepare(job, run_dir, fresh, more, progress)
+        marks.mark("run directory ready")
         job = start.job
         if start.complete:
             progress.summary(f"{job.name}: already complete ({start.done} rounds) in {run_dir}")
@@ -97,8 +100,11 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
         if (tracking := open_tracking(job, run_dir)) is not None:
             cleanup.callback(tracking.close, lambda: _artifacts(run_dir), job.tracking.drain_s)
         runtime = _start_sites(job, run_dir, progress, dfk)
+        marks.mark("sites started")
         cleanup.callback(runtime.close)
-        drv, *held = _build_driver(job, run_dir, progress, runtime, start, stop)
+        drv, *held = _build_driver(job, run_dir, progress, runtime, start, stop, marks)
+        marks.mark("round 1 begins" if start.done == 0 else f"round {start.done + 1} begins")
+        log.info("%s", marks.text())
         if tracking is not None:
             drv.writer.after = tracking.round
         cleanup.callback(drv.writer.close)
@@ -132,7 +138,7 @@ def _start_sites(job: Job, run_dir: Path, progress: RunProgress, dfk: Any = None
 
 
 def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start: Start,  # noqa: ANN001
-                  stop: threading.Event | None) -> tuple[Driver, dict]:
+                  stop: threading.Event | None, marks: Timeline | None = None) -> tuple[Driver, dict]:
     """Stages 3 and 4: everything the rounds need, built while the workers start, then restored."""
     python_path = job.client.python_path if job.client is not None else []
     if python_path:  # (the check that parsed the job did this already, unless the Job was built without one)
@@ -140,6 +146,8 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
 
         use_python_path(python_path)
     parts: ModelParts = build_model(job)
+    if marks is not None:
+        marks.mark("model built")
     if python_path:  # each worker puts it first on its own sys.path before it imports the class
         parts.code["python_path"] = list(python_path)
     needed = bool(job.client_state()) or job.round.aggregate == "site"
@@ -150,6 +158,8 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     tasks.keeping(personal.keep_options(job, job.client is not None and job.client.stateful,
                                         personal.names(job, parts.params, parts.model)))
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
+    for site in {s for s, _ in warm} if marks is not None else ():
+        marks.when_done(f"site {site} warm", _all([f for s, f in warm if s == site]))
     strategy = make_strategy(job.strategy)
     strategy.bind(job.data.clients, store.url if store is not None else None)
     strategy.kinds = parts.kinds or None  # statistics buffers are never a gradient (apps/kinds.py)
@@ -171,6 +181,23 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
         raise
     runtime.record()
     return drv, params
+
+
+def _all(futs: list[Future]) -> Future:
+    """A future resolved once every one of `futs` is."""
+    out: Future = Future()
+    left = [len(futs)]
+    lock = threading.Lock()
+
+    def one(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:
+                out.set_result(None)
+
+    for f in futs:
+        f.add_done_callback(one)
+    return out
 
 
 def _await_warm_up(warm: list[tuple[str, Future]], timeout_s: float, progress: RunProgress,
