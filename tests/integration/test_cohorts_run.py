@@ -20,7 +20,7 @@ def test_in_one_cohort_a_raise_a_hang_and_a_crash_cost_only_their_own_clients(tm
     acts = {"0@1": "raise", "1@1": "hang", "2@1": "segfault"}
     job = write_job(rounds=1, client={"path": "unruly_client:Unruly", "options": {"acts": acts}},
                     data={"dataset": "custom", "clients": 4, "partition": {"kind": "iid"}},
-                    train={"epochs": 1, "batch_size": 32, "lr": 0.5, "timeout_s": 4},
+                    train={"epochs": 1, "batch_size": 32, "lr": 0.5, "timeout_s": 3},
                     round={"min_clients": 1, "deadline_s": 120},
                     sites=[{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 4, "cohort": 4}])
     rc, _, err = cli("run", job, "--quiet")
@@ -29,7 +29,7 @@ def test_in_one_cohort_a_raise_a_hang_and_a_crash_cost_only_their_own_clients(tm
     why = {f["client"]: f["reason"] for f in row["failures"]}
     assert row["participants"] == [3] and set(why) == {0, 1, 2}
     assert why[0].startswith("ClientCodeError: RuntimeError: client 0 was told to raise [at unruly_client.py:")
-    assert why[1] == ("timeout: training ran past 4 s (train.timeout_s) and was ended at its site and its "
+    assert why[1] == ("timeout: training ran past 3 s (train.timeout_s) and was ended at its site and its "
                       "worker given back")
     assert why[2].startswith("worker died: SIGSEGV in client code [at unruly_client.py:"), why[2]
     log = (tmp_path / "run" / "fedgrid.log").read_text()

@@ -94,7 +94,7 @@ def test_a_legacy_torch_app_trains_and_evaluates_and_its_raising_fit_is_named(tm
            "client": {"flower": "flower_torch_legacy:app", "run_config": {"raise_at": 2}},
            "data": {"dataset": "custom", "clients": 3}, "train": {"lr": 0.1},
            "round": {"min_clients": 2, "fraction": 1.0, "deadline_s": 90, "federated_every": 1},
-           "sites": [{"name": "a", "executor": {"kind": "htex", "workers": 2}, "clients": 3}],
+           "sites": [{"name": "a", "executor": {"kind": "htex", "workers": 1}, "clients": 3}],
            "checkpoint": {"dir": str(tmp_path / "run")}}
     res = run(parse_job(job), quiet=True)
     rows = res.rows
