@@ -152,14 +152,17 @@ def _run_after(result: Future, after: list[Future], go: Callable[[], Any]) -> No
 
 
 def loaded_dfk() -> Any:
-    """The DataFlowKernel ``parsl.load`` made in this process, or None."""
+    """The DataFlowKernel ``parsl.load`` made in this process and not yet cleaned up, or None (a
+    workflow that cleaned its DFK up without ``parsl.clear()`` leaves it loaded, and joining it
+    would wait for executors that are gone)."""
     import parsl
     from parsl.errors import NoDataFlowKernelError
 
     try:
-        return parsl.dfk()
+        dfk = parsl.dfk()
     except NoDataFlowKernelError:
         return None
+    return None if getattr(dfk, "cleanup_called", False) else dfk
 
 
 def for_workflow(job: Job | str | Path | dict[str, Any], python_path: list[str | Path] | None, dfk: Any) -> Job:
