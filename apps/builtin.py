@@ -17,6 +17,7 @@ the running loss is summed in float64 as the Python float it was.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,10 @@ class BuiltinClient(Client):
         from fedgrid.apps.models import get_params, set_params
 
         x, y = self.tensors(int(work.settings.get("threads", 1)))
+        if work.budget(work.batches_per_epoch(len(y))) == 0 and not work.needs() & {"prox", "scaffold", "head"}:
+            # no step to take (train.epochs: 0, a dry run of the round machinery): the model goes
+            # back as it came, without a model, an optimiser or a copy made for nothing
+            return Fit(OrderedDict(params), len(y), _Pass().metrics(), steps=0)
         model = self.model()
         set_params(model, params)
         if work.settings.get("head_epochs"):

@@ -231,12 +231,25 @@ def client_arrays(data: dict[str, Any], client: int, clients: int, seed: int) ->
         # not cached here: one file a client, and a worker may serve thousands of clients; the
         # client object keeps its rows (and is dropped beyond train.keep_clients)
         return apply_skew(read_parquet(path, data)[0], skew, seed, client)
-    pool_key = _spec_key("pool", {"seed": seed, **base})
+    pool_key, split_key = _keys(data, base, seed, clients)
     pool, groups = _cached(pool_key, lambda: load_pool(data, seed))
-    parts = _cached(_spec_key("split", {"c": clients, "seed": seed, **base}),
-                    lambda: partition(pool.y, clients, data.get("partition") or {}, seed, groups))
+    parts = _cached(split_key, lambda: partition(pool.y, clients, data.get("partition") or {}, seed, groups))
     idx = parts[client]
     return apply_skew(Arrays(np.ascontiguousarray(pool.x[idx]), pool.y[idx], pool.num_classes), skew, seed, client)
+
+
+_LAST_KEYS: list[tuple | None] = [None]  # (data block, seed, clients, its keys): one tuple, read at once
+
+
+def _keys(data: dict[str, Any], base: dict[str, Any], seed: int, clients: int) -> tuple[str, str]:
+    """The pool's and the split's cache keys. Hashing the data block's JSON costs about 0.1 ms; the
+    clients of a cohort (apps/cohort.py) share one data block object, so the last one's keys are kept."""
+    last = _LAST_KEYS[0]
+    if last is not None and last[0] is data and last[1:3] == (seed, clients):
+        return last[3]
+    keys = _spec_key("pool", {"seed": seed, **base}), _spec_key("split", {"c": clients, "seed": seed, **base})
+    _LAST_KEYS[0] = (data, seed, clients, keys)
+    return keys
 
 
 def apply_skew(arr: Arrays, skew: dict[str, Any] | None, seed: int, client: int) -> Arrays:

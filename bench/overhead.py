@@ -44,13 +44,14 @@ from common import save_result  # noqa: E402 - bench/ is not a package
 MODEL = {"name": "mlp", "kwargs": {"hidden": 64}}
 
 
-def job_for(clients: int, rounds: int, work: Path) -> Any:
+def job_for(clients: int, rounds: int, work: Path, fraction: float = 1.0) -> Any:
     from fedgrid.flow.config import parse_job
 
     return parse_job({
         "name": f"overhead{clients}", "rounds": rounds, "model": MODEL,
         "data": {"dataset": "synthetic", "clients": clients, "samples_per_client": 8, "partition": {"kind": "iid"}},
-        "train": {"epochs": 0}, "round": {"min_clients": clients, "deadline_s": 3600, "eval_every": rounds},
+        "train": {"epochs": 0}, "round": {"min_clients": max(1, int(clients * fraction)), "fraction": fraction,
+                                          "deadline_s": 3600, "eval_every": rounds},
         "sites": [{"name": "htex", "executor": {"kind": "htex", "workers": 2}, "clients": clients}],
         "checkpoint": {"dir": str(work / str(clients))},
     })
@@ -81,7 +82,20 @@ class CpuClock:
         return out
 
     def read(self) -> dict[str, Any]:
-        return {"driver": time.process_time(), "procs": self._others()}
+        return {"driver": time.process_time(), "procs": self._others(), "rss_mb": self.me.memory_info().rss / 2**20,
+                "workers_rss_mb": self._workers_rss()}
+
+    def _workers_rss(self) -> float:
+        """The resident memory of the site's worker processes (the pool's children), MB."""
+        total = 0
+        for p in self.psutil.process_iter(["cmdline"]):
+            try:
+                line = " ".join(p.info["cmdline"] or ())
+                if self.work in line and "process_worker_pool" in line:
+                    total += sum(c.memory_info().rss for c in p.children(recursive=True))
+            except self.psutil.Error:
+                continue
+        return total / 2**20
 
     @staticmethod
     def spent(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
@@ -110,18 +124,21 @@ def watch_rounds(clock: CpuClock) -> list[tuple[float, dict[str, Any]]]:
     return marks
 
 
-def one(clients: int, rounds: int, work: Path) -> dict:
+def one(clients: int, rounds: int, work: Path, fraction: float = 1.0) -> dict:
     from fedgrid.flow.rounds.runner import run
 
     clock = CpuClock(work)
     marks = watch_rounds(clock)
-    rows = run(job_for(clients, rounds, work), quiet=True).rows
+    rows = run(job_for(clients, rounds, work, fraction), quiet=True).rows
+    registered, clients = clients, rows[-1]["clients_selected"]
     marks.append((time.perf_counter(), clock.read()))
     later = list(range(1, len(rows))) or [0]  # rounds after the first (its workers are still warming)
     spent = [CpuClock.spent(marks[i][1], marks[i + 1][1]) for i in later]
     cpu = {k: statistics.median(s[k] for s in spent) for k in spent[0]}
     per = statistics.median(rows[i]["seconds"] for i in later)
-    return {"clients": clients, "rounds": rounds, "seconds_per_round": per, "ms_per_client": per / clients * 1e3,
+    return {"clients": clients, "registered": registered, "rounds": rounds, "seconds_per_round": per,
+            "ms_per_client": per / clients * 1e3, "driver_rss_mb_by_round": [m[1]["rss_mb"] for m in marks],
+            "workers_rss_mb_by_round": [m[1]["workers_rss_mb"] for m in marks],
             "driver_cpu_s": cpu["driver"], "driver_cpu_ms_per_client": cpu["driver"] / clients * 1e3,
             "interchange_cpu_ms_per_client": cpu["interchange"] / clients * 1e3,
             "workers_cpu_ms_per_client": cpu["workers"] / clients * 1e3,
@@ -180,6 +197,47 @@ def floor(clients: int, rounds: int, work: Path, tuned: bool) -> dict:
             "workers_cpu_ms_per_client": cpu["workers"] / clients * 1e3, "load_avg_1m": os.getloadavg()[0]}
 
 
+def flower(clients: int, rounds: int, work: Path) -> dict:
+    """Flower's simulation (Ray) of the same work, for the per-client ratio: a ClientApp whose train
+    handler sends back the model it got (training removed), every node every round under Flower's
+    FedAvg, from this job's initial model. Seconds per round are between the strategy's central
+    evaluation calls (one after each round), median of the rounds after the first."""
+    for k in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"):
+        os.environ.setdefault(k, "0")
+    import logging
+
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from fedgrid.flow.rounds.prepare import build_model
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    initial = ArrayRecord({k: Array(v) for k, v in build_model(job_for(clients, rounds, work)).params.items()})
+    client, server, marks = ClientApp(), ServerApp(), []
+
+    @client.train()
+    def _echo(msg, context):  # noqa: ANN001, ANN202 - a Flower handler
+        content = RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": 8})})
+        return Message(content, reply_to=msg)
+
+    @server.main()
+    def _main(grid, context) -> None:  # noqa: ANN001
+        FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients).start(
+            grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=lambda rnd, a: marks.append(time.time()))
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False,
+                             "_temp_dir": tempfile.mkdtemp(prefix="flwr-ray-"), "logging_level": logging.ERROR}}
+    run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_name="ray",
+                   backend_config=backend)
+    per = statistics.median(b - a for a, b in zip(marks[1:-1], marks[2:], strict=True))
+    return {"clients": clients, "rounds": rounds, "seconds_per_round": per, "ms_per_client": per / clients * 1e3,
+            "driver_cpu_ms_per_client": float("nan"), "load_avg_1m": os.getloadavg()[0]}
+
+
 def job_payload(job: Any) -> Any:
     """A TrainTask as fedgrid sends it for this job: the job's model, its data block, its code."""
     from fedgrid.flow.rounds.prepare import build_model, open_store
@@ -191,11 +249,24 @@ def job_payload(job: Any) -> Any:
     return Tasks(job, run_dir, parts.code, transfer, store, None).train(0, 1, parts.params)
 
 
-def run_sizes(sizes: list[int], rounds: int, mode: str) -> list[dict]:
+def registered(n: int, fraction: float, rounds: int) -> int:
+    """Many registered clients, few a round: the driver's memory must stay flat round after round
+    (its per-client arrays are all it keeps of the clients it does not select), and the workers'
+    bounded however many clients they have served (train.keep_clients objects each)."""
+    out = run_sizes([n], rounds, "one", ["--registered", str(n), "--fraction", str(fraction)])
+    save_result("overhead_registered", {"date": time.strftime("%Y-%m-%d"), "fraction": fraction, "results": out})
+    r = out[0]
+    print(f"{r['registered']:,} registered, {r['clients']:,} a round: {r['ms_per_client']:.2f} ms per client; "
+          f"driver RSS at each round's start {[round(m) for m in r['driver_rss_mb_by_round']]} MB; workers' RSS "
+          f"{[round(m) for m in r['workers_rss_mb_by_round']]} MB")
+    return 0
+
+
+def run_sizes(sizes: list[int], rounds: int, mode: str, extra: list[str] | None = None) -> list[dict]:
     res = []
     for n in sizes:
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, f"--{mode}", str(n), "--rounds", str(rounds)],
+        out = subprocess.run([sys.executable, __file__, f"--{mode}", str(n), "--rounds", str(rounds), *(extra or [])],
                              capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         res.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{mode} {n} clients: {res[-1]['seconds_per_round']:.3f} s/round, "
@@ -212,11 +283,23 @@ def main() -> int:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)  # internal: Parsl's floor at one size
     ap.add_argument("--tuned", type=int, help=argparse.SUPPRESS)  # ... with fedgrid's cuts to Parsl's share
+    ap.add_argument("--flower", default="", help="also run Flower's simulation of the same work at these sizes "
+                    "(e.g. 1000), for the ratio of per-client costs")
+    ap.add_argument("--flower-one", type=int, help=argparse.SUPPRESS)  # internal: Flower at one size
+    ap.add_argument("--registered", type=int, help="instead: this many registered clients, --fraction of them a "
+                    "round, with the driver's and the workers' memory after every round")
+    ap.add_argument("--fraction", type=float, default=0.01)
     args = ap.parse_args()
+    if args.flower_one:
+        with tempfile.TemporaryDirectory() as d:
+            print(json.dumps(flower(args.flower_one, args.rounds, Path(d))))
+        return 0
+    if args.registered and not args.one:
+        return registered(args.registered, args.fraction, args.rounds)
     if args.one or args.bare or args.tuned:
         with tempfile.TemporaryDirectory() as d:
             work = Path(d)
-            out = (one(args.one, args.rounds, work) if args.one else
+            out = (one(args.one, args.rounds, work, args.fraction if args.registered else 1.0) if args.one else
                    floor(args.bare or args.tuned, args.rounds, work, tuned=bool(args.tuned)))
             print(json.dumps(out))
         return 0
@@ -225,6 +308,10 @@ def main() -> int:
     if args.floor:
         out["parsl_floor"] = run_sizes(sizes, args.rounds, "bare")
         out["parsl_floor_tuned"] = run_sizes(sizes, args.rounds, "tuned")
+    if args.flower:
+        out["flower"] = run_sizes([int(c) for c in args.flower.split(",")], args.rounds, "flower-one")
+        best = min(f["ms_per_client"] for f in out["flower"])
+        out["ratio_to_flower"] = {r["clients"]: r["ms_per_client"] / best for r in out["results"]}
     save_result("overhead", out)
     print("\n| clients per round | s/round | ms per client | driver CPU ms per client | gather s | driver peak RSS "
           "| all answered |\n|---|---|---|---|---|---|---|")
@@ -232,6 +319,10 @@ def main() -> int:
         print(f"| {r['clients']:,} | {r['seconds_per_round']:.3f} | {r['ms_per_client']:.2f} | "
               f"{r['driver_cpu_ms_per_client']:.2f} | {r['gather_s']:.3f} | {r['driver_peak_mb']:.0f} MB | "
               f"{'yes' if r['ok'] else 'NO'} |")
+    for f in out.get("flower", []):
+        print(f"\nFlower's simulation, {f['clients']:,} clients: {f['seconds_per_round']:.3f} s/round, "
+              f"{f['ms_per_client']:.2f} ms per client; fedgrid per client / Flower's: "
+              + ", ".join(f"{n:,}: {v:.3f}x" for n, v in out["ratio_to_flower"].items()))
     return 0
 
 
