@@ -154,6 +154,7 @@ class _Watchdog:
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._due: list[list] = []  # heap of [when (monotonic), seq, call, live]
+        self._dead = 0  # cancelled entries still in the heap (most tasks end long before their limit)
         self._seq = itertools.count()
         self._owner = 0  # the pid whose thread runs: a forked child starts its own
 
@@ -169,23 +170,34 @@ class _Watchdog:
                 self._cv.notify()
         return entry
 
-    @staticmethod
-    def cancel(entry: list | None) -> None:
-        if entry is not None:
-            entry[3] = False
+    def cancel(self, entry: list | None) -> None:
+        """Withdraw `entry`. Its call (and the task it holds) is released now, and the heap is
+        compacted once most of it is cancelled: a worker that serves thousands of clients a round
+        would otherwise keep every finished task's entry until its limit, hours away."""
+        if entry is None or not entry[3]:
+            return
+        with self._cv:
+            entry[3], entry[2] = False, None
+            self._dead += 1
+            if self._dead > 64 and 2 * self._dead > len(self._due):
+                self._due = [e for e in self._due if e[3]]
+                heapq.heapify(self._due)
+                self._dead = 0
 
     def _run(self) -> None:
         while True:
             with self._cv:
                 while self._due and not self._due[0][3]:
                     heapq.heappop(self._due)
+                    self._dead -= 1
                 wait = self._due[0][0] - time.monotonic() if self._due else None
                 if wait is None or wait > 0:
                     self._cv.wait(wait)
                     continue
                 entry = heapq.heappop(self._due)
-            if entry[3]:
-                entry[2]()
+            call = entry[2]
+            if entry[3] and call is not None:
+                call()
 
 
 WATCHDOG = _Watchdog()

@@ -205,3 +205,21 @@ def test_a_task_is_limited_by_timeout_s_else_twice_the_deadline_a_warm_up_by_the
     assert task.output_max == 2 << 20 and task.output_dir == str(tmp_path / "logs" / "workers")
     plain = guards(parse_job(make_job(tmp_path, round={"deadline_s": 90}), "j.yaml"), tmp_path, "n")[0]
     assert (plain.limit_s, plain.limit_key) == (180, "twice round.deadline_s")
+
+
+def test_finished_tasks_leave_nothing_behind_in_the_watchdog():
+    """A worker serves thousands of clients a round (cohort tasks), each task's limit hours away:
+    a finished task's timer must not stay queued until then (0.8 MB a round of 1,000 clients did)."""
+    from fedgrid.apps.guard import WATCHDOG, _Watchdog
+
+    dog = _Watchdog()
+    fired: list[int] = []
+    keep = dog.at(0.05, lambda: fired.append(1))
+    for _ in range(1000):
+        dog.cancel(dog.at(3600.0, lambda: fired.append(2)))
+    assert len(dog._due) <= 65  # compacted as the cancelled entries piled up
+    deadline = time.monotonic() + 10
+    while not fired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fired == [1] and keep[3]  # the live timer still fired, the cancelled ones never
+    assert WATCHDOG is not dog
