@@ -74,14 +74,27 @@ class Spec(SpecBase, pinning.GpuSharing):
 
 def interchange_cmd() -> list[str]:
     """The interchange runs on the driver's machine and dies with the driver, even a SIGKILLed one
-    (see fedgrid.executors.ic_guard); started with this interpreter, so no PATH lookup."""
-    return [sys.executable, "-m", "fedgrid.executors.ic_guard", str(os.getpid())]
+    (see fedgrid.executors.ic_guard); started with this interpreter, so no PATH lookup. The guard
+    is run from its file, not imported as ``fedgrid.executors.ic_guard``: that would import this
+    package and every site kind (pydantic included, about 0.3 s), in series for each site's start,
+    and the guard needs none of it. (Not as a script either: its folder would come first on the
+    path, and this package's `parsl` kind would shadow Parsl.)"""
+    guard = Path(__file__).resolve().with_name("ic_guard.py")
+    return [sys.executable, "-c", f"import runpy; runpy.run_path({str(guard)!r}, run_name='__main__')",
+            str(os.getpid())]
+
+
+# The pool run as `python -m` would run it (runpy with alter_sys: its spawned workers import it by
+# name for their target), after telling Parsl's Kubernetes provider its client is not installed:
+# importing it costs a pool about 0.5 s of its start, and a pool never talks to Kubernetes.
+_POOL_MAIN = ("import runpy, sys; sys.modules.setdefault('kubernetes', None); "
+              f"runpy.run_module('{POOL_MODULE}', run_name='__main__', alter_sys=True)")
 
 
 def launch_cmd() -> str:
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
-    return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f"{sys.executable} -m {POOL_MODULE}", 1)
+    return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f'{sys.executable} -c "{_POOL_MAIN}"', 1)
 
 
 def cores_per_worker(workers: int, pinned: bool) -> float:
