@@ -78,3 +78,44 @@ def kubeconfig(monkeypatch, tmp_path):
            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(cfg))
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+
+
+@pytest.fixture
+def sigkilled_in(tmp_path):
+    """`kill(job, run_dir, rnd)`: run `job` with the `fedgrid` CLI in a process of its own, SIGKILL
+    it once round `rnd` has started (the job holds that round open with a `hold_at` fault), check
+    the round was not checkpointed, and release the held clients for the resumed run."""
+    import signal
+    import subprocess
+    import time
+
+    def kill(job: dict, run_dir: Path, rnd: int) -> None:
+        from fedgrid.flow.persist import checkpoint as ckpt
+
+        job_file = tmp_path / "killed.yaml"
+        job_file.write_text(yaml.safe_dump(job))
+        first = subprocess.Popen([sys.executable, "-m", "fedgrid.flow.commands.cli", "run", str(job_file), "--quiet"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        deadline = time.monotonic() + 180
+        while not (run_dir / "faults" / f"started-r{rnd:06d}").exists():
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, f"the driver never reached round {rnd}"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert not ckpt.round_path(run_dir, rnd).exists()
+        (run_dir / "faults" / "release").touch()
+    return kill
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection or name lookup fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"touched the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "gethostbyname", refuse)

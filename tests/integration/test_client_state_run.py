@@ -13,11 +13,6 @@ holds its round-6 answer (released at once in the straight runs)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -104,23 +99,9 @@ def test_two_workers_a_site_and_clients_rebuilt_every_round_change_nothing(tmp_p
 
 
 def test_a_driver_sigkilled_in_round_6_resumes_to_the_same_model_and_client_states(tmp_path, make_job, straight,
-                                                                                     write_job):
-    import yaml
-
+                                                                                     sigkilled_in):
     run_dir = tmp_path / "run"
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(_job(make_job, run_dir)))
-    cmd = [sys.executable, "-m", "fedgrid.flow.commands.cli", "run", str(job_file), "--quiet"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.monotonic() + 180
-    while not (run_dir / "faults" / "started-r000006").exists():  # client 5 holds round 6 open
-        assert first.poll() is None, first.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "the driver never reached round 6"
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    assert not ckpt.round_path(run_dir, 6).exists()
-    _released(run_dir)
+    sigkilled_in(_job(make_job, run_dir), run_dir, 6)  # client 5 holds round 6 open
     run(parse_job(_job(make_job, run_dir)), quiet=True)
     params, states = _final(run_dir)
     _same(straight[0], params, "params")

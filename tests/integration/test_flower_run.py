@@ -12,16 +12,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from fedgrid.apps import state as codec
 from fedgrid.apps.flower import records
@@ -46,24 +42,13 @@ def _numpy_job(run_dir: Path) -> dict:
             "sites": sites, "faults": [{"clients": [4], "hold_at": [3]}], "checkpoint": {"dir": str(run_dir)}}
 
 
-def test_a_stateful_flower_app_killed_and_resumed_on_htex_ends_where_flowers_simulation_does(tmp_path):
+def test_a_stateful_flower_app_killed_and_resumed_on_htex_ends_where_flowers_simulation_does(tmp_path,
+                                                                                               sigkilled_in):
     sim_out = tmp_path / "flower.npz"
     sim = subprocess.Popen([sys.executable, str(CLIENTS / "flower_sim.py"), "flower_numpy_app", str(N), str(ROUNDS),
                             str(LR), str(sim_out)], cwd=CLIENTS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = tmp_path / "run"
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(_numpy_job(run_dir)))
-    first = subprocess.Popen([sys.executable, "-m", "fedgrid.flow.commands.cli", "run", str(job_file), "--quiet"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not (run_dir / "faults" / "started-r000003").exists():  # client 4 holds round 3 open
-        assert first.poll() is None, first.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "the driver never reached round 3"
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    assert not ckpt.round_path(run_dir, 3).exists()
-    (run_dir / "faults" / "release").touch()
+    sigkilled_in(_numpy_job(run_dir), run_dir, 3)  # client 4 holds round 3 open
     res = run(parse_job(_numpy_job(run_dir)), quiet=True)
     assert res.rounds_done == ROUNDS
     last = ckpt.read_round(ckpt.round_path(run_dir, ROUNDS))

@@ -6,7 +6,6 @@ tests/integration/test_parsl_site.py and test_in_workflow.py."""
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import Future
 
 import pytest
@@ -22,15 +21,13 @@ from fedgrid.flow.rounds.sites import SiteRuntime, block_watch, warm_slots
 
 
 @pytest.fixture
-def no_outside(monkeypatch):
+def no_outside(monkeypatch, no_network):
     """Checking a factory reaches no network and runs no scheduler command (sacct, squeue, qsub)."""
     import parsl.providers.cluster_provider as cp
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"checking a factory reached outside this process: {args}")
+        raise AssertionError(f"checking a factory ran a scheduler command: {args}")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(cp, "execute_wait", refuse)
 
 

@@ -8,7 +8,6 @@ cluster or a cloud, and several Parsl constructors would (HTEX address discovery
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,17 +23,6 @@ from fedgrid.executors.common import MissingExtra
 
 def site(spec, name: str = "hpc") -> SimpleNamespace:
     return SimpleNamespace(name=name, executor=spec)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any connection or name lookup fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"dry run touched the network: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "gethostbyname", refuse)
 
 
 @pytest.fixture

@@ -24,11 +24,17 @@ def _data(context: Context) -> tuple[torch.Tensor, ...]:
                           str(setting(context, "data-root")), int(setting(context, "max-rows")))
 
 
-@app.train()
-def train_fn(msg: Message, context: Context) -> Message:
+def _net(msg: Message) -> Net:
+    """The model the message carries (one torch thread: a node is one CPU)."""
     torch.set_num_threads(1)
     net = Net()
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return net
+
+
+@app.train()
+def train_fn(msg: Message, context: Context) -> Message:
+    net = _net(msg)
     x, y, _, _ = _data(context)
     rnd = int(msg.content["config"]["server-round"])
     loss = train(net, x, y, int(setting(context, "local-epochs")), int(setting(context, "batch-size")),
@@ -39,10 +45,7 @@ def train_fn(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    torch.set_num_threads(1)
-    net = Net()
-    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     _, _, xt, yt = _data(context)
-    loss, acc = test(net, xt, yt)
+    loss, acc = test(_net(msg), xt, yt)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(yt)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
