@@ -21,7 +21,8 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = [("compare.py", []), ("overhead.py", []), ("throughput.py", []), ("warmup.py", [])]
+QUICK = [("compare.py", []), ("overhead.py", ["--flower", "1000"]), ("startup.py", []), ("throughput.py", []),
+         ("warmup.py", [])]
 FULL = [("sites.py", []), ("faults.py", []), ("hetero.py", []), ("crash.py", []), ("strategies.py", []),
         ("strategies.py", ["--byzantine", "--clean"]), ("traffic.py", []), ("personal.py", []),
         ("encryption.py", []), ("flower_app.py", [])]
