@@ -11,14 +11,19 @@ with it; Parsl's retry of the lost worker runs the cohort again, where the black
 client at once (apps/blackbox.py) and the others train again from the same inputs.
 
 ``until`` is when the round stops waiting: clients not started by then are not started at all
-(their failure says so), so a slow cohort never holds its worker past the round.
+(their failure says so), and a client still training then is ended there (its time limit is
+capped at the time left), since the cohort's answers, its earlier clients' included, travel
+together when its last client is done: one client running on past the deadline would make every
+answer of its cohort late.
 """
 
 from __future__ import annotations
 
 import pickle
 import time
+from dataclasses import replace
 
+from fedgrid.apps.guard import Guard
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.train import train_client
 from fedgrid.apps.update import ClientUpdate
@@ -38,11 +43,20 @@ def train_cohort(tasks: list[TrainTask], until: float | None = None) -> list[Cli
             out.append(NotStarted("not started: the round's deadline passed while earlier clients of its cohort "
                                   "trained (round.deadline_s)"))
             continue
+        if until is not None and task.guard is not None:
+            task.guard = capped(task.guard, until - time.time())
         try:
             out.append(train_client(task))
         except Exception as e:  # noqa: BLE001 - any error is this client's own failure, sent back as data
             out.append(portable(e))
     return out
+
+
+def capped(g: Guard, left_s: float) -> Guard:
+    """`g` with its limit no later than the round's deadline, `left_s` from now."""
+    if g.limit_s is not None and g.limit_s <= left_s:
+        return g
+    return replace(g, limit_s=round(max(left_s, 0.1), 1), limit_key="round.deadline_s: its cohort answers together")
 
 
 def portable(e: BaseException) -> BaseException:

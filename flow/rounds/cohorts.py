@@ -5,8 +5,11 @@ the interchange, the worker pool's round trip: BENCHMARKS.md, round overhead), a
 than a small client's whole round. So a site's clients go out in cohorts (apps/cohort.py) sized
 to take about :data:`TARGET_S` each from the clients' measured training times (their profiles),
 never fewer than two tasks per worker (so workers finish together), and learning as the clients
-speed up or slow down. The gather still sees one future per client, each resolved with that
-client's own update or failure when its cohort's task returns.
+speed up or slow down. Only sites with many clients a worker (:data:`CROWDED`) get cohorts by
+default: a cohort answers when its last client is done, so its clients' answers wait for each
+other (apps/cohort.py caps each one's time at the round's deadline). The gather still sees one
+future per client, each resolved with that client's own update or failure when its cohort's task
+returns.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from fedgrid.apps.task import TrainTask
 
 TARGET_S = 0.2  # a cohort task this long spends ~1% of its time on Parsl's per-task cost
+CROWDED = 16  # clients per worker from which a site's clients go in cohorts (auto)
 PER_CLIENT_S = 0.5e-3  # fedgrid's own work per client in a task (load, checks, send back), beside training
 UNKNOWN = 16  # the most clients a task carries before their training times are known
 MOST = 1024  # clients a task carries at most: its answers come back together, in one message
@@ -30,10 +34,14 @@ def size(setting: str | int, train_s: np.ndarray, clients: int, workers: int) ->
     measured seconds of training (NaN where unknown); an int `setting` is taken as it is."""
     if setting != "auto":
         return int(setting)
+    if clients < CROWDED * max(workers, 1):
+        # few clients a worker: Parsl's cost is small beside the round, and one task each keeps
+        # every answer as early as it can be (a cohort answers when its last client is done)
+        return 1
     spread = math.ceil(clients / (2 * max(workers, 1)))  # at least two tasks per worker
     known = train_s[~np.isnan(train_s)]
     if len(known) < max(1, len(train_s) // 2):  # round 1, or mostly new clients: start small
-        return max(1, min(spread, UNKNOWN, clients // (8 * max(workers, 1))))
+        return max(1, min(spread, UNKNOWN))
     each = float(np.median(known)) + PER_CLIENT_S
     return max(1, min(spread, MOST, math.floor(TARGET_S / each)))
 

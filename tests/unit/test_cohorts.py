@@ -29,7 +29,20 @@ def test_auto_sizes_tasks_to_the_target_from_measured_training_times():
     slow = np.full(10_000, 0.5)  # longer than the target: one a task
     assert cohorts.size("auto", slow, 10_000, 2) == 1
     # never fewer than two tasks a worker, so the workers finish together
-    assert cohorts.size("auto", np.full(40, 1e-4), 40, 4) == 5
+    assert cohorts.size("auto", np.full(64, 1e-4), 64, 2) == 16
+    # few clients a worker: one task each, however quick (each answer as early as it can be)
+    assert cohorts.size("auto", np.full(31, 1e-4), 31, 2) == 1
+
+
+def test_in_a_cohort_a_client_is_ended_at_the_rounds_deadline():
+    from fedgrid.apps.cohort import capped
+    from fedgrid.apps.guard import Guard
+
+    g = Guard(run="r", limit_s=120.0, limit_key="train.timeout_s")
+    assert capped(g, 200.0) is g  # its own limit comes first
+    cut = capped(g, 7.04)
+    assert cut.limit_s == 7.0 and cut.limit_key == "round.deadline_s: its cohort answers together"
+    assert capped(g, -3.0).limit_s == 0.1  # past the deadline already: ended almost at once
 
 
 def test_split_keeps_order():
