@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgrid.flow.config import Job, load_job, parse_job
+from fedgrid.flow.rounds.gather import when_done
 
 
 def as_job(job: Job | str | Path | dict[str, Any], overrides: list[str] | None = None) -> Job:
@@ -105,27 +106,6 @@ def submit(job: Job | str | Path | dict[str, Any], *, after: Iterable[Future] = 
     start = threading.Thread(target=_run_after, args=(result, needs, go), name="fedgrid-submit").start
     when_done(needs, start)
     return result
-
-
-def when_done(futures: list[Future], then: Callable[[], Any]) -> None:
-    """Call `then()` once every one of `futures` is done, failed or cancelled, in the thread that
-    finished the last one (this one, if none is pending). Done callbacks, unlike
-    concurrent.futures.wait, also see a future cancelled before anything ran it."""
-    left = len(futures)
-    lock = threading.Lock()
-
-    def one_done(_: Future) -> None:
-        nonlocal left
-        with lock:
-            left -= 1
-            last = left == 0
-        if last:
-            then()
-
-    if not futures:
-        then()
-    for f in futures:
-        f.add_done_callback(one_done)
 
 
 class DependencyFailed(Exception):

@@ -144,3 +144,24 @@ def _drop_lost(lost: dict[str, str], pending: dict[int, Future], futures: dict[i
             out.failures.append(Failure.of(client, site, lost[site]))
             if on_result:
                 on_result(client, False)
+
+
+def when_done(futures: list[Future], then: Callable[[], Any]) -> None:
+    """Call `then()` once every one of `futures` is done, failed or cancelled, in the thread that
+    finished the last one (this one, if none is pending). Done callbacks, unlike
+    concurrent.futures.wait, also see a future cancelled before anything ran it."""
+    left = len(futures)
+    lock = threading.Lock()
+
+    def one_done(_: Future) -> None:
+        nonlocal left
+        with lock:
+            left -= 1
+            last = left == 0
+        if last:
+            then()
+
+    if not futures:
+        then()
+    for f in futures:
+        f.add_done_callback(one_done)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import re
@@ -33,6 +34,7 @@ from fedgrid.flow.privacy.dp import Privacy
 from fedgrid.flow.privacy.secagg import SecureAggregation
 from fedgrid.flow.rounds import asynchronous, synchronous
 from fedgrid.flow.rounds.driver import Driver
+from fedgrid.flow.rounds.gather import when_done
 from fedgrid.flow.rounds.outcome import ResumeRefused, RoundFailed, RunResult
 from fedgrid.flow.rounds.prepare import ModelParts, Start, build_model, open_store, prepare, restore_params
 from fedgrid.flow.rounds.progress import RunProgress, setup_log
@@ -138,7 +140,7 @@ def _start_sites(job: Job, run_dir: Path, progress: RunProgress, dfk: Any = None
 
 
 def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start: Start,  # noqa: ANN001
-                  stop: threading.Event | None, marks: Timeline | None = None) -> tuple[Driver, dict]:
+                  stop: threading.Event | None, marks: Timeline) -> tuple[Driver, dict]:
     """Stages 3 and 4: everything the rounds need, built while the workers start, then restored."""
     python_path = job.client.python_path if job.client is not None else []
     if python_path:  # (the check that parsed the job did this already, unless the Job was built without one)
@@ -146,8 +148,7 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
 
         use_python_path(python_path)
     parts: ModelParts = build_model(job)
-    if marks is not None:
-        marks.mark("model built")
+    marks.mark("model built")
     if python_path:  # each worker puts it first on its own sys.path before it imports the class
         parts.code["python_path"] = list(python_path)
     needed = bool(job.client_state()) or job.round.aggregate == "site"
@@ -158,8 +159,8 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
     tasks.keeping(personal.keep_options(job, job.client is not None and job.client.stateful,
                                         personal.names(job, parts.params, parts.model)))
     warm = runtime.warm_up(tasks.warm)  # the model spec is known: the workers build the model now
-    for site in {s for s, _ in warm} if marks is not None else ():
-        marks.when_done(f"site {site} warm", _all([f for s, f in warm if s == site]))
+    for site in {s for s, _ in warm}:
+        when_done([f for s, f in warm if s == site], functools.partial(marks.mark, f"site {site} warm"))
     strategy = make_strategy(job.strategy)
     strategy.bind(job.data.clients, store.url if store is not None else None)
     strategy.kinds = parts.kinds or None  # statistics buffers are never a gradient (apps/kinds.py)
@@ -181,23 +182,6 @@ def _build_driver(job: Job, run_dir: Path, progress: RunProgress, runtime, start
         raise
     runtime.record()
     return drv, params
-
-
-def _all(futs: list[Future]) -> Future:
-    """A future resolved once every one of `futs` is."""
-    out: Future = Future()
-    left = [len(futs)]
-    lock = threading.Lock()
-
-    def one(_: Future) -> None:
-        with lock:
-            left[0] -= 1
-            if left[0] == 0:
-                out.set_result(None)
-
-    for f in futs:
-        f.add_done_callback(one)
-    return out
 
 
 def _await_warm_up(warm: list[tuple[str, Future]], timeout_s: float, progress: RunProgress,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 
 _EARLY: list[tuple[str, float]] = []  # marks the command line made before the run began
 _FROM_PROCESS: list[bool] = [False]
@@ -45,10 +44,6 @@ class Timeline:
     def mark(self, stage: str) -> None:
         with self._lock:
             self.marks.append((stage, time.time()))
-
-    def when_done(self, stage: str, fut: Future) -> None:
-        """Mark `stage` when `fut` resolves (a site's warm-up: each ends on its own)."""
-        fut.add_done_callback(lambda _: self.mark(stage))
 
     def text(self) -> str:
         """``start-up (s from the process's start): imports 0.61, job read 0.83 (+0.22), ...``."""
