@@ -164,13 +164,7 @@ def crash_reason(fault: str, what: str) -> str:
 def _alive(rec: dict[str, Any]) -> bool:
     pid = int(rec.get("pid", 0))
     if rec.get("started") is None:  # no /proc here: a live pid is taken to be that worker
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True
-        return True
+        return not _gone(pid)
     return started(pid) == rec["started"]
 
 
