@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgrid.apps.memo import Last
 from fedgrid.apps.partition import partition
 
 FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -238,18 +239,14 @@ def client_arrays(data: dict[str, Any], client: int, clients: int, seed: int) ->
     return apply_skew(Arrays(np.ascontiguousarray(pool.x[idx]), pool.y[idx], pool.num_classes), skew, seed, client)
 
 
-_LAST_KEYS: list[tuple | None] = [None]  # (data block, seed, clients, its keys): one tuple, read at once
+_LAST_KEYS = Last()
 
 
 def _keys(data: dict[str, Any], base: dict[str, Any], seed: int, clients: int) -> tuple[str, str]:
-    """The pool's and the split's cache keys. Hashing the data block's JSON costs about 0.1 ms; the
-    clients of a cohort (apps/cohort.py) share one data block object, so the last one's keys are kept."""
-    last = _LAST_KEYS[0]
-    if last is not None and last[0] is data and last[1:3] == (seed, clients):
-        return last[3]
-    keys = _spec_key("pool", {"seed": seed, **base}), _spec_key("split", {"c": clients, "seed": seed, **base})
-    _LAST_KEYS[0] = (data, seed, clients, keys)
-    return keys
+    """The pool's and the split's cache keys. Hashing the data block's JSON costs about 0.1 ms, and
+    the clients of a cohort share one data block object (apps/memo.py)."""
+    return _LAST_KEYS.get((data,), (seed, clients), lambda: (
+        _spec_key("pool", {"seed": seed, **base}), _spec_key("split", {"c": clients, "seed": seed, **base})))
 
 
 def apply_skew(arr: Arrays, skew: dict[str, Any] | None, seed: int, client: int) -> Arrays:

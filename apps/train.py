@@ -26,6 +26,7 @@ import numpy as np
 
 from fedgrid.apps import codec, devices, faults, guard, sitestate
 from fedgrid.apps.client import Context, Evaluation, Fit, Work
+from fedgrid.apps.memo import Last
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.update import ClientEvaluation, ClientUpdate
@@ -102,18 +103,14 @@ def _key(task: TrainTask) -> tuple:
             *_texts(task.data, task.code.get("options") or {}))
 
 
-_LAST_TEXTS: list[tuple | None] = [None]  # (data, options, their JSON): one tuple, read at once
+_LAST_TEXTS = Last()
 
 
 def _texts(data: dict[str, Any], options: dict[str, Any]) -> tuple[str, str]:
-    """The data block and client options as JSON, for the client's cache key. The clients of a
-    cohort share both objects, so the last pair's text is kept (about 0.05 ms a client saved)."""
-    last = _LAST_TEXTS[0]
-    if last is not None and last[0] is data and last[1] is options:
-        return last[2]
-    texts = json.dumps(data, sort_keys=True, default=str), json.dumps(options, sort_keys=True, default=str)
-    _LAST_TEXTS[0] = (data, options, texts)
-    return texts
+    """The data block and client options as JSON, for the client's cache key; the clients of a
+    cohort share both objects (apps/memo.py: about 0.05 ms a client saved)."""
+    return _LAST_TEXTS.get((data, options), (), lambda: (json.dumps(data, sort_keys=True, default=str),
+                                                         json.dumps(options, sort_keys=True, default=str)))
 
 
 def _slot(task: TrainTask) -> sitestate.Slot:
