@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "flower"
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import save_result  # noqa: E402
+from common import flower_offline, save_result, simulate  # noqa: E402
 from run import bench_job  # noqa: E402
 
 
@@ -43,19 +43,14 @@ def flower_side(rounds: int, nodes: int, out: Path) -> None:
     t0 = psutil.Process().create_time()
     sys.path.insert(0, str(EXAMPLE))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLE), os.environ.get("PYTHONPATH")]))
-    for k in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"):
-        os.environ.setdefault(k, "0")
-    import logging
-
+    flower_offline()
     from flwr.app import ConfigRecord
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
     from fmnist_app.client_app import app as client_app
     from fmnist_app.server_app import CONFIG
     from fmnist_app.task import initial_arrays
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
     marks: list[float] = []  # evaluate_fn runs once before round 1 and after each round's aggregation
     results: list = []
     server = ServerApp()
@@ -68,11 +63,7 @@ def flower_side(rounds: int, nodes: int, out: Path) -> None:
                                       train_config=ConfigRecord({"lr": float(CONFIG["lr"])}),
                                       evaluate_fn=lambda rnd, arrays: marks.append(time.time())))
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False,
-                             "_temp_dir": tempfile.mkdtemp(prefix="flwr-ray-"), "logging_level": logging.ERROR}}
-    run_simulation(server_app=server, client_app=client_app, num_supernodes=nodes, backend_name="ray",
-                   backend_config=backend)
+    simulate(server, client_app, nodes)
     ends = marks[1:]
     acc = [float(results[0].evaluate_metrics_clientapp[r]["eval_acc"]) for r in range(1, rounds + 1)]
     out.write_text(json.dumps({"first_trained_s": ends[0] - t0, "total_s": time.time() - t0,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save_result  # noqa: E402 - bench/ is not a package
+from common import flower_offline, save_result, simulate  # noqa: E402 - bench/ is not a package
 
 MODEL = {"name": "mlp", "kwargs": {"hidden": 64}}
 
@@ -202,19 +202,14 @@ def flower(clients: int, rounds: int, work: Path) -> dict:
     handler sends back the model it got (training removed), every node every round under Flower's
     FedAvg, from this job's initial model. Seconds per round are between the strategy's central
     evaluation calls (one after each round), median of the rounds after the first."""
-    for k in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"):
-        os.environ.setdefault(k, "0")
-    import logging
-
+    flower_offline()
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
 
     from fedgrid.flow.rounds.prepare import build_model
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
     initial = ArrayRecord({k: Array(v) for k, v in build_model(job_for(clients, rounds, work)).params.items()})
     client, server, marks = ClientApp(), ServerApp(), []
 
@@ -228,11 +223,7 @@ def flower(clients: int, rounds: int, work: Path) -> dict:
         FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients).start(
             grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=lambda rnd, a: marks.append(time.time()))
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False,
-                             "_temp_dir": tempfile.mkdtemp(prefix="flwr-ray-"), "logging_level": logging.ERROR}}
-    run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_name="ray",
-                   backend_config=backend)
+    simulate(server, client, clients)
     per = statistics.median(b - a for a, b in zip(marks[1:-1], marks[2:], strict=True))
     return {"clients": clients, "rounds": rounds, "seconds_per_round": per, "ms_per_client": per / clients * 1e3,
             "driver_cpu_ms_per_client": float("nan"), "load_avg_1m": os.getloadavg()[0]}

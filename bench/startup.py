@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import save_result  # noqa: E402
+from common import flower_offline, save_result, simulate  # noqa: E402
 
 
 def flower_side(out: Path) -> None:
@@ -35,18 +34,13 @@ def flower_side(out: Path) -> None:
     import psutil
 
     t0 = psutil.Process().create_time()
-    for k in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"):
-        os.environ.setdefault(k, "0")
-    import logging
-
+    flower_offline()
     import numpy as np
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
     client, server, marks = ClientApp(), ServerApp(), []
 
     @client.train()
@@ -64,11 +58,7 @@ def flower_side(out: Path) -> None:
             grid=grid, initial_arrays=ArrayRecord({"w": Array(np.zeros(8, np.float32))}), num_rounds=1,
             evaluate_fn=lambda rnd, a: marks.append(time.time()))
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False,
-                             "_temp_dir": tempfile.mkdtemp(prefix="flwr-ray-"), "logging_level": logging.ERROR}}
-    run_simulation(server_app=server, client_app=client, num_supernodes=10, backend_name="ray",
-                   backend_config=backend)
+    simulate(server, client, 10)
     out.write_text(json.dumps({"first_round_s": marks[-1] - t0, "total_s": time.time() - t0}))
 
 
