@@ -18,7 +18,12 @@ from typing import Any
 from fedgrid.executors.common import MissingExtra
 
 # shared code of several kinds, not kinds themselves
-_HELPERS = frozenset({"batch", "common", "hpc", "gc_emulator", "ic_guard"})
+_HELPERS = frozenset({"batch", "common", "hpc", "gc_emulator", "ic_guard", "pool_start"})
+
+# client libraries Parsl imports whenever it is imported (its Kubernetes provider, its Globus
+# Compute executor), with the kinds whose sites use them (a `parsl` factory may build either)
+_SPARED = {"kubernetes": frozenset({"kubernetes", "parsl"}),
+           "globus_compute_sdk": frozenset({"globus_compute", "parsl"})}
 
 
 def _discover() -> tuple[str, ...]:
@@ -28,7 +33,21 @@ def _discover() -> tuple[str, ...]:
 
 KINDS = _discover()
 
-__all__ = ["KINDS", "MissingExtra", "build_executor", "describe", "kind_module", "specs", "workers_per_node"]
+__all__ = ["KINDS", "MissingExtra", "build_executor", "describe", "kind_module", "spare_imports", "specs",
+           "workers_per_node"]
+
+
+def spare_imports(kinds: set[str]) -> list[str]:
+    """Tell Parsl that the client libraries no site of `kinds` uses are not installed, so its
+    import skips them (Kubernetes' and Globus Compute's: about 0.7 s of every run's start, before
+    the first site can start). For a process that runs one job and nothing else (``fedgrid run``):
+    a library spared here cannot be imported later in the process. Returns those spared."""
+    import sys
+
+    spared = [m for m, users in _SPARED.items() if not kinds & users and m not in sys.modules]
+    for m in spared:
+        sys.modules[m] = None  # type: ignore[assignment]  # import raises ImportError: "not installed"
+    return spared
 
 
 def kind_module(kind: str) -> ModuleType:

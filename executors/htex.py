@@ -25,8 +25,6 @@ from pydantic import Field, ValidationError, model_validator
 from fedgrid.executors import gpus as pinning
 from fedgrid.executors.common import SpecBase, SpecError
 
-POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
-
 
 class Spec(SpecBase, pinning.GpuSharing):
     kind: Literal["htex"] = "htex"
@@ -84,17 +82,14 @@ def interchange_cmd() -> list[str]:
             str(os.getpid())]
 
 
-# The pool run as `python -m` would run it (runpy with alter_sys: its spawned workers import it by
-# name for their target), after telling Parsl's Kubernetes provider its client is not installed:
-# importing it costs a pool about 0.5 s of its start, and a pool never talks to Kubernetes.
-_POOL_MAIN = ("import runpy, sys; sys.modules.setdefault('kubernetes', None); "
-              f"runpy.run_module('{POOL_MODULE}', run_name='__main__', alter_sys=True)")
-
-
 def launch_cmd() -> str:
+    """Parsl's pool command, run by this interpreter through fedgrid.executors.pool_start (workers
+    forked from a warm process; run from its file, like the interchange's guard)."""
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
-    return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f'{sys.executable} -c "{_POOL_MAIN}"', 1)
+    start = Path(__file__).resolve().with_name("pool_start.py")
+    run = f"import runpy; runpy.run_path('{start}', run_name='__main__')"
+    return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", f'{sys.executable} -c "{run}"', 1)
 
 
 def cores_per_worker(workers: int, pinned: bool) -> float:
