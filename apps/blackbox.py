@@ -31,8 +31,11 @@ _FATAL = {"Segmentation fault": "SIGSEGV", "Floating-point exception": "SIGFPE",
           "Aborted": "SIGABRT", "Bus error": "SIGBUS", "Illegal instruction": "SIGILL"}
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)', re.M)
 # where a crash's innermost frame is not the client's own line: fedgrid, the standard library, and
-# (less surely: a client may be an installed package) the installed libraries
-_FEDGRID_STDLIB = (*(str(Path(__file__).resolve().parents[1] / d) + os.sep for d in ("apps", "flow", "executors")),
+# (less surely: a client may be an installed package) the installed libraries. fedgrid's folders both
+# as imported (a checkout's fedgrid/flow, a link to flow/) and as resolved (flow/ itself)
+_FEDGRID_STDLIB = (*dict.fromkeys(str(root / d) + os.sep for root in (Path(os.path.abspath(__file__)).parents[1],
+                                                                       Path(__file__).resolve().parents[1])
+                                  for d in ("apps", "flow", "executors")),
                    sysconfig.get_paths()["stdlib"] + os.sep, "<")  # "<": code run from a string
 _LIBRARIES = tuple({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
 _real_exit = os._exit

@@ -104,7 +104,26 @@ def bench_floor() -> dict:
     train_client(tasks[0])
     t0 = time.perf_counter()
     n = sum(train_client(t).num_examples for t in tasks)
-    return {"train_all_s": time.perf_counter() - t0, "samples": n}
+    return {"train_all_s": time.perf_counter() - t0, "samples": n, "eval_s": bench_central_eval()}
+
+
+def bench_central_eval() -> float:
+    """Seconds of one central evaluation on one thread, as the driver runs it after every round
+    (the fmnist example's test set, its model): CPU a round needs besides training, on the same
+    cores, so the floor "with evaluation" adds it before dividing by the workers."""
+    import torch
+
+    from fedgrid.flow.config import load_job
+    from fedgrid.flow.rounds.prepare import build_model
+
+    torch.set_num_threads(1)
+    parts = build_model(load_job(REPO / "examples" / "fmnist.yaml"))
+    evaluate = parts.evaluator()
+    assert evaluate is not None, "the fmnist example evaluates centrally"
+    evaluate(parts.params)  # first call: moves the model and loads the test set
+    t0 = time.perf_counter()
+    evaluate(parts.params)
+    return time.perf_counter() - t0
 
 
 def _floor_process(group: list[int], barrier, out) -> None:  # noqa: ANN001 - multiprocessing objects

@@ -12,13 +12,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from fedgrid.executors.common import MissingExtra
+from fedgrid.executors.common import BatchKind, MissingExtra, SiteKind, SpecBase
 
 # shared code of several kinds, not kinds themselves
-_HELPERS = frozenset({"batch", "common", "hpc", "gc_emulator", "ic_guard", "pool_start"})
+_HELPERS = frozenset({"batch", "common", "hpc", "gc_emulator", "ic_guard", "pool_start", "parsl_api"})
 
 # client libraries Parsl imports whenever it is imported (its Kubernetes provider, its Globus
 # Compute executor), with the kinds whose sites use them (a `parsl` factory may build either)
@@ -50,8 +49,17 @@ def spare_imports(kinds: set[str]) -> list[str]:
     return spared
 
 
-def kind_module(kind: str) -> ModuleType:
-    return importlib.import_module(f"fedgrid.executors.{kind}")
+def kind_module(kind: str) -> SiteKind:
+    """The module of a site kind, checked against the interface every kind provides."""
+    module = importlib.import_module(f"fedgrid.executors.{kind}")
+    if not isinstance(module, SiteKind):
+        raise TypeError(f"fedgrid.executors.{kind} is not a site kind (Spec, build and describe)")
+    return module
+
+
+def batch_kinds() -> dict[str, BatchKind]:
+    """The kinds whose blocks are batch jobs, by their scheduler's name ("Slurm": the slurm module)."""
+    return {m.SCHEDULER: m for k in KINDS if isinstance(m := kind_module(k), BatchKind)}
 
 
 def specs() -> list[type]:
@@ -68,18 +76,16 @@ def build_executor(site: Any, run_dir: Path, dry_run: bool = False):
     return kind_module(site.executor.kind).build(site, run_dir, dry_run=dry_run)
 
 
-def workers_per_node(spec: Any) -> int | None:
+def workers_per_node(spec: SpecBase) -> int | None:
     """Workers a kind's options give one node: `workers` (local kinds) or, for remote HTEX kinds,
     the count derived from workers_per_node / cores per node; None when the kind has no such notion."""
-    w = getattr(spec, "workers", None)
-    return w() if callable(w) else w
+    return spec.node_workers()
 
 
-def site_workers(spec: Any) -> int:
+def site_workers(spec: SpecBase) -> int:
     """Workers a site can run at once: per node x nodes per block x blocks (1 when unknown, e.g. a
     Globus Compute endpoint whose workers are not visible from here)."""
-    per = workers_per_node(spec) or 1
-    return int(per * (getattr(spec, "nodes_per_block", 1) or 1) * (getattr(spec, "max_blocks", 1) or 1))
+    return spec.site_workers()
 
 
 def describe(site: Any) -> str:

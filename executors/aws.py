@@ -41,17 +41,30 @@ from fedgrid.executors.common import require
 
 class Spec(hpc.RemoteHtexSpec):
     kind: Literal["aws"] = "aws"
-    image_id: str  # AMI with python, parsl and fedgrid (or installed by worker_init)
+    """Worker pools on EC2 instances (Parsl's HTEX with an AWSProvider; needs `fedgrid[aws]`)."""
+    image_id: str
+    """The AMI, with Python, Parsl and fedgrid (or installed by `worker_init`)."""
     instance_type: str = "t2.small"
+    """The EC2 instance type."""
     region: str = "us-east-2"
-    nodes_per_block: Literal[1] = 1  # a block is one instance
-    key_name: str | None = None  # EC2 key pair, for SSH into instances when debugging
-    profile: str | None = None  # ~/.aws/config profile; else key_file, else AWS_* environment variables
-    key_file: str | None = None  # JSON file with AWSAccessKeyId and AWSSecretKey
+    """The AWS region."""
+    nodes_per_block: Literal[1] = 1
+    """A block is one instance."""
+    key_name: str | None = None
+    """An EC2 key pair, for SSH into instances when debugging."""
+    profile: str | None = None
+    """A `~/.aws/config` profile; else `key_file`, else the `AWS_*` environment variables."""
+    key_file: str | None = None
+    """A JSON file with `AWSAccessKeyId` and `AWSSecretKey`."""
     iam_instance_profile_arn: str = ""
-    spot_max_bid: Annotated[float, Field(ge=0)] = 0.0  # USD/hour for spot instances; 0 = on-demand
-    state_file: str | None = None  # VPC/instance ids kept between runs; default <run_dir>/aws-<site>.json
-    linger: bool = False  # leave instances running after the run (you stop them)
+    """The IAM instance profile the instances get."""
+    spot_max_bid: Annotated[float, Field(ge=0)] = 0.0
+    """USD per hour for spot instances; `0` is on-demand."""
+    state_file: str | None = None
+    """VPC and instance ids kept between runs, so a resumed run reuses its VPC (unset:
+    `<run_dir>/aws-<site>.json`)."""
+    linger: bool = False
+    """Leave the instances running after the run (you stop them)."""
 
 
 def provider_kwargs(spec: Spec, state_file: str | None = None) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, NamedTuple
 
 log = logging.getLogger("fedgrid")
@@ -54,12 +53,6 @@ class Scheduler(NamedTuple):
 
     name: str
     query: Callable[[list[str]], dict[str, Block] | None]
-
-
-def scheduler_of(module: ModuleType) -> Scheduler | None:
-    """The scheduler a batch kind's module defines (``SCHEDULER`` and ``query``), else None."""
-    query = getattr(module, "query", None)
-    return Scheduler(module.SCHEDULER, query) if query is not None else None
 
 
 def run(cmd: list[str], timeout: float = 10.0, empty_if: str = "") -> str | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from types import ModuleType
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from fedgrid.executors.batch import Scheduler, scheduler_of
+from fedgrid.executors.batch import Block, Scheduler
 
 
 class SpecBase(BaseModel):
@@ -41,7 +42,9 @@ class SpecBase(BaseModel):
     per instance.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # use_attribute_docstrings: the string under each option is its description, which the job-file
+    # reference (docs/reference/job-file.md) is generated from
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     scales: ClassVar[bool] = False
     in_driver: ClassVar[bool] = False
@@ -53,13 +56,69 @@ class SpecBase(BaseModel):
         return False
 
     def scheduler(self) -> Scheduler | None:
-        """By default the kind module's own ``SCHEDULER`` and ``query`` (slurm, pbs), if it has them."""
+        """By default the kind module's own ``SCHEDULER`` and ``query`` when it is a
+        :class:`BatchKind` (slurm, pbs)."""
         return scheduler_of(sys.modules[type(self).__module__])
+
+    def node_workers(self) -> int | None:
+        """Workers one node runs at once, or None where the kind has no such notion."""
+        return None
+
+    def nodes(self) -> int:
+        """Nodes the site can hold at once (nodes per block x blocks); 1 for a single machine."""
+        return 1
+
+    def site_workers(self) -> int:
+        """Workers the site can run at once (1 when unknown, e.g. an endpoint's hidden workers)."""
+        return (self.node_workers() or 1) * self.nodes()
 
     def resolve(self, site: str) -> None:
         """Called with the site's name once the job is parsed (flow/config/checks.py), before any
         capability is read. Nothing to do for a kind whose options say everything; a problem is a
         :class:`SpecError` naming the option."""
+
+
+@runtime_checkable
+class SiteKind(Protocol):
+    """A site kind: a module under fedgrid.executors (see the module docstring)."""
+
+    Spec: type[SpecBase]
+
+    def build(self, site: Any, run_dir: Path, dry_run: bool = False) -> Any:
+        """The site's unstarted Parsl executor, labelled with its name."""
+
+    def describe(self, site: Any) -> str:
+        """One line for `fedgrid check`."""
+
+
+@runtime_checkable
+class BatchKind(Protocol):
+    """A kind whose blocks are batch jobs fedgrid watches with the scheduler's own answers."""
+
+    SCHEDULER: str  # its name in messages and in the run's block records ("Slurm", "PBS")
+    COMMAND: str  # the status command that must be on PATH for `fedgrid status` to ask it
+
+    def query(self, job_ids: list[str]) -> dict[str, Block] | None:
+        """Each job's state, reason and walltime left; None when the scheduler did not answer."""
+
+
+def scheduler_of(module: ModuleType) -> Scheduler | None:
+    """The scheduler of a :class:`BatchKind` module, else None."""
+    return Scheduler(module.SCHEDULER, module.query) if isinstance(module, BatchKind) else None
+
+
+@runtime_checkable
+class Disposable(Protocol):
+    """A kind whose built executor holds something to release even if never started."""
+
+    def dispose(self, executor: Any) -> None: ...
+
+
+@runtime_checkable
+class EndpointProvider(Protocol):
+    """A kind whose blocks a Globus Compute endpoint can run (``fedgrid endpoint-config``)."""
+
+    def provider_config(self, spec: Any) -> dict[str, Any]: ...
 
 
 class SpecError(ValueError):

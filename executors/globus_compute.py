@@ -27,13 +27,25 @@ PAYLOAD_LIMIT = 10 * 1024 * 1024
 
 class Spec(SpecBase):
     kind: Literal["globus_compute"] = "globus_compute"
-    endpoint: str | None = None  # the endpoint's UUID (`globus-compute-endpoint list`)
-    user_endpoint_config: dict[str, Any] = Field(default_factory=dict)  # values for a templated endpoint
-    resource_specification: dict[str, Any] = Field(default_factory=dict)  # per task, e.g. MPI ranks
-    emulate: bool = False  # run the endpoint engine locally instead of reaching the service
-    workers: Annotated[int, Field(ge=1)] = 1  # emulated engine's workers; endpoint-config's per node
-    provider: dict[str, Any] = Field(default_factory=dict)  # endpoint side, for `fedgrid endpoint-config`
-    python_env: str | None = None  # environment with fedgrid installed at the endpoint (venv or conda prefix)
+    """A Globus Compute endpoint (Parsl's GlobusComputeExecutor around `globus_compute_sdk.Executor`),
+    or one emulated on this machine to rehearse a job."""
+    endpoint: str | None = None
+    """The endpoint's UUID (`globus-compute-endpoint list`); required unless `emulate: true`."""
+    user_endpoint_config: dict[str, Any] = Field(default_factory=dict)
+    """Values for a templated (multi-user) endpoint's config; sent with every task, so JSON only."""
+    resource_specification: dict[str, Any] = Field(default_factory=dict)
+    """Per-task resources, e.g. MPI ranks; sent with every task, so JSON only."""
+    emulate: bool = False
+    """Run the endpoint's engine on this machine (a GlobusComputeEngine with HTEX workers, the
+    service's limits enforced) instead of reaching the service."""
+    workers: Annotated[int, Field(ge=1)] = 1
+    """The emulated engine's workers; for `fedgrid endpoint-config`, workers per node."""
+    provider: dict[str, Any] = Field(default_factory=dict)
+    """The endpoint side's provider, for `fedgrid endpoint-config`: the options of a `slurm`,
+    `pbs`, ... site, with its `kind`."""
+    python_env: str | None = None
+    """The environment with fedgrid installed at the endpoint (a venv or conda prefix), activated by
+    the `worker_init` that `fedgrid endpoint-config` prints."""
 
     payload_limit: ClassVar[int | None] = PAYLOAD_LIMIT
     # ComputeSerializer sends numpy arrays as base64-encoded pickles: ~1.37x the raw bytes, plus the
@@ -42,6 +54,9 @@ class Spec(SpecBase):
 
     def runs_here(self) -> bool:
         return self.emulate  # the emulated endpoint's engine runs on this machine
+
+    def node_workers(self) -> int | None:
+        return self.workers
 
     @model_validator(mode="after")
     def _endpoint_needed(self) -> Spec:

@@ -57,8 +57,12 @@ class GpuSharing(BaseModel):
     """How a node's GPUs are shared out among its workers; mixed into a kind's Spec, which says
     where the node's GPUs come from (``gpu_ids``) and under which option (``GPUS_KEY``)."""
 
-    workers_per_gpu: PosInt = 1  # workers (clients training at once) on each GPU
-    gpus_per_worker: PosInt = 1  # GPUs each worker holds (CUDA_VISIBLE_DEVICES lists them all)
+    workers_per_gpu: PosInt = Field(1, description=(
+        "Workers (clients training at once) on each GPU: a small model leaves most of a GPU idle. Workers "
+        "are laid out in blocks: with 2 per GPU, workers 0-1 on the first GPU, 2-3 on the next."))
+    gpus_per_worker: PosInt = Field(1, description=(
+        "GPUs each worker holds (`CUDA_VISIBLE_DEVICES=0,1`), for a client whose model needs several; the "
+        "GPUs must split evenly. Not together with `workers_per_gpu`."))
 
     GPUS_KEY: ClassVar[str] = "gpus"
 

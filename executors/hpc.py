@@ -26,7 +26,7 @@ from unittest import mock
 
 from pydantic import Field, model_validator
 
-from fedgrid.executors import gpus
+from fedgrid.executors import gpus, parsl_api
 from fedgrid.executors.certs import Delivery, attach, pool_launch_cmd
 from fedgrid.executors.common import SpecBase, SpecError
 from fedgrid.executors.htex import interchange_cmd
@@ -46,21 +46,33 @@ class RemoteHtexSpec(SpecBase, gpus.GpuSharing):
     scales: ClassVar[bool] = True  # blocks come from the scheduler or the cloud on demand
     GPUS_KEY: ClassVar[str] = "gpus_per_node"
 
-    # default: one per GPU pin with gpus_per_node, else node cores / cores_per_worker when known, else 1
     workers_per_node: PosInt | None = None
+    """Workers on each node. Unset: one per GPU pin with `gpus_per_node`, else the node's cores /
+    `cores_per_worker` when known, else 1."""
     cores_per_worker: Annotated[float, Field(gt=0)] = 1.0
-    gpus_per_node: NonNegInt = 0  # GPUs a node gets; each worker is pinned to one (CUDA_VISIBLE_DEVICES)
-    address: str | None = None  # interchange address workers connect to; None = Parsl's auto-discovery
-    worker_init: str = ""  # shell lines run before the pool starts: module loads, venv activation
-    worker_logdir_root: str | None = None  # where pools write logs on the nodes (default: Parsl's)
+    """Cores each worker counts on (Parsl's pool starts no more workers than cores allow)."""
+    gpus_per_node: NonNegInt = 0
+    """GPUs each node gets from its scheduler or cloud (`--gpus-per-node`, `ngpus=`, the pod's
+    `gpu_resource`); its workers are pinned to devices 0..n-1 (`CUDA_VISIBLE_DEVICES`)."""
+    address: str | None = None
+    """Where the workers reach the driver's interchange (unset: Parsl's discovery)."""
+    worker_init: str = ""
+    """Shell lines run before the worker pool starts: module loads, venv activation."""
+    worker_logdir_root: str | None = None
+    """Where pools write their logs on the nodes (unset: Parsl's choice)."""
     init_blocks: NonNegInt = 0
+    """Blocks requested at start."""
     min_blocks: NonNegInt = 0
+    """Blocks kept when idle."""
     max_blocks: PosInt = 1
+    """Most blocks at once."""
     nodes_per_block: PosInt = 1
-    # a pool that sends no heartbeat for heartbeat_threshold seconds is lost and its tasks fail
-    # (Parsl's defaults, 30 and 120, notice a lost node after two minutes)
+    """Nodes in each block."""
     heartbeat_period: PosInt = 5
+    """Seconds between a pool's heartbeats."""
     heartbeat_threshold: PosInt = 20
+    """A pool that sends no heartbeat for this many seconds is lost and its tasks fail (Parsl's
+    defaults, 30 and 120, notice a lost node after two minutes)."""
 
     @model_validator(mode="after")
     def _blocks_ordered(self):
@@ -83,6 +95,12 @@ class RemoteHtexSpec(SpecBase, gpus.GpuSharing):
 
     def gpu_ids(self) -> list[str]:
         return [str(i) for i in range(self.gpus_per_node)]
+
+    def node_workers(self) -> int | None:
+        return self.workers()
+
+    def nodes(self) -> int:
+        return self.nodes_per_block * self.max_blocks
 
     def workers(self) -> int:
         if self.workers_per_node is not None:
@@ -114,13 +132,18 @@ class RemoteHtexSpec(SpecBase, gpus.GpuSharing):
 class BatchHtexSpec(RemoteHtexSpec):
     """A batch scheduler's extras: walltime, its own directives, and how a job starts its pools."""
 
-    walltime: Walltime = "01:00:00"
-    # how often the driver and Parsl ask the scheduler about the blocks (squeue, qstat): how soon a
-    # lost, queued or expiring block is acted on; every poll is one scheduler command
+    walltime: Walltime = Field("01:00:00", description=(
+        "Each block's time limit, `HH:MM:SS`. A block with less time left than a round plus two polls takes no "
+        "new tasks, and the next block is requested at once."))
     status_poll_s: Annotated[float, Field(ge=1)] = 5.0
-    scheduler_options: str = ""  # extra scheduler directive lines (#SBATCH ..., #PBS ...) for the job script
+    """How often the driver and Parsl ask the scheduler about the blocks (`squeue`, `qstat`): how soon
+    a lost, queued or expiring block is acted on; every poll is one scheduler command."""
+    scheduler_options: str = ""
+    """Extra scheduler directive lines (`#SBATCH ...`, `#PBS ...`) for the job script."""
     launcher: LauncherName = "single"
-    launcher_options: str = ""  # extra arguments for srun/mpiexec/mpirun/aprun (Parsl's ``overrides``)
+    """How a batch job starts its worker pools on its nodes (a Parsl launcher)."""
+    launcher_options: str = ""
+    """Extra arguments for `srun`, `mpiexec`, `mpirun` or `aprun` (Parsl's `overrides`)."""
 
     @model_validator(mode="after")
     def _options_need_overrides(self):
@@ -209,7 +232,7 @@ def remote_htex(site: Any, provider: Any, spec: RemoteHtexSpec, *, dry_run: bool
     if pins:
         kwargs["launch_cmd"] = gpus.export(pins) + str(kwargs.get("launch_cmd", DEFAULT_LAUNCH_CMD))
     if dry_run and spec.address is None:
-        with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", _interface_addresses):
+        with parsl_api.dry_run_discovery(_interface_addresses):
             ex = HighThroughputExecutor(**kwargs)
     else:
         ex = HighThroughputExecutor(**kwargs)

@@ -28,16 +28,25 @@ from fedgrid.executors.common import SpecBase, SpecError
 
 class Spec(SpecBase, pinning.GpuSharing):
     kind: Literal["htex"] = "htex"
-    workers: Annotated[int, Field(ge=1)] = 1  # worker processes (one client at a time each); with gpus: one per pin
-    address: str = "127.0.0.1"  # where the workers reach the interchange
-    # the GPUs workers are pinned to: a count (devices 0..n-1) or device ids; an id listed twice is
-    # shared by two workers (workers_per_gpu: every GPU shared; gpus_per_worker: several per worker)
+    """Worker processes on this machine (Parsl's HighThroughputExecutor with a LocalProvider, one
+    block started at once)."""
+    workers: Annotated[int, Field(ge=1)] = 1
+    """Worker processes, one client at a time each. With `gpus`: one per pin (leave it out, or give
+    the same number)."""
+    address: str = "127.0.0.1"
+    """Where the workers reach the interchange."""
     gpus: pinning.Gpus = None
+    """The GPUs workers are pinned to: a count (`gpus: 2` is devices 0 and 1) or device ids (`[0,
+    2]`, or `GPU-...`/`MIG-...` UUIDs). An id listed twice is shared by two workers (`[0, 0, 1]`:
+    three workers, two on GPU 0)."""
 
     watch_workers: ClassVar[bool] = True
 
     def runs_here(self) -> bool:
         return True
+
+    def node_workers(self) -> int | None:
+        return self.workers
 
     def gpu_ids(self) -> list[str]:
         g = self.gpus

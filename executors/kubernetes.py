@@ -47,30 +47,52 @@ Quantity = Annotated[str, Field(pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")]
 
 
 class Volume(SpecBase):
-    claim: str  # PersistentVolumeClaim name
+    claim: str
+    """The PersistentVolumeClaim's name."""
     mount_path: str
+    """Where the pods mount it."""
 
 
 class Spec(hpc.RemoteHtexSpec):
     kind: Literal["kubernetes"] = "kubernetes"
-    image: str  # container image with parsl and fedgrid installed
+    """Worker pools in pods (Parsl's HTEX with a KubernetesProvider; needs `fedgrid[kubernetes]`).
+    The driver's credentials must be allowed to create, replace and delete Secrets in `namespace`:
+    the worker certificates travel in one (`fedgrid-certs-<site>-<digest>`), deleted at shutdown."""
+    image: str
+    """The container image, with Parsl and fedgrid installed."""
     namespace: str = "default"
-    nodes_per_block: Literal[1] = 1  # a block is one pod
-    cpu_request: Annotated[float, Field(gt=0)] = 1.0  # cores
+    """The namespace the pods (and the certificates' Secret) are created in."""
+    nodes_per_block: Literal[1] = 1
+    """A block is one pod."""
+    cpu_request: Annotated[float, Field(gt=0)] = 1.0
+    """Cores each pod requests."""
     cpu_limit: Annotated[float, Field(gt=0)] = 2.0
-    memory_request: Quantity = "2Gi"  # torch alone needs more than Parsl's 250Mi default
+    """Cores each pod may use; at least `cpu_request`."""
+    memory_request: Quantity = "2Gi"
+    """Memory each pod requests (torch alone needs more than Parsl's 250Mi default)."""
     memory_limit: Quantity = "4Gi"
-    gpu_resource: str = "nvidia.com/gpu"  # resource name gpus_per_node requests
-    pod_name: str | None = None  # prefix; Parsl appends a job id
+    """Memory each pod may use."""
+    gpu_resource: str = "nvidia.com/gpu"
+    """The resource name `gpus_per_node` requests."""
+    pod_name: str | None = None
+    """A prefix of the pods' names; Parsl appends a job id."""
     service_account_name: str | None = None
-    secret: str | None = None  # imagePullSecret for a private registry
+    """The service account the pods run as."""
+    secret: str | None = None
+    """An imagePullSecret, for a private registry."""
     persistent_volumes: list[Volume] = []
-    user_id: str | None = None  # run as this uid/gid (both needed)
+    """Persistent volume claims mounted in every pod, `[{claim, mount_path}]`."""
+    user_id: str | None = None
+    """Run as this uid (with `group_id`: both are needed)."""
     group_id: str | None = None
+    """Run as this gid (with `user_id`)."""
     run_as_non_root: bool = False
+    """Refuse to run the pod's container as root."""
     annotations: dict[str, str] | None = None
-    # where pods mount the certificate Secret (read-only); the pool gets a private copy
+    """Annotations of every pod."""
     cert_mount: Annotated[str, Field(pattern=r"^/")] = "/var/run/fedgrid/certs"
+    """Where the pods mount the run's worker certificates (the Secret, read-only); the pool gets a
+    private copy."""
 
     @model_validator(mode="after")
     def _request_within_limit(self):

@@ -16,12 +16,17 @@ from fedgrid.executors.common import SpecBase
 
 class Spec(SpecBase):
     kind: Literal["local"] = "local"
-    workers: Annotated[int, Field(ge=1)] = 1  # threads
+    """Threads in the driver process (Parsl's ThreadPoolExecutor)."""
+    workers: Annotated[int, Field(ge=1)] = 1
+    """Threads: clients training at once."""
 
     in_driver: ClassVar[bool] = True
 
     def runs_here(self) -> bool:
         return True
+
+    def node_workers(self) -> int | None:
+        return self.workers
 
 
 def build(site: Any, run_dir: Path, dry_run: bool = False):

@@ -42,12 +42,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from unittest import mock
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from fedgrid.executors import batch
-from fedgrid.executors.common import SpecBase, SpecError
+from fedgrid.executors import batch, parsl_api
+from fedgrid.executors.common import SpecBase, SpecError, scheduler_of
 
 OBJECT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
@@ -103,10 +102,16 @@ UNKNOWN = Traits("?", "?", None, None, 1, 1, 0, 1, in_driver=False, runs_here=Fa
 
 class Spec(SpecBase):
     kind: Literal["parsl"] = "parsl"
-    factory: Annotated[str, Field(pattern=OBJECT_PATH)] | None = None  # package.module:function -> executor
-    label: Annotated[str, Field(min_length=1)] | None = None  # an executor of the workflow's DataFlowKernel
-    # how often the driver asks a SlurmProvider's or PBSProProvider's scheduler about the blocks
+    """Any Parsl executor your own function builds, or an executor of the Parsl workflow the job
+    runs in. Give exactly one of `factory` and `label`."""
+    factory: Annotated[str, Field(pattern=OBJECT_PATH)] | None = None
+    """`package.module:function` returning a new, unstarted Parsl executor each time it is called
+    (with the site's name when its first parameter has no default)."""
+    label: Annotated[str, Field(min_length=1)] | None = None
+    """An executor of the workflow's DataFlowKernel (`fedgrid.submit` or `fedgrid.run(job,
+    dfk=...)`; an error under `fedgrid run`)."""
     status_poll_s: Annotated[float, Field(ge=1)] = 5.0
+    """How often the driver asks a SlurmProvider's or PBSProProvider's scheduler about the blocks."""
 
     _traits: Traits | None = PrivateAttr(default=None)
     _seen: Any = PrivateAttr(default=None)  # the executor read: built in check mode, or the workflow's
@@ -171,6 +176,12 @@ class Spec(SpecBase):
     def workers(self) -> int:
         return self.known.workers
 
+    def node_workers(self) -> int | None:
+        return self.known.workers
+
+    def nodes(self) -> int:
+        return self.known.nodes_per_block * self.known.max_blocks
+
     def runs_here(self) -> bool:
         return self.known.runs_here
 
@@ -178,7 +189,7 @@ class Spec(SpecBase):
         from fedgrid.executors import kind_module
 
         kind = self.known.scheduler
-        return batch.scheduler_of(kind_module(kind)) if kind else None
+        return scheduler_of(kind_module(kind)) if kind else None
 
 
 # -- the factory ------------------------------------------------------------------------------------
@@ -260,8 +271,7 @@ def checking() -> Iterator[None]:
 
     from fedgrid.executors import hpc
 
-    with mock.patch("parsl.executors.high_throughput.executor.get_all_addresses", hpc._interface_addresses), \
-            hpc._no_commands(ClusterProvider):
+    with parsl_api.dry_run_discovery(hpc._interface_addresses), hpc._no_commands(ClusterProvider):
         yield
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from fedgrid.executors import batch, hpc
 
 SCHEDULER = "PBS"
+COMMAND = "qstat"
 # PBS Pro's Exit_status of a finished job: killed for its walltime, deleted by qdel (SIGTERM + 256)
 _EXIT = {-29: "TIMEOUT", 271: "CANCELLED", 0: "COMPLETED"}
 _STATES = {"Q": "PENDING", "H": "HELD", "W": "PENDING", "T": "PENDING", "S": "SUSPENDED", "R": "RUNNING",
@@ -24,11 +25,18 @@ _STATES = {"Q": "PENDING", "H": "HELD", "W": "PENDING", "T": "PENDING", "S": "SU
 
 class Spec(hpc.BatchHtexSpec):
     kind: Literal["pbs"] = "pbs"
+    """Worker pools in PBS Pro batch jobs (Parsl's HTEX with a PBSProProvider)."""
     queue: str | None = None
-    account: str | None = None  # project to charge (#PBS -A)
-    cpus_per_node: hpc.PosInt = 1  # ncpus in the select statement; default workers_per_node derives from it
-    select_options: str = ""  # appended to the select statement, e.g. "mem=64gb:system=polaris"
+    """The PBS queue (`#PBS -q`)."""
+    account: str | None = None
+    """The project to charge (`#PBS -A`)."""
+    cpus_per_node: hpc.PosInt = 1
+    """`ncpus` in the select statement; the default `workers_per_node` derives from it."""
+    select_options: str = ""
+    """Appended to the select statement, e.g. `mem=64gb:system=polaris` (`ngpus` is added from
+    `gpus_per_node`)."""
     launcher: hpc.LauncherName = "mpiexec"
+    """How a batch job starts its worker pools on its nodes (a Parsl launcher)."""
 
     def node_cores(self) -> int | None:
         return self.cpus_per_node

@@ -11,22 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fedgrid.executors import batch, hpc
+from fedgrid.executors import batch, hpc, parsl_api
 
 SCHEDULER = "Slurm"
+COMMAND = "squeue"
 
 
 class Spec(hpc.BatchHtexSpec):
     kind: Literal["slurm"] = "slurm"
+    """Worker pools in Slurm batch jobs (Parsl's HTEX with a SlurmProvider)."""
     partition: str | None = None
+    """The Slurm partition (`--partition`)."""
     account: str | None = None
+    """The account to charge (`--account`)."""
     qos: str | None = None
-    constraint: str | None = None  # --constraint, e.g. "gpu" or "a100"
-    clusters: str | None = None  # --clusters, for a federated Slurm
-    cores_per_node: hpc.PosInt | None = None  # --cpus-per-task for the pool; default workers_per_node derives from it
-    mem_per_node: hpc.PosInt | None = None  # GB (--mem)
-    exclusive: bool = True  # whole nodes (--exclusive), so pools do not share nodes with other jobs
+    """The quality of service (`--qos`)."""
+    constraint: str | None = None
+    """`--constraint`, e.g. `gpu` or `a100`."""
+    clusters: str | None = None
+    """`--clusters`, for a federated Slurm."""
+    cores_per_node: hpc.PosInt | None = None
+    """`--cpus-per-task` for the pool; the default `workers_per_node` derives from it."""
+    mem_per_node: hpc.PosInt | None = None
+    """Memory per node in GB (`--mem`)."""
+    exclusive: bool = True
+    """Whole nodes (`--exclusive`), so pools do not share nodes with other jobs."""
     launcher: hpc.LauncherName = "srun"
+    """How a batch job starts its worker pools on its nodes (a Parsl launcher)."""
 
     def node_cores(self) -> int | None:
         return self.cores_per_node
@@ -48,8 +59,7 @@ def provider(spec: Spec, dry_run: bool = False):
     # without accounting the provider falls back to squeue, which by default lists only pending and
     # running jobs, so a cancelled or timed-out block would read as COMPLETED; -t all keeps the
     # scheduler's real final state for MinJobAge seconds
-    if getattr(p, "_cmd", "").startswith("squeue"):
-        p._cmd = p._cmd.replace("squeue", "squeue -t all", 1)
+    parsl_api.squeue_all_states(p)
     return p
 
 

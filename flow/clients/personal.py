@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config.views import strategy_of
 from fedgrid.flow.strategies import STRATEGIES
 
 NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm")
@@ -72,7 +73,7 @@ def keep_options(job: Job, stateful: bool, personal: list[str]) -> dict[str, Any
     """What every task says about client state (None: the run keeps none)."""
     ditto = job.personal.ditto if job.personal is not None else None
     # SCAFFOLD's variates and top-k's residuals are per-client state too, kept the same way
-    fedgrid_own = STRATEGIES[job.strategy.name].needs_store or job.compression.needs_store()
+    fedgrid_own = STRATEGIES[strategy_of(job).name].needs_store or job.compression.needs_store()
     if not (stateful or personal or ditto or fedgrid_own):
         return None
     return {"personal": list(personal), "ditto": ditto.model_dump() if ditto else None,

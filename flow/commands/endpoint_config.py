@@ -12,22 +12,30 @@ knobs the job turns.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config.views import executor_of
+
+if TYPE_CHECKING:
+    from fedgrid.executors.globus_compute import Spec as GlobusComputeSpec
 
 
 def _provider(pspec: Any) -> dict[str, Any]:
     from fedgrid.executors import kind_module
+    from fedgrid.executors.common import EndpointProvider
 
     if pspec is None or pspec.kind == "htex":
         return {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 0, "max_blocks": 1}
-    return kind_module(pspec.kind).provider_config(pspec)
+    kind = kind_module(pspec.kind)
+    if not isinstance(kind, EndpointProvider):
+        raise ValueError(f"an endpoint cannot run {pspec.kind!r} blocks")
+    return kind.provider_config(pspec)
 
 
-def _workers(spec: Any, pspec: Any) -> int:
+def _workers(spec: GlobusComputeSpec, pspec: Any) -> int:
     """Workers per node: the site's `workers` when set, else what the provider block implies."""
     from fedgrid.executors import workers_per_node
 
@@ -37,9 +45,9 @@ def _workers(spec: Any, pspec: Any) -> int:
     return int(n)
 
 
-def _worker_init(site: Any, provider: dict[str, Any]) -> str | None:
+def _worker_init(spec: GlobusComputeSpec, provider: dict[str, Any]) -> str | None:
     lines = [ln for ln in str(provider.get("worker_init") or "").splitlines() if ln.strip()]
-    env = site.executor.python_env
+    env = spec.python_env
     if env:
         lines.append(f"source {env}/bin/activate")
     return "\n".join(lines) or None
@@ -51,15 +59,15 @@ def endpoint_config(job: Job, site_name: str, file: str | Path) -> str:
     except StopIteration:
         raise ConfigError(file, "sites", f"no site named {site_name!r}; sites: "
                           f"{', '.join(s.name for s in job.sites)}") from None
-    spec = site.executor
-    if spec.kind != "globus_compute":
+    from fedgrid.executors.globus_compute import Spec, endpoint_provider
+
+    spec = executor_of(site)
+    if not isinstance(spec, Spec):
         raise ConfigError(file, f"sites.{site_name}.executor.kind", f"expected globus_compute for an endpoint "
                           f"config, got {spec.kind!r}")
-    from fedgrid.executors.globus_compute import endpoint_provider
-
     pspec = endpoint_provider(spec.provider) if spec.provider else None  # validated once, used twice
     provider = _provider(pspec)
-    init = _worker_init(site, provider)
+    init = _worker_init(spec, provider)
     if init:
         provider["worker_init"] = init
     uec = spec.user_endpoint_config

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config.views import executor_of, strategy_of
 
 
 def describe_model(job: Job) -> tuple[str, int]:
@@ -53,11 +54,11 @@ def _personal(job: Job, params: Any, model: Any) -> str:
 def dry_build(site: Any, run_dir: Path) -> Any:
     """Construct a site's executor as a run would, and release it; returns it for inspection."""
     from fedgrid.executors import build_executor, kind_module
+    from fedgrid.executors.common import Disposable
 
     ex = build_executor(site, run_dir, dry_run=True)
-    dispose = getattr(kind_module(site.executor.kind), "dispose", None)
-    if dispose is not None:
-        dispose(ex)
+    if isinstance(kind := kind_module(site.executor.kind), Disposable):
+        kind.dispose(ex)
     return ex
 
 
@@ -113,8 +114,8 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         raise ConfigError(str(file) if e.file == "<job>" else e.file, e.key, e.expected) from None
     mb = nbytes / 2**20
     opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in job.strategy.model_dump(exclude={"name"}).items() if v is not None)
-    print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {job.strategy.name}"
+                     for k, v in strategy_of(job).model_dump(exclude={"name"}).items() if v is not None)
+    print(f"job {job.name}: {job.rounds} rounds, seed {job.seed}, strategy {strategy_of(job).name}"
           + (f" ({opts})" if opts else ""))
     print(line)
     print(f"data: {_data(job, job.data.model_dump())}, {job.data.clients} clients; "
@@ -145,7 +146,8 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         if ex is not None:
             prov = getattr(ex, "provider", None)
             built = type(ex).__name__ + (f" + {type(prov).__name__}" if prov is not None else "")
-        print(f"  {s.name}: {s.executor.kind} -> {built}; {describe(s)}")
+        kind = executor_of(s).kind
+        print(f"  {s.name}: {kind} -> {built}; {describe(s)}")
         data = _data(job, job.site_data(s.name).model_dump())
         print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")
         print(f"    params travel {how} ({tp.why[s.name]})")
@@ -156,7 +158,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
             for line in script.strip().splitlines():
                 print(f"      | {line}")
         if why:
-            warnings.append(f"site {s.name!r} ({s.executor.kind}): a run from this machine would fail: {why}")
+            warnings.append(f"site {s.name!r} ({kind}): a run from this machine would fail: {why}")
     print(f"checkpoints: {run_dir}" + (f" (read-only for group {job.checkpoint.share_group})"
                                        if job.checkpoint.share_group else " (owner-only)"))
     for w in warnings:

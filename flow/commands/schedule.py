@@ -108,12 +108,14 @@ class Scheduler:
         from fedgrid.flow.persist.runlock import RunDirBusy
         from fedgrid.flow.rounds.runner import ResumeRefused, RoundFailed
 
+        cron = self.cron
+        assert cron is not None  # the job's, when not given: __post_init__ resolved it
         self._lock.acquire()
         try:
             now = time.time()
-            due = next_after(self.cron, now)
+            due = next_after(cron, now)
             last = (self.prev or {}).get("last_firing")
-            if last and next_after(self.cron, datetime.fromisoformat(last).timestamp()) <= now:
+            if last and next_after(cron, datetime.fromisoformat(last).timestamp()) <= now:
                 self.say("schedule: a firing passed while no scheduler ran; running once now")
                 due = now
             while not self.stop.is_set() and (self.firings is None or self.state["runs"] < self.firings):
@@ -140,12 +142,12 @@ class Scheduler:
                     self.state["last_result"] = {"ok": False, "error": str(e), "at": iso(time.time())}
                     self.say(f"schedule: run failed: {e}")
                 now = time.time()
-                due = next_after(self.cron, fired)
+                due = next_after(cron, fired)
                 if due <= now:  # firings passed while the run went on: one catch-up run, at once
                     missed = 0
                     while due <= now:
                         missed += 1
-                        due = next_after(self.cron, due)
+                        due = next_after(cron, due)
                     self.state["coalesced"] += missed - 1
                     self.say(f"schedule: {missed} firing(s) passed during the last run; running once now")
                     due = now

@@ -12,13 +12,17 @@ import json
 import shutil
 import statistics
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedgrid.flow.commands.schedule import read_state
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.persist.runlock import holder
 from fedgrid.flow.persist.table import reconcile_rows
+
+if TYPE_CHECKING:
+    from fedgrid.executors.batch import Block
 
 
 def reason_kind(reason: str) -> str:
@@ -27,9 +31,9 @@ def reason_kind(reason: str) -> str:
     return (reason or "unknown").split(":", 1)[0].strip()[:60] or "unknown"
 
 
-def _median(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+def _median(xs: Iterable[float | None]) -> float | None:
+    have = [x for x in xs if x is not None]
+    return statistics.median(have) if have else None
 
 
 def per_site(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -62,17 +66,19 @@ def blocks(run_dir: Path) -> dict[str, Any]:
         query = _query(v.get("scheduler"))
         jobs = [b["job"] for b in v.get("blocks", []) if b.get("job")]
         now = query(jobs) if query and jobs else None
-        for b in v.get("blocks", []) if now is not None else ():
+        if now is None:
+            continue
+        for b in v.get("blocks", []):
             fresh = now.get(b["job"]) or batch.Block(b["block"], b["job"], "GONE")
             b.update(state=fresh.state, reason=fresh.reason, left_s=fresh.left_s)
     return sites
 
 
-def _query(scheduler: str | None) -> Any:
-    from fedgrid.executors import kind_module
+def _query(scheduler: str | None) -> Callable[[list[str]], dict[str, Block] | None] | None:
+    from fedgrid.executors import batch_kinds
 
-    kind = {"Slurm": "slurm", "PBS": "pbs"}.get(scheduler or "")
-    return kind_module(kind).query if kind and shutil.which({"slurm": "squeue", "pbs": "qstat"}[kind]) else None
+    kind = batch_kinds().get(scheduler or "")
+    return kind.query if kind is not None and shutil.which(kind.COMMAND) else None
 
 
 def failures_by_reason(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -13,7 +13,9 @@ from typing import Any
 from fedgrid.executors.common import SpecError
 from fedgrid.flow.config.errors import ConfigError
 from fedgrid.flow.config.schema import Job
+from fedgrid.flow.config.views import executor_of, strategy_of
 from fedgrid.flow.strategies import STRATEGIES, mean_based
+from fedgrid.flow.strategies.base import Strategy
 
 
 def check_consistency(job: Job, file: str | Path) -> None:
@@ -57,9 +59,13 @@ def _check_sites(job: Job, file: str | Path) -> None:
         use_python_path(job.client.python_path)
     for i, site in enumerate(job.sites):
         try:
-            site.executor.resolve(site.name)
+            executor_of(site).resolve(site.name)
         except SpecError as e:
             raise site_error(file, i, e) from None
+
+
+def _strategy(job: Job) -> type[Strategy]:
+    return STRATEGIES[strategy_of(job).name]
 
 
 def site_error(file: str | Path, i: int, e: SpecError) -> ConfigError:
@@ -80,14 +86,15 @@ def _check_faults(job: Job, file: str | Path) -> None:
         if f.lost_until is not None and (f.lost_from is None or f.lost_until <= f.lost_from):
             raise ConfigError(file, f"{key}.lost_until", "must come after lost_from")
         hit = {s for c, s in enumerate(job.client_sites()) if f.hits(c, s)}
-        if (f.kill_worker_at or f.lost_from) and (local := sorted(s for s in hit if names[s].executor.in_driver)):
+        local = sorted(s for s in hit if executor_of(names[s]).in_driver)
+        if (f.kill_worker_at or f.lost_from) and local:
             raise ConfigError(file, f"{key}", f"killing workers needs worker processes; site(s) {local} are "
                               "`local` threads in the driver (use htex)")
 
 
 def _check_strategy(job: Job, file: str | Path) -> None:
-    STRATEGIES[job.strategy.name].derive(job.strategy, job)
-    remote = [s.name for s in job.sites if not s.executor.runs_here()]
+    _strategy(job).derive(job.strategy, job)
+    remote = [s.name for s in job.sites if not executor_of(s).runs_here()]
     if (keepers := job.client_state()) and remote and not job.store.url:
         raise ConfigError(file, "store.url", f"{' and '.join(keepers)} in the store, and sites {remote} run "
                           f"elsewhere: set store.url to a location every site can reach (a shared path or s3://...)")
@@ -98,19 +105,19 @@ def _check_strategy(job: Job, file: str | Path) -> None:
     _check_secagg(job, file)
     _check_site_aggregation(job, file)
     _check_tracking(job, file)
-    if (problem := STRATEGIES[job.strategy.name].check_job(job)) is not None:
+    if (problem := _strategy(job).check_job(job)) is not None:
         raise ConfigError(file, *problem)
-    if job.personal is not None and job.personal.layers and "scaffold" in STRATEGIES[job.strategy.name].needs:
-        raise ConfigError(file, "personal.layers", f"strategy {job.strategy.name}'s control variates would carry "
-                          "the personal layers' drift to the server and into every client's steps; use personal "
+    if job.personal is not None and job.personal.layers and "scaffold" in _strategy(job).needs:
+        raise ConfigError(file, "personal.layers", f"strategy {strategy_of(job).name}'s control variates would "
+                          "carry the personal layers' drift to the server and into every client's steps; use personal "
                           "layers with another strategy (fedavg, fedprox, ...)")
 
 
 def _check_privacy(job: Job, file: str | Path) -> None:
     if job.privacy is None:
         return
-    if not STRATEGIES[job.strategy.name].mean_based:
-        raise ConfigError(file, "privacy", f"DP-FedAvg noises the clients' mean; strategy {job.strategy.name} "
+    if not _strategy(job).mean_based:
+        raise ConfigError(file, "privacy", f"DP-FedAvg noises the clients' mean; strategy {strategy_of(job).name} "
                           f"does not take one. Expected one of {', '.join(mean_based())}")
     if job.round.absent == "reuse":
         raise ConfigError(file, "round.absent", "a reused update would be counted again without being "
@@ -136,7 +143,7 @@ def _check_site_aggregation(job: Job, file: str | Path) -> None:
     Krum), the asynchronous loop, and the features that act on individual updates at the driver."""
     if job.round.aggregate != "site":
         return
-    cls = STRATEGIES[job.strategy.name]
+    cls = _strategy(job)
     why = ("strategy" if cls.site_weights() is None else
            "compression.up" if job.compression.up_codec() != "none" else
            "round.late" if job.round.late == "carry" else
@@ -147,7 +154,7 @@ def _check_site_aggregation(job: Job, file: str | Path) -> None:
                           f"strategies that are sums over clients ({', '.join(able)}) in synchronous rounds, "
                           "without update compression, carried or reused updates; use round.aggregate: flat for "
                           "the others")
-    remote = [s.name for s in job.sites if not s.executor.runs_here() and not s.store]
+    remote = [s.name for s in job.sites if not executor_of(s).runs_here() and not s.store]
     if remote and not job.store.url:
         raise ConfigError(file, f"sites[{remote[0]}].store", "round.aggregate: site keeps the clients' updates in a "
                           "store their site's aggregator reads: set the site's store (a path on its cluster) or "
@@ -157,7 +164,7 @@ def _check_site_aggregation(job: Job, file: str | Path) -> None:
 def _check_secagg(job: Job, file: str | Path) -> None:
     if job.secagg is None:
         return
-    why = ("strategy" if not STRATEGIES[job.strategy.name].mean_based else
+    why = ("strategy" if not _strategy(job).mean_based else
            "compression.up" if job.compression.up != "none" else
            "privacy.mode" if job.privacy is not None and job.privacy.mode == "central" else
            "round.max_update_norm" if job.round.max_update_norm is not None else
@@ -173,7 +180,7 @@ def _check_data(job: Job, file: str | Path) -> None:
     for site in job.sites:
         d = job.site_data(site.name)
         pre = "data" if not site.data else f"sites.{site.name}.data"
-        if not site.executor.runs_here():  # its paths are on the site's filesystem; the site checks them
+        if not executor_of(site).runs_here():  # its paths are on the site's filesystem; the site checks them
             if d.dataset == "parquet" and not d.path:
                 raise ConfigError(file, f"{pre}.path", "dataset 'parquet' needs a path (a file, or a "
                                   "template with {client})")
@@ -208,7 +215,7 @@ def _check_data(job: Job, file: str | Path) -> None:
 def strategy_advice(job: Job) -> list[tuple[str, str]]:
     """The strategy's warnings about this job: (key, why and what to set), printed by `fedgrid check`
     and at the start of `fedgrid run`; they never stop a run."""
-    return STRATEGIES[job.strategy.name].advice(job)
+    return _strategy(job).advice(job)
 
 
 def import_path(file: str | Path, key: str, path: str, what: str) -> Any:
@@ -247,16 +254,17 @@ def _check_federated(job: Job, file: str | Path, cls: Any) -> None:
     """Federated evaluation needs clients that can evaluate, and rounds to evaluate after."""
     if not job.round.federated_every:
         return
-    if STRATEGIES[job.strategy.name].asynchronous:
+    if _strategy(job).asynchronous:
         raise ConfigError(file, "round.federated_every", f"federated evaluation follows a synchronous round; "
-                          f"strategy {job.strategy.name} has none (expected 0)")
+                          f"strategy {strategy_of(job).name} has none (expected 0)")
     if cls is None and not job.data.holdout:
         raise ConfigError(file, "data.holdout", "federated evaluation with the built-in client evaluates on the "
                           "share of each client's rows it holds out; expected a value in (0, 1), e.g. 0.2")
     from fedgrid.apps.client import Client
 
     if cls is not None and (not callable(getattr(cls, "evaluate", None)) or cls.evaluate is Client.evaluate):
-        raise ConfigError(file, "round.federated_every", f"{job.client.path} has no evaluate(params); expected it "
+        path = job.client.path if job.client is not None else None  # cls: the job's client class
+        raise ConfigError(file, "round.federated_every", f"{path} has no evaluate(params); expected it "
                           "to return fedgrid.client.Evaluation for federated evaluation, or 0 here")
 
 
@@ -272,9 +280,10 @@ def _check_client(job: Job, file: str | Path) -> None:
     from fedgrid.apps.train import use_python_path
 
     path = job.client.path
+    assert path is not None  # set by the schema once validated (a Flower app's: fedgrid's adapter class)
     # the workers import the class from the same directories (apps/train.load_class), so this
     # check and the sites agree; a site on another machine has them on its own disk, not here
-    if all(s.executor.runs_here() for s in job.sites) and \
+    if all(executor_of(s).runs_here() for s in job.sites) and \
             (missing := [d for d in job.client.python_path if not Path(d).is_dir()]):
         raise ConfigError(file, "client.python_path", f"no directory {missing[0]} (a relative path is relative to "
                           "the job file's folder)")
@@ -289,15 +298,15 @@ def _check_client(job: Job, file: str | Path) -> None:
     if lacking:
         raise ConfigError(file, "client.path", f"{path} has no {' or '.join(lacking)}(); expected the methods "
                           f"of fedgrid.client.Client ({', '.join(REQUIRED)}, and evaluate for federated evaluation)")
-    needs = set(STRATEGIES[job.strategy.name].needs) | ({"steps"} if job.round.pace == "deadline" else set())
+    needs = set(_strategy(job).needs) | ({"steps"} if job.round.pace == "deadline" else set())
     personal = {"prox": "personal.ditto", "head": "personal.head_epochs"}
     if job.personal is not None:
         needs |= {"prox"} if job.personal.ditto is not None else set()
         needs |= {"head"} if job.personal.head_epochs else set()
     if missing := sorted(needs - set(getattr(cls, "supports", ()) or ())):
         hook = missing[0]
-        who = "round.pace: deadline" if hook == "steps" else f"strategy {job.strategy.name}" \
-            if hook in STRATEGIES[job.strategy.name].needs else personal[hook]
+        who = "round.pace: deadline" if hook == "steps" else f"strategy {strategy_of(job).name}" \
+            if hook in _strategy(job).needs else personal[hook]
         if job.client.flower:
             raise ConfigError(file, "client.flower", f"{who} needs {hook!r} in the client's training loop, which "
                               "fedgrid cannot add to a Flower app; expected a strategy that needs no client hook "
@@ -322,7 +331,7 @@ def _check_flower(job: Job, file: str | Path) -> None:
     app = import_path(file, "client.flower", job.client.flower, "app")
     if job.client.initial:
         import_path(file, "client.initial", job.client.initial, "function")
-    if job.round.federated_every and STRATEGIES[job.strategy.name].asynchronous:
+    if job.round.federated_every and _strategy(job).asynchronous:
         _check_federated(job, file, None)
     if why := refusal(app, job.client.flower, bool(job.round.federated_every), job.client.initial):
         raise ConfigError(file, *why)

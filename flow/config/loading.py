@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from fedgrid.executors import KINDS, kind_module
 from fedgrid.flow.config.checks import check_consistency
@@ -19,7 +20,7 @@ from fedgrid.flow.config.schema import Job
 from fedgrid.flow.strategies import STRATEGIES
 
 
-def _loc(err: dict[str, Any]) -> str:
+def _loc(err: ErrorDetails) -> str:
     return ".".join(str(p) for p in _path(err["loc"]))
 
 
@@ -35,7 +36,7 @@ def _path(loc: tuple[Any, ...]) -> list[Any]:
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     t, msg, val = err["type"], err["msg"], err.get("input")
     if t == "extra_forbidden":
         return "unknown key"

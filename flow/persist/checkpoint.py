@@ -146,7 +146,7 @@ def _sections(state: RoundState) -> tuple[list[pa.RecordBatch], list]:
                 a = a.copy(order="C")
             if a.dtype.byteorder == ">":
                 a = a.astype(a.dtype.newbyteorder("<"))
-            view = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
+            view = a.reshape(-1).data.cast("B") if a.size else memoryview(b"")
             data = pa.LargeBinaryArray.from_buffers(
                 pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, a.nbytes], np.int64)), pa.py_buffer(view)])
             batches.append(pa.record_batch(

@@ -17,7 +17,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config import ConfigError, Job, SiteSpec
+from fedgrid.flow.config.views import executor_of
 
 
 @dataclass
@@ -32,11 +33,11 @@ class TransferPlan:
         return any(self.by_ref.values())
 
 
-def site_limit(job: Job, site) -> int:
+def site_limit(job: Job, site: SiteSpec) -> int:
     """Params bytes that may ride inline to `site`: the job's limit, or less where the site kind
     caps its payloads (once its serializer has inflated them)."""
     limit = int(job.store.inline_max_mb * 2**20)
-    ex = site.executor
+    ex = executor_of(site)
     if ex.payload_limit is not None:
         limit = min(limit, int(ex.payload_limit / ex.payload_overhead))
     return limit
@@ -52,10 +53,11 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
             ref, why = True, "store.mode is always"
         elif st.mode == "never":
             ref, why = False, "store.mode is never"
-            cap, over = s.executor.payload_limit, s.executor.payload_overhead
+            ex = executor_of(s)
+            cap, over = ex.payload_limit, ex.payload_overhead
             if cap is not None and params_bytes * over > cap:
                 raise ConfigError(file, "store.mode", f"is never, but the model's params are {mb:.1f} MB and "
-                                  f"site {s.name!r} ({s.executor.kind}) accepts at most "
+                                  f"site {s.name!r} ({ex.kind}) accepts at most "
                                   f"{cap / 2**20:.0f} MB per task and per result (about "
                                   f"{cap / over / 2**20:.1f} MB of params once serialized); "
                                   f"expected store.mode auto or always with a store the site can reach")
@@ -70,7 +72,7 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
         if st.url:
             out.store_url = store_url(st.url)
         else:
-            remote = [s.name for s in needs_store if not s.executor.runs_here()]
+            remote = [s.name for s in needs_store if not executor_of(s).runs_here()]
             if remote:
                 raise ConfigError(file, "store.url", f"site(s) {remote} get the params ({mb:.1f} MB) by reference "
                                   "but no store.url is set; expected a directory every site can reach (shared "

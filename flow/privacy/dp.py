@@ -43,7 +43,7 @@ import numpy as np
 
 from fedgrid.apps.privacy import clip_and_noise
 from fedgrid.apps.update import ClientUpdate
-from fedgrid.flow.config import ConfigError, Job
+from fedgrid.flow.config import ConfigError, Job, PrivacySpec
 from fedgrid.flow.persist.table import read_rows
 
 
@@ -95,8 +95,8 @@ def history_of(row: dict[str, Any] | None, run_dir: Path) -> list[tuple[float, f
 class Privacy:
     def __init__(self, job: Job, run_dir: Path, last_row: dict[str, Any] | None = None):
         self.Accountant = rdp_accountant()
-        self.spec = job.privacy
-        assert self.spec is not None
+        assert job.privacy is not None  # made only for a job with privacy
+        self.spec: PrivacySpec = job.privacy
         self.q = sample_rate(job)
         self.acc = self.Accountant()
         self.acc.history = history_of(last_row, run_dir)

@@ -129,8 +129,8 @@ class SecureAggregation:
         try:
             for fut in as_completed(futs, timeout=self.job.round.deadline_s):
                 c = futs[fut]
-                if fut.exception() is not None:
-                    why[c] = fut.exception()
+                if (err := fut.exception()) is not None:
+                    why[c] = err
                 elif well_formed(c, fut.result()):
                     out[c] = fut.result()
                 else:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fedgrid.executors import parsl_api
 from fedgrid.executors.batch import ENDED, Block
 
 log = logging.getLogger("fedgrid")
@@ -125,8 +126,7 @@ class BlockWatch:
 
     def _scaled_in(self, block: str) -> bool:
         """Parsl ended this block itself (idle): not a loss."""
-        st = getattr(self.ex, "_status", {}).get(block)
-        return st is not None and getattr(st.state, "name", "") == "SCALED_IN"
+        return parsl_api.block_state(self.ex, block) == "SCALED_IN"
 
     def _lose(self, now: float, b: Block) -> None:
         why = f"site lost: {self.scheduler} job {b.job} {b.state}" + (f" ({b.reason})" if b.reason else "")
@@ -167,7 +167,7 @@ class BlockWatch:
         for b in short:
             self.draining.add(b.block)
             try:
-                self.ex._hold_block(b.block)  # Parsl's HTEX: hold every manager of that block
+                parsl_api.hold_block(self.ex, b.block)
             except Exception as e:  # noqa: BLE001 - the interchange may be gone at shutdown
                 log.warning("site %s: could not hold block %s: %s", self.site, b.block, e)
             self._event("draining", b, f"{b.left_s:.0f} s of walltime left, less than a round "

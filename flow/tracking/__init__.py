@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -102,9 +103,9 @@ class _Feed:
         while not self.stop.is_set():
             kind, value = self.q.get()
             if kind == "round":
-                self._retry(lambda row=value: self._log(row))
+                self._retry(functools.partial(self._log, value))
             else:
-                self._retry(lambda files=value: self._ready() and self.sink.finish(files))
+                self._retry(functools.partial(self._finish, value))
                 return
 
     def _ready(self) -> bool:
@@ -118,6 +119,10 @@ class _Feed:
             last = int(row["round"])
         self.last = last
         return True
+
+    def _finish(self, files: list[Path]) -> None:
+        self._ready()
+        self.sink.finish(files)
 
     def _log(self, row: dict[str, Any]) -> None:
         self._ready()

@@ -1,6 +1,7 @@
-"""The README's client snippets run as written: its `mypkg` files are copied out of README.md into a
-package, and a short run of each (on threads) trains; the stateful client's Adam state continues
-across rounds and across `--rounds +N`; the personalization block is a valid job block."""
+"""The user guide's client snippets run as written: its `mypkg` files are copied out of
+docs/guide/client-api.md and personalization.md into a package, and a short run of each (on
+threads) trains; the stateful client's Adam state continues across rounds and across
+`--rounds +N`; the personalization block is a valid job block."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from fedgrid.flow.config.schema import PersonalSpec
 from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.rounds.runner import run
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide"
 
 
 def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
+    text = "".join((GUIDE / page).read_text() for page in ("client-api.md", "personalization.md"))
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 def _package(tmp_path: Path, monkeypatch) -> None:

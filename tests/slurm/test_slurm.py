@@ -172,7 +172,7 @@ exec fedgrid run job.yaml
 
 
 def test_the_driver_as_a_batch_job_stops_on_sigterm_and_its_next_submission_resumes(tmp_path, make_job, slurm):
-    """Drill 4: the README's batch recipe. `--signal=B:TERM@N` has Slurm send SIGTERM to the batch
+    """Drill 4: the batch recipe of docs/guide/operations.md. `--signal=B:TERM@N` has Slurm send SIGTERM to the batch
     shell (fedgrid, by exec) N seconds before the time limit; here the same signal is sent with
     `scancel --signal=TERM --batch` once a round is checkpointed. The job finishes its round,
     checkpoints and exits 0 (COMPLETED); the same script submitted again resumes, and a plain

@@ -207,7 +207,7 @@ def test_one_hostile_client_in_secure_aggregation_is_dropped_and_the_others_roun
     """Garbage or lies in any message of client 3 (keys, shares, masked vector, unmasking): the
     round completes with the four others (threshold 3 of 5), their sum exactly, and client 3 is
     recorded with a reason. (A client's own *input* cannot be checked under secure aggregation:
-    README, "Trust model".)"""
+    docs/guide/privacy.md, "Trust model".)"""
     from fedgrid.apps import secagg as sa
     from fedgrid.flow.config import parse_job
     from fedgrid.flow.privacy.secagg import SecureAggregation

@@ -1,5 +1,5 @@
 """``fedgrid.client``: the API for your own training code at the sites (see apps/client.py and
-the README's "Write your own client")."""
+docs/guide/client-api.md)."""
 
 from fedgrid.apps.client import (
     HOOKS,
