@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fedgrid.apps.records import Extras, TrainSettings
+
 Params = OrderedDict[str, np.ndarray]
 
 # What a strategy or the round may ask of local training, and what a client says it honours:
@@ -104,13 +106,14 @@ class Work:
     """How much to train this round, and the strategy's hooks into the loop.
 
     `settings` is the job's train block (epochs, batch_size, lr, momentum, weight_decay, ...) with
-    the strategy's instructions for this client merged in. `steps` is set when the round paces
+    the strategy's instructions for this client merged in (a dict: apps/records.py `TrainSettings`
+    names its keys). `steps` is set when the round paces
     clients to its deadline: train that many optimiser steps instead of `epochs` epochs.
     """
 
     round: int  # the round this training is for, 1 .. rounds
     seed: int  # for this client's shuffling this round (differs per round, client and draw)
-    settings: dict[str, Any]
+    settings: TrainSettings
     global_params: Params
     # the job's round target and the round it was set at, each time it changed (a run extended by
     # ``--rounds +N`` at round 10 of 10: ((0, 10), (10, 10 + N))); `rounds` is the current target
@@ -170,7 +173,7 @@ class Work:
         self._fix = Corrections(self.settings, model, self.global_params, self._kept)
         return self._fix
 
-    def finish(self, steps: int) -> dict[str, Any]:
+    def finish(self, steps: int) -> Extras:
         """fedgrid's side, after train: SCAFFOLD keeps the client's new variate in its state and
         returns its change for the server. A round whose strategy corrects local training, from a
         client that never asked for the correction, is an error rather than a silent FedAvg."""

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from fedgrid.apps.records import Extras, ScaffoldInstruction, TrainSettings
+
 
 class Corrections:
-    def __init__(self, train: dict[str, Any], model: Any, global_params: dict[str, np.ndarray], kept: Any = None):
+    def __init__(self, train: TrainSettings, model: Any, global_params: dict[str, np.ndarray], kept: Any = None):
         """`train`: the task's train block, where the strategy put its instructions; `kept`: what the
         site keeps for this client (apps/sitestate.Kept), where SCAFFOLD's variate lives."""
         import torch
@@ -39,7 +41,7 @@ class Corrections:
         tr = train
         self.params = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
         self.mu = float(tr.get("prox_mu") or 0.0)
-        self.sc: dict[str, Any] | None = tr.get("scaffold")
+        self.sc: ScaffoldInstruction | None = tr.get("scaffold")
         self.kept = kept
         self.anchor = {n: torch.from_numpy(np.asarray(global_params[n])).to(p.device) for n, p in self.params.items()} \
             if (self.mu or self.sc) else {}
@@ -71,7 +73,7 @@ class Corrections:
             if self.sc:
                 p.grad.add_(self.shift[n])
 
-    def finish(self, steps: int) -> dict[str, Any]:
+    def finish(self, steps: int) -> Extras:
         """SCAFFOLD: the client's new variate goes into its kept state (written with it, and its
         only if the driver aggregates this update); returns what the driver needs, its change."""
         if not self.sc:

@@ -32,9 +32,10 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from fedgrid.apps.records import SecaggOptions, SecaggReply, SecaggStep, ShareReply, UnmaskReply
 
 PRIME = 2**521 - 1  # Mersenne: holds a 256-bit secret in one field element
 
@@ -143,7 +144,7 @@ def from_ring(r: np.ndarray, frac_bits: int) -> np.ndarray:
 
 
 # -- the site's secrets -----------------------------------------------------------------------------
-def _secret_path(sa: dict[str, Any], client: int, rnd: int) -> Path:
+def _secret_path(sa: SecaggOptions, client: int, rnd: int) -> Path:
     """Where a client keeps this round's secrets: its site's own temp dir, never the shared store."""
     # the run's unguessable nonce in the name: a folder another user made first is never this one
     top = f"fedgrid-secagg-{os.getuid()}" + (f"-{sa['nonce']}" if sa.get("nonce") else "")
@@ -196,12 +197,20 @@ def _unpack(raw: bytes) -> tuple[int, int, int, int]:
 
 
 # -- the three site steps (mask runs inside the train app) ----------------------------------------
-def step(task: dict[str, Any]) -> Any:
-    """One site step of the protocol: ``task["secagg"]["step"]`` is keys, share or unmask."""
-    return {"keys": _keys, "share": _share, "unmask": _unmask}[task["secagg"]["step"]](task)
+def step(task: SecaggStep) -> SecaggReply:
+    """One site step of the protocol: ``task["secagg"]["step"]`` is keys, share or unmask (the
+    records of the request and of each reply: apps/records.py)."""
+    which = task["secagg"]["step"]
+    if which == "keys":
+        return _keys(task)
+    if which == "share":
+        return _share(task)
+    if which == "unmask":
+        return _unmask(task)
+    raise KeyError(which)
 
 
-def _keys(task: dict[str, Any]) -> bytes:
+def _keys(task: SecaggStep) -> bytes:
     path = _secret_path(task["secagg"], task["client"], task["round"])
     for old in path.parent.glob(f"client-{task['client']:05d}-round-*.key"):  # earlier rounds' secrets
         old.unlink(missing_ok=True)
@@ -210,7 +219,7 @@ def _keys(task: dict[str, Any]) -> bytes:
     return pk
 
 
-def _share(task: dict[str, Any]) -> dict[int, bytes]:
+def _share(task: SecaggStep) -> ShareReply:
     sa, me = task["secagg"], task["client"]
     mine = _load(_secret_path(sa, me, task["round"]))
     pks = {int(j): pk for j, pk in sa["pks"].items()}
@@ -223,7 +232,7 @@ def _share(task: dict[str, Any]) -> dict[int, bytes]:
     return out
 
 
-def mask(sa: dict[str, Any], me: int, rnd: int, params: dict[str, np.ndarray], start: dict[str, np.ndarray],
+def mask(sa: SecaggOptions, me: int, rnd: int, params: dict[str, np.ndarray], start: dict[str, np.ndarray],
          n: int) -> np.ndarray:
     """The masked update: ring(n * delta of every float tensor, then n) + PRG(b) + pairwise masks."""
     mine = _load(_secret_path(sa, me, rnd))
@@ -235,7 +244,7 @@ def mask(sa: dict[str, Any], me: int, rnd: int, params: dict[str, np.ndarray], s
     return y + prg(mine["b"], y.size) + pair_masks(me, mine["sk"], pks, y.size, rnd)
 
 
-def _unmask(task: dict[str, Any]) -> dict[str, Any]:
+def _unmask(task: SecaggStep) -> UnmaskReply:
     """Shares of b for the survivors, of the secret key for the dropped; never both for one client.
     Shares that do not decrypt, or are not what their sender claims, are named in "unreadable"
     (their sender misbehaved) instead of failing this client's step."""
@@ -245,7 +254,7 @@ def _unmask(task: dict[str, Any]) -> dict[str, Any]:
     survivors, dropped = set(sa["survivors"]), set(sa["dropped"])
     if survivors & dropped:
         raise ValueError("secagg: a client cannot be both a survivor and dropped")
-    out: dict[str, Any] = {"b": {}, "sk": {}, "unreadable": []}
+    out: UnmaskReply = {"b": {}, "sk": {}, "unreadable": []}
     for i, blob in sa["inbox"].items():
         i = int(i)
         try:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedgrid.apps.datasets import Arrays, client_arrays, load_test
-from fedgrid.flow.persist.checkpoint import atomic_write
+from fedgrid.apps.files import atomic_write
 
 
 def arrays_table(a: Arrays) -> pa.Table:

@@ -11,26 +11,28 @@ weighs by those, never by anything stored beside an update, so one client's lie 
 costs that client and not its site's partial.
 
 It reads each accepted client's update (waiting `wait_s` more for a shared file system to show an
-object a client reported written), checks it as the driver would (names, shapes, dtypes, finite
-values, the norm bound) and returns the partial: the site's weighted mean in the model's own dtype
-(summed in float64), which clients it holds and why it left the others out. What the weights are
-is the strategy's (`weigh`): example counts for the mean-based rules, counts over local steps for
-FedNova, one per client under differential privacy (each delta clipped to `clip` here first).
-SCAFFOLD's control-variate deltas are averaged beside the model (``scaffold_dc/<name>``). Under
-secure aggregation the updates are masked vectors in Z_2^64: the app adds them and learns nothing
-about any one client; the driver removes the masks from the site's sum.
+object a client reported written), checks it by the rules the driver applies (apps/checks.py:
+names, shapes, dtypes, finite values, the norm bound) and returns the partial: the site's weighted
+mean in the model's own dtype (summed in float64), which clients it holds and why it left the
+others out. What the weights are is the strategy's (`weigh`): example counts for the mean-based
+rules, counts over local steps for FedNova, one per client under differential privacy (each delta
+clipped to `clip` here first). SCAFFOLD's control-variate deltas are averaged beside the model
+(``scaffold_dc/<name>``). Under secure aggregation the updates are masked vectors in Z_2^64: the
+app adds them and learns nothing about any one client; the driver removes the masks from the
+site's sum.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from fedgrid.apps import checks
+from fedgrid.apps.checks import InvalidUpdate
 from fedgrid.apps.store import Ref, Store, StoreError
-from fedgrid.apps.update import ClientUpdate
 
 CONTROL = "scaffold_dc/"  # SCAFFOLD's c_i+ - c_i, stored beside a client's params for its site
 MASKED = "masked"  # a secure-aggregation client's one vector (apps/secagg.py)
@@ -46,7 +48,7 @@ class SiteAggTask:
     round: int
     keys: dict[int, str]
     store: str
-    params: Any
+    params: dict[str, np.ndarray] | Ref
     weigh: Literal["examples", "steps", "equal"] = "examples"
     clip: float | None = None
     control: bool = False
@@ -80,7 +82,7 @@ def weight(weigh: str, examples: int, steps: int) -> float:
     return float(examples) / max(int(steps), 1) if weigh == "steps" else 1.0 if weigh == "equal" else float(examples)
 
 
-def aggregate_site(task: SiteAggTask, settled: Any = None) -> SitePartial:
+def aggregate_site(task: SiteAggTask, settled: dict[int, tuple[int, int]] | None = None) -> SitePartial:
     """`settled`: the driver's future for "the site's clients are checked", passed so that Parsl
     starts this app only once it resolves; its value is {client: (examples, steps)} of the clients
     the driver accepted, the only ones read."""
@@ -110,7 +112,7 @@ def aggregate_site(task: SiteAggTask, settled: Any = None) -> SitePartial:
     return _finish(task, acc.result(), acc.out, t0)
 
 
-def _accepted(settled: Any, keys: dict[int, str]) -> dict[int, tuple[int, int]]:
+def _accepted(settled: dict[int, tuple[int, int]] | None, keys: dict[int, str]) -> dict[int, tuple[int, int]]:
     """The driver's {client: (examples, steps)}, limited to this site's clients."""
     if not isinstance(settled, dict):
         return {}
@@ -136,7 +138,7 @@ class _Sum:
         self.out = SitePartial(task.site, task.round, 0, [])
         self.w = 0.0
         if task.masked:
-            self.total = {MASKED: np.zeros(task.masked, np.uint64)}
+            self.total: dict[str, np.ndarray] = {MASKED: np.zeros(task.masked, np.uint64)}
         else:
             self.total = {k: np.zeros(v.shape, np.float64) for k, v in like.items()}
             if task.control:
@@ -144,8 +146,6 @@ class _Sum:
 
     def add(self, c: int, examples: int, steps: int, params: dict[str, np.ndarray], nbytes: int) -> None:
         """Check one client's stored update as the driver would; add it in, or say why not."""
-        from fedgrid.flow.rounds.validate import InvalidUpdate
-
         self.out.bytes_in_site += nbytes
         try:
             params = self._checked(c, examples, params)
@@ -163,24 +163,24 @@ class _Sum:
         self.out.clients.append(c)
 
     def _checked(self, c: int, examples: int, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The shared rules (apps/checks.py): a masked vector; or the model's tensors (names,
+        shapes, dtypes, finite, the norm bound) with SCAFFOLD's control deltas for every float
+        tensor beside them; the example count the driver accepted."""
         from fedgrid.apps.privacy import clip_and_noise
-        from fedgrid.flow.rounds.validate import InvalidUpdate, check
 
         if self.task.masked:
-            m = params.get(MASKED)
-            if len(params) != 1 or m is None or m.dtype != np.uint64 or m.shape != (self.task.masked,):
-                raise InvalidUpdate(f"rejected: expected one masked uint64 vector of {self.task.masked} values")
+            checks.masked(params, self.task.masked)
             return params
-        control = {k: params.pop(k) for k in [k for k in params if k.startswith(CONTROL)]}
-        if self.task.control and (sorted(control) != sorted(CONTROL + k for k in self.trainable) or any(
-                np.shape(v) != self.like[k[len(CONTROL):]].shape or not np.isfinite(v).all()
-                for k, v in control.items())):
-            raise InvalidUpdate("rejected: its SCAFFOLD control delta does not fit the model or is not finite")
-        check(ClientUpdate(client=c, site=self.task.site, round=self.task.round, num_examples=examples,
-                           params=params), self.like, self.task.max_norm)
+        control = {k[len(CONTROL):]: params.pop(k) for k in [k for k in params if k.startswith(CONTROL)]}
+        if self.task.control:
+            checks.control(control, self.like, complete=True)
+        elif control:
+            raise InvalidUpdate("rejected: SCAFFOLD control deltas in a round that sent no control variate")
+        checks.examples(examples)
+        checks.Rules(self.like, self.task.max_norm).params(params)
         if self.task.clip is not None:  # central DP: each client's delta bounded before it is summed
             params, _ = clip_and_noise(params, self.like, self.task.clip, 0.0, np.random.default_rng())
-        return {**params, **control}
+        return {**params, **{CONTROL + k: v for k, v in control.items()}}
 
     def result(self) -> dict[str, np.ndarray]:
         """The masked sum as it is; otherwise the mean in each tensor's own float dtype (integer
@@ -200,7 +200,8 @@ def _finish(task: SiteAggTask, total: dict[str, np.ndarray], out: SitePartial, t
     """The partial travels inline when small, else through the driver's store (like an update)."""
     out.clients.sort()
     above = task.ref_above
-    if out.clients and above is not None and task.out_store and sum(a.nbytes for a in total.values()) > above:
+    if out.clients and above is not None and task.out_store and task.out_key is not None \
+            and sum(a.nbytes for a in total.values()) > above:
         out.ref = Store(task.out_store).put(total, task.out_key)
     elif out.clients:
         out.params = total

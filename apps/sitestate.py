@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import state as codec
+from fedgrid.apps.records import StateDigest
 from fedgrid.apps.store import Ref, Store, StoreError, fetch
 
 DIRTY = "dirty"  # a version no store object has: client code ran on the object since it was clean
@@ -139,7 +140,7 @@ def enter(s: Slot, keep: dict[str, Any] | None, make: Callable[[], Any], call: C
     return kept
 
 
-def leave(s: Slot, keep: dict[str, Any], call: Callable[..., Any], started: float) -> dict[str, Any]:
+def leave(s: Slot, keep: dict[str, Any], call: Callable[..., Any], started: float) -> StateDigest:
     """After an answer is ready: the client's new state written to the store under its digest;
     returns the digest for the driver, which makes it the client's version only if it accepts
     the update. Versions the driver no longer names are removed (`prune`)."""

@@ -27,6 +27,7 @@ import numpy as np
 from fedgrid.apps import codec, devices, faults, guard, sitestate
 from fedgrid.apps.client import Context, Evaluation, Fit, Work
 from fedgrid.apps.memo import Last
+from fedgrid.apps.records import CompressSettings, Extras, TrainSettings
 from fedgrid.apps.store import Ref, Store, fetch
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.update import ClientEvaluation, ClientUpdate
@@ -203,7 +204,7 @@ def global_params(params: Any) -> dict[str, np.ndarray]:
 
 
 def send_back(task: TrainTask, params: dict[str, np.ndarray],
-              extras: dict[str, Any]) -> tuple[dict[str, np.ndarray], Ref | None]:
+              extras: Extras) -> tuple[dict[str, np.ndarray], Ref | None]:
     """Inline when small; through the store when over the site's limit (e.g. Globus Compute's 10 MB).
     Under site aggregation always to the site's store, with SCAFFOLD's control delta beside it:
     both stay at the site, and the envelope keeps only the small fields."""
@@ -236,7 +237,7 @@ def _warm(task: TrainTask) -> dict[str, Any]:
     return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "client": task.code["path"]}
 
 
-def compress(task: TrainTask, comp: dict[str, Any], params: dict[str, np.ndarray],
+def compress(task: TrainTask, comp: CompressSettings, params: dict[str, np.ndarray],
              start: dict[str, np.ndarray], kept: sitestate.Kept | None) -> dict[str, np.ndarray]:
     """The update as it goes over the wire (apps/codec.py). Top-k's error-feedback residual is
     part of the client's state at its site (`kept`): added in, and what is left kept for the next
@@ -259,7 +260,7 @@ def outgoing(task: TrainTask, params: dict[str, np.ndarray], start: dict[str, np
         from fedgrid.apps.privacy import clip_and_noise
 
         # from the OS's entropy: the driver, whom local DP protects against, knows every seed
-        params, _ = clip_and_noise(params, start, dp["clip"], dp["std"], np.random.default_rng())
+        params, _ = clip_and_noise(params, start, dp.clip, dp.std, np.random.default_rng())
     if sec := task.train.get("secagg"):  # secure aggregation: only the masked vector leaves the site
         from fedgrid.apps.secagg import mask
 
@@ -294,7 +295,7 @@ def checked_fit(fit: Any, start: dict[str, np.ndarray], work: Work) -> Fit:
 def _work(task: TrainTask, start: dict[str, np.ndarray], kept: sitestate.Kept | None = None) -> Work:
     # an asynchronous client may train twice from the same global model: `draw` tells the two apart
     seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
-    settings = task.train
+    settings: TrainSettings = task.train
     if (task.keep or {}).get("head_epochs"):  # FedRep: the client's loop trains its head first
         settings = {**settings, "head_epochs": task.keep["head_epochs"], "personal_layers": task.keep["personal"]}
     return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=settings, global_params=start,
@@ -373,7 +374,7 @@ def _ditto(task: TrainTask, client: Any, kept: sitestate.Kept, mine: dict[str, n
     d = task.keep["ditto"]
     if "prox" not in set(getattr(client, "supports", ())):
         raise RuntimeError(f"client {task.code['path']} does not support 'prox', which personal.ditto needs")
-    settings = {**task.train, "prox_mu": float(d["lam"]), "epochs": int(d["epochs"]), "steps": None,
+    settings: TrainSettings = {**task.train, "prox_mu": float(d["lam"]), "epochs": int(d["epochs"]), "steps": None,
                 "scaffold": None, "personal": True}
     seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw, 0xD1770])
     work = Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=settings, global_params=mine,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from fedgrid.apps.records import Extras, FailureRow
 from fedgrid.apps.store import Ref, fetch
 from fedgrid.apps.wire import FastPickle
 
@@ -20,8 +20,10 @@ class ClientUpdate(FastPickle):
     `params` are the client's new weights, or empty with `ref` pointing at them in the store when
     they were too large to send back inline (the driver fetches and verifies them: `resolve`).
     `timings` holds seconds: queue (submit to start), load, train, upload, total. `extras` carries
-    strategy-specific payloads (control variates, step counts). It goes back to the driver as one
-    C-pickled string (apps/wire.py): Parsl's dill would pickle it in pure Python.
+    the step count, the worker's labels, the client state version and strategy payloads (control
+    variates): apps/records.py `Extras`, a dict on the wire, checked by the driver before use. It
+    goes back to the driver as one C-pickled string (apps/wire.py): Parsl's dill would pickle it
+    in pure Python.
     """
 
     client: int
@@ -31,7 +33,7 @@ class ClientUpdate(FastPickle):
     params: dict[str, np.ndarray]
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: Extras = field(default_factory=Extras)
     ref: Ref | None = None
     staleness: int = 0  # rounds between the global model it trained from and the one it joins
     scale: float = 1.0  # aggregation weight multiplier (a carried late update weighs less)
@@ -101,6 +103,6 @@ class Failure:
             logging.getLogger("fedgrid").warning("client %s at %s failed in its client code:\n%s", client, site, tb)
         return cls(int(client), str(site), text if len(text) <= REASON_MAX else text[:REASON_MAX - 3] + "...")
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> FailureRow:
         """As the rounds table stores it."""
         return {"client": self.client, "site": self.site, "reason": self.reason}

@@ -86,7 +86,7 @@ def watched(provider_cls: type, poll_s: float) -> type:
     """`provider_cls` polled every `poll_s` seconds by Parsl's job status poller (Slurm's provider
     says 60), so a replaced or lost block is seen by Parsl's scaling strategy within seconds."""
 
-    class Watched(provider_cls):  # type: ignore[misc, valid-type]
+    class Watched(provider_cls):
         @property
         def status_polling_interval(self) -> int:
             return max(1, int(poll_s))

@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,11 +46,33 @@ class SpecBase(BaseModel):
     # reference (docs/reference/job-file.md) is generated from
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
-    scales: ClassVar[bool] = False
-    in_driver: ClassVar[bool] = False
-    watch_workers: ClassVar[bool] = False
-    payload_limit: ClassVar[int | None] = None
-    payload_overhead: ClassVar[float] = 1.0
+    if TYPE_CHECKING:
+        # The discriminator, a field of each kind's Spec (``kind: Literal["slurm"] = "slurm"``).
+        @property
+        def kind(self) -> str: ...
+
+        # Read-only to the driver, which is what lets a kind set them either per class (a ClassVar)
+        # or per instance (a property: `parsl`); at run time they are the class attributes below.
+        @property
+        def scales(self) -> bool: ...
+
+        @property
+        def in_driver(self) -> bool: ...
+
+        @property
+        def watch_workers(self) -> bool: ...
+
+        @property
+        def payload_limit(self) -> int | None: ...
+
+        @property
+        def payload_overhead(self) -> float: ...
+    else:
+        scales: ClassVar[bool] = False
+        in_driver: ClassVar[bool] = False
+        watch_workers: ClassVar[bool] = False
+        payload_limit: ClassVar[int | None] = None
+        payload_overhead: ClassVar[float] = 1.0
 
     def runs_here(self) -> bool:
         return False
@@ -102,8 +124,8 @@ class BatchKind(Protocol):
         """Each job's state, reason and walltime left; None when the scheduler did not answer."""
 
 
-def scheduler_of(module: ModuleType) -> Scheduler | None:
-    """The scheduler of a :class:`BatchKind` module, else None."""
+def scheduler_of(module: object) -> Scheduler | None:
+    """The scheduler of a :class:`BatchKind` module (any module, or a kind as :class:`SiteKind`), else None."""
     return Scheduler(module.SCHEDULER, module.query) if isinstance(module, BatchKind) else None
 
 

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,15 @@ class EmulatedEndpoint(Executor):
         return self.engine
 
     # -- the sdk's side -------------------------------------------------------------------------
-    def submit(self, fn, *args, **kwargs) -> Future:
+    # the sdk's Executor.submit takes `fn` by keyword too, which concurrent.futures.Executor's
+    # (positional-only, so a task's own kwargs may hold an `fn`) rules out: no signature fits both
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
         """Serialize and pack like the sdk, check the service's limit, run on the engine."""
         from globus_compute_common import messagepack
         from globus_compute_common.messagepack.message_types import Task
         from globus_compute_endpoint.engines.base import GCFuture
 
-        fut: Future = Future()
+        fut: Future[Any] = Future()
         ser = self._serde
         key = id(fn)
         with self._lock:
@@ -153,6 +156,7 @@ class EmulatedEndpoint(Executor):
     def _deliver(self, gc_fut: Future, fut: Future) -> None:
         """Unpack the endpoint's Result message as the sdk's result watcher does."""
         from globus_compute_common import messagepack
+        from globus_compute_common.messagepack.message_types import Result
         from globus_compute_sdk.errors import TaskExecutionFailed
 
         try:
@@ -161,8 +165,11 @@ class EmulatedEndpoint(Executor):
                 fut.set_exception(exc)
                 return
             res = messagepack.unpack(gc_fut.result())
+            if not isinstance(res, Result):  # what the engine packs for a task; anything else fails the task
+                raise TypeError(f"expected a Result message from the engine, got {type(res).__name__}")
             if res.is_error:
-                fut.set_exception(TaskExecutionFailed(res.data, None, res.error_details and res.error_details.__dict__))
+                details = res.error_details.__dict__ if res.error_details is not None else None
+                fut.set_exception(TaskExecutionFailed(res.data, None, details))
             else:
                 fut.set_result(self._serde.deserialize(res.data))
         except Exception as e:  # noqa: BLE001 - never leave a future unresolved

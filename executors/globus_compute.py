@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fedgrid.executors.common import SpecBase
+
+if TYPE_CHECKING:  # imported in build only: validating a job never loads the sdk
+    from globus_compute_sdk import Executor
 
 # The hosted service's limit, per task submission and per result (TASK_PAYLOAD_TOO_LARGE,
 # MaxResultSizeExceeded).
@@ -121,6 +124,7 @@ def build(site: Any, run_dir: Path, dry_run: bool = False):
     from parsl.executors import GlobusComputeExecutor
 
     spec: Spec = site.executor
+    sdk: Executor  # the emulated endpoint is one too
     if spec.emulate:
         from fedgrid.executors.gc_emulator import EmulatedEndpoint
 

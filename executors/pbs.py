@@ -79,7 +79,11 @@ def query(job_ids: list[str]) -> dict[str, batch.Block] | None:
 
 def _block(job: str, j: dict[str, Any]) -> batch.Block:
     code = j.get("job_state", "")
-    state = _EXIT.get(j.get("Exit_status"), "FAILED") if code == "F" else _STATES.get(code, "UNKNOWN")
+    if code == "F":  # finished: its exit status says how (a job without one failed)
+        status = j.get("Exit_status")
+        state = "FAILED" if status is None else _EXIT.get(status, "FAILED")
+    else:
+        state = _STATES.get(code, "UNKNOWN")
     left = None
     if state == "RUNNING":
         limit = batch.seconds((j.get("Resource_List") or {}).get("walltime", ""))

@@ -37,10 +37,11 @@ from typing import Any
 from croniter import croniter
 
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.persist.runlock import RunLock, holder
+from fedgrid.flow.persist.runlock import RunLock
+from fedgrid.flow.results.status import SCHEDULE_FILE as STATE
+from fedgrid.flow.results.status import read_schedule as read_state
 
 log = logging.getLogger("fedgrid")
-STATE = "schedule.json"
 
 
 class SchedulerBusy(Exception):
@@ -156,14 +157,3 @@ class Scheduler:
             return int(self.state["runs"])
         finally:
             self._lock.release()
-
-
-def read_state(run_dir: Path) -> dict[str, Any] | None:
-    """schedule.json with ``active``: whether its scheduler still holds the run directory."""
-    path = run_dir / STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    state["active"] = holder(run_dir / ".schedule.lock") is not None
-    return state

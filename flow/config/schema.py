@@ -12,12 +12,18 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedgrid.executors import kind_module, specs
 from fedgrid.flow.strategies import DEFAULT, STRATEGIES, option_models
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from fedgrid.executors.common import SpecBase
+    from fedgrid.flow.strategies.base import StrategyOptions
 
 
 class _Strict(BaseModel):
@@ -146,8 +152,23 @@ class TrainSpec(_Strict):
     that cannot write there: `$TMPDIR/fedgrid-<uid>-<nonce>/output`)."""
 
 
-# The strategy block: `name` picks the strategy, whose Options class holds its keys.
-StrategySpec = Annotated[Union[tuple(option_models())], Field(discriminator="name")]  # noqa: UP007 - built at runtime
+# The strategy block: `name` picks the strategy, whose Options class holds its keys. A type checker
+# cannot see a union built at run time: to it the block is what every strategy's Options is.
+if TYPE_CHECKING:
+    class StrategySpec(StrategyOptions):
+        """Some strategy's Options: a StrategyOptions with the ``name`` each one declares (a Literal)."""
+
+        @property
+        def name(self) -> str: ...
+else:
+    StrategySpec = Annotated[Union[tuple(option_models())], Field(discriminator="name")]  # noqa: UP007 - built at runtime
+
+
+def _default_strategy() -> StrategySpec:
+    """A job without a strategy block: the default strategy's Options. Statically a StrategyOptions,
+    which declares no ``name``; every strategy's Options has one (flow/strategies/__init__.py finds
+    only those)."""
+    return cast("StrategySpec", STRATEGIES[DEFAULT].Options())
 
 
 class RoundSpec(_Strict):
@@ -224,8 +245,12 @@ class RoundSpec(_Strict):
 
 
 # A site's executor block: `kind` picks the module under fedgrid.executors, whose Spec holds the
-# kind's options (so each kind documents and validates its own keys in one place).
-ExecutorSpec = Annotated[Union[tuple(specs())], Field(discriminator="kind")]  # noqa: UP007 - built at runtime
+# kind's options (so each kind documents and validates its own keys in one place). To a type checker,
+# which cannot see a union built at run time, the block is the base every kind's Spec derives from.
+if TYPE_CHECKING:
+    ExecutorSpec: TypeAlias = SpecBase
+else:
+    ExecutorSpec = Annotated[Union[tuple(specs())], Field(discriminator="kind")]  # noqa: UP007 - built at runtime
 
 
 class SiteSpec(_Strict):
@@ -607,7 +632,7 @@ class Job(_Strict):
     """What data each client trains on and what the driver evaluates on."""
     train: TrainSpec = TrainSpec()
     """Local training at each client."""
-    strategy: StrategySpec = Field(default_factory=lambda: STRATEGIES[DEFAULT].Options())
+    strategy: StrategySpec = Field(default_factory=_default_strategy)
     """The aggregation strategy: `name` picks it, the other keys are its options. `strategy:
     fednova` is short for `{name: fednova}`; a block without `name` is FedAvg."""
     round: RoundSpec = RoundSpec()
@@ -708,7 +733,7 @@ class Job(_Strict):
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed: the model (or client code) and the strategy."""
-        key = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
+        key: dict[str, Any] = {"model": self.model.model_dump(), "strategy": self.strategy.model_dump()}
         if self.client is not None:  # (absent for the built-in client: old checkpoints still match)
             key["client"] = self.client.code
         if self.personal is not None:  # what is personal is part of what the checkpoint's model means

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from fedgrid.flow.config.schema import Job, SiteSpec
 
 
-class SiteKind(Protocol):
+class ExecutorBlock(Protocol):
     """A site's ``executor`` block: the kind's ``Spec`` (executors/common.py ``SpecBase``)."""
 
     @property
@@ -44,7 +44,7 @@ class SiteKind(Protocol):
     def resolve(self, site: str) -> None: ...
 
 
-class StrategyChoice(Protocol):
+class StrategyBlock(Protocol):
     """The job's ``strategy`` block: the strategy's ``Options`` (flow/strategies/base.py ``StrategyOptions``)."""
 
     @property
@@ -53,9 +53,9 @@ class StrategyChoice(Protocol):
     def model_dump(self, *, exclude: set[str] | None = None) -> dict[str, Any]: ...
 
 
-def executor_of(site: SiteSpec) -> SiteKind:
+def executor_of(site: SiteSpec) -> ExecutorBlock:
     return site.executor
 
 
-def strategy_of(job: Job) -> StrategyChoice:
+def strategy_of(job: Job) -> StrategyBlock:
     return job.strategy

@@ -42,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from fedgrid.apps.files import atomic_write  # (where it lives: site code writes atomically too)
+
 FORMAT = "fedgrid.round.v2"
 FORMATS = ("fedgrid.round.v1", FORMAT)  # v1: one sha256 over all data; v2: a CRC32 per array
 log = logging.getLogger("fedgrid")
@@ -111,28 +113,6 @@ def _digest(rows: list[tuple[str, str, str, list[int], memoryview]], meta: dict[
     for (sec, name, dt, shape, data), crc in zip(rows, crcs, strict=True):
         h.update(f"{sec}|{name}|{dt}|{shape}|{len(data)}|{crc:08x}\n".encode())
     return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) fills the file
-    """Write via `write(tmp)`, fsync, rename over `path`, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def _sections(state: RoundState) -> tuple[list[pa.RecordBatch], list]:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps.privacy import clip_and_noise
+from fedgrid.apps.records import LocalDp, RoundRow
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.config import ConfigError, Job, PrivacySpec
 from fedgrid.flow.persist.table import read_rows
@@ -136,15 +137,15 @@ class Privacy:
                 std = self.spec.noise_multiplier * self.spec.clip / np.sqrt(m * (k or 1))
                 u.params, _ = clip_and_noise(u.params, global_params, np.inf if k else self.spec.clip, std, rng)
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: RoundRow) -> None:
         """Account for the round just aggregated and write z, q and epsilon into its row."""
         self.acc.step(noise_multiplier=self.spec.noise_multiplier, sample_rate=self.q)
         # the whole history goes into the round file with its row (run-length: (z, q, steps))
-        row.update(dp_noise=self.spec.noise_multiplier, dp_sample_rate=self.q, dp_epsilon=self.epsilon(),
-                   dp_history=[list(h) for h in self.acc.history])
+        row.update({"dp_noise": self.spec.noise_multiplier, "dp_sample_rate": self.q, "dp_epsilon": self.epsilon(),
+                    "dp_history": [list(h) for h in self.acc.history]})
 
-    def task_options(self) -> dict[str, Any] | None:
+    def task_options(self) -> LocalDp | None:
         """What a site needs for local DP (none in central mode)."""
         if self.spec.mode != "local":
             return None
-        return {"clip": self.spec.clip, "std": self.spec.noise_multiplier * self.spec.clip}
+        return LocalDp(clip=self.spec.clip, std=self.spec.noise_multiplier * self.spec.clip)

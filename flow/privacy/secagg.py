@@ -26,15 +26,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from fedgrid.apps import checks
 from fedgrid.apps import secagg as sa
+from fedgrid.apps.checks import MAX_EXAMPLES
 from fedgrid.apps.codec import is_float
+from fedgrid.apps.records import SecaggOptions, SecaggStep
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.config import Job
-from fedgrid.flow.rounds.validate import MAX_EXAMPLES
 
 
 class SecAggFailed(Exception):
@@ -111,18 +113,19 @@ class SecureAggregation:
     def threshold(self, m: int) -> int:
         return max(2, math.ceil(self.spec.threshold * m))
 
-    def _opts(self, rnd: int, **more: Any) -> dict[str, Any]:
-        return {"run_id": self.run_id, "nonce": self.nonce, "key_dir": self.spec.key_dir,
-                "frac_bits": self.spec.frac_bits, **more}
+    def _opts(self, rnd: int, **more: Any) -> SecaggOptions:
+        # (each stage's own keys in `more`: apps/records.SecaggOptions says which)
+        return cast(SecaggOptions, {"run_id": self.run_id, "nonce": self.nonce, "key_dir": self.spec.key_dir,
+                                    "frac_bits": self.spec.frac_bits, **more})
 
-    def _stage(self, rnd: int, clients: list[int], opts: dict[int, dict[str, Any]],
+    def _stage(self, rnd: int, clients: list[int], opts: dict[int, SecaggOptions],
                failures: list[Failure], well_formed: Callable[[int, Any], bool]) -> dict[int, Any]:
         """Run one site step for `clients`; their answers, and a failure row for each that did not
         answer or answered something malformed (`well_formed(client, answer)`): one client's bad
         message must cost that client, never the round."""
         futs: dict[Future, int] = {}
         for c in clients:
-            task = {"client": c, "site": self.sites[c], "round": rnd, "secagg": opts[c]}
+            task: SecaggStep = {"client": c, "site": self.sites[c], "round": rnd, "secagg": opts[c]}
             futs[self.runtime.call(self.sites[c], task)] = c
         out: dict[int, Any] = {}
         why: dict[int, BaseException] = {}
@@ -145,7 +148,7 @@ class SecureAggregation:
         return out
 
     def setup(self, rnd: int, clients: list[int], global_params: dict[str, np.ndarray],
-              by_site: bool = False) -> tuple[list[int], list[Failure], dict[int, dict]]:
+              by_site: bool = False) -> tuple[list[int], list[Failure], dict[int, SecaggOptions]]:
         """Stages 1 and 2. Returns the clients in the masking, the failures, and each one's train
         instructions (its group's public keys). The masking group is the round's clients, or under
         round.aggregate: site each site's own: a site whose clients fall short of its threshold is
@@ -198,10 +201,9 @@ class SecureAggregation:
     def check(self, rnd: int, u: ClientUpdate) -> ClientUpdate:
         """A masked update has the masked vector and nothing else (the gather's accept hook)."""
         size = self.size(rnd)
-        m = u.params.get("masked")
-        if u.codec != "secagg" or m is None or m.dtype != np.uint64 or m.size != size or len(u.params) != 1:
-            raise ValueError(f"secagg: expected a masked uint64 vector of {size} values")
-        u.wire_nbytes = int(m.nbytes)
+        if u.codec != "secagg":
+            raise checks.InvalidUpdate(f"rejected: codec {str(u.codec)[:20]!r}, expected a masked update (secagg)")
+        u.wire_nbytes = int(checks.masked(u.params, size).nbytes)  # (the site aggregator's rule too)
         return u
 
     @staticmethod

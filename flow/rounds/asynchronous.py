@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from fedgrid.flow.rounds.driver import Driver
 from fedgrid.flow.rounds.gather import Gathered
 from fedgrid.flow.rounds.outcome import RoundFailed
 from fedgrid.flow.rounds.rows import RoundInfo, round_row
+from fedgrid.flow.strategies.fedbuff import FedBuff
 
 POLL_S = 0.5
 
@@ -60,8 +62,9 @@ class AsyncLoop:
     """FedBuff's loop over one run: keep every site's slots full, buffer the answers, step."""
 
     def __init__(self, drv: Driver, done: int, params: Params, params_bytes: int):
-        self.drv, self.job, self.strat = drv, drv.job, drv.strategy
-        self.opts = self.strat.opts
+        # (only an asynchronous strategy gets here: FedBuff's options and staleness weight)
+        self.strat = cast(FedBuff, drv.strategy)
+        self.drv, self.job, self.opts = drv, drv.job, self.strat.opts
         self.params, self.params_bytes, self.version = params, params_bytes, done
         self.site_clients: dict[str, list[int]] = {}
         for c, s in enumerate(drv.sites):
@@ -110,7 +113,7 @@ class AsyncLoop:
         prof.failed(self.drv.profiles, fl.client)
         self.drv.progress.client_done(fl.client, False)
 
-    def _fill(self, down: set[str]) -> None:
+    def _fill(self, down: dict[str, str]) -> None:
         """Give every site with a free slot idle clients, training from the newest global model."""
         # a client whose update waits in the buffer is not sent again: its next flight must start from
         # the state that update leaves, which becomes its state only at the server step that uses it
@@ -128,9 +131,9 @@ class AsyncLoop:
                 self.flights[fut] = _Flight(int(c), site, self.version, time.monotonic())
                 self.step.submitted += 1
 
-    def _expire(self, finished: set[Future], down: set[str]) -> None:
+    def _expire(self, finished: set[Future], down: dict[str, str]) -> None:
         """Give up tasks past the deadline; forget ones that will never end (a lost site, a hung
-        worker) so their site's slot is free again."""
+        worker) so their site's slot is free again. `down`: site -> why (SiteRuntime.down_sites)."""
         deadline, now = self.job.round.deadline_s, time.monotonic()
         for fut, fl in list(self.flights.items()):
             if fut in finished:

@@ -10,10 +10,11 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from fedgrid.apps.records import RoundRow
 from fedgrid.executors import site_workers
 from fedgrid.flow.clients import personal
 from fedgrid.flow.clients import profiles as prof
@@ -136,17 +137,18 @@ class Driver:
         if state.horizon:
             self.horizon = [list(h) for h in state.horizon]
 
-    def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> ckpt.RoundState:
+    def snapshot(self, rnd: int, params: dict[str, np.ndarray], row: RoundRow) -> ckpt.RoundState:
         """Round r's state, taken on the main thread before round r+1 touches the RNG or profiles."""
         return ckpt.RoundState(
             round=rnd, params=params, strategy=OrderedDict((k, v.copy()) for k, v in self.strategy.state().items()),
             profiles=OrderedDict((k, v.copy()) for k, v in self.profiles.items()), memory=self.memory.state(),
-            rng=copy.deepcopy(self.rng.bit_generator.state), row=row, fingerprint=self.job.fingerprint(),
+            rng=copy.deepcopy(self.rng.bit_generator.state), fingerprint=self.job.fingerprint(),
+            row=cast("dict[str, Any]", row),  # (the checkpoint stores the row as the plain dict it is)
             job=self.job.model_dump(mode="json"), horizon=[list(h) for h in self.horizon])
 
-    def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+    def hand_off(self, rnd: int, params: dict[str, np.ndarray], row: RoundRow) -> None:
         """Round `rnd` is aggregated: snapshot it now, write it in the background. A fine-tuning
         run's rows (and so its checkpoints) name the frozen base its params belong to."""
         if base := self.tasks.code.get("base"):
-            row.update(base_name=base["name"], base_sha256=base["sha256"])
+            row.update({"base_name": base["name"], "base_sha256": base["sha256"]})
         self.writer.hand_off(self.snapshot(rnd, params, row))

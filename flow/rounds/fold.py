@@ -15,11 +15,11 @@ accumulator), so the error is relative to the deltas, not to the weights, and th
 summed in float64 and rounded once, at the end, as `weighted_mean` does.
 
 Verification: an update by reference is read from the store in pieces (apps/store.Reader),
-checked piece by piece exactly as `validate.check` checks a whole update (names, shapes, dtypes,
-finite values, the norm bound), and written to a private, unlinked spill file. Only once the
-whole object has matched its size and sha256 and passed every check is it folded, from the spill:
-what is folded is what was verified, however the store object changes afterwards, and a rejected
-update never touches the accumulator.
+checked piece by piece by the same rules `validate.check` applies to a whole update (apps/checks.py
+`Rules`: names, shapes, dtypes, finite values, the norm bound), and written to a private, unlinked
+spill file. Only once the whole object has matched its size and sha256 and passed every check is
+it folded, from the spill: what is folded is what was verified, however the store object changes
+afterwards, and a rejected update never touches the accumulator.
 
 Determinism: floating-point sums depend on their order, and answers arrive in any order. Updates
 are therefore folded in client order: an accepted update waits (in its spill) until every client
@@ -35,20 +35,26 @@ carry``) are folded at the end with their scale.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from fedgrid.apps import checks
+from fedgrid.apps.checks import Rules
 from fedgrid.apps.codec import is_float
-from fedgrid.apps.store import PIECE, Entry, Reader, Ref
+from fedgrid.apps.store import PIECE, Reader, Ref
 from fedgrid.apps.update import ClientUpdate
 from fedgrid.flow.rounds import validate
-from fedgrid.flow.rounds.validate import InvalidUpdate
+
+if TYPE_CHECKING:
+    from fedgrid.flow.config import Job
+    from fedgrid.flow.privacy.dp import Privacy
+    from fedgrid.flow.privacy.secagg import SecureAggregation
+    from fedgrid.flow.strategies.base import Strategy
 
 Params = dict[str, np.ndarray]
 # elements per step of the fold: its temporaries stay in cache and numpy's per-call cost stays
@@ -56,7 +62,25 @@ Params = dict[str, np.ndarray]
 CHUNK = 1 << 17
 
 
-def applies(drv: Any) -> bool:
+class FoldDriver(Protocol):
+    """What the fold's decision (and two-tier aggregation's weighing) reads of the run's driver
+    (flow/rounds/driver.py Driver): a Protocol, so the round modes and tests may hand in any
+    object that has these."""
+
+    @property
+    def job(self) -> Job: ...
+
+    @property
+    def strategy(self) -> Strategy: ...
+
+    @property
+    def privacy(self) -> Privacy | None: ...
+
+    @property
+    def secagg(self) -> SecureAggregation | None: ...
+
+
+def applies(drv: FoldDriver) -> bool:
     """Whether this run's rounds fold their updates as they arrive, or keep them all (old path)."""
     from fedgrid.flow.strategies.base import Strategy
 
@@ -126,58 +150,21 @@ def fold_into(acc: np.ndarray, g: np.ndarray, x: np.ndarray, w: np.generic, tmp:
         acc[s:e] += t
 
 
-class Rules:
-    """What a stored object must be to be folded. For a client's update, `validate.check`'s rules
-    on params (the global model's names in order, shapes and dtypes; finite floats; the norm of its
-    distance from the global model within `max_norm`); for a site's partial (`partial`), any float
-    or integer dtype (integer buffers arrive as float64 means) and finite values."""
-
-    def __init__(self, like: Params, max_norm: float | None = None, partial: bool = False):
-        self.like, self.max_norm, self.partial = like, max_norm, partial
-        self.sq = 0.0
-
-    def header(self, entries: list[Entry]) -> None:
-        names = [e.name for e in entries]
-        if names != list(self.like):
-            missing = [k for k in self.like if k not in names]
-            extra = [k for k in names if k not in self.like]
-            raise InvalidUpdate(f"rejected: tensor names differ from the global model's (missing {missing[:3]}, "
-                                f"unexpected {extra[:3]})" if missing or extra else "rejected: tensors out of order")
-        for e in entries:
-            g = self.like[e.name]
-            if e.shape != g.shape:
-                raise InvalidUpdate(f"rejected: {e.name} has shape {e.shape}, expected {g.shape}")
-            if e.dtype.kind not in "fiu" if self.partial else e.dtype != g.dtype:
-                raise InvalidUpdate(f"rejected: {e.name} has dtype {e.dtype}, expected {g.dtype}")
-
-    def piece(self, e: Entry, start: int, x: np.ndarray) -> None:
-        if not np.issubdtype(x.dtype, np.floating):
-            return
-        if not np.isfinite(x).all():
-            raise InvalidUpdate(f"rejected: {e.name} has non-finite values")
-        if self.max_norm is not None and is_float(self.like[e.name]):
-            d = x.astype(np.float64) - self.like[e.name].reshape(-1)[start:start + x.size]
-            self.sq += float(np.dot(d, d))
-
-    def end(self) -> None:
-        if self.max_norm is not None and math.sqrt(self.sq) > self.max_norm:
-            raise InvalidUpdate(f"rejected: update norm {math.sqrt(self.sq):.3g} > round.max_update_norm "
-                                f"{self.max_norm:g}")
-
-
 class Spill:
     """A verified object's arrays in a private, unlinked temporary file (no other process can open
     it), read back piece by piece when it is folded."""
 
     def __init__(self, ref: Ref, rules: Rules):
+        """`rules`: the shared rules (apps/checks.py) for a client's update, or with
+        ``partial=True`` for a site's partial, applied as the object is read."""
         self.file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by fold or close
         try:
             with Reader(ref) as r:
-                rules.header(r.entries)
+                rules.header((e.name, e.shape, e.dtype) for e in r.entries)
                 self.entries = r.entries
                 for e, start, x in r.arrays():  # (the last step checks the size and sha256)
-                    rules.piece(e, start, x)
-                    self.file.write(memoryview(x).cast("B") if x.ndim else x.tobytes())
+                    rules.piece(e.name, start, x)
+                    self.file.write(x.data.cast("B") if x.ndim else x.tobytes())
             rules.end()
         except BaseException:
             self.close()
@@ -227,11 +214,11 @@ class Fold:
         """`validate.accept` for a folded round (same arguments): the envelope, then the params
         checked as they are read into a spill (by reference) or as they are (inline); the update
         is returned without its params, which wait for their turn to be folded."""
-        u = validate.envelope(u, client, site, rnd, area, budget, max_examples)
+        u = validate.as_update(validate.envelope(u, client, site, rnd, area, budget, max_examples))
         if u.ref is not None and not u.params and u.codec == "none":
             spill = Spill(u.ref, Rules(like, max_norm))
-            try:
-                validate.check(u, {}, None)  # the rest of the check (counts, steps, metrics); params: above
+            try:  # the rest of validate.check's rules (counts, steps, metrics); the params: as they were read
+                u.metrics = checks.update(u.params, u.num_examples, u.extras, u.metrics, like, with_params=False)
             except BaseException:
                 spill.close()
                 raise

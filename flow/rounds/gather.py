@@ -39,12 +39,14 @@ SITE_DOWN = "site down: it has no workers left (pool died or node lost); tried a
 def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: float,
            on_result: Callable[[int, bool], None] | None = None,
            accept: Callable[[int, str, Any], ClientUpdate] | None = None,
-           down: Callable[[], dict[str, str]] | None = None, poll_s: float = 1.0) -> Gathered:
+           down: Callable[[], dict[str, str]] | None = None, poll_s: float = 1.0, *, reads: bool = True) -> Gathered:
     """Collect the outcome of `futures` ({client: (site, future)}); never raises for a client.
 
     `accept(client, site, answer)` runs on each answer as it arrives, while other clients are still
     training (checking it against what was sent to that client, fetching a
     by-reference update, checking it); if it raises, that client is a failure with the reason.
+    `reads` says whether `accept` reads data (the round mode's `reads`, flow/rounds/modes): only
+    then is a by-reference answer accepted on a thread bounded by the deadline.
     `down` is polled every `poll_s` while waiting: the pending clients of a site it names (its
     workers are gone) fail at once instead of holding the round until its deadline.
     """
@@ -62,7 +64,8 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
         except queue.Empty:
             client = None
         if client is not None and (fut := pending.pop(client, None)) is not None:  # None: dropped as lost
-            _settle(client, futures[client][0], fut, out, on_result, accept, deadline_s - (time.monotonic() - t0))
+            _settle(client, futures[client][0], fut, out, on_result, accept, deadline_s - (time.monotonic() - t0),
+                    reads)
         if down and time.monotonic() >= next_poll:
             next_poll = time.monotonic() + poll_s
             if pending and (lost := down()):
@@ -81,13 +84,13 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
 
 
 def accept_within(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int, site: str, answer: Any,
-            remaining: float) -> Any:
-    """The accept hook on one answer. An answer by reference is read from the store on a daemon
-    thread, waited for at most the round's remaining time: a hung mount must not hold the round
-    past its deadline (the thread is left to finish, or not, on its own)."""
+                  remaining: float, reads: bool = True) -> Any:
+    """The accept hook on one answer. An answer by reference that the hook `reads` is read from
+    the store on a daemon thread, waited for at most the round's remaining time: a hung mount must
+    not hold the round past its deadline (the thread is left to finish, or not, on its own)."""
     if accept is None:
         return answer
-    if getattr(answer, "ref", None) is None or not getattr(accept, "reads", True):
+    if getattr(answer, "ref", None) is None or not reads:
         return accept(client, site, answer)  # nothing to read (round.aggregate: site: it stays at the site)
     box: dict[str, Any] = {}
 
@@ -113,18 +116,22 @@ def arrivals(pending: dict[int, Future]) -> queue.SimpleQueue:
     for the down sites registers a waiter on every pending future each time (and locks them all)."""
     q: queue.SimpleQueue = queue.SimpleQueue()
     for c, fut in pending.items():
-        fut.add_done_callback(lambda _, c=c: q.put(c))
+        fut.add_done_callback(_put(q, c))
     return q
 
 
+def _put(q: queue.SimpleQueue, client: int) -> Callable[[Future], None]:
+    return lambda _: q.put(client)
+
+
 def _settle(client: int, site: str, fut: Future, out: Gathered, on_result: Callable[[int, bool], None] | None,
-            accept: Callable[[int, str, Any], ClientUpdate] | None, remaining: float) -> None:
+            accept: Callable[[int, str, Any], ClientUpdate] | None, remaining: float, reads: bool = True) -> None:
     """One answer into the gather's outcome: the update the accept hook makes of it, or the
     failure of the task or of the hook."""
     exc = fut.exception()
     if exc is None:
         try:
-            out.updates.append(accept_within(accept, client, site, fut.result(), remaining))
+            out.updates.append(accept_within(accept, client, site, fut.result(), remaining, reads))
         except Exception as e:  # noqa: BLE001 - a bad update is this client's failure, not the round's
             exc = e
     if exc is not None:

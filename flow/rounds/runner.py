@@ -117,8 +117,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
 
 def _artifacts(run_dir: Path) -> list[Path]:
     """What a tracker keeps of a finished run: the report's plots and the exported model."""
-    from fedgrid.flow.commands.export import export_model
-    from fedgrid.flow.commands.report import write_report
+    from fedgrid.flow.results.export import export_model
+    from fedgrid.flow.results.report import write_report
 
     model = export_model(run_dir)
     return [p for p in write_report(run_dir) if p.suffix == ".png"] + [model, model.with_suffix(".json")]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgrid.apps import blackbox, guard, outputs
+from fedgrid.apps.records import SecaggStep
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.wire import Packed
 from fedgrid.executors import build_executor, site_workers
@@ -294,7 +295,7 @@ class SiteRuntime:
         """The site's aggregation app (round.aggregate: site), started by Parsl once `settled` resolves."""
         return self._aggregate[site](self._arg(site, task), settled)
 
-    def call(self, site: str, task: dict[str, Any]) -> Future:
+    def call(self, site: str, task: SecaggStep) -> Future:
         """A secure-aggregation step at a site (apps/secagg.py)."""
         return self._step[site](self._arg(site, task))
 

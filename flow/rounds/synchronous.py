@@ -1,8 +1,9 @@
 """Synchronous rounds: select -> train apps on their sites -> tolerant gather -> aggregate -> hand off.
 
 A round that misses its quorum is played again (``round.retries``) with a fresh selection; a
-round that misses it on every attempt stops the run at the last good round (RoundFailed). Secure
-aggregation adds its stages around the train tasks: keys and shares before, unmasking after.
+round that misses it on every attempt stops the run at the last good round (RoundFailed). How an
+attempt's updates become what the strategy aggregates (every update kept, folded as they arrive,
+aggregated at the sites, or masked and unmasked as a sum) is its round mode (flow/rounds/modes).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +21,10 @@ from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.clients import pacing, selection
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.privacy.dp import BudgetSpent
-from fedgrid.flow.privacy.secagg import SecAggFailed
-from fedgrid.flow.rounds import cohorts, faults, fedeval, fold, twotier, validate
+from fedgrid.flow.rounds import cohorts, faults, fedeval, modes, validate
 from fedgrid.flow.rounds.driver import Driver, Late
 from fedgrid.flow.rounds.gather import Gathered, gather
+from fedgrid.flow.rounds.modes.base import Futures, Instr
 from fedgrid.flow.rounds.outcome import RoundFailed, SiteDown
 from fedgrid.flow.rounds.rows import RoundInfo, ref_bytes, round_row
 
@@ -48,11 +48,12 @@ class Attempt:
     quorum: int
     g: Gathered
     arrived: list[Late]
-    problem: str | None = None  # secure aggregation failed a stage: the attempt fails like a missed quorum
-    secure: ClientUpdate | None = None
-    sites: list[ClientUpdate] | None = None  # round.aggregate: site: one contribution per site
-    site_rows: list[dict[str, Any]] | None = None  # ... and what each site's partial was
-    folded: fold.Fold | None = None  # a mean-based round: its updates folded as they were accepted
+    mode: modes.RoundMode  # how its updates become what the strategy aggregates
+
+    @property
+    def problem(self) -> str | None:
+        """A stage of the mode failed (secure aggregation): the attempt fails like a missed quorum."""
+        return self.mode.problem
 
     def ok(self) -> bool:
         return self.problem is None and self.g.quorum_met(self.quorum)
@@ -108,13 +109,15 @@ def play_round(drv: Driver, rnd: int, params: Params) -> tuple[RoundInfo, Gather
             for u in a.g.updates:  # only the updates this round aggregates become their clients' state
                 prof.keep_state(drv.profiles, u)
             return RoundInfo(selected=a.clients, attempt=number, ref_down=ref_bytes(sent, drv.sites, a.clients),
-                             skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), secure=a.secure,
-                             sites=a.sites, site_rows=a.site_rows, folded=a.folded), a.g
+                             skipped=a.skipped, reused=_stand_ins(drv, rnd, params, a), mode=a.mode,
+                             site_rows=a.mode.site_rows), a.g
         _missed(drv, rnd, number, a)
     raise AssertionError("unreachable: the last attempt raises")
 
 
 def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str, Any]) -> Attempt:
+    """One try at round `rnd`: select, instruct, the mode's submit, the gather with the mode's
+    accept, the mode's end of it (flow/rounds/modes/base.py has the order and why)."""
     rs = drv.job.round
     clients, skipped = selection.select(drv.job, drv.rng, drv.profiles, rnd, drv.busy())
     if not clients:
@@ -123,43 +126,20 @@ def _attempt(drv: Driver, rnd: int, number: int, params: Params, sent: dict[str,
     quorum = min(rs.min_clients, len(clients))
     instr = _instructions(drv, rnd, clients)
     drv.progress.round_started(rnd, len(clients))
-    masking, early, problem = _secagg_setup(drv, rnd, clients, params, instr)
-    started = time.time()
-    futs = _submit(drv, rnd, number, masking, sent, instr)
-    sr = twotier.submit(drv, rnd, number, futs, sent, started) if drv.tasks.site_store else None
-    folding = fold.Fold(params, rnd, list(futs)) if sr is None and fold.applies(drv) else None
-    done = drv.progress.client_done if sr is None else sr.observe(drv.progress.client_done)
-    g = gather(futs, quorum, rs.deadline_s, folding.observe(done) if folding else done,
-               accept=_acceptor(drv, rnd, params, instr, sr, folding), down=drv.down)
-    g.failures[:0] = early
-    a = Attempt(clients, skipped, quorum, g, [], problem, folded=folding)
-    if sr is not None:  # the sites' partials: clients their site's partial does not hold fail here
-        sr.close()
-        a.sites, a.site_rows = _sites(drv, rnd, params, g, sr, started + rs.deadline_s)
+    mode = modes.choose(modes.Context(drv, rnd, number, params, sent, instr))
+    futs = mode.submit(clients, lambda some: _submit(drv, rnd, number, some, sent, instr))
+    g = gather(futs, quorum, rs.deadline_s, mode.observe(drv.progress.client_done), accept=mode.accept,
+               down=drv.down, reads=mode.reads)
+    mode.gathered(g)
+    a = Attempt(clients, skipped, quorum, g, [], mode)
     prof.update(drv.profiles, rnd, g)
     a.arrived = drv.watch_late(rnd, g, params)  # late tasks of a failed attempt keep their clients busy too
-    if drv.secagg is not None and sr is None and a.ok():
-        try:  # stage 4: unmask the sum
-            a.secure = drv.secagg.finish(rnd, g.updates, params, g.failures)
-        except SecAggFailed as e:
-            a.problem = str(e)
+    if a.ok():
+        mode.confirm(g)
     return a
 
 
-def _sites(drv: Driver, rnd: int, params: Params, g: Gathered, sr: twotier.SiteRound,
-           until: float) -> tuple[list[ClientUpdate] | None, list[dict[str, Any]]]:
-    """The sites' contributions and rows; under secure aggregation a site lost in the unmasking
-    costs its clients, and a round left without a contribution fails like a missed quorum."""
-    try:
-        return twotier.combine(drv, rnd, params, g, sr, until)
-    except SecAggFailed as e:
-        g.failures.append(Failure.of(-1, "driver", str(e)))
-        g.failures.extend(Failure.of(u.client, u.site, f"secagg: {e}") for u in g.updates)
-        g.updates.clear()
-        return None, []
-
-
-def _instructions(drv: Driver, rnd: int, clients: list[int]) -> dict[int, dict[str, Any]]:
+def _instructions(drv: Driver, rnd: int, clients: list[int]) -> Instr:
     """Each client's extra train settings: the strategy's, and a step budget when the round is paced."""
     instr = drv.strategy.configure(rnd, clients, drv.profiles)
     if drv.job.round.pace == "deadline":
@@ -168,32 +148,19 @@ def _instructions(drv: Driver, rnd: int, clients: list[int]) -> dict[int, dict[s
     return instr
 
 
-def _secagg_setup(drv: Driver, rnd: int, clients: list[int], params: Params,
-                  instr: dict[int, dict[str, Any]]) -> tuple[list[int], list[Failure], str | None]:
-    """Secure aggregation's stages 1-2 (keys and shares) before anyone trains: the clients that
-    take part in the masking, the ones that failed a stage, and the problem if the round cannot."""
-    if drv.secagg is None:
-        return clients, [], None
-    try:
-        masking, early, opts = drv.secagg.setup(rnd, clients, params, by_site=bool(drv.tasks.site_store))
-    except SecAggFailed as e:
-        return [], [], str(e)
-    for c, o in opts.items():
-        instr.setdefault(c, {})["secagg"] = o
-    return masking, early, None
-
-
 def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[str, Any],
-            instr: dict[int, dict[str, Any]]) -> dict[int, tuple[str, Future]]:
+            instr: Instr) -> Futures:
     """Each client's train task, longest expected first, several clients a task where a site's
-    clients are quick (flow/rounds/cohorts.py); a site with no workers fails its clients at once."""
+    clients are quick (flow/rounds/cohorts.py); a site with no workers fails its clients at once.
+    The same for every round mode: the mode's `submit` calls it (as its `send`) for the clients it
+    sends, so cohorts work under each mode alike."""
     down = drv.runtime.down_sites()
     until = time.time() + drv.job.round.deadline_s
     order = prof.longest_first(drv.profiles, clients)
     by_site: dict[str, list[int]] = {}
     for c in order:
         by_site.setdefault(drv.sites[c], []).append(c)
-    futs: dict[int, tuple[str, Future]] = {}
+    futs: Futures = {}
     for site, mine in by_site.items():
         if site in down:
             futs.update((c, (site, _failed(SiteDown(down[site])))) for c in mine)
@@ -211,34 +178,6 @@ def _submit(drv: Driver, rnd: int, number: int, clients: list[int], sent: dict[s
             got = cohorts.per_client(drv.runtime.cohort(site, group, until), group)
             futs.update((c, (site, f)) for c, f in got.items())
     return {c: futs[c] for c in order}
-
-
-def _acceptor(drv: Driver, rnd: int, params: Params,  # noqa: ANN202 - the gather's accept hook
-              instr: dict[int, dict[str, Any]], sr: twotier.SiteRound | None, folding: fold.Fold | None = None):
-    """The gather's check of each answer as it arrives: against what was sent to that client, then
-    fetched by reference, decoded and validated against the global model; then the fields the
-    strategy reads."""
-    area, tr = drv.tasks.area, drv.job.train
-
-    def budget(client: int) -> Callable[[int], int]:
-        return validate.step_budget(tr.epochs, tr.batch_size, instr.get(client, {}).get("steps"))
-
-    def checked(client: int, u: Any) -> Any:
-        drv.strategy.check_answer(u, instr.get(client, {}))
-        return u
-
-    if sr is not None:  # the params stay at the site: only the envelope is checked here
-        def envelope(client: int, site: str, u: Any) -> Any:
-            u = checked(client, validate.envelope(u, client, site, rnd, drv.tasks.site_store[site], budget(client),
-                                                  drv.examples_limit(client)))
-            sr.accepted(u)  # its site's aggregator will weigh it by these counts
-            return u
-        envelope.reads = False  # the gather need not read it on a thread of its own: nothing is fetched
-        return envelope
-    if drv.secagg is not None:
-        return lambda client, site, u: drv.secagg.check(rnd, validate.envelope(u, client, site, rnd, area).resolve())
-    return lambda client, site, u: checked(client, (folding.accept if folding else validate.accept)(
-        u, client, site, rnd, params, area, drv.job.round.max_update_norm, budget(client), drv.examples_limit(client)))
 
 
 def _missed(drv: Driver, rnd: int, number: int, a: Attempt) -> None:

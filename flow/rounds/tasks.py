@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from fedgrid.apps import codec, sitestate
 from fedgrid.apps.guard import Guard
+from fedgrid.apps.records import ClientCode, CompressSettings, Instructions, TrainSettings
 from fedgrid.apps.store import Ref, Store
 from fedgrid.apps.task import TrainTask
 from fedgrid.flow.config import Job
@@ -32,7 +33,7 @@ class Tasks:
     """Builds the TrainTasks of one run from its parts: the job, the client code the sites run, how
     params travel (the transfer plan and store), and local DP's options when the job uses them."""
 
-    def __init__(self, job: Job, run_dir: Path, code: dict[str, Any], transfer: dataplane.TransferPlan,
+    def __init__(self, job: Job, run_dir: Path, code: ClientCode, transfer: dataplane.TransferPlan,
                  store: Store | None, privacy: Privacy | None, kinds: dict[str, str] | None = None,
                  nonce: str = "0"):
         """`kinds`: each param's kind (apps/kinds.py), known once the model is built: the codec
@@ -62,7 +63,7 @@ class Tasks:
         """This run's area of the store: where every by-reference answer must point (None: no store)."""
         return self.store.url if self.store is not None else None
 
-    def _compression(self, kinds: dict[str, str] | None = None) -> dict[str, Any] | None:
+    def _compression(self, kinds: dict[str, str] | None = None) -> CompressSettings | None:
         """The compress block of every train task; `kinds` (apps/kinds.py, known once the model
         is built) names the statistics and counters the codec sends whole and exact (``exact``;
         None: the site infers them from names and dtypes)."""
@@ -76,13 +77,14 @@ class Tasks:
                 "exact": buffers(kinds) if kinds else None}
 
     def train(self, client: int, rnd: int, params: dict[str, np.ndarray] | Ref | None,
-              extra: dict[str, Any] | None = None, attempt: int = 1,
+              extra: Instructions | None = None, attempt: int = 1,
               state: tuple[dict | None, list[str]] | None = None) -> TrainTask:
         """Client `client`'s task for round `rnd`; `extra` is the strategy's instructions for it,
         `state` the version of its state to start from and the versions to keep (profiles.state_of)."""
         job, site = self.job, self.sites[client]
+        train: TrainSettings = {**cast(TrainSettings, job.train.model_dump()), **(extra or {})}
         task = TrainTask(client=client, site=site, round=rnd, clients=job.data.clients, seed=job.seed,
-                         data=self.site_data[site], code=self.code, train={**job.train.model_dump(), **(extra or {})},
+                         data=self.site_data[site], code=self.code, train=train,
                          params=params, submitted_at=time.time(), attempt=attempt, dp=self.dp, horizon=self.horizon,
                          guard=self.guards[rnd == 0])
         if self.keep is not None:

@@ -24,19 +24,43 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from fedgrid.apps import checks
+from fedgrid.apps.checks import InvalidUpdate, inside, seconds
+from fedgrid.apps.records import Extras, SiteRow
 from fedgrid.apps.siteagg import CONTROL, MASKED, SiteAggTask, SitePartial, weight
 from fedgrid.apps.store import Ref, fetch
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.rounds import fold
 from fedgrid.flow.rounds.gather import Gathered, accept_within
-from fedgrid.flow.rounds.validate import InvalidUpdate, inside, seconds
+
+if TYPE_CHECKING:
+    from fedgrid.flow.rounds.tasks import Tasks
 
 Params = dict[str, np.ndarray]
+
+
+class SiteApps(Protocol):
+    """The Parsl side a two-tier round needs (flow/rounds/sites.py SiteRuntime)."""
+
+    def aggregate(self, site: str, task: SiteAggTask, settled: Future) -> Future: ...
+
+
+class SiteDriver(fold.FoldDriver, Protocol):
+    """What two-tier aggregation reads of the run's driver (flow/rounds/driver.py Driver): the
+    fold's view of it, and the tasks (the sites' stores, update keys, the transfer plan) and the
+    sites' aggregation apps."""
+
+    @property
+    def tasks(self) -> Tasks: ...
+
+    @property
+    def runtime(self) -> SiteApps: ...
 
 
 class Settle:
@@ -89,7 +113,7 @@ class SiteRound:
         if (s := self.settles.get(u.site)) is not None:
             s.accept(u)
 
-    def observe(self, then: Any) -> Any:
+    def observe(self, then: Callable[[int, bool], None]) -> Callable[[int, bool], None]:
         def on_result(client: int, ok: bool) -> None:
             if (s := self.settles.get(self.sites[client])) is not None:
                 s.done(client)
@@ -102,13 +126,16 @@ class SiteRound:
             s.resolve()
 
 
-def weighing(drv: Any) -> str:
+def weighing(drv: fold.FoldDriver) -> Literal["examples", "steps", "equal"]:
     """How a site weighs its clients for this run: one per client under DP (as the driver does in
     flat rounds), else the strategy's rule."""
-    return "equal" if drv.privacy is not None else drv.strategy.site_weights()
+    if drv.privacy is not None:
+        return "equal"
+    # (a rule without site weights is refused with round.aggregate: site by the job's check)
+    return "steps" if drv.strategy.site_weights() == "steps" else "examples"
 
 
-def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]], sent: dict[str, Any],
+def submit(drv: SiteDriver, rnd: int, number: int, futs: dict[int, tuple[str, Future]], sent: dict[str, Any],
            started: float) -> SiteRound:
     """One aggregation app per site with clients in this round."""
     rs = drv.job.round
@@ -116,7 +143,8 @@ def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]],
     by_site: dict[str, list[int]] = {}
     for c, (site, _) in futs.items():
         by_site.setdefault(site, []).append(c)
-    settles, aggs = {}, {}
+    settles: dict[str, Settle] = {}
+    aggs: dict[str, Future] = {}
     for site, clients in by_site.items():
         if all(futs[c][1].done() and futs[c][1].exception() is not None for c in clients):
             continue  # the site is down or queued: its clients failed at once, and so would its aggregator
@@ -132,8 +160,8 @@ def submit(drv: Any, rnd: int, number: int, futs: dict[int, tuple[str, Future]],
     return SiteRound({c: s for c, (s, _) in futs.items()}, settles, aggs)
 
 
-def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
-            until: float) -> tuple[list[ClientUpdate], list[dict[str, Any]]]:
+def combine(drv: SiteDriver, rnd: int, like: Params, g: Gathered, sr: SiteRound,
+            until: float) -> tuple[list[ClientUpdate], list[SiteRow]]:
     """The sites' contributions (one per site) and a row per site (clients, examples, bytes that
     stayed in the site and that crossed to the driver, the aggregator's seconds). Clients the
     driver accepted but whose site's partial does not hold them move to `g.failures`."""
@@ -141,12 +169,13 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
     # (every client failed) would hold the round to its deadline for an aggregator that cannot run
     needed = {u.site for u in g.updates}
     wait([f for s, f in sr.aggs.items() if s in needed], timeout=max(0.0, until - time.time()))
-    partials, rows = [], []
+    partials: list[tuple[SitePartial, list[ClientUpdate]]] = []
+    rows: list[SiteRow] = []
     spills: dict[str, fold.Spill] = {}  # folded rounds: the partials read by reference, verified
     for site, fut in sorted(sr.aggs.items()):
         mine = [u for u in g.updates if u.site == site]
-        row = {"site": site, "clients": 0, "examples": 0, "bytes_in_site": sum(u.nbytes() for u in mine),
-               "bytes_up": 0, "seconds": None}
+        row: SiteRow = {"site": site, "clients": 0, "examples": 0, "bytes_in_site": sum(u.nbytes() for u in mine),
+                        "bytes_up": 0, "seconds": None}
         rows.append(row)
         for u in mine:
             u.ref = None  # what it sent stayed in its site: its row's bytes_up is 0
@@ -162,9 +191,9 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
         _drop(g, [u for u in mine if u.client not in held], None, partial.left_out)
         if not held:  # every client of the site failed or was left out: no contribution
             continue
-        row.update(clients=len(held), examples=partial.examples, seconds=_seconds(partial.seconds),
-                   bytes_up=sum(a.nbytes for a in partial.params.values()) if partial.ref is None else
-                   partial.ref.nbytes)
+        row.update({"clients": len(held), "examples": partial.examples, "seconds": _seconds(partial.seconds),
+                    "bytes_up": sum(a.nbytes for a in partial.params.values()) if partial.ref is None else
+                    partial.ref.nbytes})
         partials.append((partial, [u for u in mine if u.client in held]))
     if drv.secagg is not None:
         return _unmasked(drv, rnd, like, g, partials), rows
@@ -174,11 +203,11 @@ def combine(drv: Any, rnd: int, like: Params, g: Gathered, sr: SiteRound,
     return [contribution(drv, p, held) for p, held in partials], rows
 
 
-def contribution(drv: Any, p: SitePartial, held: list[ClientUpdate]) -> ClientUpdate:
+def contribution(drv: fold.FoldDriver, p: SitePartial, held: list[ClientUpdate]) -> ClientUpdate:
     """One site's partial as the strategy takes it, its weights from the driver's own records of
     `held` (the clients in it): the same sums the strategy would form over those clients."""
     params = {k: v for k, v in p.params.items() if not k.startswith(CONTROL)}
-    extras: dict[str, Any] = {"clients": len(held)}
+    extras: Extras = {"clients": len(held)}
     steps = [_steps(u) for u in held]
     if drv.strategy.site_weights() == "steps":  # FedNova: sum n_i / tau_i and sum n_i * tau_i
         extras["nova"] = (sum(weight("steps", u.num_examples, s) for u, s in zip(held, steps, strict=True)),
@@ -190,10 +219,11 @@ def contribution(drv: Any, p: SitePartial, held: list[ClientUpdate]) -> ClientUp
     return ClientUpdate(client=-1, site=p.site, round=p.round, num_examples=n, params=params, extras=extras)
 
 
-def _unmasked(drv: Any, rnd: int, like: Params, g: Gathered,
+def _unmasked(drv: SiteDriver, rnd: int, like: Params, g: Gathered,
               partials: list[tuple[SitePartial, list[ClientUpdate]]]) -> list[ClientUpdate]:
     """Secure aggregation: each site's masked sum unmasked (one unmasking stage for all sites);
     a site whose masks cannot be removed costs its clients."""
+    assert drv.secagg is not None
     sums = {p.site: (p.params[MASKED], [u.client for u in held]) for p, held in partials}
     out, lost = drv.secagg.unmask_sites(rnd, sums, like, g.failures)
     for site, why in lost.items():
@@ -230,9 +260,10 @@ def _answer(fut: Future) -> Any:
     return fut.result()
 
 
-def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], like: Params,
+def _partial(drv: SiteDriver, rnd: int, site: str, p: Any, mine: list[ClientUpdate], like: Params,
              spills: dict[str, fold.Spill]) -> SitePartial:
-    """The site's answer, checked against the envelopes the driver accepted from its clients."""
+    """The site's answer, checked against the envelopes the driver accepted from its clients, its
+    params by the shared rules (apps/checks.py) for a site's partial."""
     if not isinstance(p, SitePartial) or p.site != site or p.round != rnd:
         raise InvalidUpdate("rejected: not this site's partial of this round")
     ok = {u.client: u.num_examples for u in mine}
@@ -244,29 +275,20 @@ def _partial(drv: Any, rnd: int, site: str, p: Any, mine: list[ClientUpdate], li
         if not isinstance(p.ref, Ref) or drv.tasks.area is None or not inside(p.ref.uri, drv.tasks.area):
             raise InvalidUpdate("rejected: the partial's reference is outside this run's area of the store")
         if fold.applies(drv):  # checked as it is read, into a private spill; folded from there
-            p.params, spills[site] = {}, fold.Spill(p.ref, fold.Rules(like, partial=True))
+            p.params, spills[site] = {}, fold.Spill(p.ref, checks.Rules(like, partial=True))
             return p
         p.params = dict(fetch(p.ref))
     if p.clients:
-        want = _expected(drv, rnd, like)
-        if not isinstance(p.params, dict) or list(p.params) != list(want):
-            raise InvalidUpdate("rejected: the partial's tensors are not the model's")
-        if any(not _fits(drv, v) or v.shape != want[k] for k, v in p.params.items()):
-            raise InvalidUpdate("rejected: the partial does not fit the model or is not finite")
+        if drv.secagg is not None:
+            checks.masked(p.params, drv.secagg.size(rnd))
+        else:
+            checks.Rules(_expected(drv, like), partial=True).params(p.params)
     return p
 
 
-def _expected(drv: Any, rnd: int, like: Params) -> dict[str, tuple[int, ...]]:
-    """The tensors a partial of this run carries, in order, with their shapes."""
-    if drv.secagg is not None:
-        return {MASKED: (drv.secagg.size(rnd),)}
-    want = {k: v.shape for k, v in like.items()}
-    if "scaffold" in drv.strategy.needs:
-        want.update({CONTROL + k: v.shape for k, v in like.items() if np.issubdtype(v.dtype, np.floating)})
-    return want
-
-
-def _fits(drv: Any, v: Any) -> bool:
-    if drv.secagg is not None:
-        return isinstance(v, np.ndarray) and v.dtype == np.uint64
-    return isinstance(v, np.ndarray) and v.dtype.kind in "fiu" and bool(np.isfinite(v).all())
+def _expected(drv: fold.FoldDriver, like: Params) -> Params:
+    """The tensors a partial of this run carries, in order: the model's, and SCAFFOLD's mean
+    control delta beside each float tensor."""
+    if "scaffold" not in drv.strategy.needs:
+        return like
+    return {**like, **{CONTROL + k: v for k, v in like.items() if np.issubdtype(v.dtype, np.floating)}}

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedgrid.apps.codec import is_float
 from fedgrid.apps.kinds import COUNT, WEIGHT, buffers, infer_kinds
+from fedgrid.apps.records import Instructions
 from fedgrid.apps.update import ClientUpdate, Failure
 
 Params = dict[str, np.ndarray]
@@ -142,11 +143,11 @@ class Strategy:
     def bind(self, clients: int, store_url: str | None) -> None:
         """Told by the driver before round 1: how many clients the job has, and the store's URL."""
 
-    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, Instructions]:
         """Extra per-client instructions merged into each train task (none by default)."""
         return {c: {} for c in clients}
 
-    def check_answer(self, u: ClientUpdate, sent: dict[str, Any]) -> None:
+    def check_answer(self, u: ClientUpdate, sent: Instructions) -> None:
         """Check the fields this strategy reads from a client's answer (`sent`: what configure gave
         that client) as it arrives; raise ValueError to make it that client's failure."""
 

@@ -9,11 +9,12 @@ less and the average is better. The term is added inside the train app (its grad
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
+from fedgrid.apps.records import Instructions
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, weighted_mean
 
@@ -30,7 +31,7 @@ class FedProx(Strategy):
     Options = FedProxOptions
     opts: FedProxOptions
 
-    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, Instructions]:
         return {c: {"prox_mu": self.opts.mu} for c in clients}
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[ClientUpdate],

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from fedgrid.apps.records import Instructions
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.strategies.base import Params, Strategy, StrategyOptions, server_step
 
@@ -76,7 +77,7 @@ class Scaffold(Strategy):
     def bind(self, clients: int, store_url: str | None) -> None:
         self.clients = clients
 
-    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+    def configure(self, rnd: int, clients: list[int], profiles: dict[str, np.ndarray]) -> dict[int, Instructions]:
         c = {k: v.astype(np.float32) for k, v in self.c.items()}
         return {cl: {"scaffold": {"c": c}} for cl in clients}
 

@@ -1,0 +1,28 @@
+"""The typed views of flow/config/views.py promise only what every site kind's Spec and every
+strategy's Options have (the schema builds those unions at run time, where mypy cannot see them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedgrid.executors import specs
+from fedgrid.flow.config.views import ExecutorBlock, StrategyBlock
+from fedgrid.flow.strategies import option_models
+
+
+def members(proto: type) -> set[str]:
+    return {n for n in vars(proto) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("spec", specs(), ids=lambda s: s.__module__.rsplit(".", 1)[-1])
+def test_every_kind_spec_has_what_the_executor_view_reads(spec: type) -> None:
+    assert members(ExecutorBlock) == {"kind", "scales", "in_driver", "watch_workers", "payload_limit",
+                                      "payload_overhead", "runs_here", "scheduler", "resolve"}
+    missing = [m for m in members(ExecutorBlock) if not hasattr(spec, m) and m not in spec.model_fields]
+    assert not missing, f"{spec.__module__}.Spec lacks {missing}"
+
+
+@pytest.mark.parametrize("options", option_models(), ids=lambda o: o.__qualname__)
+def test_every_strategy_options_has_what_the_strategy_view_reads(options: type) -> None:
+    assert members(StrategyBlock) == {"name", "model_dump"}
+    assert "name" in options.model_fields and callable(options.model_dump)
