@@ -34,8 +34,9 @@ from fedgrid.apps import blackbox, guard, outputs
 from fedgrid.apps.records import SecaggStep
 from fedgrid.apps.task import TrainTask
 from fedgrid.apps.wire import Packed
-from fedgrid.executors import build_executor, site_workers
+from fedgrid.executors import build_executor, parsl_api, site_workers
 from fedgrid.executors.common import SpecError
+from fedgrid.executors.parsl import Spec as ParslSpec
 from fedgrid.executors.parsl import borrowed, borrowed_executor
 from fedgrid.flow.config import ConfigError, Job
 from fedgrid.flow.config.checks import site_error
@@ -106,19 +107,25 @@ def warm_slots(site: Any) -> int:
     return site_workers(site.executor)
 
 
-def own_dfk(job: Job, run_dir: Path, executors: list[Any]) -> Any:
-    """A DataFlowKernel of the run's own over `executors` (see the module docstring)."""
+def own_dfk(job: Job, run_dir: Path, executors: list[Any]) -> tuple[Any, Callable[[], None]]:
+    """A DataFlowKernel of the run's own over `executors` (see the module docstring), its sites'
+    interchanges started together, and what to call once it is cleaned up (parsl_api)."""
     from parsl.config import Config
     from parsl.dataflow.dflow import DataFlowKernel
 
     # Sites on this machine start their blocks at once and never scale ("none": fastest first
     # round). Batch and cloud sites start blocks on demand, so they need Parsl's scaling strategy.
     scaled = any(s.executor.scales for s in job.sites)
-    config = Config(executors=executors, strategy="simple" if scaled else "none",
+    config = Config(executors=[], strategy="simple" if scaled else "none",
                     strategy_period=1.0 if scaled else 0.2, retries=job.round.task_retries,
                     retry_handler=retry_cost, monitoring=monitoring_hub(job, run_dir),
                     run_dir=str(run_dir / "parsl"), usage_tracking=0, initialize_logging=parsl_logging())
-    return DataFlowKernel(config)
+    dfk = DataFlowKernel(config)
+    try:
+        return dfk, parsl_api.add_executors_at_once(dfk, executors)
+    except BaseException:
+        dfk.cleanup()  # the sites that did start: shut down, not left running
+        raise
 
 
 def build_site(job: Job, i: int, run_dir: Path) -> Any:
@@ -138,7 +145,7 @@ def join(dfk: Any, job: Job, run_dir: Path) -> list[Any]:
     found: list[Any] = []
     new: list[Any] = []
     for i, s in enumerate(job.sites):
-        if (label := borrowed(s)) is not None:
+        if isinstance(s.executor, ParslSpec) and (label := borrowed(s)) is not None:  # (only a parsl site borrows)
             try:
                 ex = borrowed_executor(dfk, label)
             except SpecError as e:
@@ -224,7 +231,7 @@ class SiteRuntime:
         t0 = time.perf_counter()
         if dfk is None:
             executors = [build_site(job, i, run_dir) for i in range(len(job.sites))]
-            self.dfk = own_dfk(job, run_dir, executors)
+            self.dfk, self._release = own_dfk(job, run_dir, executors)
         else:
             executors = join(dfk, job, run_dir)
             self.dfk = dfk
@@ -237,7 +244,7 @@ class SiteRuntime:
         self._packed = {name for name, ex in self.by_site.items() if isinstance(ex, HighThroughputExecutor)}
         self._seen_workers: set[str] = set()  # sites that have had workers (so none now means lost)
         self._taken_down: set[str] = set()
-        self.watches = {s.name: w for s in job.sites if (w := block_watch(s, self.by_site[s.name], job)) is not None}
+        self.watches = {s.name: bw for s in job.sites if (bw := block_watch(s, self.by_site[s.name], job)) is not None}
         self.record()  # interchanges now; blocks once they are up (see warm_up)
         self._train, self._warm, self._evaluate, self._step, self._aggregate, self._cohort = map(
             self._apps, self._site_functions())
@@ -379,3 +386,5 @@ class SiteRuntime:
             log.warning("executor shutdown: %s", e)
         else:
             forget_processes(self.run_dir)
+        finally:
+            self._release()

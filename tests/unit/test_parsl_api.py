@@ -77,3 +77,16 @@ def test_the_parsl_pin_has_an_upper_bound_and_holds_the_installed_parsl():
     req = Requirement(line.group(1))
     assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), req
     assert Version(parsl.__version__) in req.specifier, (parsl.__version__, str(req))
+
+
+def test_the_overlapped_start_gives_an_executor_what_add_executors_gives_it_before_its_start():
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    src = inspect.getsource(DataFlowKernel.add_executors)
+    before_start = src[:src.index("executor.start()")]
+    assigned = set(re.findall(r"^\s*executor\.(\w+)\s*=", before_start, re.M))
+    # what parsl_api.add_executors_at_once assigns, plus the monitoring ones it leaves to Parsl
+    # (a DataFlowKernel with monitoring starts its executors as Parsl does)
+    assert assigned <= {"run_id", "run_dir", "log_config", "monitoring_messages", "monitoring_receiver"}, assigned
+    assert "provider.script_dir = os.path.join(self.run_dir, 'submit_scripts')" in before_start
+    assert "self.job_status_poller.add_executors(" in src[src.index("executor.start()"):]
