@@ -81,7 +81,7 @@ class Box:
         self._fault = open(self.dir / f"{self.pid}.fault", "w")  # noqa: SIM115 - open for the process's life
         faulthandler.enable(file=self._fault, all_threads=False)
         self.task: dict[str, Any] | None = None
-        os._exit = self._exit  # type: ignore[assignment] - a task's os._exit names itself first
+        os._exit = self._exit  # type: ignore[assignment]  # a task's os._exit names itself first
 
     def enter(self, client: int, rnd: int, what: str, limit_s: float | None) -> None:
         self.task = {"pid": self.pid, "started": self.me, "client": client, "round": rnd, "what": what,
@@ -158,7 +158,7 @@ def crash_reason(fault: str, what: str) -> str:
                 "or exited from native code; the pool replaced the worker")
     theirs = [f for f in frames if not f["file"].startswith(_FEDGRID_STDLIB)]
     mine = [f for f in theirs if not f["file"].startswith(_LIBRARIES)]
-    at = (mine or theirs or frames or [None])[0]
+    at = next(iter(mine or theirs or frames), None)
     where = f" [at {os.path.basename(at['file'])}:{at['line']} in {at['func']}]" if at else ""
     part = "client code" if any(f["func"] == "call_client" for f in frames) or theirs else f"the {what}"
     return f"worker died: {sig} in {part}{where}; the pool replaced the worker"

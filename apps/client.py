@@ -35,7 +35,8 @@ import numpy as np
 
 from fedgrid.apps.records import Extras, TrainSettings
 
-Params = OrderedDict[str, np.ndarray]
+# ordered as the model's state_dict (a plain dict keeps its order; torch_params gives an OrderedDict)
+Params = dict[str, np.ndarray]
 
 # What a strategy or the round may ask of local training, and what a client says it honours:
 HOOKS = {

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fedgrid.apps.kinds import buffers, infer_kinds
 
@@ -149,7 +150,7 @@ def down(params: Params, codec: str) -> Params:
     return OrderedDict((k, v.astype(np.float16) if is_float(v) else v) for k, v in params.items())
 
 
-def up_from_down(params: Params, like_dtype: np.dtype = np.float32) -> Params:
+def up_from_down(params: Params, like_dtype: DTypeLike = np.float32) -> Params:
     """A half-precision global model back in float32 at the client (others unchanged)."""
     return OrderedDict((k, v.astype(like_dtype) if is_float(v) and v.dtype == np.float16 else v)
                        for k, v in params.items())

@@ -218,6 +218,7 @@ class _Timer:
         if not g.limit_s:
             return
         self.g, self.w, self.what = g, w, what
+        self.limit_s: float = g.limit_s  # set (the early return above)
         self.ident = threading.get_ident()
         self.task = w.box.task if w is not None else None
         if w is not None:
@@ -233,15 +234,16 @@ class _Timer:
             return
         self.w.fired = self
         signal.pthread_kill(self.ident, signal.SIGALRM)
-        g = self.g
-        grace = g.grace_s if g.grace_s is not None else min(g.limit_s, 5.0 + 0.1 * g.limit_s, 30.0)
+        g, limit_s = self.g, self.limit_s
+        grace = g.grace_s if g.grace_s is not None else min(limit_s, 5.0 + 0.1 * limit_s, 30.0)
         self._entry = WATCHDOG.at(grace, self._end_worker)
 
     def _end_worker(self) -> None:
         """After the grace: a task that is still the same one did not stop; its worker goes."""
-        if self._done or self.w.box.task is not self.task:  # finished meanwhile
+        w = self.w  # set: only a worker's timer schedules this
+        if self._done or w is None or w.box.task is not self.task:  # finished meanwhile
             return
-        self.w.box.died(timeout_reason(self.g, self.what, stuck=True))
+        w.box.died(timeout_reason(self.g, self.what, stuck=True))
         blackbox.real_exit(70)
 
     def interrupt(self) -> None:

@@ -118,13 +118,14 @@ def stateful(client: Any) -> bool:
 def enter(s: Slot, keep: dict[str, Any] | None, make: Callable[[], Any], call: Callable[..., Any]) -> Kept:
     """Bring the slot to the version the task names; returns what is kept for the client. `call`
     runs client code (its errors become the client's failure)."""
-    want = (keep or {}).get("have")
+    want: StateDigest | None = (keep or {}).get("have")
     sha = want["sha256"] if want else None
     if s.version == sha and s.version != DIRTY:
         return s.kept
-    if want is None:
+    if keep is None or want is None:  # (no keep: no version named either)
         s.client, s.kept, s.version = make(), Kept(), None
         return s.kept
+    sha = want["sha256"]
     uri = f"{keep['store']}/{keep['folder']}/{sha}"
     try:
         kept = Kept.of(codec.decode(fetch(Ref(uri, sha, int(want["nbytes"])))))

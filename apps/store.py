@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -156,7 +156,7 @@ class Store:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.remote = _is_url(self.url)
-        self._fs = filesystem(self.url) if self.remote else None
+        self._fs = filesystem(self.url) if self.remote else None  # set exactly when remote
 
     def _uri(self, key: str) -> str:
         return f"{self.url}/{key}"
@@ -176,7 +176,7 @@ class Store:
 
     def _write(self, bufs: list[Any], key: str, sha: str, size: int) -> Ref:
         uri = self._uri(key)
-        if self.remote:
+        if self._fs is not None:
             with self._fs.open(uri, "wb") as f:
                 for b in bufs:
                     f.write(b)
@@ -200,7 +200,7 @@ class Store:
         """Names of the objects directly under a folder key (none if it does not exist)."""
         uri = self._uri(folder)
         try:
-            if self.remote:
+            if self._fs is not None:
                 return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(uri, detail=False))
             return sorted(n for n in os.listdir(_local(uri)) if not n.startswith("."))
         except FileNotFoundError:
@@ -213,7 +213,7 @@ class Store:
         for name in self.keys(folder):
             uri = self._uri(f"{folder}/{name}")
             try:
-                if self.remote:
+                if self._fs is not None:
                     info = self._fs.info(uri)
                     stamp = info.get("mtime") or info.get("LastModified") or info.get("updated")
                     if stamp is None:
@@ -228,7 +228,7 @@ class Store:
     def delete(self, prefix: str) -> None:
         """Remove one object, or every object under a key prefix (a finished round's objects)."""
         uri = self._uri(prefix)
-        if self.remote:
+        if self._fs is not None:
             if self._fs.exists(uri):
                 self._fs.rm(uri, recursive=True)
             return
@@ -248,7 +248,7 @@ class Store:
                 self.delete(key)
 
     def _round_keys(self) -> list[str]:
-        if self.remote:
+        if self._fs is not None:
             try:
                 names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(self.url, detail=False)]
             except FileNotFoundError:
@@ -267,7 +267,7 @@ class Store:
         try:
             fetch(ref)
         finally:
-            if self.remote:
+            if self._fs is not None:
                 self._fs.rm(ref.uri)
             else:
                 Path(_local(ref.uri)).unlink(missing_ok=True)
@@ -359,6 +359,12 @@ class Reader:
             f.close()
             raise StoreError(f"{uri}: not a regular file of {n} bytes (truncated or replaced)")
         return f
+
+    @overload
+    def _take(self, n: int, copy: Literal[True]) -> bytes: ...
+
+    @overload
+    def _take(self, n: int, copy: bool = False) -> memoryview | bytes: ...
 
     def _take(self, n: int, copy: bool = False) -> memoryview | bytes:
         """The next `n` (<= PIECE, or any size with `copy`) bytes, hashed; short reads are an error."""

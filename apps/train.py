@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -212,12 +212,14 @@ def send_back(task: TrainTask, params: dict[str, np.ndarray],
         from fedgrid.apps.siteagg import CONTROL
 
         control = {CONTROL + k: v for k, v in (extras.pop("scaffold_delta_c", None) or {}).items()}
-        return {}, Store(task.store).put({**params, **control}, task.update_key)
+        # the driver sets the site's store and the key with sum_at_site (flow/rounds/tasks.py)
+        return {}, Store(cast(str, task.store)).put({**params, **control}, cast(str, task.update_key))
     above = task.ref_above
     nbytes = sum(a.nbytes for a in params.values())
     if above is None or nbytes <= above or not task.store:
         return params, None
-    return {}, Store(task.store).put(params, task.update_key)
+    # the driver sets update_key whenever it sets the store (flow/rounds/tasks.py)
+    return {}, Store(task.store).put(params, cast(str, task.update_key))
 
 
 def warm(task: TrainTask) -> dict[str, Any]:
@@ -242,13 +244,13 @@ def compress(task: TrainTask, comp: CompressSettings, params: dict[str, np.ndarr
     """The update as it goes over the wire (apps/codec.py). Top-k's error-feedback residual is
     part of the client's state at its site (`kept`): added in, and what is left kept for the next
     round, which becomes the client's only if the driver aggregates this update."""
-    feedback = bool(comp.get("feedback")) and kept is not None
+    feedback = kept if comp.get("feedback") else None  # where the residual is kept, if it is
     seed = int(np.random.SeedSequence([task.seed, task.round, task.client, 7]).generate_state(1)[0])
     payload, left = codec.encode(params, start, comp["codec"], comp.get("topk_fraction", 0.01),
-                                 dict(kept.residual) if feedback else None, seed, comp.get("dense_below", 0),
-                                 comp.get("exact"))
-    if feedback:
-        kept.residual = left
+                                 dict(feedback.residual) if feedback is not None else None, seed,
+                                 comp.get("dense_below", 0), comp.get("exact"))
+    if feedback is not None:
+        feedback.residual = left
     return payload
 
 
@@ -296,8 +298,9 @@ def _work(task: TrainTask, start: dict[str, np.ndarray], kept: sitestate.Kept | 
     # an asynchronous client may train twice from the same global model: `draw` tells the two apart
     seed = np.random.SeedSequence([task.seed, task.round, task.client, *task.draw])
     settings: TrainSettings = task.train
-    if (task.keep or {}).get("head_epochs"):  # FedRep: the client's loop trains its head first
-        settings = {**settings, "head_epochs": task.keep["head_epochs"], "personal_layers": task.keep["personal"]}
+    keep = task.keep or {}
+    if keep.get("head_epochs"):  # FedRep: the client's loop trains its head first
+        settings = {**settings, "head_epochs": keep["head_epochs"], "personal_layers": keep["personal"]}
     return Work(round=task.round, seed=int(seed.generate_state(1)[0]), settings=settings, global_params=start,
                 horizon=task.horizon, _kept=kept)
 
@@ -339,10 +342,11 @@ def _train_client(task: TrainTask) -> ClientUpdate:
     params = sitestate.split_personal(fit.params, start, (task.keep or {}).get("personal") or [], kept)
     faults.tamper(task, start, params)
     finite(task, params)
-    if (task.keep or {}).get("ditto"):
-        _ditto(task, client, kept, mine)
+    if ditto := (task.keep or {}).get("ditto"):
+        _ditto(task, ditto, client, kept, mine)
     t2 = time.perf_counter()
-    extras = work.finish(int(fit.steps))
+    steps = int(cast(int, fit.steps))  # checked_fit set it where the client left it None
+    extras = work.finish(steps)
     n = int(fit.num_examples)
     params, used, wire = outgoing(task, params, start, n, kept)
     if task.keep is not None:  # after the codec: top-k's residual is part of the state
@@ -354,8 +358,8 @@ def _train_client(task: TrainTask) -> ClientUpdate:
         metrics=dict(fit.metrics),
         timings={"queue": max(0.0, started - task.submitted_at), "load": t_load, "train": t_train,
                  "upload": time.perf_counter() - t2, "total": time.perf_counter() - t0,
-                 "samples_per_s": work.examples_seen(int(fit.steps), n) / max(t_train, 1e-9)},
-        extras={"steps": int(fit.steps), "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold,
+                 "samples_per_s": work.examples_seen(steps, n) / max(t_train, 1e-9)},
+        extras={"steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}", "cold": cold,
                 "batch_job": batch_job(), **extras},
     )
 
@@ -367,11 +371,10 @@ def finite(task: TrainTask, params: dict[str, np.ndarray]) -> None:
         raise FloatingPointError(f"client {task.client}: training diverged (non-finite weights); lower train.lr")
 
 
-def _ditto(task: TrainTask, client: Any, kept: sitestate.Kept, mine: dict[str, np.ndarray]) -> None:
-    """Ditto's personal model: trained by the client's own loop from where it was (the global
-    model on the client's first round), with FedProx's term pulling it toward this round's global
-    model; kept at the site, never sent."""
-    d = task.keep["ditto"]
+def _ditto(task: TrainTask, d: dict[str, Any], client: Any, kept: sitestate.Kept, mine: dict[str, np.ndarray]) -> None:
+    """Ditto's personal model (`d`: the job's personal.ditto): trained by the client's own loop from
+    where it was (the global model on the client's first round), with FedProx's term pulling it
+    toward this round's global model; kept at the site, never sent."""
     if "prox" not in set(getattr(client, "supports", ())):
         raise RuntimeError(f"client {task.code['path']} does not support 'prox', which personal.ditto needs")
     settings: TrainSettings = {**task.train, "prox_mu": float(d["lam"]), "epochs": int(d["epochs"]), "steps": None,

@@ -12,9 +12,10 @@ cannot carry (a user's option holding a lambda, say) falls back to dill as befor
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, TypeVar
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+R = TypeVar("R")  # a record class
 
 
 def same(obj: Any) -> Any:
@@ -39,7 +40,7 @@ class Packed:
             return same, (self.obj,)
 
 
-def rebuild(cls: type, state: bytes | dict[str, Any]) -> Any:
+def rebuild(cls: type[R], state: bytes | dict[str, Any]) -> R:
     """A record from its fields (C-pickled bytes, or a dict when it fell back to dill)."""
     obj = cls.__new__(cls)
     obj.__dict__.update(pickle.loads(state) if isinstance(state, bytes) else state)

@@ -98,7 +98,7 @@ def add_executors_at_once(dfk: Any, executors: list[Any]) -> Callable[[], None]:
     for done in started:
         done.wait()
     for ex in htex:  # started: add_executors's own call of start() is skipped
-        ex.start = _nothing
+        ex.start = _nothing  # type: ignore[method-assign]  # on the instance, once: Parsl's start() is back below
     try:
         dfk.add_executors(executors)  # every one, so the DataFlowKernel's cleanup shuts them all down
     finally:

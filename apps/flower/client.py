@@ -104,7 +104,9 @@ class FlowerClient:
         meta = Metadata(run_id=self.run_id, message_id=uuid.uuid4().hex, src_node_id=SUPERLINK_NODE_ID,
                         dst_node_id=self.node_id, reply_to_message_id="", group_id=str(rnd),
                         created_at=time.time(), ttl=DEFAULT_TTL, message_type=kind)
-        return Message(content=content, metadata=meta)
+        # flwr takes metadata= (its own way to build a message as the SuperLink does) but leaves it out of
+        # Message's typed overloads
+        return Message(content=content, metadata=meta)  # type: ignore[call-overload]
 
     def _call(self, kind: str, rnd: int, content: Any) -> Any:
         """The app's reply content; an error reply (a mod refused, a legacy client failed) raises."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ def _numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def config(settings: dict[str, Any], rnd: int) -> dict[str, Any]:
+def config(settings: Mapping[str, object], rnd: int) -> dict[str, Any]:
     """A ConfigRecord's values for one round: what Flower's strategies send (``server-round``) and
     the job's train settings with the strategy's instructions for this client. Values a
     ConfigRecord cannot hold (None, mappings, mixed lists) stay out."""

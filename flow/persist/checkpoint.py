@@ -32,7 +32,7 @@ import os
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +68,7 @@ class RoundState:
     strategy: Arrays = field(default_factory=OrderedDict)
     profiles: Arrays = field(default_factory=OrderedDict)
     memory: Arrays = field(default_factory=OrderedDict)  # round.absent=reuse: clients' last deltas
-    rng: dict[str, Any] = field(default_factory=dict)
+    rng: Mapping[str, Any] = field(default_factory=dict)  # the driver's BitGenerator.state
     row: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     job: dict[str, Any] = field(default_factory=dict)

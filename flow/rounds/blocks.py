@@ -107,9 +107,10 @@ class BlockWatch:
         if running:
             # lost stays at least until the next poll, even when a replacement already runs: the
             # clients that were on the lost block are dropped meanwhile (a gather polls faster)
-            back = self.lost is not None and now > self.lost[0]
-            if back:
-                self._event("back", running[0], f"{now - self.lost[0]:.1f} s after it was lost")
+            lost = self.lost
+            back = lost is not None and now > lost[0]
+            if lost is not None and back:
+                self._event("back", running[0], f"{now - lost[0]:.1f} s after it was lost")
                 self.lost = None
             if not self.running_seen and not back and self.lost is None:
                 self._event("started", running[0], f"after {now - self.waiting_since:.1f} s waiting"

@@ -12,10 +12,11 @@ is evaluated this way.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import cast
 
 import numpy as np
 
+from fedgrid.apps.records import FailureRow, RoundRow, set_columns
 from fedgrid.apps.update import ClientEvaluation
 from fedgrid.flow.clients import profiles as prof
 from fedgrid.flow.rounds import validate
@@ -48,7 +49,7 @@ def _checker(rnd: int):  # noqa: ANN202 - the gather's accept hook
     def check(client: int, site: str, e: ClientEvaluation) -> ClientEvaluation:
         if not isinstance(e, ClientEvaluation):
             raise validate.InvalidUpdate(f"rejected: the site answered {type(e).__name__}, expected an evaluation")
-        e = validate.envelope(e, client, site, rnd)
+        validate.envelope(e, client, site, rnd)  # checked in place (an evaluation comes back as itself)
         if taken := sorted(RESERVED & set(e.metrics)):
             raise validate.InvalidUpdate(f"rejected: metric {taken[0]!r} is a name the row keeps for itself "
                                          f"(fed_{taken[0]}); rename it in the client's evaluate()")
@@ -56,7 +57,7 @@ def _checker(rnd: int):  # noqa: ANN202 - the gather's accept hook
     return check
 
 
-def evaluate(drv: Driver, rnd: int, params: Params) -> dict[str, Any]:
+def evaluate(drv: Driver, rnd: int, params: Params) -> RoundRow:
     """Run round `rnd`'s federated evaluation of `params`; the row's fed_* fields."""
     t0 = time.time()
     clients = _clients(drv, rnd)
@@ -66,20 +67,23 @@ def evaluate(drv: Driver, rnd: int, params: Params) -> dict[str, Any]:
         c, rnd, sent[drv.sites[c]], state=prof.state_of(drv.profiles, c))))
         for c in clients if drv.sites[c] not in down}
     g = gather(futs, 0, drv.job.round.deadline_s, accept=_checker(rnd), down=drv.down)
-    return summary(g.updates, [f.row() for f in g.failures], time.time() - t0)
+    # the gather's updates are what its accept hook returned: `_checker` returns only evaluations
+    evals = cast("list[ClientEvaluation]", g.updates)
+    return summary(evals, [f.row() for f in g.failures], time.time() - t0)
 
 
-def summary(evals: list[ClientEvaluation], failures: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def summary(evals: list[ClientEvaluation], failures: list[FailureRow], seconds: float) -> RoundRow:
     """The fed_* fields of a row from the clients' evaluations."""
-    out: dict[str, Any] = {
+    out: RoundRow = {
         "fed_clients": [{"client": e.client, "site": e.site, "examples": e.num_examples,
                          "metrics": [{"name": k, "value": v} for k, v in e.metrics.items()]} for e in evals],
         "fed_failures": failures, "fed_s": seconds, "fed_examples": sum(e.num_examples for e in evals)}
+    columns: dict[str, float] = {}  # per metric, named by the clients
     for name in dict.fromkeys(k for e in evals for k in e.metrics):
         have = [e for e in evals if name in e.metrics]
         vals = np.array([e.metrics[name] for e in have])
         w = np.array([e.num_examples for e in have], dtype=np.float64)
-        out[f"fed_{name}"] = float((vals * w).sum() / w.sum())
-        out[f"fed_{name}_min"] = float(vals.min())
-        out[f"fed_{name}_p10"] = float(np.percentile(vals, 10))
-    return out
+        columns[f"fed_{name}"] = float((vals * w).sum() / w.sum())
+        columns[f"fed_{name}_min"] = float(vals.min())
+        columns[f"fed_{name}_p10"] = float(np.percentile(vals, 10))
+    return set_columns(out, columns)

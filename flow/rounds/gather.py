@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from fedgrid.apps.update import ClientUpdate, Failure
 
@@ -83,8 +83,20 @@ def gather(futures: dict[int, tuple[str, Future]], quorum: int, deadline_s: floa
     return out
 
 
-def accept_within(accept: Callable[[int, str, Any], ClientUpdate] | None, client: int, site: str, answer: Any,
-                  remaining: float, reads: bool = True) -> Any:
+A = TypeVar("A")  # what the accept hook makes of an answer (a ClientUpdate; a site's partial in two-tier)
+
+
+@overload
+def accept_within(accept: Callable[[int, str, Any], A], client: int, site: str, answer: Any,
+                  remaining: float, reads: bool = True) -> A: ...
+
+
+@overload
+def accept_within(accept: None, client: int, site: str, answer: Any, remaining: float, reads: bool = True) -> Any: ...
+
+
+def accept_within(accept: Callable[[int, str, Any], A] | None, client: int, site: str, answer: Any,
+                  remaining: float, reads: bool = True) -> A | Any:
     """The accept hook on one answer. An answer by reference that the hook `reads` is read from
     the store on a daemon thread, waited for at most the round's remaining time: a hung mount must
     not hold the round past its deadline (the thread is left to finish, or not, on its own)."""

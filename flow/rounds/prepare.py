@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedgrid.apps import datasets
+from fedgrid.apps.records import ClientCode
 from fedgrid.apps.store import Store
 from fedgrid.apps.task import client_code, model_spec
 from fedgrid.flow.config import ConfigError, Job
@@ -103,7 +104,7 @@ class ModelParts:
     initial params, each tensor's kind (apps/kinds.py; empty: inferred where needed), and the
     device central evaluation runs on (the driver's GPU when it has one; apps/devices.py)."""
 
-    code: dict[str, Any]
+    code: ClientCode
     model: Any
     test: datasets.Arrays | None
     params: Params
@@ -111,12 +112,13 @@ class ModelParts:
     device: str = "cpu"
 
     def evaluator(self) -> Evaluate | None:
-        if self.test is None or self.model is None:
+        test = self.test
+        if test is None or self.model is None:
             return None
         from fedgrid.apps.evaluate import evaluate
 
         # moved when first used, on the writer's thread: a run that never evaluates starts no CUDA
-        return lambda params: evaluate(self.model.to(self.device), params, self.test)
+        return lambda params: evaluate(self.model.to(self.device), params, test)
 
 
 def build_model(job: Job) -> ModelParts:

@@ -29,10 +29,10 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (ISO 8601, UTC), level, logger, message, run_dir, and the
     exception text when there is one."""
 
-    converter = time.gmtime
-
     def __init__(self, run_dir: Path):
         super().__init__()
+        # on the instance: as a class attribute mypy would take the builtin for a method
+        self.converter = time.gmtime
         self.run_dir = str(run_dir)
 
     def format(self, record: logging.LogRecord) -> str:

@@ -99,7 +99,8 @@ def _run_locked(job: Job, run_dir: Path, fresh: bool, progress: RunProgress, mor
             return RunResult(run_dir, start.done, start.done, start.table.last)
         # opened now, so MLflow's import and database set-up overlap the sites' start; closed last,
         # after the writer's final round
-        if (tracking := open_tracking(job, run_dir)) is not None:
+        tracking = open_tracking(job, run_dir)
+        if tracking is not None and job.tracking is not None:  # (a tracking object only with a tracking block)
             cleanup.callback(tracking.close, lambda: _artifacts(run_dir), job.tracking.drain_s)
         runtime = _start_sites(job, run_dir, progress, dfk)
         marks.mark("sites started")

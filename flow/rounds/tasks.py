@@ -46,17 +46,22 @@ class Tasks:
         self.dp = privacy.task_options() if privacy is not None else None
         self.compress = self._compression(kinds)
         # round.aggregate: site: each site's store (its own `store`, else this run's), in this run's area
-        self.site_store = {s.name: dataplane.run_area(dataplane.store_url(s.store), job, run_dir) if s.store
-                           else store.url for s in job.sites} if job.round.aggregate == "site" and store else {}
+        self.site_store: dict[str, str] = {}
+        if job.round.aggregate == "site" and store:
+            self.site_store = {s.name: dataplane.run_area(dataplane.store_url(s.store), job, run_dir) if s.store
+                               else store.url for s in job.sites}
         self.horizon: tuple[tuple[int, int], ...] = ((0, job.rounds),)  # Driver.aim sets the run's
         self.keep: dict[str, Any] | None = None  # client state and personalization (Tasks.keeping)
 
     def keeping(self, options: dict[str, Any] | None) -> None:
         """Clients keep state at their sites (flow/clients/personal.py `keep_options`): every task
         then names the version its client starts from."""
-        if options is not None and self.store is None:
+        if options is None:
+            self.keep = None
+            return
+        if self.store is None:
             raise RuntimeError("client state needs the store (open_store with needed=True)")
-        self.keep = {**options, "store": self.store.url} if options is not None else None
+        self.keep = {**options, "store": self.store.url}
 
     @property
     def area(self) -> str | None:
@@ -129,12 +134,16 @@ def guards(job: Job, run_dir: Path, nonce: str) -> tuple[Guard, Guard]:
     (:func:`useful_s`); a warm-up (the client's constructor, its data) by the deadline the driver
     waits for it."""
     out = str(run_dir / "logs" / "workers")
-    common = {"run": nonce, "output_dir": out, "output_max": int(job.train.output_mb * (1 << 20))}
-    warm = Guard(limit_s=job.round.deadline_s, limit_key="round.deadline_s", **common)
+    output_max = int(job.train.output_mb * (1 << 20))
+
+    def guard(limit_s: float | None, limit_key: str) -> Guard:
+        return Guard(limit_s=limit_s, limit_key=limit_key, run=nonce, output_dir=out, output_max=output_max)
+
+    warm = guard(job.round.deadline_s, "round.deadline_s")
     if job.train.timeout_s is not None:
-        return Guard(limit_s=job.train.timeout_s, limit_key="train.timeout_s", **common), warm
+        return guard(job.train.timeout_s, "train.timeout_s"), warm
     why = "round.deadline_s and max_staleness" if job.round.late == "carry" else "twice round.deadline_s"
-    return Guard(limit_s=useful_s(job), limit_key=why, **common), warm
+    return guard(useful_s(job), why), warm
 
 
 def useful_s(job: Job) -> float:

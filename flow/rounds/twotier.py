@@ -179,10 +179,13 @@ def combine(drv: SiteDriver, rnd: int, like: Params, g: Gathered, sr: SiteRound,
         rows.append(row)
         for u in mine:
             u.ref = None  # what it sent stayed in its site: its row's bytes_up is 0
+
+        # (mine and site bound here: a read still running past the deadline keeps its own site's)
+        def read(_c: int, _s: str, p: Any, mine: list[ClientUpdate] = mine, site: str = site) -> SitePartial:
+            return _partial(drv, rnd, site, p, mine, like, spills)
+
         try:  # a partial by reference is read like an update: on a thread, within the round's deadline
-            partial = accept_within(lambda _c, _s, p, mine=mine, site=site:
-                                    _partial(drv, rnd, site, p, mine, like, spills),
-                                    -1, site, _answer(fut), until - time.time())
+            partial = accept_within(read, -1, site, _answer(fut), until - time.time())
         except Exception as e:  # noqa: BLE001 - one site's loss, never the round's
             _drop(g, mine, f"site aggregator: {e}" if isinstance(e, InvalidUpdate) else
                   f"site aggregator: {type(e).__name__}: {e}")
