@@ -29,7 +29,7 @@ demo: $(STAMP)
 # mypy: the package as `fedgrid` (pyproject.toml [tool.mypy]: fedgrid/, and flow/, executors/, apps/
 # through its links)
 lint: $(STAMP)
-	$(BIN)/ruff check flow executors apps tests bench fedgrid examples
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 # the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs).
