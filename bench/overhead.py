@@ -86,13 +86,16 @@ class CpuClock:
                 "workers_rss_mb": self._workers_rss()}
 
     def _workers_rss(self) -> float:
-        """The resident memory of the site's worker processes (the pool's children), MB."""
+        """The resident memory of the site's worker processes, MB: the children of the forkserver
+        the pool (executors/pool_start.py) forks its workers from."""
         total = 0
         for p in self.psutil.process_iter(["cmdline"]):
             try:
                 line = " ".join(p.info["cmdline"] or ())
-                if self.work in line and "process_worker_pool" in line:
-                    total += sum(c.memory_info().rss for c in p.children(recursive=True))
+                if self.work in line and "pool_start.py" in line:
+                    for server in p.children():
+                        if "forkserver" in " ".join(server.cmdline()):
+                            total += sum(c.memory_info().rss for c in server.children())
             except self.psutil.Error:
                 continue
         return total / 2**20

@@ -11,37 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fedgrid.executors.common import SpecBase
+
 if TYPE_CHECKING:
-    from fedgrid.executors.batch import Scheduler
     from fedgrid.flow.config.schema import Job, SiteSpec
 
 
-class ExecutorBlock(Protocol):
-    """A site's ``executor`` block: the kind's ``Spec`` (executors/common.py ``SpecBase``)."""
-
-    @property
-    def kind(self) -> str: ...  # the discriminator, a Literal on each Spec
-
-    @property
-    def scales(self) -> bool: ...
-
-    @property
-    def in_driver(self) -> bool: ...
-
-    @property
-    def watch_workers(self) -> bool: ...
-
-    @property
-    def payload_limit(self) -> int | None: ...
-
-    @property
-    def payload_overhead(self) -> float: ...
-
-    def runs_here(self) -> bool: ...
-
-    def scheduler(self) -> Scheduler | None: ...
-
-    def resolve(self, site: str) -> None: ...
+# A site's ``executor`` block is the kind's ``Spec``: every one subclasses ``SpecBase``, which
+# declares what the driver reads of any kind.
+ExecutorBlock = SpecBase
 
 
 class StrategyBlock(Protocol):

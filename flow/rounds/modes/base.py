@@ -20,15 +20,12 @@ import numpy as np
 
 from fedgrid.apps.update import ClientUpdate, Failure
 from fedgrid.flow.rounds import validate
+from fedgrid.flow.rounds.fold import FoldDriver
 from fedgrid.flow.rounds.gather import Gathered
 
 if TYPE_CHECKING:
     from fedgrid.apps.records import Instructions, SiteRow
-    from fedgrid.flow.config import Job
-    from fedgrid.flow.privacy.dp import Privacy
-    from fedgrid.flow.privacy.secagg import SecureAggregation
     from fedgrid.flow.rounds.tasks import Tasks
-    from fedgrid.flow.strategies.base import Strategy
 
 Params = dict[str, np.ndarray]
 Instr = dict[int, "Instructions"]  # each client's extra train settings (strategy, pacing, secagg)
@@ -37,21 +34,9 @@ OnResult = Callable[[int, bool], None]  # the gather's per-client callback (clie
 Send = Callable[[list[int]], Futures]  # the round's train tasks for these clients (cohorts included)
 
 
-class ModeDriver(Protocol):
+class ModeDriver(FoldDriver, Protocol):
     """What the round modes read of the run's driver (flow/rounds/driver.py `Driver`), so a mode
-    can be built on a stand-in in tests."""
-
-    @property
-    def job(self) -> Job: ...
-
-    @property
-    def strategy(self) -> Strategy: ...
-
-    @property
-    def privacy(self) -> Privacy | None: ...
-
-    @property
-    def secagg(self) -> SecureAggregation | None: ...
+    can be built on a stand-in in tests: what the fold reads, and the following."""
 
     @property
     def tasks(self) -> Tasks: ...
