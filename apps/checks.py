@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from fedgrid.apps.kinds import WEIGHT, infer_kinds
 from fedgrid.apps.records import Extras, StateDigest
 
 MAX_EXAMPLES = 2**31 - 1  # more than any one client holds; keeps example-weighted sums exact in float64
@@ -150,8 +151,10 @@ def payloads(extras: Mapping[str, Any], like: Mapping[str, np.ndarray]) -> None:
 
 def control(delta: Any, like: Mapping[str, np.ndarray], complete: bool = False) -> None:
     """SCAFFOLD's control deltas ``c_i+ - c_i``: for float tensors of the model (the trainable
-    ones), each of its shape and finite; `complete`: one for every float tensor (a site's
-    aggregator averages them all)."""
+    ones), each of its shape and finite; `complete`: one for every weight (a site's aggregator
+    averages them all). Statistics buffers (a BatchNorm's running mean and variance) have no
+    gradient, so a client sends no delta for them: they are the float tensors whose names end in
+    a statistics suffix (apps/kinds.py)."""
     if not isinstance(delta, Mapping):
         raise InvalidUpdate(f"rejected: scaffold_delta_c is {type(delta).__name__}, expected a dict of arrays")
     for name, a in delta.items():
@@ -160,7 +163,7 @@ def control(delta: Any, like: Mapping[str, np.ndarray], complete: bool = False) 
                 or np.asarray(a).dtype.kind not in "fiu" or not np.isfinite(a).all():
             raise InvalidUpdate(f"rejected: scaffold_delta_c[{str(name)[:40]!r}] does not fit the model or is "
                                 "not finite")
-    if complete and (missing := [k for k, g in like.items() if _floating(g) and k not in delta]):
+    if complete and (missing := [k for k, kind in infer_kinds(like).items() if kind == WEIGHT and k not in delta]):
         raise InvalidUpdate(f"rejected: scaffold_delta_c lacks {missing[:3]}")
 
 

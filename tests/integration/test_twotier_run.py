@@ -25,6 +25,8 @@ HTEX = [{"name": n, "executor": {"kind": "htex", "workers": 1}, "clients": 3} fo
 # masked sums unmasked at the driver (fixed point: 2^-frac_bits per value, so a looser bound)
 CASES = {"fedadam": ({"name": "fedadam"}, {}, 1e-6), "fednova": ({"name": "fednova"}, {}, 1e-6),
          "scaffold": ({"name": "scaffold"}, {"momentum": 0}, 1e-6),
+         # BatchNorm: its statistics get no control delta, and the site still aggregates its clients
+         "scaffold-bn": ({"name": "scaffold"}, {"momentum": 0}, 1e-6),
          "secagg": ({"name": "fedavgm"}, {}, 1e-4)}
 
 
@@ -35,7 +37,8 @@ def test_site_aggregation_gives_the_flat_model_and_one_partial_per_site(case, tm
     for mode in ("flat", "site"):
         more = {"secagg": {"threshold": 0.5}} if case == "secagg" and mode == "site" else {}
         sites = HTEX if case == "fedadam" and mode == "site" else SITES
-        job = parse_job(make_job(tmp_path / mode, rounds=2, model="mlp", sites=sites, strategy=strategy,
+        model = {"name": "cnn", "kwargs": {"norm": "batch"}} if case == "scaffold-bn" else "mlp"
+        job = parse_job(make_job(tmp_path / mode, rounds=2, model=model, sites=sites, strategy=strategy,
                                  train={"epochs": 1, "batch_size": 32, "lr": 0.05, **train},
                                  round={"min_clients": 4, "deadline_s": 120, "aggregate": mode}, **more))
         res = run(job, quiet=True)

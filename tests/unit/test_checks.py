@@ -101,6 +101,9 @@ def test_scaffold_control_deltas_fit_the_trainable_tensors_everywhere(tmp_path):
     checks.control({"w": ok["w"]}, LIKE)  # a client's own may name fewer (frozen tensors have none)
     with pytest.raises(InvalidUpdate, match="lacks"):
         checks.control({"w": ok["w"]}, LIKE, complete=True)  # the site averages them all
+    # a BatchNorm's statistics have no gradient, so no delta: a site still takes the update
+    bn = {**LIKE, "bn.running_mean": np.zeros(3, np.float32), "bn.running_var": np.ones(3, np.float32)}
+    checks.control(ok, bn, complete=True)
     for bad in ({"n": np.ones((), np.float32)}, {"w": np.ones(6, np.float32)}, {"w": np.full((2, 3), np.inf)},
                 {"zz": ok["w"]}):
         with pytest.raises(InvalidUpdate, match="does not fit the model"):
