@@ -30,7 +30,7 @@ from fedgrid.flow.rounds.runner import run
 
 pytest.importorskip("flwr")
 CLIENTS = Path(__file__).resolve().parents[1] / "clients"
-ROUNDS, N, LR = 4, 6, 0.05
+ROUNDS, N, LR = 4, 4, 0.05
 
 
 def _numpy_job(run_dir: Path) -> dict:
@@ -39,7 +39,7 @@ def _numpy_job(run_dir: Path) -> dict:
             "client": {"flower": "flower_numpy_app:app", "initial": "flower_numpy_app:initial"},
             "data": {"dataset": "custom", "clients": N}, "train": {"lr": LR, "keep_clients": 1},
             "round": {"min_clients": N, "fraction": 1.0, "deadline_s": 90, "federated_every": 2},
-            "sites": sites, "faults": [{"clients": [4], "hold_at": [3]}], "checkpoint": {"dir": str(run_dir)}}
+            "sites": sites, "faults": [{"clients": [3], "hold_at": [3]}], "checkpoint": {"dir": str(run_dir)}}
 
 
 def test_a_stateful_flower_app_killed_and_resumed_on_htex_ends_where_flowers_simulation_does(tmp_path,
@@ -48,7 +48,7 @@ def test_a_stateful_flower_app_killed_and_resumed_on_htex_ends_where_flowers_sim
     sim = subprocess.Popen([sys.executable, str(CLIENTS / "flower_sim.py"), "flower_numpy_app", str(N), str(ROUNDS),
                             str(LR), str(sim_out)], cwd=CLIENTS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = tmp_path / "run"
-    sigkilled_in(_numpy_job(run_dir), run_dir, 3)  # client 4 holds round 3 open
+    sigkilled_in(_numpy_job(run_dir), run_dir, 3)  # client 3 holds round 3 open
     res = run(parse_job(_numpy_job(run_dir)), quiet=True)
     assert res.rounds_done == ROUNDS
     last = ckpt.read_round(ckpt.round_path(run_dir, ROUNDS))
