@@ -138,9 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = _load(args)
     timeline.early("job read and checked")
     from fedgrid.executors import spare_imports
-    from fedgrid.flow.config.views import executor_of
 
-    spare_imports({executor_of(s).kind for s in job.sites})
+    spare_imports({s.executor.kind for s in job.sites})
     more = args.rounds[1] if args.rounds and args.rounds[0] else None
     try:
         run(job, base=Path.cwd(), fresh=args.fresh, quiet=args.quiet, more=more, stop=STOP,

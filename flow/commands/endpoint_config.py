@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.config.views import executor_of
 
 if TYPE_CHECKING:
     from fedgrid.executors.globus_compute import Spec as GlobusComputeSpec
@@ -61,7 +60,7 @@ def endpoint_config(job: Job, site_name: str, file: str | Path) -> str:
                           f"{', '.join(s.name for s in job.sites)}") from None
     from fedgrid.executors.globus_compute import Spec, endpoint_provider
 
-    spec = executor_of(site)
+    spec = site.executor
     if not isinstance(spec, Spec):
         raise ConfigError(file, f"sites.{site_name}.executor.kind", f"expected globus_compute for an endpoint "
                           f"config, got {spec.kind!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgrid.flow.config import ConfigError, Job
-from fedgrid.flow.config.views import executor_of, strategy_of
+from fedgrid.flow.config.views import strategy_of
 
 
 def describe_model(job: Job) -> tuple[str, int]:
@@ -146,7 +146,7 @@ def print_plan(job: Job, file: str | Path, base: Path) -> list[str]:
         if ex is not None:
             prov = getattr(ex, "provider", None)
             built = type(ex).__name__ + (f" + {type(prov).__name__}" if prov is not None else "")
-        kind = executor_of(s).kind
+        kind = s.executor.kind
         print(f"  {s.name}: {kind} -> {built}; {describe(s)}")
         data = _data(job, job.site_data(s.name).model_dump())
         print(f"    clients {ids[0]}..{ids[-1]} ({len(ids)}); data {data}")

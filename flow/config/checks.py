@@ -13,7 +13,7 @@ from typing import Any
 from fedgrid.executors.common import SpecError
 from fedgrid.flow.config.errors import ConfigError
 from fedgrid.flow.config.schema import Job
-from fedgrid.flow.config.views import executor_of, strategy_of
+from fedgrid.flow.config.views import strategy_of
 from fedgrid.flow.strategies import STRATEGIES, mean_based
 from fedgrid.flow.strategies.base import Strategy
 
@@ -59,7 +59,7 @@ def _check_sites(job: Job, file: str | Path) -> None:
         use_python_path(job.client.python_path)
     for i, site in enumerate(job.sites):
         try:
-            executor_of(site).resolve(site.name)
+            site.executor.resolve(site.name)
         except SpecError as e:
             raise site_error(file, i, e) from None
 
@@ -86,7 +86,7 @@ def _check_faults(job: Job, file: str | Path) -> None:
         if f.lost_until is not None and (f.lost_from is None or f.lost_until <= f.lost_from):
             raise ConfigError(file, f"{key}.lost_until", "must come after lost_from")
         hit = {s for c, s in enumerate(job.client_sites()) if f.hits(c, s)}
-        local = sorted(s for s in hit if executor_of(names[s]).in_driver)
+        local = sorted(s for s in hit if names[s].executor.in_driver)
         if (f.kill_worker_at or f.lost_from) and local:
             raise ConfigError(file, f"{key}", f"killing workers needs worker processes; site(s) {local} are "
                               "`local` threads in the driver (use htex)")
@@ -94,7 +94,7 @@ def _check_faults(job: Job, file: str | Path) -> None:
 
 def _check_strategy(job: Job, file: str | Path) -> None:
     _strategy(job).derive(job.strategy, job)
-    remote = [s.name for s in job.sites if not executor_of(s).runs_here()]
+    remote = [s.name for s in job.sites if not s.executor.runs_here()]
     if (keepers := job.client_state()) and remote and not job.store.url:
         raise ConfigError(file, "store.url", f"{' and '.join(keepers)} in the store, and sites {remote} run "
                           f"elsewhere: set store.url to a location every site can reach (a shared path or s3://...)")
@@ -154,7 +154,7 @@ def _check_site_aggregation(job: Job, file: str | Path) -> None:
                           f"strategies that are sums over clients ({', '.join(able)}) in synchronous rounds, "
                           "without update compression, carried or reused updates; use round.aggregate: flat for "
                           "the others")
-    remote = [s.name for s in job.sites if not executor_of(s).runs_here() and not s.store]
+    remote = [s.name for s in job.sites if not s.executor.runs_here() and not s.store]
     if remote and not job.store.url:
         raise ConfigError(file, f"sites[{remote[0]}].store", "round.aggregate: site keeps the clients' updates in a "
                           "store their site's aggregator reads: set the site's store (a path on its cluster) or "
@@ -180,7 +180,7 @@ def _check_data(job: Job, file: str | Path) -> None:
     for site in job.sites:
         d = job.site_data(site.name)
         pre = "data" if not site.data else f"sites.{site.name}.data"
-        if not executor_of(site).runs_here():  # its paths are on the site's filesystem; the site checks them
+        if not site.executor.runs_here():  # its paths are on the site's filesystem; the site checks them
             if d.dataset == "parquet" and not d.path:
                 raise ConfigError(file, f"{pre}.path", "dataset 'parquet' needs a path (a file, or a "
                                   "template with {client})")
@@ -283,7 +283,7 @@ def _check_client(job: Job, file: str | Path) -> None:
     assert path is not None  # set by the schema once validated (a Flower app's: fedgrid's adapter class)
     # the workers import the class from the same directories (apps/train.load_class), so this
     # check and the sites agree; a site on another machine has them on its own disk, not here
-    if all(executor_of(s).runs_here() for s in job.sites) and \
+    if all(s.executor.runs_here() for s in job.sites) and \
             (missing := [d for d in job.client.python_path if not Path(d).is_dir()]):
         raise ConfigError(file, "client.python_path", f"no directory {missing[0]} (a relative path is relative to "
                           "the job file's folder)")

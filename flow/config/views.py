@@ -1,25 +1,17 @@
-"""Typed views of the two job blocks whose type is built at run time.
+"""A typed view of the job's ``strategy`` block, whose type is built at run time.
 
-A site's ``executor`` and the job's ``strategy`` are discriminated unions put together when the schema
-is imported (:mod:`.schema`: every kind module's ``Spec``, every strategy's ``Options``), which a type
-checker cannot see. These Protocols say what the driver reads of any of them, whichever kind or
-strategy, and :func:`executor_of` / :func:`strategy_of` give a block as that view. Kind-specific
-options are read after an ``isinstance`` check against the kind's own ``Spec``.
+The strategy block is a discriminated union put together when the schema is imported
+(:mod:`.schema`: every strategy's ``Options``). This Protocol says what the driver reads of any
+of them, and :func:`strategy_of` gives the block as that view. (A site's ``executor`` block needs
+none: to a type checker it is ``SpecBase``, which every kind's ``Spec`` subclasses.)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fedgrid.executors.common import SpecBase
-
 if TYPE_CHECKING:
-    from fedgrid.flow.config.schema import Job, SiteSpec
-
-
-# A site's ``executor`` block is the kind's ``Spec``: every one subclasses ``SpecBase``, which
-# declares what the driver reads of any kind.
-ExecutorBlock = SpecBase
+    from fedgrid.flow.config.schema import Job
 
 
 class StrategyBlock(Protocol):
@@ -29,10 +21,6 @@ class StrategyBlock(Protocol):
     def name(self) -> str: ...  # the discriminator, a Literal on each Options
 
     def model_dump(self, *, exclude: set[str] | None = None) -> dict[str, Any]: ...
-
-
-def executor_of(site: SiteSpec) -> ExecutorBlock:
-    return site.executor
 
 
 def strategy_of(job: Job) -> StrategyBlock:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedgrid.flow.config import ConfigError, Job, SiteSpec
-from fedgrid.flow.config.views import executor_of
 
 
 @dataclass
@@ -37,7 +36,7 @@ def site_limit(job: Job, site: SiteSpec) -> int:
     """Params bytes that may ride inline to `site`: the job's limit, or less where the site kind
     caps its payloads (once its serializer has inflated them)."""
     limit = int(job.store.inline_max_mb * 2**20)
-    ex = executor_of(site)
+    ex = site.executor
     if ex.payload_limit is not None:
         limit = min(limit, int(ex.payload_limit / ex.payload_overhead))
     return limit
@@ -53,7 +52,7 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
             ref, why = True, "store.mode is always"
         elif st.mode == "never":
             ref, why = False, "store.mode is never"
-            ex = executor_of(s)
+            ex = s.executor
             cap, over = ex.payload_limit, ex.payload_overhead
             if cap is not None and params_bytes * over > cap:
                 raise ConfigError(file, "store.mode", f"is never, but the model's params are {mb:.1f} MB and "
@@ -72,7 +71,7 @@ def plan(job: Job, params_bytes: int, run_dir: Path, file: str | Path = "<job>")
         if st.url:
             out.store_url = store_url(st.url)
         else:
-            remote = [s.name for s in needs_store if not executor_of(s).runs_here()]
+            remote = [s.name for s in needs_store if not s.executor.runs_here()]
             if remote:
                 raise ConfigError(file, "store.url", f"site(s) {remote} get the params ({mb:.1f} MB) by reference "
                                   "but no store.url is set; expected a directory every site can reach (shared "
