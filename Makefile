@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Python may write its bytecode caches: with PYTHONDONTWRITEBYTECODE set (as some images do), every
+# driver, site process and pytest worker compiles fedgrid and rewrites the tests' asserts again
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: venv demo test test-fast test-slurm lint docs bench bench-full clean
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import sys
 
-sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # see executors/pool_start.py
+from fedgrid.apps import lean
 
+lean.spare()
 # torch._dynamo: the first torch optimizer a process builds imports it (sympy included, about 1.5 s)
 for _name in ("parsl.executors.high_throughput.process_worker_pool", "torch", "torch._dynamo", "fedgrid.apps.train",
               "fedgrid.apps.cohort", "fedgrid.apps.models", "fedgrid.apps.datasets"):
     with contextlib.suppress(Exception):
         importlib.import_module(_name)
+lean.restore()

@@ -44,10 +44,9 @@ def main() -> None:
     if driver is not None:
         only_from(driver)
     sys.argv = [sys.argv[0]]
-    # Parsl's import reaches its Kubernetes provider, which imports the kubernetes client when it is
-    # installed (about 0.5 s of the interchange's start, paid in series per site); an interchange
-    # never talks to Kubernetes, so the provider is told the client is not there
-    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    from fedgrid.apps import lean
+
+    lean.spare()  # an interchange talks to neither Kubernetes nor Globus Compute
     runpy.run_module("parsl.executors.high_throughput.interchange", run_name="__main__", alter_sys=True)
 
 

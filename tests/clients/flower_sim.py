@@ -43,7 +43,9 @@ def main(module: str, clients: int, rounds: int, lr: float, out: str) -> None:
 
     tmp = tempfile.mkdtemp(prefix="flwr-ray-")  # Ray's socket paths must stay under 108 bytes
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": 2, "include_dashboard": False, "_temp_dir": tmp,
+               # one Ray worker: the app's model does not depend on how many run it, and a second
+               # one's start costs seconds of CPU that the test suite's other processes need
+               "init_args": {"num_cpus": 1, "include_dashboard": False, "_temp_dir": tmp,
                              "logging_level": logging.ERROR, "log_to_driver": False}}
     try:
         run_simulation(server_app=server, client_app=user.app, num_supernodes=clients, backend_name="ray",

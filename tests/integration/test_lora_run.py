@@ -4,6 +4,7 @@ loss, and a site whose copy of the base differs fails its clients with the reaso
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -16,7 +17,10 @@ from fedgrid.flow.persist import checkpoint as ckpt
 from fedgrid.flow.rounds.runner import run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-pytest.importorskip("peft")
+# find_spec, not importorskip: importing peft (transformers with it) costs about 3.6 s of CPU, which
+# every test process would pay at collection, not only the one that runs these tests
+if importlib.util.find_spec("peft") is None:
+    pytest.skip("needs the llm extra (peft)", allow_module_level=True)
 if not Path("/usr/share/games/fortunes").is_dir():
     pytest.skip("needs Debian's fortunes (apt-get install fortunes; .ci/run installs it)", allow_module_level=True)
 
