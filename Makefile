@@ -38,7 +38,8 @@ lint: $(STAMP)
 # the whole suite but the Slurm drills: tests/unit and tests/integration (real executors and CLI runs).
 # Three pytest workers on two cores, tests handed out as workers free up (worksteal): most of an
 # integration test is waiting (worker pools starting, heartbeats, held rounds), which the others
-# fill. 250-328 s of pytest here (five runs, 2026-12-07: over 300 s in three), 527 s in one process earlier
+# fill. The suite is CPU-bound on two cores (site processes starting, training): 199-253 s of pytest
+# here in five runs after the leaner site start (2026-12-07; 250-328 s before it), 527 s in one process earlier
 test: lint
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slurm" -n 3 --dist worksteal
