@@ -56,6 +56,9 @@ class PoolContext(mpc.SpawnContext):
             sys.modules["__main__"] = main
 
 
+_SPAWN = mp_util.spawnv_passfds
+
+
 def _fork_instead(path: bytes, args: Sequence[Any], passfds: Sequence[int]) -> int:
     """multiprocessing's ``spawnv_passfds`` for the forkserver's start: the command it would run in
     a new interpreter (``python -c CMD``, the server's main loop) runs in a fork of this one, with
@@ -65,16 +68,17 @@ def _fork_instead(path: bytes, args: Sequence[Any], passfds: Sequence[int]) -> i
     pid = os.fork()
     if pid:
         return pid
-    try:  # the child: never returns into the pool's code
+    code = 1  # the child never returns into the pool's code; a failure here is its exit status
+    try:
         keep = sorted({0, 1, 2, *passfds})
         for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
             os.closerange(low + 1, high)
         exec(args[-1], {"__name__": "__forkserver__"})  # noqa: S102 - multiprocessing's own command
+        code = 0
+    except SystemExit as stop:  # how the server's loop ends once the pool has gone
+        code = stop.code if isinstance(stop.code, int) else 0
     finally:
-        os._exit(0)
-
-
-_SPAWN = mp_util.spawnv_passfds
+        os._exit(code)
 
 
 def start_forkserver() -> None:
