@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,18 +26,6 @@ log = logging.getLogger("fedgrid")
 ALL_ROUNDS = 10**9  # Store.sweep bound that takes every round's objects
 
 Evaluate = Callable[[dict[str, np.ndarray]], dict[str, float]]
-
-
-def _background_priority() -> None:
-    """Run the bookkeeping thread at the lowest CPU priority (Linux: per-thread nice).
-
-    When sites share the driver's cores (one machine, or a laptop rehearsal), a third busy thread
-    time-slices against the workers and measurably slows every client; at nice 19 the evaluation
-    fills the idle gaps at a round's tail instead. On a real deployment the driver's cores are its
-    own and this changes nothing.
-    """
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def release_native() -> None:
@@ -71,8 +57,12 @@ class RoundWriter:
         self.run_dir, self.rounds, self.eval_every, self.keep = run_dir, rounds, eval_every, keep
         self.table, self.progress, self.evaluate = table, progress, evaluate
         self.store, self.sweep_lag = store, sweep_lag
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt",
-                                       initializer=_background_priority)
+        # At the process's own priority, not lowered: where workers share the driver's cores, a
+        # low-priority evaluation gets almost no CPU while they train, and since round r+2 waits
+        # for round r's write, it then runs alone on one core while the other idles (1.0-1.9 s a
+        # round on the fmnist example with two local workers). Sharing the cores removes that gap,
+        # at the cost of clients training slower for the evaluation's second or so (BENCHMARKS.md).
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedgrid-ckpt")
         self.pending: Future | None = None
         self.after: Callable[[dict], None] | None = None  # told each row once it is in the table (tracking)
 
