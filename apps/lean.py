@@ -15,14 +15,15 @@ on the job's site kinds, is :func:`fedgrid.executors.spare_imports`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 CLIENTS = ("kubernetes", "globus_compute_sdk")
 
 
-def spare() -> list[str]:
-    """For a process that imports Parsl and never user code: the clients stay away for good.
-    Returns those spared (not those already imported)."""
-    spared = [m for m in CLIENTS if m not in sys.modules]
+def spare(names: Iterable[str] = CLIENTS) -> list[str]:
+    """For a process that imports Parsl and never user code: the clients (or those of `names`)
+    stay away for good. Returns those spared (not those already imported)."""
+    spared = [m for m in names if m not in sys.modules]
     for m in spared:
         sys.modules[m] = None  # type: ignore[assignment]
     return spared

@@ -20,7 +20,8 @@ from fedgrid.executors.common import BatchKind, MissingExtra, SiteKind, SpecBase
 _HELPERS = frozenset({"batch", "common", "hpc", "gc_emulator", "ic_guard", "pool_start", "parsl_api"})
 
 # client libraries Parsl imports whenever it is imported (its Kubernetes provider, its Globus
-# Compute executor), with the kinds whose sites use them (a `parsl` factory may build either)
+# Compute executor: apps/lean.py CLIENTS), with the kinds whose sites use them (a `parsl` factory may
+# build either)
 _SPARED = {"kubernetes": frozenset({"kubernetes", "parsl"}),
            "globus_compute_sdk": frozenset({"globus_compute", "parsl"})}
 
@@ -41,12 +42,9 @@ def spare_imports(kinds: set[str]) -> list[str]:
     import skips them (Kubernetes' and Globus Compute's: about 0.7 s of every run's start, before
     the first site can start). For a process that runs one job and nothing else (``fedgrid run``):
     a library spared here cannot be imported later in the process. Returns those spared."""
-    import sys
+    from fedgrid.apps import lean
 
-    spared = [m for m, users in _SPARED.items() if not kinds & users and m not in sys.modules]
-    for m in spared:
-        sys.modules[m] = None  # type: ignore[assignment]  # import raises ImportError: "not installed"
-    return spared
+    return lean.spare(m for m, users in _SPARED.items() if not kinds & users)
 
 
 def kind_module(kind: str) -> SiteKind:
